@@ -1,0 +1,79 @@
+"""Checkpoints: one `.safetensors` file whose header carries our JSON metadata (classes, preprocessing,
+backbone, config, metrics). Loading reads tensors and JSON only, so a checkpoint can never run code."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from engine.fileio import atomic_path
+from engine.models import ModelBundle, Preprocessing, build_architecture, get_spec
+
+FORMAT = "transferlab-checkpoint/1"
+META_KEY = "transferlab"
+
+
+class CheckpointError(ValueError):
+    """The file is not a TransferLab checkpoint, or is damaged."""
+
+
+@dataclass
+class Checkpoint:
+    meta: dict
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.from_dict(self.meta["preprocessing"])
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, bundle: ModelBundle, classes: list[str],
+                    extra: dict | None = None) -> dict:
+    """Write weights plus metadata atomically; returns the metadata written."""
+    meta = {"format": FORMAT, "backbone": bundle.spec.name, "arch": bundle.spec.arch,
+            "classes": list(classes), "preprocessing": bundle.preprocessing.to_dict(),
+            "weights_origin": bundle.weights,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra or {})}
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={META_KEY: json.dumps(meta)})
+    return meta
+
+
+def read_checkpoint_meta(path: str | os.PathLike) -> dict:
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(META_KEY)
+    except Exception:  # noqa: BLE001 - safetensors raises several types for garbage input
+        raise CheckpointError(f"{os.path.basename(path)} is not a safetensors checkpoint") from None
+    if raw is None:
+        raise CheckpointError(f"{os.path.basename(path)} has no TransferLab metadata")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{os.path.basename(path)} has damaged metadata") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{os.path.basename(path)}: unsupported checkpoint format {meta.get('format')!r}")
+    return meta
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, Checkpoint]:
+    """Rebuild the architecture from metadata and fill in every weight (strictly)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    meta = read_checkpoint_meta(path)
+    model = build_architecture(get_spec(meta["backbone"]).name, len(meta["classes"]))
+    try:
+        model.load_state_dict(load_file(os.fspath(path), device="cpu"))
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{os.path.basename(path)} does not match its architecture: "
+                              f"{str(exc).splitlines()[0][:200]}") from None
+    return model.eval(), Checkpoint(meta)

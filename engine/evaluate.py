@@ -1,0 +1,78 @@
+"""Metrics from logits: accuracy, per-class precision/recall/F1, confusion matrix, and the images the
+model got most confidently wrong (the first place a user should look)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from engine.control import RunControl
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, loader: DataLoader, control: RunControl | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `model` in eval mode over a loader of (input, label); returns (logits, labels)."""
+    was_training = model.training
+    model.eval()
+    logits, labels, total, done = [], [], len(loader.dataset), 0
+    try:
+        for inputs, targets in loader:
+            if control is not None:
+                control.checkpoint()
+            logits.append(model(inputs).float())
+            labels.append(torch.as_tensor(targets))
+            done += len(targets)
+            if progress:
+                progress(done, total)
+    finally:
+        model.train(was_training)
+    if not logits:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str],
+                           paths: list[str], top_wrong: int = 24) -> dict:
+    """Everything the results view and metrics.json need, as plain lists and floats."""
+    n = len(classes)
+    probs = torch.softmax(logits.float(), dim=1).numpy() if len(logits) else np.zeros((0, n))
+    true = labels.numpy().astype(int)
+    pred = probs.argmax(1) if len(probs) else np.zeros(0, dtype=int)
+    confusion = np.zeros((n, n), dtype=int)
+    np.add.at(confusion, (true, pred), 1)
+    return {
+        "accuracy": float((pred == true).mean()) if len(true) else None,
+        "count": int(len(true)),
+        "per_class": _per_class(confusion, classes),
+        "confusion_matrix": confusion.tolist(),
+        "most_confident_wrong": _most_confident_wrong(probs, true, pred, classes, paths, top_wrong),
+        "predictions": [{"path": p, "true": int(t), "predicted": int(k), "score": round(float(probs[i, k]), 5)}
+                        for i, (p, t, k) in enumerate(zip(paths, true, pred))],
+    }
+
+
+def _per_class(confusion: np.ndarray, classes: list[str]) -> list[dict]:
+    rows = []
+    for k, name in enumerate(classes):
+        tp = int(confusion[k, k])
+        support = int(confusion[k].sum())
+        predicted = int(confusion[:, k].sum())
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append({"class": name, "precision": round(precision, 4), "recall": round(recall, 4),
+                     "f1": round(f1, 4), "support": support})
+    return rows
+
+
+def _most_confident_wrong(probs, true, pred, classes, paths, limit) -> list[dict]:
+    wrong = np.flatnonzero(pred != true)
+    loss = -np.log(np.clip(probs[wrong, true[wrong]], 1e-12, 1.0)) if len(wrong) else np.zeros(0)
+    order = wrong[np.argsort(-loss)][:limit]
+    return [{"path": paths[i], "true": classes[true[i]], "predicted": classes[pred[i]],
+             "score": round(float(probs[i, pred[i]]), 5),
+             "loss": round(float(-np.log(max(probs[i, true[i]], 1e-12))), 5)} for i in order]

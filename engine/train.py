@@ -1,0 +1,459 @@
+"""Fine-tuning: from a dataset report and a config to a run folder with the best checkpoint and metrics.
+
+The loop is plain PyTorch. It reports through `Callback` hooks carrying plain values, checks
+`RunControl` between batches (pause/cancel), and writes the best checkpoint atomically whenever
+validation improves, so stopping at any moment never loses it.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from engine.callbacks import Callback, CallbackList
+from engine.checkpoint import save_checkpoint
+from engine.control import Cancelled, RunControl
+from engine.data import AUGMENTATIONS, ImageDataset, eval_transform, train_transform
+from engine.dataset import DatasetReport
+from engine.evaluate import classification_metrics, predict_logits
+from engine.features import FeatureCache, FeatureDataset, HeadOnFeatures, feature_cache_applies
+from engine.fileio import write_json
+from engine.layers import FREEZE_PRESETS, LayerTree, block_groups, frozen_batchnorm_to_eval
+from engine.models import DEFAULT_BACKBONE, ModelBundle, create_model
+
+CHECKPOINT_NAME = "model.safetensors"
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "onecycle", "constant")
+BALANCING = ("none", "loss", "sampler")
+RECIPES = ("single", "two-stage")
+CACHE_MODES = ("auto", "off")
+
+
+@dataclass
+class TrainConfig:
+    """Every training choice, with defaults chosen from measurements (see README, "Defaults")."""
+
+    backbone: str = DEFAULT_BACKBONE
+    weights: str = "pretrained"          # 'pretrained' | 'random' | path to a weights file
+    epochs: int = 10
+    batch_size: int = 32
+    image_size: int | None = None        # None: the backbone's pretrained size
+    lr: float = 1e-3                     # for the head; deeper groups get lr * layer_decay**depth
+    optimizer: str = "adamw"
+    weight_decay: float = 0.01
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    layer_decay: float = 0.6
+    label_smoothing: float = 0.1
+    balance: str = "none"
+    early_stopping: int = 0              # patience in epochs; 0 turns it off
+    grad_clip: float = 1.0               # max gradient norm; 0 turns it off
+    seed: int = 0
+    augmentation: str = "light"
+    freeze: str = "head"                 # 'head' | 'last-n' | 'none'
+    freeze_blocks: int = 2               # blocks that train with freeze='last-n'
+    frozen_parameters: list[str] | None = None   # explicit freeze state (GUI tree); overrides `freeze`
+    recipe: str = "single"               # 'two-stage': head first, then unfreeze at a lower rate
+    head_epochs: int = 3
+    stage2_lr_factor: float = 0.1
+    train_frozen_bn: bool = False        # let frozen BatchNorm layers update running statistics
+    cache: str = "auto"                  # 'auto': reuse frozen-backbone features when possible
+    cached_views: int = 4                # augmented views cached per image when augmentation is on
+    num_workers: int = 0
+
+    def validate(self) -> None:
+        choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "balance": BALANCING,
+                   "recipe": RECIPES, "augmentation": AUGMENTATIONS, "freeze": FREEZE_PRESETS,
+                   "cache": CACHE_MODES}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, not {value}")
+        if self.image_size is not None and not 32 <= self.image_size <= 1024:
+            raise ValueError(f"image_size must be between 32 and 1024, not {self.image_size}")
+        if self.recipe == "two-stage" and not 0 < self.head_epochs < self.epochs:
+            raise ValueError("two-stage needs 0 < head_epochs < epochs")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class Stage:
+    """A phase of training with one freeze state, learning rate and number of epochs."""
+
+    name: str
+    epochs: int
+    lr: float
+    frozen: list[str] | None = None      # parameter names; None means "use the preset below"
+    preset: str = "head"
+    blocks: int = 2
+
+
+@dataclass
+class FitResult:
+    status: str                     # 'completed' | 'cancelled' | 'stopped-early'
+    run_dir: str
+    checkpoint: str | None
+    metrics: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def plan_stages(config: TrainConfig) -> list[Stage]:
+    if config.recipe == "single":
+        return [Stage("train", config.epochs, config.lr, config.frozen_parameters, config.freeze,
+                      config.freeze_blocks)]
+    second = "none" if config.freeze == "head" else config.freeze
+    frozen = config.frozen_parameters if config.frozen_parameters is not None and config.freeze != "head" else None
+    return [Stage("head", config.head_epochs, config.lr, None, "head"),
+            Stage("fine-tune", config.epochs - config.head_epochs, config.lr * config.stage2_lr_factor,
+                  frozen, second, config.freeze_blocks)]
+
+
+def apply_stage_freeze(tree: LayerTree, stage: Stage) -> None:
+    if stage.frozen is not None:
+        tree.freeze_parameters(stage.frozen)
+    else:
+        tree.apply_preset(stage.preset, stage.blocks)
+
+
+def param_groups(model: nn.Module, lr: float, layer_decay: float, weight_decay: float) -> list[dict]:
+    """One optimizer group per block group, lr shrinking by `layer_decay` with each step from the head.
+
+    Biases and norm weights (1-D tensors) get no weight decay, as is usual for fine-tuning.
+    """
+    named = dict(model.named_parameters())
+    groups = block_groups(model)
+    result = []
+    for depth, names in enumerate(reversed(groups)):
+        scale = layer_decay ** depth
+        for decay, chosen in ((weight_decay, [n for n in names if named[n].ndim > 1]),
+                              (0.0, [n for n in names if named[n].ndim <= 1])):
+            params = [named[n] for n in chosen if named[n].requires_grad]
+            if params:
+                result.append({"params": params, "lr": lr * scale, "weight_decay": decay, "lr_scale": scale})
+    return result
+
+
+def make_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=0.9, nesterov=True)
+    return torch.optim.AdamW(groups, lr=groups[0]["lr"])
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int,
+                  epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+    total = max(1, steps_per_epoch * epochs)
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total, pct_start=0.25)
+    warmup = min(total - 1, int(round(config.warmup_epochs * steps_per_epoch)))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if config.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / num_classes, 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+class Trainer:
+    """Runs one fit. Construct, then call `fit()`; safe to run on a worker thread."""
+
+    def __init__(self, report: DatasetReport, config: TrainConfig, run_dir: str | Path,
+                 callbacks: list[Callback] | None = None, control: RunControl | None = None,
+                 bundle: ModelBundle | None = None):
+        config.validate()
+        self.report = report
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.callbacks = CallbackList(callbacks or [])
+        self.control = control or RunControl()
+        self.bundle = bundle
+        self.history: list[dict] = []
+        self.best: tuple[float, float] | None = None     # (val_accuracy, val_loss)
+        self.checkpoint_path = self.run_dir / CHECKPOINT_NAME
+        self._epoch = 0
+        self._step = 0
+        self.feature_cache: FeatureCache | None = None
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _prepare(self) -> None:
+        self.generator = seed_everything(self.config.seed)
+        classes = self.report.classes
+        if self.bundle is None:
+            self.bundle = create_model(self.config.backbone, len(classes), weights=self.config.weights,
+                                       input_size=self.config.image_size)
+        self.model = self.bundle.model
+        self.tree = LayerTree(self.model)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.train_samples = self.report.split("train")
+        self.val_samples = self.report.split("val") or self.train_samples
+        self.test_samples = self.report.split("test")
+        labels = [s.label for s in self.train_samples]
+        weights = class_weights(labels, len(classes)) if self.config.balance == "loss" else None
+        self.criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=self.config.label_smoothing)
+        self.eval_criterion = nn.CrossEntropyLoss()
+
+    def _image_loader(self, samples, transform, shuffle: bool) -> DataLoader:
+        dataset = ImageDataset([s.path for s in samples], [s.label for s in samples], transform)
+        sampler = self._balanced_sampler(samples) if shuffle else None
+        return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=shuffle and sampler is None,
+                          sampler=sampler, generator=self.generator if shuffle else None,
+                          num_workers=self.config.num_workers, drop_last=False)
+
+    def _balanced_sampler(self, samples) -> WeightedRandomSampler | None:
+        if self.config.balance != "sampler":
+            return None
+        labels = [s.label for s in samples]
+        weights = class_weights(labels, len(self.report.classes))[labels]
+        return WeightedRandomSampler(weights, len(samples), replacement=True, generator=self.generator)
+
+    def _pipeline(self):
+        """(network to step, train loader, val loader, path name) for the current freeze state.
+
+        Head-only training runs on cached backbone features ('features'); anything deeper runs on
+        images ('images').
+        """
+        if self.config.cache == "auto" and feature_cache_applies(self.model):
+            return self._feature_pipeline()
+        pre = self.bundle.preprocessing
+        train = self._image_loader(self.train_samples, train_transform(pre, self.config.augmentation), True)
+        val = self._image_loader(self.val_samples, eval_transform(pre), False)
+        return self.model, train, val, "images"
+
+    def _feature_pipeline(self):
+        pre, config = self.bundle.preprocessing, self.config
+        if self.feature_cache is None:
+            self.feature_cache = FeatureCache(self.model)
+        views = 1 if config.augmentation == "none" else max(1, config.cached_views)
+        train_views = [eval_transform(pre)] + [train_transform(pre, config.augmentation)] * (views - 1)
+        train_id = f"{pre.to_dict()}|{config.augmentation}|{views}"
+        train_set = FeatureDataset(self._features(self.train_samples, train_views, train_id),
+                                   [s.label for s in self.train_samples])
+        val_set = FeatureDataset(self._features(self.val_samples, [eval_transform(pre)], f"{pre.to_dict()}|eval"),
+                                 [s.label for s in self.val_samples])
+        batch = max(config.batch_size, 1)
+        sampler = self._balanced_sampler(self.train_samples)
+        train = DataLoader(train_set, batch_size=batch, shuffle=sampler is None, sampler=sampler,
+                           generator=self.generator)
+        val = DataLoader(val_set, batch_size=256)
+        return HeadOnFeatures(self.model), train, val, "features"
+
+    def _features(self, samples, transforms, transform_id: str) -> torch.Tensor:
+        return self.feature_cache.features(
+            [s.path for s in samples], [s.label for s in samples], self.report.content_hash, transforms,
+            transform_id, self.config.seed, self.control,
+            lambda done, total: self.callbacks.on_progress("features", done, total))
+
+    # -- the loop -------------------------------------------------------------------------------
+    def fit(self) -> FitResult:
+        try:
+            return self._fit()
+        except Exception as exc:
+            self.callbacks.on_error(_one_line(exc))
+            raise
+
+    def _fit(self) -> FitResult:
+        self._prepare()
+        stages = plan_stages(self.config)
+        status = "completed"
+        started = False
+        try:
+            for stage in stages:
+                apply_stage_freeze(self.tree, stage)
+                net, train_loader, val_loader, path = self._pipeline()
+                if not started:
+                    self._announce(stages, len(train_loader), path)
+                    started = True
+                if self._run_stage(stage, net, train_loader, val_loader) == "stopped-early":
+                    status = "stopped-early"
+                    break
+        except Cancelled:
+            status = "cancelled"
+        metrics = {}
+        if status != "cancelled" and self.checkpoint_path.exists():
+            metrics = self._final_metrics()
+        result = FitResult(status, str(self.run_dir),
+                           str(self.checkpoint_path) if self.checkpoint_path.exists() else None,
+                           metrics, self.history)
+        write_json(self.run_dir / "history.json", self.history)
+        self.callbacks.on_fit_end({"status": status, "run_dir": str(self.run_dir),
+                                   "checkpoint": result.checkpoint,
+                                   "val_accuracy": metrics.get("val_accuracy"),
+                                   "test_accuracy": metrics.get("test_accuracy")})
+        return result
+
+    def _announce(self, stages: list[Stage], steps_per_epoch: int, path: str) -> None:
+        write_json(self.run_dir / "config.json", self.config.to_dict())
+        total, trainable = self.tree.counts()
+        self.callbacks.on_fit_start({
+            "epochs": sum(s.epochs for s in stages), "steps_per_epoch": steps_per_epoch,
+            "n_train": len(self.train_samples), "n_val": len(self.val_samples),
+            "n_test": len(self.test_samples), "classes": list(self.report.classes), "path": path,
+            "params_total": total, "params_trainable": trainable, "backbone": self.bundle.spec.name,
+            "stages": [s.name for s in stages]})
+
+    def _run_stage(self, stage: Stage, net: nn.Module, train_loader, val_loader) -> str:
+        groups = param_groups(net, stage.lr, self.config.layer_decay, self.config.weight_decay)
+        if not groups:
+            raise ValueError("every layer is frozen: choose at least one layer to train")
+        optimizer = make_optimizer(groups, self.config)
+        schedule = make_schedule(optimizer, self.config, len(train_loader), stage.epochs)
+        stale = 0
+        for _ in range(stage.epochs):
+            self._epoch += 1
+            started = time.monotonic()
+            loss, acc = self._train_epoch(net, train_loader, optimizer, schedule, stage)
+            val_loss, val_acc = self._validate(net, val_loader)
+            improved = self._keep_if_best(val_acc, val_loss)
+            logs = {"epoch": self._epoch, "loss": loss, "accuracy": acc, "val_loss": val_loss,
+                    "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"],
+                    "epoch_time_s": time.monotonic() - started, "best": int(improved), "stage": stage.name}
+            self.history.append(logs)
+            self.callbacks.on_epoch_end(self._epoch, logs)
+            stale = 0 if improved else stale + 1
+            if self.config.early_stopping and stale >= self.config.early_stopping:
+                return "stopped-early"
+        return "completed"
+
+    def _train_epoch(self, net, loader, optimizer, schedule, stage: Stage) -> tuple[float, float]:
+        if isinstance(loader.dataset, FeatureDataset):
+            loader.dataset.view = (self._epoch - 1) % loader.dataset.views.shape[0]
+        net.train()
+        if not self.config.train_frozen_bn:
+            frozen_batchnorm_to_eval(net)
+        total_loss, correct, seen = 0.0, 0, 0
+        started, last_report = time.monotonic(), 0.0
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        for batch, (inputs, targets) in enumerate(loader, start=1):
+            self.control.checkpoint()
+            outputs = net(inputs)
+            loss = self.criterion(outputs, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.config.grad_clip > 0:
+                nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+            optimizer.step()
+            schedule.step()
+            self._step += 1
+            total_loss += float(loss.detach()) * len(targets)
+            correct += int((outputs.argmax(1) == targets).sum())
+            seen += len(targets)
+            now = time.monotonic()
+            if now - last_report >= 0.1 or batch == len(loader):
+                last_report = now
+                rate = seen / max(now - started, 1e-9)
+                remaining = len(loader.dataset) - seen
+                self.callbacks.on_batch_end(self._step, {
+                    "epoch": self._epoch, "batch": batch, "batches": len(loader), "loss": float(loss.detach()),
+                    "accuracy": correct / seen, "lr": optimizer.param_groups[0]["lr"],
+                    "images_per_s": rate, "eta_s": remaining / max(rate, 1e-9), "stage": stage.name})
+        return total_loss / max(seen, 1), correct / max(seen, 1)
+
+    def _validate(self, net, loader) -> tuple[float, float]:
+        logits, labels = predict_logits(net, loader, self.control)
+        if not len(labels):
+            return float("nan"), float("nan")
+        loss = float(self.eval_criterion(logits, labels))
+        return loss, float((logits.argmax(1) == labels).float().mean())
+
+    def _keep_if_best(self, val_acc: float, val_loss: float) -> bool:
+        if self.best is not None and not _improves((val_acc, val_loss), self.best):
+            return False
+        self.best = (val_acc, val_loss)
+        save_checkpoint(self.checkpoint_path, self.model, self.bundle, self.report.classes,
+                        {"epoch": self._epoch, "val_accuracy": val_acc, "val_loss": val_loss,
+                         "config": self.config.to_dict()})
+        return True
+
+    # -- after training ---------------------------------------------------------------------------
+    def _final_metrics(self) -> dict:
+        """Reload the best checkpoint and evaluate it on val and test; write metrics.json."""
+        from safetensors.torch import load_file
+        self.model.load_state_dict(load_file(str(self.checkpoint_path)))
+        pre = self.bundle.preprocessing
+        results, predictions = {}, {}
+        for split, samples in (("val", self.val_samples), ("test", self.test_samples)):
+            if not samples:
+                continue
+            loader = self._image_loader(samples, eval_transform(pre), False)
+            logits, labels = predict_logits(
+                self.model, loader, self.control,
+                lambda done, total, split=split: self.callbacks.on_progress(f"evaluate {split}", done, total))
+            results[split] = classification_metrics(logits, labels, self.report.classes,
+                                                    [s.path for s in samples])
+            predictions[split] = results[split].pop("predictions")
+        metrics = summarize_metrics(self.report.classes, results, self.bundle, self.config)
+        write_json(self.run_dir / "metrics.json", metrics)
+        write_json(self.run_dir / "predictions.json", predictions)
+        return metrics
+
+
+def summarize_metrics(classes: list[str], results: dict, bundle: ModelBundle, config: TrainConfig) -> dict:
+    """metrics.json: headline numbers first; the test split's details when there is one, else val's."""
+    main = results.get("test") or results.get("val") or {}
+    return {
+        "classes": list(classes),
+        "backbone": bundle.spec.name,
+        "weights": bundle.weights,
+        "val_accuracy": results.get("val", {}).get("accuracy"),
+        "test_accuracy": results.get("test", {}).get("accuracy"),
+        "evaluated_on": "test" if "test" in results else "val",
+        "per_class": main.get("per_class", []),
+        "confusion_matrix": main.get("confusion_matrix", []),
+        "most_confident_wrong": main.get("most_confident_wrong", []),
+        "splits": results,
+        "config": config.to_dict(),
+    }
+
+
+def _improves(candidate: tuple[float, float], best: tuple[float, float], min_delta: float = 1e-4) -> bool:
+    """Higher validation accuracy wins; at equal accuracy, a clearly lower validation loss."""
+    (acc, loss), (best_acc, best_loss) = candidate, best
+    return acc > best_acc or (acc == best_acc and loss < best_loss - min_delta)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def train(report: DatasetReport, config: TrainConfig, run_dir: str | Path,
+          callbacks: list[Callback] | None = None, control: RunControl | None = None) -> FitResult:
+    """Convenience wrapper: one call from a scanned dataset to a finished run folder."""
+    return Trainer(report, config, run_dir, callbacks, control).fit()

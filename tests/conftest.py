@@ -1,0 +1,54 @@
+"""Shared fixtures: small real image datasets written to disk, and isolated user folders."""
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220)}
+
+
+def write_colour_dataset(root: Path, per_class: int = 8, size: int = 40, seed: int = 0,
+                         colours: dict | None = None) -> Path:
+    """Class folders of noisy solid-colour images: learnable in a few steps, distinct bytes per file."""
+    rng = np.random.default_rng(seed)
+    for name, rgb in (colours or COLOURS).items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            noise = rng.integers(-40, 40, size=(size, size, 3))
+            pixels = np.clip(np.array(rgb)[None, None, :] + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{name}_{i:03d}.png")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def isolated_user_dirs(tmp_path_factory, monkeypatch):
+    """Never write into the real user data/cache folders from a test."""
+    base = tmp_path_factory.mktemp("user")
+    monkeypatch.setenv("TRANSFERLAB_DATA_DIR", str(base / "data"))
+    monkeypatch.setenv("TRANSFERLAB_CACHE_DIR", str(base / "cache"))
+
+
+@pytest.fixture
+def colour_dataset(tmp_path) -> Path:
+    return write_colour_dataset(tmp_path / "colours")
+
+
+@pytest.fixture(scope="session")
+def demo_dataset() -> Path:
+    return ROOT / "resources" / "demo" / "fashion-mnist"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    random.seed(0)
