@@ -343,8 +343,8 @@ class _Lister:
         train_split = "train" if "val" in split_dirs else (_CARVE_VAL if "test" in split_dirs else _CARVE_ALL)
         split_of = {"train": train_split, "val": "val", "test": "test"}
         used = set()
-        for split, folders in split_dirs.items():
-            for folder in folders:
+        for split in SPLITS:  # train first, so class-level problems point at train/<class>
+            for folder in split_dirs.get(split, []):
                 used.add(folder.path)
                 folder_entries = self.entries(folder.path)
                 self.add_class_folders(Path(folder.path), folder_entries, split_of[split], key_root=root)
@@ -1151,7 +1151,7 @@ def _format_size(size: tuple[int, int]) -> str:
 
 
 def _describe_layout(report: DatasetReport) -> str:
-    how = "split given by the dataset" if report.split_given else "split chosen by TransferLab (seeded)"
+    how = "splits taken from the dataset where given" if report.split_given else "split chosen by seed"
     kind = f", from a {report.source_kind}" if report.source_kind in ("zip", "csv") else ""
     return f"Layout: {report.layout}{kind}; {how}"
 
