@@ -1,0 +1,167 @@
+"""Project files (`*.tlproj`, JSON): everything needed to pick the work up again.
+
+Dataset locations, label corrections (never applied to the user's files: the project records them and
+`apply_corrections` uses them when the dataset is read), backbone, freeze state, hyper-parameters and
+the runs with their metrics. Saved atomically; a corrupt or foreign file is refused, never rewritten.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from engine.dataset import DatasetReport, Problem, Sample
+from engine.fileio import write_json
+
+PROJECT_FORMAT = "transferlab-project/1"
+PROJECT_SUFFIX = ".tlproj"
+CORRECTION_ACTIONS = ("exclude", "relabel")
+
+
+class ProjectError(ValueError):
+    """The file is not a TransferLab project (or is damaged); the message says which."""
+
+
+@dataclass
+class RunRecord:
+    """One finished (or cancelled) training run, as listed in "Compare runs"."""
+
+    run_dir: str
+    created: str
+    backbone: str
+    status: str
+    val_accuracy: float | None = None
+    test_accuracy: float | None = None
+    config: dict = field(default_factory=dict)
+
+
+@dataclass
+class Project:
+    dataset_sources: list[str] = field(default_factory=list)
+    corrections: dict[str, dict] = field(default_factory=dict)   # path -> {"action", "label"}
+    backbone: str = "efficientnet_lite0"
+    frozen_parameters: list[str] | None = None
+    config: dict = field(default_factory=dict)
+    runs: list[RunRecord] = field(default_factory=list)
+    path: str | None = None          # where it was loaded from / saved to; not stored in the file
+
+    # -- label corrections ------------------------------------------------------------------------
+    def exclude(self, image_path: str) -> None:
+        self.corrections[str(image_path)] = {"action": "exclude", "label": None}
+
+    def relabel(self, image_path: str, label: str) -> None:
+        self.corrections[str(image_path)] = {"action": "relabel", "label": str(label)}
+
+    def restore(self, image_path: str) -> None:
+        self.corrections.pop(str(image_path), None)
+
+    def add_run(self, record: RunRecord) -> None:
+        self.runs = [r for r in self.runs if r.run_dir != record.run_dir] + [record]
+
+    # -- files --------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.pop("path")
+        return {"format": PROJECT_FORMAT,
+                "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"), **data}
+
+    def save(self, path: str | os.PathLike | None = None) -> str:
+        target = Path(path or self.path or "")
+        if not str(target) or target.is_dir():
+            raise ProjectError("choose a file name for the project")
+        if target.suffix != PROJECT_SUFFIX:
+            target = target.with_name(target.name + PROJECT_SUFFIX)
+        write_json(target, self.to_dict())
+        self.path = str(target)
+        return self.path
+
+    def missing_sources(self) -> list[str]:
+        """Dataset locations that no longer exist (moved or unplugged drive)."""
+        return [s for s in self.dataset_sources if not os.path.exists(s)]
+
+    def relocate(self, old: str, new: str) -> None:
+        """The dataset moved from `old` to `new`: rewrite every stored path under it."""
+        def moved(path: str) -> str:
+            rel = os.path.relpath(path, old)
+            return path if rel.startswith("..") else os.path.normpath(os.path.join(new, rel))
+        self.dataset_sources = [moved(s) for s in self.dataset_sources]
+        self.corrections = {moved(p): c for p, c in self.corrections.items()}
+
+
+def load_project(path: str | os.PathLike) -> Project:
+    """Read and validate a project file; never modifies it."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ProjectError(f"project file not found: {path}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ProjectError(f"{path.name} is not a TransferLab project (not JSON)") from None
+    if not isinstance(data, dict) or data.get("format") != PROJECT_FORMAT:
+        raise ProjectError(f"{path.name} is not a TransferLab project (format "
+                           f"{data.get('format') if isinstance(data, dict) else type(data).__name__!r})")
+    try:
+        project = Project(
+            dataset_sources=_str_list(data.get("dataset_sources", [])),
+            corrections=_corrections(data.get("corrections", {})),
+            backbone=str(data.get("backbone", "efficientnet_lite0")),
+            frozen_parameters=None if data.get("frozen_parameters") is None
+            else _str_list(data["frozen_parameters"]),
+            config=dict(data.get("config") or {}),
+            runs=[RunRecord(**r) for r in data.get("runs", [])],
+            path=str(path))
+    except (TypeError, ValueError) as exc:
+        raise ProjectError(f"{path.name} is damaged: {exc}") from None
+    return project
+
+
+def _str_list(value) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("expected a list of strings")
+    return list(value)
+
+
+def _corrections(value) -> dict[str, dict]:
+    if not isinstance(value, dict):
+        raise ValueError("corrections must be an object")
+    for item in value.values():
+        if not isinstance(item, dict) or item.get("action") not in CORRECTION_ACTIONS:
+            raise ValueError("each correction needs an action: exclude or relabel")
+        if item["action"] == "relabel" and not isinstance(item.get("label"), str):
+            raise ValueError("a relabel correction needs a label")
+    return dict(value)
+
+
+def apply_corrections(report: DatasetReport, corrections: dict[str, dict]) -> DatasetReport:
+    """The report as training should see it: excluded images dropped (listed as info problems),
+    relabelled images moved to their new class (a new class name is added)."""
+    if not corrections:
+        return report
+    classes = list(report.classes)
+    for item in corrections.values():
+        if item["action"] == "relabel" and item["label"] not in classes:
+            classes.append(item["label"])
+    classes.sort()
+    samples, problems = [], list(report.problems)
+    for sample in report.samples:
+        fix = corrections.get(sample.path)
+        name = report.classes[sample.label]
+        if fix and fix["action"] == "exclude":
+            problems.append(Problem(sample.path, "excluded by you (marked as mislabelled)", "info"))
+            continue
+        if fix and fix["action"] == "relabel":
+            name = fix["label"]
+        samples.append(Sample(sample.path, classes.index(name), sample.split))
+    used = sorted({s.label for s in samples})
+    classes = [classes[i] for i in used]
+    remap = {old: new for new, old in enumerate(used)}
+    samples = [replace(s, label=remap[s.label]) for s in samples]
+    return replace(report, classes=classes, samples=samples, problems=problems,
+                   content_hash=f"{report.content_hash}+{_corrections_digest(corrections)}")
+
+
+def _corrections_digest(corrections: dict) -> str:
+    import hashlib
+    return hashlib.sha256(json.dumps(corrections, sort_keys=True).encode()).hexdigest()[:16]
