@@ -122,7 +122,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="two-stage: train the head first, then unfreeze per --freeze at a lower rate")
     p.add_argument("--image-size", type=int, default=None, help="input size in pixels (default: the model's)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=None, help="head learning rate (default 1e-3)")
+    p.add_argument("--lr", type=float, default=None, help="head learning rate (default 3e-3)")
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
     p.add_argument("--schedule", default="cosine", choices=["cosine", "onecycle", "constant"])
     p.add_argument("--augmentation", default="light", choices=["none", "light", "strong"])

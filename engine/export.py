@@ -1,0 +1,417 @@
+"""Verified ONNX export: a trained run (or checkpoint) becomes one self-contained `.onnx` file that
+carries everything needed to use it, and is checked against PyTorch before it is written.
+
+Why each step is there:
+- Exporter: the torch.export-based exporter (`dynamo`) is PyTorch's supported path; the TorchScript one
+  (`legacy`) is deprecated but fast and mature, so it is the fallback when the first fails to export or
+  to verify. With dynamic height/width the order flips: torch.export needs about two minutes to trace
+  EfficientNet's 'same' padding symbolically, the TorchScript exporter seconds (and the result is
+  verified at two input sizes either way). Opset 18 keeps files loadable by onnxruntime back to 1.14.
+- Metadata: classes, preprocessing, backbone, training date and metrics go into the ONNX
+  metadata_props (each value JSON) and into a JSON sidecar, so the `.onnx` alone is enough.
+- Verification: real images (the run's validation split) go through both paths the way users run them:
+  `eval_transform` + PyTorch, and `preprocess_image` + onnxruntime with the preprocessing read back from
+  the file's own metadata. Logits must agree within `tolerance` and top-1 must agree (except exact ties);
+  otherwise nothing is written.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import onnx
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from engine import __version__
+from engine.checkpoint import load_checkpoint
+from engine.data import eval_transform
+from engine.fileio import atomic_path, write_json
+from engine.images import ImageError, load_image
+from engine.models import Preprocessing, build_architecture
+from engine.paths import demo_dataset
+from engine.predict import (ONNX_FORMAT, OnnxClassifier, collect_images, preprocess_image, read_onnx_metadata,
+                            resolve_checkpoint)
+
+EXPORTERS = ("dynamo", "legacy")
+OPSET = 18
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+MAX_VERIFY_IMAGES = 32
+_SIZE_PROBE_STEP = 32                       # a second input size tried when dynamic height/width is asked
+
+
+class ExportError(ValueError):
+    """The model could not be exported, or the exported file does not behave like the trained model."""
+
+
+@dataclass
+class ExportResult:
+    path: str
+    sidecar: str
+    exporter: str                   # 'dynamo' | 'legacy'
+    max_abs_diff: float             # max |logit(PyTorch) - logit(onnxruntime)| over the verification images
+    top1_agreement: float           # fraction of verification images with the same top-1 class
+    n_images: int
+    seconds: float                  # the whole call
+    warnings: list[str] = field(default_factory=list)
+    max_input_diff: float = 0.0     # numpy preprocessing vs eval_transform, on the same images
+    export_seconds: float = 0.0     # the exporter alone, for the one that succeeded
+    dynamic_size: bool = False      # True when height and width are dynamic axes, not only batch
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Verification:
+    max_abs_diff: float
+    max_input_diff: float
+    top1_agreement: float
+    n_images: int
+    ties: int
+    problem: str | None             # why the export must be rejected; None when it passed
+    probe_logits: np.ndarray | None = None   # onnxruntime's logits for the first image
+
+
+def export_run(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, *,
+               verify_images: Sequence[str | os.PathLike] | None = None, tolerance: float = 1e-3,
+               progress: Callable[[str, int, int], None] | None = None, exporter: str = "auto",
+               dynamic_size: bool = False) -> ExportResult:
+    """Export a run folder or checkpoint to a verified ONNX file plus a JSON sidecar (`OUT.json`).
+
+    Safe to call on a worker thread; files are written atomically and nothing is left behind when
+    verification fails.
+
+    Args:
+        run_or_checkpoint: a run folder (with model.safetensors) or a TransferLab `.safetensors` file.
+        onnx_path: where to write; must end in `.onnx`.
+        verify_images: image files or folders to verify on; default: the run's validation images,
+            else the bundled demo images (with a warning).
+        tolerance: largest accepted |logit difference| between PyTorch and onnxruntime.
+        progress: `progress(step, done, total)` after each of the steps.
+        exporter: 'auto' (dynamo, falling back to legacy; the reverse with dynamic_size), 'dynamo' or
+            'legacy'.
+        dynamic_size: make height and width dynamic too (for architectures that allow it).
+
+    Raises:
+        ExportError: bad output path, no usable images, or every exporter failed or disagreed.
+        ModelFileError, CheckpointError: the input is not a run folder or checkpoint.
+    """
+    started = time.monotonic()
+    target = Path(onnx_path)
+    if target.suffix.lower() != ".onnx":
+        raise ExportError(f"the output file must end in .onnx, not {target.name!r}")
+    if exporter not in ("auto", *EXPORTERS):
+        raise ExportError(f"exporter must be auto, {' or '.join(EXPORTERS)}, not {exporter!r}")
+    step = _Steps(progress)
+    step("load model")
+    checkpoint_path, run_dir = resolve_checkpoint(run_or_checkpoint)
+    model, checkpoint = load_checkpoint(checkpoint_path)
+    pre = checkpoint.preprocessing
+    images, notes = _verification_images(run_dir, verify_images)
+    if dynamic_size and not accepts_other_sizes(model, pre):
+        notes.append(f"{checkpoint.meta['backbone']} cannot run at other input sizes: exported with a fixed "
+                     f"{pre.input_size}×{pre.input_size} input")
+        dynamic_size = False
+    card = model_card(checkpoint.meta, run_dir, dynamic_size)
+
+    with tempfile.TemporaryDirectory(prefix="transferlab-export-") as scratch:
+        proto, used, verification, export_seconds = _export_verified(
+            model, pre, card, images, tolerance, dynamic_size, exporter, Path(scratch), step, notes)
+    card.update(exporter=used, verification={
+        "images": verification.n_images, "max_abs_diff": verification.max_abs_diff,
+        "top1_agreement": verification.top1_agreement, "tolerance": tolerance,
+        "date": _now()})
+    step("write files")
+    _set_metadata(proto, card)
+    _write_onnx(proto, target, images[0], verification.probe_logits)
+    sidecar = target.with_suffix(".json")
+    write_json(sidecar, card)
+    return ExportResult(str(target), str(sidecar), used, verification.max_abs_diff, verification.top1_agreement,
+                        verification.n_images, time.monotonic() - started, notes, verification.max_input_diff,
+                        export_seconds, dynamic_size)
+
+
+def _export_verified(model, pre, card, images, tolerance, dynamic_size, exporter, scratch: Path, step, notes):
+    """Try each exporter in turn; return (proto, exporter, verification, seconds) for the first that passes."""
+    failures = []
+    for name in _exporter_order(exporter, dynamic_size):
+        step(f"export ({name})")
+        path = scratch / f"{name}.onnx"
+        began = time.monotonic()
+        try:
+            _run_exporter(name, model, pre.input_size, path, dynamic_size)
+            proto = onnx.load(str(path))
+            onnx.checker.check_model(proto)
+        except Exception as exc:  # noqa: BLE001 - any exporter failure means "try the next one"
+            failures.append(f"{name} exporter failed: {_first_line(exc)}")
+            continue
+        seconds = time.monotonic() - began
+        _set_metadata(proto, {**card, "exporter": name})
+        onnx.save(proto, str(path))
+        step(f"verify ({name})")
+        try:
+            verification = verify_onnx(model, pre, path, images, tolerance, dynamic_size)
+        except Exception as exc:  # noqa: BLE001 - e.g. an operator onnxruntime lacks: try the next one
+            failures.append(f"onnxruntime cannot run the {name} export: {_first_line(exc)}")
+            continue
+        if verification.problem is None:
+            notes.extend(failures)
+            if verification.ties:
+                notes.append(f"{verification.ties} verification image(s) are ties between two classes within "
+                             "floating-point precision (top-1 may differ there by rounding)")
+            return proto, name, verification, seconds
+        failures.append(f"{name} export failed verification: {verification.problem}")
+    raise ExportError("; ".join(failures))
+
+
+def _exporter_order(exporter: str, dynamic_size: bool) -> tuple[str, ...]:
+    if exporter != "auto":
+        return (exporter,)
+    return tuple(reversed(EXPORTERS)) if dynamic_size else EXPORTERS
+
+
+def _run_exporter(name: str, model: torch.nn.Module, size: int, path: Path, dynamic_size: bool) -> None:
+    example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    if name == "dynamo":
+        dims = {0: torch.export.Dim("batch", min=1, max=4096)}
+        if dynamic_size:
+            dims.update({2: torch.export.Dim("height", min=32, max=2048),
+                         3: torch.export.Dim("width", min=32, max=2048)})
+        torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False, verbose=False,
+                          opset_version=OPSET, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_shapes=(dims,))
+        return
+    axes = {INPUT_NAME: {0: "batch", **({2: "height", 3: "width"} if dynamic_size else {})},
+            OUTPUT_NAME: {0: "batch"}}
+    with warnings.catch_warnings():   # "legacy exporter is deprecated": we chose it knowingly as the fallback
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (example,), str(path), dynamo=False, verbose=False, opset_version=OPSET,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes)
+
+
+def verify_onnx(model: torch.nn.Module, pre: Preprocessing, onnx_path: str | os.PathLike,
+                images: Sequence[Image.Image], tolerance: float = 1e-3, dynamic_size: bool = False) -> _Verification:
+    """Compare PyTorch (eval_transform) with onnxruntime (numpy preprocessing from the file's metadata).
+
+    The ONNX side runs the first image alone and the rest as one batch, so the dynamic batch axis is
+    exercised too; with `dynamic_size` a second input size is checked as well.
+    """
+    classifier = OnnxClassifier(onnx_path)
+    sizes = [pre.input_size] + ([pre.input_size + _SIZE_PROBE_STEP] if dynamic_size else [])
+    reference, exported, input_diff = [], [], 0.0
+    for size in sizes:
+        sized = pre.with_size(size)
+        torch_inputs = torch.stack([eval_transform(sized)(image) for image in images])
+        onnx_inputs = np.stack([preprocess_image(image, {**classifier.preprocessing, "input_size": size})
+                                for image in images])
+        input_diff = max(input_diff, float(np.abs(torch_inputs.numpy() - onnx_inputs).max()))
+        with torch.inference_mode():
+            reference.append(model(torch_inputs).float().numpy())
+        exported.append(np.concatenate([classifier.run(onnx_inputs[:1])] +
+                                       ([classifier.run(onnx_inputs[1:])] if len(images) > 1 else [])))
+    result = compare_logits(np.concatenate(reference), np.concatenate(exported), tolerance, input_diff)
+    result.probe_logits = exported[0][:1]
+    return result
+
+
+def compare_logits(reference: np.ndarray, exported: np.ndarray, tolerance: float,
+                   input_diff: float = 0.0) -> _Verification:
+    """Max |difference| and top-1 agreement; a top-1 disagreement only passes when PyTorch's own two
+    candidates are closer than the observed difference (a tie that rounding can flip)."""
+    if reference.shape != exported.shape:
+        return _Verification(float("inf"), input_diff, 0.0, len(reference), 0,
+                             f"output shape {exported.shape} differs from PyTorch's {reference.shape}")
+    diff = float(np.abs(reference - exported).max())
+    top_ref, top_exp = reference.argmax(1), exported.argmax(1)
+    rows = np.flatnonzero(top_ref != top_exp)
+    gaps = reference[rows, top_ref[rows]] - reference[rows, top_exp[rows]]
+    ties = int((gaps <= 2 * diff).sum())
+    agreement = float((top_ref == top_exp).mean())
+    problem = None
+    if not np.isfinite(diff) or diff > tolerance:
+        problem = f"max |logit difference| {diff:.3g} exceeds the tolerance {tolerance:g}"
+    elif len(rows) > ties:
+        problem = f"top-1 agreement {agreement:.1%} (the classes differ on {len(rows) - ties} image(s))"
+    return _Verification(diff, input_diff, agreement, len(reference), ties, problem)
+
+
+def accepts_other_sizes(model: torch.nn.Module, pre: Preprocessing) -> bool:
+    """Whether the architecture runs at an input size other than its training size (ViTs do not)."""
+    size = pre.input_size + _SIZE_PROBE_STEP
+    try:
+        with torch.inference_mode():
+            out = model(torch.zeros(1, 3, size, size - _SIZE_PROBE_STEP // 2))
+    except Exception:  # noqa: BLE001 - any failure means "fixed size"
+        return False
+    return out.ndim == 2 and out.shape[0] == 1
+
+
+# -- metadata -----------------------------------------------------------------------------------------
+def model_card(meta: dict, run_dir: Path | None, dynamic_size: bool) -> dict:
+    """What a user holding only the .onnx file needs: embedded as metadata and written as the sidecar."""
+    pre = Preprocessing.from_dict(meta["preprocessing"])
+    height = width = pre.input_size
+    if dynamic_size:
+        height, width = "height", "width"
+    return {
+        "format": ONNX_FORMAT,
+        "classes": list(meta["classes"]),
+        "backbone": meta["backbone"],
+        "arch": meta.get("arch"),
+        "input": {"name": INPUT_NAME, "shape": ["batch", 3, height, width], "dtype": "float32",
+                  "layout": "NCHW, RGB"},
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(meta["classes"])],
+                   "meaning": "logits: apply softmax for probabilities"},
+        "preprocessing": {**pre.to_dict(), "resize_size": pre.resize_size,
+                          "steps": "RGB (EXIF-upright, transparency on white); resize the shorter side to "
+                                   "resize_size with `interpolation`; centre-crop input_size x input_size; "
+                                   "scale to 0..1; subtract mean, divide by std (per channel)"},
+        "trained": meta.get("created"),
+        "metrics": _metrics(meta, run_dir),
+        "weights_origin": meta.get("weights_origin"),
+        "exported": _now(),
+        "opset": OPSET,
+        "versions": {"transferlab": __version__, "torch": torch.__version__, "onnx": onnx.__version__},
+    }
+
+
+def _metrics(meta: dict, run_dir: Path | None) -> dict:
+    found = {"epoch": meta.get("epoch"), "val_accuracy": meta.get("val_accuracy")}
+    metrics_file = run_dir / "metrics.json" if run_dir else None
+    if metrics_file and metrics_file.is_file():
+        try:
+            saved = json.loads(metrics_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return found
+        for key in ("val_accuracy", "test_accuracy", "evaluated_on"):
+            if saved.get(key) is not None:
+                found[key] = saved[key]
+    return found
+
+
+def read_metadata(onnx_path: str | os.PathLike) -> dict:
+    """The model card embedded in an exported file (without loading its weights into a session)."""
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    return read_onnx_metadata({p.key: p.value for p in proto.metadata_props}, Path(onnx_path).name)
+
+
+def _set_metadata(proto: onnx.ModelProto, card: dict) -> None:
+    keep = [p for p in proto.metadata_props if p.key not in card]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    for key, value in card.items():
+        proto.metadata_props.add(key=key, value=json.dumps(value, ensure_ascii=False))
+    proto.producer_name, proto.producer_version = "TransferLab", __version__
+    proto.doc_string = (f"{card['backbone']} classifier for {len(card['classes'])} classes, exported by "
+                        "TransferLab; metadata_props hold classes and preprocessing (values are JSON).")
+
+
+def _write_onnx(proto: onnx.ModelProto, target: Path, probe_image: Image.Image, expected: np.ndarray) -> None:
+    """Write atomically, after re-opening the written bytes: metadata must parse and the logits must be
+    the ones that were verified (the final write only changed metadata)."""
+    with atomic_path(target) as tmp:
+        onnx.save(proto, str(tmp))
+        if not np.array_equal(OnnxClassifier(tmp).logits([probe_image]), expected):
+            raise ExportError("the written ONNX file does not reproduce the verified logits")
+
+
+# -- verification images ------------------------------------------------------------------------------
+def _verification_images(run_dir: Path | None, verify_images) -> tuple[list[Image.Image], list[str]]:
+    notes = []
+    if verify_images is not None:
+        paths, _ = collect_images(verify_images)
+    else:
+        paths = _validation_paths(run_dir)
+        if not paths:
+            paths, _ = collect_images([demo_dataset()])
+            notes.append("no validation images found for this model: verified on the bundled demo images")
+    paths = _spread(paths, MAX_VERIFY_IMAGES)
+    images, unusable = [], 0
+    for path in paths:
+        try:
+            images.append(load_image(path))
+        except ImageError:
+            unusable += 1
+    if unusable:
+        notes.append(f"{unusable} verification image(s) could not be read and were skipped")
+    if not images:
+        raise ExportError("no usable images to verify the export on")
+    return images, notes
+
+
+def _validation_paths(run_dir: Path | None) -> list[str]:
+    """The run's validation (else test) image paths that still exist, from predictions.json."""
+    if run_dir is None or not (run_dir / "predictions.json").is_file():
+        return []
+    try:
+        predictions = json.loads((run_dir / "predictions.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return []
+    for split in ("val", "test"):
+        paths = [row["path"] for row in predictions.get(split, []) if os.path.isfile(row.get("path", ""))]
+        if paths:
+            return paths
+    return []
+
+
+def _spread(paths: list[str], limit: int) -> list[str]:
+    """At most `limit` paths spread evenly over the list (which is grouped by class)."""
+    if len(paths) <= limit:
+        return list(paths)
+    return [paths[int(i * len(paths) / limit)] for i in range(limit)]
+
+
+# -- weights for PyTorch users --------------------------------------------------------------------------
+def export_weights(run_or_checkpoint: str | os.PathLike, out_path: str | os.PathLike) -> str:
+    """A plain `.safetensors` state dict for timm users, with flat string metadata (arch, num_classes,
+    classes, preprocessing as JSON). Checked by rebuilding the timm model from it strictly."""
+    out = Path(out_path)
+    if out.suffix.lower() != ".safetensors":
+        raise ExportError(f"the weights file must end in .safetensors, not {out.name!r}")
+    checkpoint_path, _ = resolve_checkpoint(run_or_checkpoint)
+    model, checkpoint = load_checkpoint(checkpoint_path)
+    meta = checkpoint.meta
+    flat = {"arch": meta["arch"], "num_classes": str(len(meta["classes"])),
+            "classes": json.dumps(meta["classes"]), "preprocessing": json.dumps(meta["preprocessing"]),
+            "backbone": meta["backbone"], "trained": str(meta.get("created", ""))}
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(out) as tmp:
+        save_file(state, str(tmp), metadata=flat)
+        rebuilt = build_architecture(meta["backbone"], len(meta["classes"]))
+        rebuilt.load_state_dict(load_file(str(tmp)), strict=True)
+    return str(out)
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+class _Steps:
+    """Numbers the steps for `progress(step, done, total)`; total is an estimate (a fallback adds two)."""
+
+    TOTAL = 4
+
+    def __init__(self, progress):
+        self.progress, self.done = progress, 0
+
+    def __call__(self, name: str) -> None:
+        if self.progress:
+            self.progress(name, self.done, max(self.TOTAL, self.done + 1))
+        self.done += 1
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__

@@ -1,0 +1,77 @@
+"""The `export` and `predict` commands, registered into engine.cli's parser by `register(subparsers)`.
+
+Heavy modules are imported inside the commands so `--help` stays instant, and `predict` on an `.onnx`
+file never imports torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("export", help="export a run to a verified ONNX file (and/or plain weights)",
+                              description="Export a run folder or checkpoint. The ONNX file is checked "
+                                          "against PyTorch on real images before it is written.")
+    p.add_argument("run", help="run folder or TransferLab .safetensors checkpoint")
+    p.add_argument("--onnx", metavar="OUT.onnx", help="verified ONNX file to write (plus OUT.json)")
+    p.add_argument("--safetensors", metavar="OUT.safetensors",
+                   help="plain timm state dict with flat metadata, for PyTorch users")
+    p.add_argument("--verify-images", nargs="+", metavar="PATH",
+                   help="images or folders to verify on (default: the run's validation images)")
+    p.add_argument("--tolerance", type=float, default=1e-3, help="max |logit difference| (default 1e-3)")
+    p.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "legacy"],
+                   help="auto: torch.export-based, falling back to the TorchScript-based one")
+    p.add_argument("--dynamic-size", action="store_true",
+                   help="make height and width dynamic too (not only the batch)")
+    p.set_defaults(func=cmd_export)
+
+    p = subparsers.add_parser("predict", help="top-k labels for images, from a run, checkpoint or .onnx",
+                              description="Print one JSON object per image: path, label, score, top_k.")
+    p.add_argument("model", help="run folder, .safetensors checkpoint or exported .onnx file")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--threshold", type=float, default=0.0,
+                   help="below this top-1 probability the label is 'unknown' (default 0: never)")
+    p.add_argument("--csv", metavar="OUT.csv", help="also write the predictions as CSV")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from engine.export import ExportError, export_run, export_weights
+    if not args.onnx and not args.safetensors:
+        raise ExportError("say what to write: --onnx OUT.onnx and/or --safetensors OUT.safetensors")
+    summary = {}
+    if args.onnx:
+        result = export_run(args.run, args.onnx, verify_images=args.verify_images, tolerance=args.tolerance,
+                            exporter=args.exporter, dynamic_size=args.dynamic_size, progress=_report_step)
+        for warning in result.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        summary.update(result.to_dict())
+    if args.safetensors:
+        summary["safetensors"] = export_weights(args.run, args.safetensors)
+    print(json.dumps(summary))
+    return 0
+
+
+def _report_step(step: str, done: int, total: int) -> None:
+    if sys.stderr.isatty():     # a log or a pipe gets only the outcome (one line for bad input)
+        print(f"export [{done + 1}/{total}]: {step}", file=sys.stderr)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from engine.predict import load_classifier, predict_images, write_csv
+    classifier = load_classifier(args.model)
+    report = predict_images(classifier, args.images, top_k=args.top_k, threshold=args.threshold,
+                            batch_size=max(1, args.batch_size))
+    for prediction in report.predictions:
+        print(json.dumps(prediction.to_dict(), ensure_ascii=False))
+    for skipped in report.skipped:
+        print(f"skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
+    if args.csv:
+        write_csv(report, args.csv, args.top_k)
+    if not report.predictions:
+        raise ValueError("no image could be read" if report.skipped else "no images found")
+    return 0

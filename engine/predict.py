@@ -1,0 +1,293 @@
+"""Predictions on new images from a run folder, a `.safetensors` checkpoint or an exported `.onnx` file.
+
+Two classifiers share one interface (`logits(images)`): `TorchClassifier` preprocesses with
+`engine.data.eval_transform`, exactly as validation did during training; `OnnxClassifier` uses
+`preprocess_image`, its numpy/Pillow twin, and onnxruntime. Tests keep the two preprocessing paths equal
+to the float, and the ONNX path imports neither torch nor timm, so `predict model.onnx ...` starts fast.
+`examples/onnx_predict.py` is the same ONNX path as one standalone file for users' own applications.
+
+Model files are never unpickled: checkpoints are read with safetensors, and pickled PyTorch files are
+refused by name before anything parses them.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from engine.control import RunControl
+from engine.images import ImageError, has_image_extension, is_hidden_or_system, load_image
+
+CHECKPOINT_NAME = "model.safetensors"       # the best checkpoint inside a run folder (engine.train)
+ONNX_FORMAT = "transferlab-onnx/1"
+UNKNOWN = "unknown"
+
+_PIL_FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")     # pickle protocol 2+; torch.save's zip container
+
+
+class ModelFileError(ValueError):
+    """The path is not a model TransferLab can run: not a run folder, checkpoint or exported ONNX file."""
+
+
+# -- preprocessing ------------------------------------------------------------------------------------
+def preprocess_image(image: Image.Image, preprocessing) -> np.ndarray:
+    """An RGB image as the (3, H, W) float32 array the model expects: the numpy twin of
+    `engine.data.eval_transform` (shorter side to round(input_size / crop_pct), centre crop, scale to
+    0..1, normalise), following torchvision's size and rounding rules so both give the same numbers.
+
+    Args:
+        image: an 8-bit RGB image, as `engine.images.load_image` returns.
+        preprocessing: a `Preprocessing` or its dict (input_size, mean, std, interpolation, crop_pct).
+    """
+    pre = preprocessing if isinstance(preprocessing, dict) else preprocessing.to_dict()
+    size = int(pre["input_size"])
+    resample = _PIL_FILTERS.get(pre["interpolation"], Image.BILINEAR)
+    image = _center_crop(_resize_shorter_side(image, int(round(size / float(pre["crop_pct"]))), resample), size)
+    pixels = np.asarray(image, dtype=np.float32) * np.float32(1.0 / 255)
+    mean, std = np.asarray(pre["mean"], np.float32), np.asarray(pre["std"], np.float32)
+    return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))
+
+
+def _resize_shorter_side(image: Image.Image, short: int, resample: int) -> Image.Image:
+    width, height = image.size
+    if width <= height:
+        size = (short, int(short * height / width))
+    else:
+        size = (int(short * width / height), short)
+    return image if size == image.size else image.resize(size, resample=resample)
+
+
+def _center_crop(image: Image.Image, size: int) -> Image.Image:
+    width, height = image.size
+    if size > width or size > height:       # torchvision pads with black first
+        padded = Image.new(image.mode, (max(width, size), max(height, size)))
+        padded.paste(image, ((size - width) // 2 if size > width else 0,
+                             (size - height) // 2 if size > height else 0))
+        image, (width, height) = padded, padded.size
+    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+# -- classifiers --------------------------------------------------------------------------------------
+class TorchClassifier:
+    """A checkpoint run in PyTorch with the training's own evaluation transform."""
+
+    kind = "torch"
+
+    def __init__(self, checkpoint_path: str | os.PathLike):
+        _refuse_pickle(checkpoint_path)
+        from engine.checkpoint import load_checkpoint
+        from engine.data import eval_transform
+        self.path = str(checkpoint_path)
+        self.model, checkpoint = load_checkpoint(checkpoint_path)
+        self.meta = checkpoint.meta
+        self.classes = checkpoint.classes
+        self.preprocessing = checkpoint.preprocessing.to_dict()
+        self.transform = eval_transform(checkpoint.preprocessing)
+
+    def inputs(self, images: Sequence[Image.Image]):
+        import torch
+        return torch.stack([self.transform(image) for image in images])
+
+    def logits(self, images: Sequence[Image.Image]) -> np.ndarray:
+        import torch
+        with torch.inference_mode():
+            return self.model(self.inputs(images)).float().numpy()
+
+
+class OnnxClassifier:
+    """An exported `.onnx` file run with onnxruntime; classes and preprocessing come from its metadata."""
+
+    kind = "onnx"
+
+    def __init__(self, onnx_path: str | os.PathLike):
+        import onnxruntime as ort
+        self.path = str(onnx_path)
+        name = os.path.basename(self.path)
+        if not os.path.isfile(self.path):
+            raise ModelFileError(f"model file not found: {self.path}")
+        try:
+            self.session = ort.InferenceSession(self.path, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for damaged files
+            raise ModelFileError(f"{name} is not a valid ONNX model ({_first_line(exc)})") from None
+        self.meta = read_onnx_metadata(self.session.get_modelmeta().custom_metadata_map, name)
+        self.classes = list(self.meta["classes"])
+        self.preprocessing = dict(self.meta["preprocessing"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def inputs(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return np.stack([preprocess_image(image, self.preprocessing) for image in images])
+
+    def logits(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return self.run(self.inputs(images))
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: batch})[0].astype(np.float32)
+
+
+def read_onnx_metadata(custom_metadata: dict[str, str], name: str = "model") -> dict:
+    """TransferLab's metadata from an ONNX file's metadata_props (each value is JSON)."""
+    try:
+        meta = {key: json.loads(value) for key, value in custom_metadata.items()}
+    except json.JSONDecodeError:
+        raise ModelFileError(f"{name} has damaged TransferLab metadata") from None
+    if meta.get("format") != ONNX_FORMAT or "classes" not in meta or "preprocessing" not in meta:
+        raise ModelFileError(f"{name} has no TransferLab metadata (classes, preprocessing): "
+                             "export it with `transferlab export`")
+    return meta
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path | None]:
+    """(checkpoint file, run folder or None) for a run folder or a checkpoint path."""
+    path = Path(path)
+    if path.is_dir():
+        checkpoint = path / CHECKPOINT_NAME
+        if not checkpoint.is_file():
+            raise ModelFileError(f"{path} is not a run folder (it has no {CHECKPOINT_NAME})")
+        return checkpoint, path
+    if not path.is_file():
+        raise ModelFileError(f"no such run folder or checkpoint: {path}")
+    _refuse_pickle(path)
+    run_dir = path.parent if (path.parent / "metrics.json").is_file() else None
+    return path, run_dir
+
+
+def load_classifier(path: str | os.PathLike) -> TorchClassifier | OnnxClassifier:
+    """A classifier for a run folder, a `.safetensors` checkpoint or an exported `.onnx` file."""
+    if Path(path).suffix.lower() == ".onnx":
+        return OnnxClassifier(path)
+    checkpoint, _ = resolve_checkpoint(path)
+    return TorchClassifier(checkpoint)
+
+
+def _refuse_pickle(path: str | os.PathLike) -> None:
+    """Name the problem when a pickled PyTorch file is given (safetensors would only say "not ours").
+
+    A safetensors file starts with its 8-byte header length and then '{', which tells the two apart.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as exc:
+        raise ModelFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if head.startswith(_PICKLE_MAGIC) and head[8:9] != b"{":
+        raise ModelFileError(f"{os.path.basename(path)} is a pickled PyTorch file; TransferLab never loads "
+                             "pickles (they can run code): use a run folder, a .safetensors or an .onnx file")
+
+
+# -- prediction ---------------------------------------------------------------------------------------
+@dataclass
+class Prediction:
+    path: str
+    label: str                      # the top class, or UNKNOWN when its probability is below the threshold
+    score: float                    # probability of the top class
+    top_k: list[dict]               # [{"label": str, "score": float}], most likely first
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class PredictionReport:
+    predictions: list[Prediction] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)       # [{"path": str, "reason": str}]
+
+
+def collect_images(inputs: Iterable[str | os.PathLike]) -> tuple[list[str], list[dict]]:
+    """Image paths from files and folders (walked recursively, sorted, hidden files skipped).
+
+    Files named explicitly are always tried; inside folders only image extensions count.
+    Returns (paths, skipped) where skipped holds inputs that do not exist.
+    """
+    paths, skipped = [], []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            for root, dirs, files in os.walk(item):
+                dirs[:] = sorted(d for d in dirs if not is_hidden_or_system(d))
+                paths.extend(os.path.join(root, f) for f in sorted(files)
+                             if has_image_extension(f) and not is_hidden_or_system(f))
+        elif item.is_file():
+            paths.append(str(item))
+        else:
+            skipped.append({"path": str(item), "reason": "no such file or folder"})
+    return paths, skipped
+
+
+def predict_images(classifier: TorchClassifier | OnnxClassifier, inputs: Iterable[str | os.PathLike], *,
+                   top_k: int = 5, threshold: float = 0.0, batch_size: int = 16,
+                   progress: Callable[[str, int, int], None] | None = None,
+                   control: RunControl | None = None) -> PredictionReport:
+    """Top-k labels with probabilities for every image in `inputs` (files and folders).
+
+    Images load through `engine.images.load_image` (EXIF rotation, any colour mode); unusable ones are
+    listed in `report.skipped` with the reason and never stop the others. `threshold` in [0, 1]:
+    below it the label is UNKNOWN (the top-k list still says what the model saw). `control` (optional)
+    is checked between batches, so a GUI can cancel (raises engine.control.Cancelled).
+    """
+    if top_k < 1:
+        raise ValueError(f"top-k must be at least 1, not {top_k}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be between 0 and 1, not {threshold}")
+    paths, skipped = collect_images(inputs)
+    report = PredictionReport(skipped=skipped)
+    for start in range(0, len(paths), batch_size):
+        if control is not None:
+            control.checkpoint()
+        loaded, images = [], []
+        for path in paths[start:start + batch_size]:
+            try:
+                images.append(load_image(path))
+                loaded.append(path)
+            except ImageError as exc:
+                report.skipped.append({"path": path, "reason": exc.reason})
+        if images:
+            probs = softmax(classifier.logits(images))
+            report.predictions.extend(_prediction(p, row, classifier.classes, top_k, threshold)
+                                      for p, row in zip(loaded, probs))
+        if progress:
+            progress("predict", min(start + batch_size, len(paths)), len(paths))
+    return report
+
+
+def _prediction(path: str, probs: np.ndarray, classes: list[str], top_k: int, threshold: float) -> Prediction:
+    order = np.argsort(-probs, kind="stable")[:top_k]
+    best = float(probs[order[0]])
+    ranked = [{"label": classes[k], "score": round(float(probs[k]), 6)} for k in order]
+    label = classes[order[0]] if best >= threshold else UNKNOWN
+    return Prediction(path, label, round(best, 6), ranked)
+
+
+def write_csv(report: PredictionReport, path: str | os.PathLike, top_k: int) -> None:
+    """One row per input image: path, label, score, then label_i/score_i for the top k, then error."""
+    from engine.fileio import atomic_path
+    header = ["path", "label", "score"]
+    for i in range(1, top_k + 1):
+        header += [f"label_{i}", f"score_{i}"]
+    header.append("error")
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for p in report.predictions:
+            ranked = [cell for entry in p.top_k for cell in (entry["label"], entry["score"])]
+            writer.writerow([p.path, p.label, p.score, *ranked, *[""] * (2 * top_k - len(ranked)), ""])
+        for s in report.skipped:
+            writer.writerow([s["path"], "", "", *[""] * (2 * top_k), s["reason"]])
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
