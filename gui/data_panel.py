@@ -1,0 +1,251 @@
+"""Step 1, Data: a drop zone for folders, zips and CSVs, then the engine's dataset report.
+
+The panel only displays; scanning runs on a worker started by the main window, which feeds the
+progress bar and hands the finished report and thumbnails back here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PySide6.QtCore import QUrl, Qt, Signal
+from PySide6.QtGui import QDesktopServices, QDragEnterEvent, QDropEvent, QPixmap
+from PySide6.QtWidgets import (QAbstractItemView, QDialog, QDialogButtonBox, QFrame, QHBoxLayout,
+                               QHeaderView, QLabel, QPlainTextEdit, QProgressBar, QPushButton,
+                               QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+
+if TYPE_CHECKING:
+    from gui.jobs import ScanResult
+
+DATASET_SUFFIXES = (".zip", ".csv")
+SPLITS = ("train", "val", "test")
+
+
+def droppable_paths(urls: list[QUrl]) -> list[str]:
+    """Local folders, .zip and .csv files among dropped URLs; empty when anything else is dropped."""
+    paths = [Path(url.toLocalFile()) for url in urls if url.isLocalFile()]
+    ok = [p for p in paths if p.is_dir() or (p.is_file() and p.suffix.lower() in DATASET_SUFFIXES)]
+    return [str(p) for p in ok] if ok and len(ok) == len(urls) else []
+
+
+class DropZone(QFrame):
+    """The big target the user drags a dataset onto; the buttons below it open the same things."""
+
+    paths_dropped = Signal(list)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setAcceptDrops(True)
+        self.setObjectName("dropZone")
+        self.setMinimumHeight(110)
+        self._label = QLabel("Drop a folder of class sub-folders here\n"
+                             "(or several folders, a .zip, or a CSV of path,label)")
+        self._label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self._label)
+        self._set_highlight(False)
+
+    def _set_highlight(self, on: bool) -> None:
+        colour = "palette(highlight)" if on else "palette(mid)"
+        self.setStyleSheet(f"#dropZone {{ border: 2px dashed {colour}; border-radius: 8px; }}")
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if event.mimeData().hasUrls() and droppable_paths(event.mimeData().urls()):
+            event.acceptProposedAction()
+            self._set_highlight(True)
+        else:
+            event.ignore()
+
+    def dragLeaveEvent(self, event) -> None:
+        self._set_highlight(False)
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        self._set_highlight(False)
+        paths = droppable_paths(event.mimeData().urls()) if event.mimeData().hasUrls() else []
+        if paths:
+            event.acceptProposedAction()
+            self.paths_dropped.emit(paths)
+        else:
+            event.ignore()
+
+
+class DataPanel(QWidget):
+    """Drop zone, open buttons, scan progress, class table with thumbnails and the problems list."""
+
+    cancel_scan_requested = Signal()
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.report = None
+        self.drop_zone = DropZone()
+        self.open_folder_button = QPushButton("Open folder…")
+        self.open_file_button = QPushButton("Open .zip or CSV…")
+        self.demo_button = QPushButton("Open demo dataset")
+        self.demo_button.setToolTip("300 Fashion-MNIST product photos in 10 classes, bundled with TransferLab")
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel_scan_requested)
+        self.summary = QLabel("No dataset yet.")
+        self.summary.setWordWrap(True)
+        self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.class_table = self._make_class_table()
+        self.problems = self._make_problems_table()
+        self.problems.itemDoubleClicked.connect(self._open_selected_problem)
+        self.report_button = QPushButton("Full report…")
+        self.report_button.clicked.connect(self.show_full_report)
+        self.open_problem_button = QPushButton("Open file")
+        self.open_problem_button.clicked.connect(self._open_selected_problem)
+        self.show_folder_button = QPushButton("Show in folder")
+        self.show_folder_button.clicked.connect(self._show_selected_problem_folder)
+        self.next_button = QPushButton("Next: choose a model  →")
+        self._layout()
+        self.set_scanning(False)
+        self.show_report(None)
+
+    def _make_class_table(self) -> QTableWidget:
+        table = QTableWidget(0, 6)
+        table.setHorizontalHeaderLabels(["Class", "Train", "Val", "Test", "Total", "Examples"])
+        table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        table.verticalHeader().setVisible(False)
+        table.verticalHeader().setDefaultSectionSize(50)
+        table.horizontalHeader().setSectionResizeMode(5, QHeaderView.ResizeMode.Stretch)
+        return table
+
+    def _make_problems_table(self) -> QTableWidget:
+        table = QTableWidget(0, 3)
+        table.setHorizontalHeaderLabels(["Severity", "Problem", "File"])
+        table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        table.verticalHeader().setVisible(False)
+        table.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        table.setToolTip("Double-click a row to open the file")
+        return table
+
+    def _layout(self) -> None:
+        buttons = QHBoxLayout()
+        for button in (self.open_folder_button, self.open_file_button, self.demo_button):
+            buttons.addWidget(button)
+        buttons.addStretch()
+        buttons.addWidget(self.progress, 2)
+        buttons.addWidget(self.cancel_button)
+        problems = QWidget()
+        problems_layout = QVBoxLayout(problems)
+        problems_layout.setContentsMargins(0, 0, 0, 0)
+        self.problems_title = QLabel("Problems")
+        problems_layout.addWidget(self.problems_title)
+        problems_layout.addWidget(self.problems)
+        problem_buttons = QHBoxLayout()
+        for button in (self.open_problem_button, self.show_folder_button, self.report_button):
+            problem_buttons.addWidget(button)
+        problem_buttons.addStretch()
+        problems_layout.addLayout(problem_buttons)
+        self.splitter = QSplitter(Qt.Orientation.Vertical)
+        self.splitter.addWidget(self.class_table)
+        self.splitter.addWidget(problems)
+        self.splitter.setStretchFactor(0, 3)
+        self.splitter.setStretchFactor(1, 1)
+        footer = QHBoxLayout()
+        footer.addStretch()
+        footer.addWidget(self.next_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.drop_zone)
+        layout.addLayout(buttons)
+        layout.addWidget(self.summary)
+        layout.addWidget(self.splitter, 1)
+        layout.addLayout(footer)
+
+    # -- scan state --------------------------------------------------------------------------
+    def set_scanning(self, scanning: bool) -> None:
+        self.progress.setVisible(scanning)
+        self.cancel_button.setVisible(scanning)
+        if scanning:
+            self.progress.setRange(0, 0)
+            self.summary.setText("Scanning…")
+
+    def set_progress(self, stage: str, done: int, total: int) -> None:
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(done)
+        self.progress.setFormat(f"{stage}: {done:,} / {total:,}")
+
+    def set_inputs_enabled(self, enabled: bool) -> None:
+        for widget in (self.drop_zone, self.open_folder_button, self.open_file_button, self.demo_button):
+            widget.setEnabled(enabled)
+
+    def show_error(self, message: str) -> None:
+        self.summary.setText(f"<b>Cannot use this dataset:</b> {message}")
+
+    # -- report ------------------------------------------------------------------------------
+    def show_report(self, result: "ScanResult | None") -> None:
+        self.report = result.report if result else None
+        self.next_button.setEnabled(self.report is not None)
+        self.report_button.setEnabled(self.report is not None)
+        if result is None:
+            self.class_table.setRowCount(0)
+            self.problems.setRowCount(0)
+            self._update_problem_buttons()
+            return
+        report = result.report
+        counts = report.counts()
+        total = len(report.samples)
+        self.summary.setText(
+            f"<b>{total:,} images in {len(report.classes)} classes</b> from {report.root}<br>"
+            f"{'Splits taken from the dataset where given' if report.split_given else 'Split chosen by seed'}"
+            f" · train {len(report.split('train')):,} · val {len(report.split('val')):,}"
+            f" · test {len(report.split('test')):,} · {len(report.problems)} problem(s)")
+        self.class_table.setRowCount(len(report.classes))
+        for row, name in enumerate(report.classes):
+            per_split = [counts[split][name] for split in SPLITS]
+            cells = [name, *map(str, per_split), str(sum(per_split))]
+            for column, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if column:
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                self.class_table.setItem(row, column, item)
+            strip = QTableWidgetItem()
+            if name in result.thumbnails:
+                strip.setData(Qt.ItemDataRole.DecorationRole, QPixmap.fromImage(result.thumbnails[name]))
+            self.class_table.setItem(row, 5, strip)
+        self.class_table.resizeColumnsToContents()
+        self._show_problems(report.problems)
+
+    def _show_problems(self, problems) -> None:
+        self.problems.setRowCount(len(problems))
+        for row, problem in enumerate(problems):
+            for column, text in enumerate((problem.severity, problem.reason, problem.path)):
+                self.problems.setItem(row, column, QTableWidgetItem(text))
+        self.problems.resizeColumnsToContents()
+        self.problems_title.setText(f"Problems ({len(problems)})" if problems else "Problems: none found")
+        self._update_problem_buttons()
+
+    def _update_problem_buttons(self) -> None:
+        for button in (self.open_problem_button, self.show_folder_button):
+            button.setEnabled(self.problems.rowCount() > 0)
+
+    def _open_selected_problem(self) -> None:
+        self.open_problem_file(self.problems.currentRow())
+
+    def _show_selected_problem_folder(self) -> None:
+        self.open_problem_file(self.problems.currentRow(), folder=True)
+
+    def open_problem_file(self, row: int, folder: bool = False) -> None:
+        """Open a problem file (or its folder) with the system's viewer."""
+        if self.report is None or not 0 <= row < len(self.report.problems):
+            return
+        path = Path(self.report.problems[row].path)
+        QDesktopServices.openUrl(QUrl.fromLocalFile(str(path.parent if folder or path.is_dir() else path)))
+
+    def show_full_report(self) -> None:
+        if self.report is None:
+            return
+        dialog = QDialog(self)
+        dialog.setWindowTitle("Dataset report")
+        text = QPlainTextEdit(self.report.format_text())
+        text.setReadOnly(True)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(dialog.reject)
+        layout = QVBoxLayout(dialog)
+        layout.addWidget(text)
+        layout.addWidget(buttons)
+        dialog.resize(720, 520)
+        dialog.open()

@@ -1,0 +1,163 @@
+"""The engine work the window starts, as plain functions run by `workers.Task` on a worker thread.
+
+Each returns plain results (dataclasses, lists, QImages, which may be built off the GUI thread) and
+imports the engine lazily, so the window can appear before torch is loaded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtGui import QImage, QPainter
+
+from engine.callbacks import Callback
+from engine.control import Cancelled, RunControl
+
+if TYPE_CHECKING:
+    from engine.dataset import DatasetReport
+    from engine.layers import LayerTree
+    from engine.train import FitResult, TrainConfig, Trainer
+
+THUMBNAIL_PX = 44
+THUMBNAILS_PER_CLASS = 6
+
+
+# -- start-up ----------------------------------------------------------------------------------
+@dataclass
+class EngineInfo:
+    """What the Model and Train panels need from the engine, read once torch is loaded."""
+
+    backbones: list[dict]
+    default_backbone: str
+    defaults: dict                       # TrainConfig() as a dict
+    choices: dict[str, tuple[str, ...]]  # allowed values of the choice fields
+
+
+def load_engine(progress) -> EngineInfo:
+    """Import torch, timm and the trainer (seconds), and check which weights are offline."""
+    from engine.data import AUGMENTATIONS
+    from engine.models import DEFAULT_BACKBONE, list_backbones
+    from engine.train import RECIPES, SCHEDULES, TrainConfig
+    return EngineInfo(list_backbones(), DEFAULT_BACKBONE, TrainConfig().to_dict(),
+                      {"schedule": SCHEDULES, "augmentation": AUGMENTATIONS, "recipe": RECIPES})
+
+
+# -- data ----------------------------------------------------------------------------------------
+@dataclass
+class ScanResult:
+    report: "DatasetReport"
+    thumbnails: dict[str, QImage] = field(default_factory=dict)   # class -> strip of examples
+
+
+def scan(paths: list[str], control: RunControl, progress) -> ScanResult:
+    """Scan the dropped sources, then draw a strip of example thumbnails per class."""
+    from engine.dataset import ScanCancelled, scan_dataset
+    try:
+        report = scan_dataset(paths if len(paths) > 1 else paths[0], seed=0,
+                              progress=lambda done, total: progress("Checking images", done, total),
+                              should_stop=lambda: control.cancelled)
+    except ScanCancelled:
+        raise Cancelled() from None
+    return ScanResult(report, class_thumbnails(report, control, progress))
+
+
+def class_thumbnails(report: "DatasetReport", control: RunControl, progress) -> dict[str, QImage]:
+    """One horizontal strip of the first few images per class (decoded like training does)."""
+    strips = {}
+    for index, name in enumerate(report.classes):
+        control.checkpoint()
+        paths = [s.path for s in report.samples if s.label == index][:THUMBNAILS_PER_CLASS]
+        strips[name] = _strip([_thumbnail(p) for p in paths])
+        progress("Drawing thumbnails", index + 1, len(report.classes))
+    return strips
+
+
+def _thumbnail(path: str) -> QImage:
+    from engine.images import load_image
+    try:
+        image = load_image(path)
+    except Exception:        # the scan already reported unreadable files; a blank tile is enough
+        return QImage()
+    from PIL import ImageOps
+    image = ImageOps.contain(image, (THUMBNAIL_PX, THUMBNAIL_PX))   # small images grow to the tile
+    data = image.tobytes()
+    return QImage(data, image.width, image.height, 3 * image.width, QImage.Format.Format_RGB888).copy()
+
+
+def _strip(tiles: list[QImage]) -> QImage:
+    gap = 4
+    strip = QImage(max(1, len(tiles)) * (THUMBNAIL_PX + gap), THUMBNAIL_PX, QImage.Format.Format_ARGB32)
+    strip.fill(Qt.GlobalColor.transparent)
+    painter = QPainter(strip)
+    for i, tile in enumerate(tiles):
+        if not tile.isNull():
+            x = i * (THUMBNAIL_PX + gap) + (THUMBNAIL_PX - tile.width()) // 2
+            painter.drawImage(x, (THUMBNAIL_PX - tile.height()) // 2, tile)
+    painter.end()
+    return strip
+
+
+# -- model -----------------------------------------------------------------------------------------
+@dataclass
+class ModelInfo:
+    """A model built for the layer tree only (random weights: only its structure matters)."""
+
+    backbone: str
+    num_classes: int
+    tree: "LayerTree"
+    input_size: int
+    n_blocks: int                        # blocks between stem and head, for the "last N" preset
+
+
+def build_model(backbone: str, num_classes: int, progress) -> ModelInfo:
+    from engine.layers import LayerTree, block_groups
+    from engine.models import create_model
+    bundle = create_model(backbone, num_classes, weights="random")
+    return ModelInfo(backbone, num_classes, LayerTree(bundle.model), bundle.preprocessing.input_size,
+                     max(1, len(block_groups(bundle.model)) - 2))
+
+
+# -- training --------------------------------------------------------------------------------------
+class TrainingEvents(QObject, Callback):
+    """Engine callback hooks re-emitted as Qt signals; emitted on the worker, delivered queued."""
+
+    fit_started = Signal(object)
+    stage_progress = Signal(str, int, int)
+    batch_ended = Signal(int, object)
+    epoch_ended = Signal(int, object)
+    fit_ended = Signal(object)
+
+    def on_fit_start(self, info):
+        self.fit_started.emit(info)
+
+    def on_progress(self, stage, done, total):
+        self.stage_progress.emit(stage, done, total)
+
+    def on_batch_end(self, step, logs):
+        self.batch_ended.emit(step, logs)
+
+    def on_epoch_end(self, epoch, logs):
+        self.epoch_ended.emit(epoch, logs)
+
+    def on_fit_end(self, result):
+        self.fit_ended.emit(result)
+
+
+class TrainingRun:
+    """One fit. The worker builds its own model from `config` (incl. the tree's frozen names), so
+    the GUI thread never touches a torch object the worker uses; `trainer` is kept for inspection."""
+
+    def __init__(self, report: "DatasetReport", config: "TrainConfig", run_dir: Path, events: TrainingEvents):
+        self.report = report
+        self.config = config
+        self.run_dir = run_dir
+        self.events = events
+        self.control = RunControl()
+        self.trainer: "Trainer | None" = None
+
+    def __call__(self, progress) -> "FitResult":
+        from engine.train import Trainer
+        self.trainer = Trainer(self.report, self.config, self.run_dir, [self.events], self.control)
+        return self.trainer.fit()

@@ -1,0 +1,286 @@
+"""Step 3, Train: hyper-parameters with the engine's defaults, Start/Pause/Stop, progress and live curves.
+
+The form is filled from `TrainConfig()` once the engine has loaded, so the GUI never restates a
+default; the plots are created after the window first paints (pyqtgraph is imported then).
+"""
+from __future__ import annotations
+
+import time
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QDoubleValidator
+from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+                               QMessageBox, QProgressBar, QPushButton, QScrollArea, QSpinBox, QSplitter,
+                               QVBoxLayout, QWidget)
+
+IMAGE_SIZES = (64, 96, 128, 160, 192, 224, 256, 288, 320, 384)
+LEARNING_RATES = ("1e-2", "3e-3", "1e-3", "3e-4", "1e-4", "3e-5", "1e-5")
+CHOICE_LABELS = {
+    "cosine": "Cosine decay", "onecycle": "One-cycle", "constant": "Constant",
+    "none": "None", "light": "Light (flips, crops)", "strong": "Strong (plus colour, rotation)",
+    "single": "Single stage", "two-stage": "Two-stage: head first, then the chosen layers",
+}
+FIELDS = (("epochs", "Epochs"), ("batch_size", "Batch size"), ("image_size", "Image size"),
+          ("lr", "Learning rate"), ("schedule", "Schedule"), ("augmentation", "Augmentation"),
+          ("label_smoothing", "Label smoothing"), ("early_stopping", "Early stopping"),
+          ("recipe", "Recipe"), ("head_epochs", "Head-only epochs"))
+TOOLTIPS = {
+    "epochs": "Passes over the training images. Early stopping may end the run sooner.",
+    "batch_size": "Images per step. Larger is faster per image but needs more memory; 16–64 suits a CPU.",
+    "image_size": "Images are resized to this square size. Smaller trains much faster; "
+                  "the backbone's own size is usually the most accurate.",
+    "lr": "Learning rate of the new classifier. Deeper layers automatically use smaller rates.",
+    "schedule": "How the learning rate changes over the run (after a one-epoch warm-up).",
+    "augmentation": "Random changes to training images so the model sees more variety; helps small datasets.",
+    "label_smoothing": "Softens the targets so the model is less over-confident; 0.1 is a good default.",
+    "early_stopping": "Stop when validation accuracy has not improved for this many epochs. "
+                      "The best checkpoint is always kept.",
+    "recipe": "Two-stage trains only the classifier first, then the layers checked in the Model step "
+              "at a lower learning rate: steadier when fine-tuning deep layers.",
+    "head_epochs": "Epochs of the first, classifier-only stage of the two-stage recipe.",
+}
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class HyperParameters(QGroupBox):
+    """The training form; `values()` returns TrainConfig keyword arguments."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__("Settings", parent)
+        self.epochs = QSpinBox(minimum=1, maximum=1000)
+        self.batch_size = QSpinBox(minimum=1, maximum=1024)
+        self.image_size = QComboBox()
+        self.lr = QComboBox(editable=True)
+        self.lr.addItems(LEARNING_RATES)
+        validator = QDoubleValidator(1e-7, 10.0, 8, self.lr)
+        validator.setNotation(QDoubleValidator.Notation.ScientificNotation)
+        self.lr.setValidator(validator)
+        self.schedule = QComboBox()
+        self.augmentation = QComboBox()
+        self.label_smoothing = QDoubleSpinBox(minimum=0.0, maximum=0.5, singleStep=0.05, decimals=2)
+        self.early_stopping = QSpinBox(minimum=0, maximum=100, suffix=" epochs")
+        self.early_stopping.setSpecialValueText("Off")
+        self.recipe = QComboBox()
+        self.head_epochs = QSpinBox(minimum=1, maximum=999)
+        self.recipe.currentIndexChanged.connect(self._update_head_epochs)
+        self.loaded = False
+        form = QFormLayout(self)
+        for key, label in FIELDS:
+            widget = getattr(self, key)
+            widget.setToolTip(TOOLTIPS[key])
+            form.addRow(label + ":", widget)
+        self.setEnabled(False)
+
+    def set_defaults(self, defaults: dict, choices: dict[str, tuple[str, ...]]) -> None:
+        for key in ("schedule", "augmentation", "recipe"):
+            combo = getattr(self, key)
+            combo.clear()
+            for value in choices[key]:
+                combo.addItem(CHOICE_LABELS.get(value, value), value)
+        self.set_image_sizes(None, defaults["image_size"])
+        self.set_values(**{key: defaults[key] for key, _ in FIELDS if key != "image_size"})
+        self.loaded = True
+        self.setEnabled(True)
+
+    def set_image_sizes(self, model_size: int | None, selected: int | None = None) -> None:
+        """Offer the backbone's own size first; keep the user's explicit choice when there is one."""
+        keep = self.image_size.currentData() if selected is None else selected
+        self.image_size.clear()
+        self.image_size.addItem(f"Backbone default ({model_size} px)" if model_size else "Backbone default", None)
+        for size in IMAGE_SIZES:
+            self.image_size.addItem(f"{size} px", size)
+        self.image_size.setCurrentIndex(max(0, self.image_size.findData(keep)) if keep else 0)
+
+    def _update_head_epochs(self) -> None:
+        self.head_epochs.setEnabled(self.recipe.currentData() == "two-stage")
+
+    def values(self) -> dict:
+        """TrainConfig fields from the form; a malformed learning rate raises ValueError."""
+        result = {}
+        for key, _ in FIELDS:
+            widget = getattr(self, key)
+            if key == "lr":
+                try:
+                    result[key] = float(widget.currentText())
+                except ValueError:
+                    raise ValueError(f"learning rate {widget.currentText()!r} is not a number") from None
+            elif isinstance(widget, QComboBox):
+                result[key] = widget.currentData()
+            else:
+                result[key] = widget.value()
+        return result
+
+    def set_values(self, **values) -> None:
+        """Programmatic form filling (tests, scripts): the same widgets a user would change."""
+        for key, value in values.items():
+            widget = getattr(self, key)
+            if key == "lr":
+                widget.setCurrentText(f"{value:g}")
+            elif isinstance(widget, QComboBox):
+                index = widget.findData(value)
+                if index < 0:
+                    raise ValueError(f"{value!r} is not offered for {key}")
+                widget.setCurrentIndex(index)
+            else:
+                widget.setValue(value)
+
+
+class RunClock:
+    """Time left: the last epoch's measured time (validation included, and the current stage's speed
+    in a two-stage run), or during the first epoch the time it has taken so far."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+        self.started = time.monotonic()
+        self.last_epoch_s: float | None = None
+
+    def eta(self, logs: dict) -> float:
+        fraction = logs["batch"] / max(1, logs["batches"])
+        if self.last_epoch_s is None:
+            per_epoch = (time.monotonic() - self.started) / max(fraction, 1e-6)
+            return per_epoch * (self.epochs - logs["epoch"] + 1 - fraction)
+        return logs["eta_s"] + (self.epochs - logs["epoch"]) * self.last_epoch_s
+
+
+class TrainPanel(QWidget):
+    """Settings and run controls on the left, live curves on the right."""
+
+    start_requested = Signal()
+    pause_requested = Signal(bool)       # True: pause, False: resume
+    stop_requested = Signal()
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.plots = None
+        self.clock = RunClock(1)
+        self._error_details = ""
+        self.settings = HyperParameters()
+        self.start_button = QPushButton("Start training")
+        self.start_button.setDefault(True)
+        self.pause_button = QPushButton("Pause")
+        self.pause_button.setCheckable(True)
+        self.stop_button = QPushButton("Stop")
+        self.start_button.clicked.connect(self.start_requested)
+        self.pause_button.toggled.connect(self._on_pause_toggled)
+        self.stop_button.clicked.connect(self.stop_requested)
+        self.progress = QProgressBar(maximum=1000)
+        self.progress.setFormat("%p %")
+        self.stage = QLabel("Not started.")
+        self.speed = QLabel("")
+        self.eta = QLabel("")
+        self.error = QLabel()
+        self.error.setWordWrap(True)
+        self.error.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.error.setStyleSheet("QLabel { background: #fde2e1; color: #7a1612; border: 1px solid #e0a3a0;"
+                                 " border-radius: 4px; padding: 6px; }")
+        self.error_details_button = QPushButton("Details…")
+        self.error_details_button.clicked.connect(self._show_error_details)
+        self.plot_area = QVBoxLayout()
+        self._layout()
+        self.set_running(False, can_start=False)
+        self.show_error(None)
+
+    def _layout(self) -> None:
+        buttons = QHBoxLayout()
+        for button in (self.start_button, self.pause_button, self.stop_button):
+            buttons.addWidget(button)
+        status = QGroupBox("Progress")
+        status_layout = QVBoxLayout(status)
+        for widget in (self.progress, self.stage, self.speed, self.eta):
+            status_layout.addWidget(widget)
+        left = QWidget()
+        left_layout = QVBoxLayout(left)
+        left_layout.addWidget(self.settings)
+        left_layout.addLayout(buttons)
+        left_layout.addWidget(status)
+        left_layout.addWidget(self.error)
+        left_layout.addWidget(self.error_details_button, 0, Qt.AlignmentFlag.AlignRight)
+        left_layout.addStretch()
+        scroll = QScrollArea()
+        scroll.setWidget(left)
+        scroll.setWidgetResizable(True)
+        scroll.setMinimumWidth(340)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        right = QWidget()
+        right.setLayout(self.plot_area)
+        self.plot_area.setContentsMargins(0, 0, 0, 0)
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(scroll)
+        self.splitter.addWidget(right)
+        self.splitter.setStretchFactor(1, 3)
+        self.splitter.setCollapsible(0, False)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.splitter)
+
+    def create_plots(self) -> None:
+        """Import pyqtgraph and build the curves; called once the window has been painted, before
+        the engine loads (so before any run can start)."""
+        from gui.plots import TrainingPlots
+        self.plots = TrainingPlots()
+        self.plot_area.addWidget(self.plots)
+
+    # -- run state ---------------------------------------------------------------------------
+    def set_running(self, running: bool, can_start: bool) -> None:
+        self.start_button.setEnabled(can_start and not running)
+        self.pause_button.setEnabled(running)
+        self.stop_button.setEnabled(running)
+        self.settings.setEnabled(self.settings.loaded and not running)
+        if not running:
+            self.pause_button.blockSignals(True)
+            self.pause_button.setChecked(False)
+            self.pause_button.setText("Pause")
+            self.pause_button.blockSignals(False)
+
+    def _on_pause_toggled(self, paused: bool) -> None:
+        self.pause_button.setText("Resume" if paused else "Pause")
+        self.pause_requested.emit(paused)
+
+    def show_error(self, message: str | None, details: str = "", heading: str = "Training failed.") -> None:
+        """An inline banner, not a modal box: a failed run must never leave only a console traceback."""
+        self._error_details = details
+        self.error.setVisible(bool(message))
+        self.error.setText(f"<b>{heading}</b> {message}" if message else "")
+        self.error_details_button.setVisible(bool(details) and bool(message))
+
+    def _show_error_details(self) -> None:
+        box = QMessageBox(QMessageBox.Icon.Critical, "Training failed", self.error.text(), parent=self)
+        box.setDetailedText(self._error_details)
+        box.open()
+
+    # -- events from the run -----------------------------------------------------------------
+    def on_run_started(self) -> None:
+        """Before the engine's first event: it builds the model first, which takes a moment."""
+        self.show_error(None)
+        self.progress.setValue(0)
+        self.stage.setText("Building the model…")
+        self.speed.setText("")
+        self.eta.setText("")
+        self.plots.start()
+
+    def on_fit_started(self, info: dict) -> None:
+        self.clock = RunClock(info["epochs"])
+        self.stage.setText(f"Training {info['n_train']:,} images, {len(info['classes'])} classes, "
+                           f"{info['epochs']} epochs ({'cached features' if info['path'] == 'features' else 'images'})")
+
+    def on_stage_progress(self, stage: str, done: int, total: int) -> None:
+        names = {"features": "Computing backbone features", "images": "Decoding images"}
+        name = names.get(stage, stage.replace("evaluate", "Evaluating"))
+        self.stage.setText(f"{name}: {done:,} / {total:,}")
+
+    def on_batch_ended(self, _step: int, logs: dict) -> None:
+        done = (logs["epoch"] - 1 + logs["batch"] / max(1, logs["batches"])) / max(1, self.clock.epochs)
+        self.progress.setValue(round(1000 * done))
+        self.stage.setText(f"Epoch {logs['epoch']} / {self.clock.epochs} ({logs.get('stage', 'train')}),"
+                           f" batch {logs['batch']} / {logs['batches']}")
+        self.speed.setText(f"{logs['images_per_s']:.1f} images/s · loss {logs['loss']:.3f}")
+        self.eta.setText(f"About {format_duration(self.clock.eta(logs))} left")
+        self.plots.add_batch(logs)
+
+    def on_epoch_ended(self, epoch: int, logs: dict) -> None:
+        self.clock.last_epoch_s = logs["epoch_time_s"]
+        self.plots.add_epoch(epoch, logs)

@@ -1,0 +1,130 @@
+"""Background jobs on QThreads, wired the superqt way, so the GUI thread never runs engine work.
+
+A job is a plain function `job(progress) -> result` that runs on the worker thread; it may call
+`progress(stage, done, total)` as often as it likes. Cancel and pause are `RunControl` flags the job
+checks between steps: a queued slot would never run while the worker is busy.
+"""
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Callable
+
+from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
+
+from engine.control import Cancelled, RunControl
+
+log = logging.getLogger(__name__)
+
+Job = Callable[[Callable[[str, int, int], None]], object]
+
+
+class Worker(QObject):
+    """Runs one job on the thread it was moved to and reports how it ended, exactly once."""
+
+    progress = Signal(str, int, int)
+    succeeded = Signal(object)
+    failed = Signal(str, str)          # one readable line, full traceback for "Details"
+    cancelled = Signal()
+    finished = Signal()
+
+    def __init__(self, job: Job):
+        super().__init__()
+        self._job = job
+
+    @Slot()
+    def run(self) -> None:
+        try:
+            result = self._job(self.progress.emit)
+        except Cancelled:
+            self.cancelled.emit()
+        except Exception as exc:  # every failure must reach the window, not only the console
+            log.exception("background job failed")
+            self.failed.emit(readable_error(exc), traceback.format_exc())
+        else:
+            self.succeeded.emit(result)
+        finally:
+            self.finished.emit()
+
+
+def readable_error(exc: BaseException) -> str:
+    """One line for the user: the engine's own message for input errors, else type and first line."""
+    lines = str(exc).strip().splitlines()
+    if isinstance(exc, ValueError) and lines:      # DatasetError, ModelError, bad settings
+        return lines[0]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+class Task(QObject):
+    """A job, its worker, its thread and the RunControl steering it.
+
+    The worker's signals are re-emitted by this object, which lives in the GUI thread, so every
+    slot runs there. `worker.finished` reaches `thread.quit` directly rather than
+    queued to the GUI thread, so the GUI thread may block in `shutdown()` without deadlocking.
+    """
+
+    progress = Signal(str, int, int)
+    succeeded = Signal(object)
+    failed = Signal(str, str)
+    cancelled = Signal()
+    done = Signal(object)              # self, once the thread has really stopped
+
+    def __init__(self, job: Job, control: RunControl | None = None, parent: QObject | None = None):
+        super().__init__(parent)
+        self.control = control or RunControl()
+        self.worker = Worker(job)
+        self.thread = QThread()
+        self.worker.moveToThread(self.thread)
+        self.worker.progress.connect(self._forward_progress)
+        self.worker.succeeded.connect(self._forward_succeeded)
+        self.worker.failed.connect(self._forward_failed)
+        self.worker.cancelled.connect(self._forward_cancelled)
+        self.thread.started.connect(self.worker.run)
+        self.worker.finished.connect(self.thread.quit, Qt.ConnectionType.DirectConnection)
+        self.worker.finished.connect(self.worker.deleteLater)
+        self.thread.finished.connect(self._on_thread_finished)
+        self._running = False
+        self._abandoned = False
+
+    def start(self) -> None:
+        self._running = True
+        self.thread.start()
+
+    def cancel(self) -> None:
+        self.control.cancel()
+
+    def abandon(self) -> None:
+        """Cancel and stop reporting: a newer task has replaced this one (`done` still comes)."""
+        self._abandoned = True
+        self.control.cancel()
+
+    # Slots of this GUI-thread object, so the worker's signals arrive queued in the GUI thread.
+    def _forward_progress(self, stage: str, done: int, total: int) -> None:
+        if not self._abandoned:
+            self.progress.emit(stage, done, total)
+
+    def _forward_succeeded(self, result) -> None:
+        if not self._abandoned:
+            self.succeeded.emit(result)
+
+    def _forward_failed(self, message: str, details: str) -> None:
+        if not self._abandoned:
+            self.failed.emit(message, details)
+
+    def _forward_cancelled(self) -> None:
+        if not self._abandoned:
+            self.cancelled.emit()
+
+    def shutdown(self) -> None:
+        """Cancel and block until the thread has stopped: call before the window goes away."""
+        self.control.cancel()
+        self._on_thread_finished()
+
+    def _on_thread_finished(self) -> None:
+        if self._running:
+            # `finished` is emitted before the thread deletes the worker (deleteLater); wait for the
+            # thread to end completely, or dropping the Python wrapper here could free it twice.
+            self.thread.wait()
+            self._running = False
+            self.thread.deleteLater()
+            self.done.emit(self)

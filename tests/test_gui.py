@@ -1,0 +1,283 @@
+"""The desktop app driven offscreen through its real window: drop, freeze, train, cancel, close.
+
+Every wait arms `qtbot.waitSignal(s)` before the action that triggers it; no test sleeps. A fixture
+fails any test that leaves a QThread running.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import pytest
+import shiboken6
+from PySide6.QtCore import QMimeData, QObject, QPointF, QSettings, Qt, QThread, QUrl, Signal
+from PySide6.QtGui import QDragEnterEvent, QDropEvent
+from PySide6.QtWidgets import QApplication, QMessageBox
+
+from conftest import ROOT, write_colour_dataset
+from gui.layer_model import LayerTreeModel
+from gui.main_window import MainWindow
+
+SMALL = dict(epochs=2, image_size=64, batch_size=8)
+TRAIN_TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(autouse=True)
+def no_dangling_qthreads(monkeypatch):
+    """Fail the test if a QThread it started is still running at the end (napari's check)."""
+    started: list[tuple[QThread, str]] = []
+    original_start = QThread.start
+
+    def recording_start(self, *args):
+        started.append((self, "".join(traceback.format_stack(limit=8))))
+        original_start(self, *args)
+
+    monkeypatch.setattr(QThread, "start", recording_start)
+    yield
+    running = [stack for thread, stack in started if shiboken6.isValid(thread) and thread.isRunning()]
+    assert not running, "QThread left running, started at:\n" + "\n".join(running)
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    """A shown main window whose engine and default layer tree have loaded."""
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    win = MainWindow(settings)
+    with qtbot.waitSignals([win.engine_ready, win.model_ready], timeout=60_000):
+        win.show()
+    yield win
+    win.shutdown()
+    win.close()
+
+
+@pytest.fixture
+def dataset(tmp_path) -> Path:
+    root = write_colour_dataset(tmp_path / "colours", per_class=8)
+    (root / "red" / "broken.png").write_bytes(b"not really a png")
+    return root
+
+
+def drop(widget, paths: list[Path]) -> bool:
+    """Drag real file URLs onto a widget; returns whether it accepted the drag."""
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
+    enter = QDragEnterEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                            Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(widget, enter)
+    if not enter.isAccepted():
+        return False
+    QApplication.sendEvent(widget, QDropEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime,
+                                              Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier))
+    return True
+
+
+def load(qtbot, win: MainWindow, paths: list[Path]):
+    """Drop a dataset and wait for its report and the layer tree rebuilt for its classes."""
+    with qtbot.waitSignals([win.scan_finished, win.model_ready], timeout=60_000):
+        assert drop(win.data_panel.drop_zone, paths)
+    return win.report
+
+
+class PauseAfterFirstEpoch(QObject):
+    """Pauses a run on its worker thread as epoch 1 ends, then tells the test: the run is then at a
+    known place however fast the machine is."""
+
+    paused = Signal()
+
+    def attach(self, run) -> None:
+        self.run = run
+        run.events.epoch_ended.connect(self._pause, Qt.ConnectionType.DirectConnection)
+
+    def _pause(self, epoch: int, _logs: dict) -> None:
+        if epoch == 1:
+            self.run.control.pause()
+            self.paused.emit()
+
+
+def start_run(qtbot, win: MainWindow, pauser: PauseAfterFirstEpoch | None = None, **settings):
+    """Fill the form and click Start. Returns the run, its task, and a blocker armed (before the
+    thread starts) on `[worker.finished, thread.finished]`, so the GUI never blocks in wait()."""
+    win.train_panel.settings.set_values(**{**SMALL, **settings})
+    armed = {}
+
+    def arm(run):
+        task = win.training_task
+        armed.update(run=run, task=task, stopped=qtbot.waitSignals(
+            [task.worker.finished, task.thread.finished], timeout=TRAIN_TIMEOUT_MS))
+        if pauser is not None:
+            pauser.attach(run)
+
+    win.training_started.connect(arm)
+    win.train_panel.start_button.click()
+    win.training_started.disconnect(arm)
+    return armed["run"], armed["task"], armed["stopped"]
+
+
+def requires_grad(model) -> dict[str, bool]:
+    return {name: p.requires_grad for name, p in model.named_parameters()}
+
+
+# -- start-up -----------------------------------------------------------------------------------
+def test_window_is_shown_before_torch_and_pyqtgraph_are_imported():
+    code = ("import os, sys\n"
+            "from gui.app import create_window\n"
+            "app, window = create_window([])\n"
+            "print(window.isVisible(), [m for m in ('torch', 'timm', 'pyqtgraph') if m in sys.modules])\n"
+            "sys.stdout.flush(); os._exit(0)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip().splitlines()[-1] == "True []", done.stdout + done.stderr
+
+
+# -- data ---------------------------------------------------------------------------------------
+def labels_csv(dataset: Path) -> Path:
+    csv = dataset.parent / "labels.csv"
+    rows = [f"{p.relative_to(csv.parent).as_posix()},{p.parent.name}" for p in sorted(dataset.rglob("*.png"))]
+    csv.write_text("path,label\n" + "\n".join(rows) + "\n")
+    return csv
+
+
+@pytest.mark.parametrize("form", ["folder", "two-class-folders", "zip", "csv"])
+def test_dropping_a_dataset_shows_classes_thumbnails_and_problems(qtbot, window, dataset, tmp_path, form):
+    sources = {"folder": lambda: [dataset],
+               "two-class-folders": lambda: [dataset / "red", dataset / "green"],
+               "zip": lambda: [Path(shutil.make_archive(str(tmp_path / "colours"), "zip", dataset))],
+               "csv": lambda: [labels_csv(dataset)]}[form]()
+    report = load(qtbot, window, sources)
+    expected = ["blue", "green", "red"] if form != "two-class-folders" else ["green", "red"]
+    table = window.data_panel.class_table
+    assert report.classes == expected
+    assert [table.item(row, 0).text() for row in range(table.rowCount())] == expected
+    assert int(table.item(0, 4).text()) == 8
+    assert table.item(0, 5).data(Qt.ItemDataRole.DecorationRole) is not None, "thumbnail strip"
+    problems = window.data_panel.problems
+    assert problems.rowCount() == 1 and problems.item(0, 2).text().endswith("broken.png")
+    assert window.model_panel.info.num_classes == len(expected)
+
+
+def test_dropping_a_plain_file_is_refused_and_an_unusable_folder_explains_why(qtbot, window, tmp_path):
+    note = tmp_path / "notes.txt"
+    note.write_text("not a dataset")
+    assert not drop(window.data_panel.drop_zone, [note])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with qtbot.waitSignal(window.scan_failed, timeout=30_000) as failed:
+        drop(window.data_panel.drop_zone, [empty])
+    assert failed.args[0] in window.data_panel.summary.text()
+    assert window.report is None and not window.start_action.isEnabled()
+
+
+# -- layer tree ---------------------------------------------------------------------------------
+def test_layer_tree_model_passes_qtmodeltester(qtmodeltester):
+    from engine.layers import LayerTree
+    from engine.models import create_model
+    model = LayerTreeModel()
+    model.set_tree(LayerTree(create_model("resnet18", 3, weights="random").model))
+    qtmodeltester.check(model)
+    model.setData(model.index_of("layer4"), Qt.CheckState.Checked.value, Qt.ItemDataRole.CheckStateRole)
+    qtmodeltester.check(model, force_py=True)
+
+
+def test_checkboxes_and_presets_set_requires_grad(qtbot, window, dataset):
+    load(qtbot, window, [dataset])
+    panel, layer_model = window.model_panel, window.model_panel.layer_model
+    model = panel.info.tree.model
+    assert {n for n, g in requires_grad(model).items() if g} == {"classifier.weight", "classifier.bias"}
+    panel.tree.expandAll()
+    panel.tree.setCurrentIndex(layer_model.index_of("blocks.6"))
+    qtbot.keyClick(panel.tree, Qt.Key.Key_Space)           # what a user does to toggle a checkbox
+    trainable = {n for n, g in requires_grad(model).items() if g}
+    assert trainable == {n for n in requires_grad(model) if n.startswith(("blocks.6.", "classifier."))}
+    root = layer_model.index(0, 0)
+    assert layer_model.data(root, Qt.ItemDataRole.CheckStateRole) == Qt.CheckState.PartiallyChecked
+    assert layer_model.data(layer_model.index_of("blocks.6"), Qt.ItemDataRole.CheckStateRole) == Qt.CheckState.Checked
+    trainable_count = sum(model.get_parameter(n).numel() for n in trainable)
+    assert f"Training {trainable_count:,} of" in panel.counts.text()
+    panel.everything_button.click()
+    assert all(requires_grad(model).values())
+    assert layer_model.data(root, Qt.ItemDataRole.CheckStateRole) == Qt.CheckState.Checked
+    panel.head_button.click()
+    assert {n for n, g in requires_grad(model).items() if g} == {"classifier.weight", "classifier.bias"}
+
+
+# -- training -----------------------------------------------------------------------------------
+def test_training_uses_exactly_the_tree_freeze_state_and_plots_live(qtbot, window, dataset):
+    load(qtbot, window, [dataset])
+    panel = window.model_panel
+    panel.n_blocks.setValue(1)
+    panel.last_n_button.click()
+    panel.layer_model.setData(panel.layer_model.index_of("blocks.6.0.bn3"), Qt.CheckState.Unchecked.value,
+                              Qt.ItemDataRole.CheckStateRole)
+    gui_flags = requires_grad(panel.info.tree.model)
+    assert not gui_flags["blocks.6.0.bn3.weight"] and gui_flags["blocks.6.0.conv_pwl.weight"]
+    with qtbot.waitSignal(window.training_finished, timeout=TRAIN_TIMEOUT_MS) as finished:
+        run, task, stopped = start_run(qtbot, window)
+        stopped.wait()
+    result = finished.args[0]
+    assert result.status == "completed"
+    assert run.trainer.model is not panel.info.tree.model, "the worker trains its own model"
+    assert requires_grad(run.trainer.tree.model) == gui_flags
+    assert run.config.frozen_parameters == panel.frozen_parameter_names()
+    plots = window.train_panel.plots
+    assert plots.points("val_loss") == 2 and plots.points("val_accuracy") == 2
+    assert plots.points("batch_loss") >= 2 and plots.points("lr") >= 2
+    assert Path(result.checkpoint).is_file()
+    assert "Validation accuracy" in window.results_panel.headline.text()
+    assert window.start_action.isEnabled() and window.training_task is None
+    assert panel.layer_model.flags(panel.layer_model.index(0, 0)) & Qt.ItemFlag.ItemIsUserCheckable
+
+
+def test_pause_then_stop_keeps_the_best_checkpoint(qtbot, window, dataset):
+    load(qtbot, window, [dataset])
+    pauser = PauseAfterFirstEpoch()
+    with qtbot.waitSignal(window.training_finished, timeout=TRAIN_TIMEOUT_MS) as finished:
+        with qtbot.waitSignal(pauser.paused, timeout=TRAIN_TIMEOUT_MS):
+            run, task, stopped = start_run(qtbot, window, pauser, epochs=20)
+        assert run.control.paused
+        window.set_paused(True)
+        assert window.train_panel.pause_button.text() == "Resume" and window.pause_action.isChecked()
+        layer_model = window.model_panel.layer_model
+        assert not layer_model.flags(layer_model.index(0, 0)) & Qt.ItemFlag.ItemIsUserCheckable, \
+            "the tree is locked while training"
+        window.train_panel.stop_button.click()
+        stopped.wait()
+    result = finished.args[0]
+    assert result.status == "cancelled"
+    assert len(result.history) == 1 and Path(result.checkpoint).is_file()
+    assert not window.train_panel.pause_button.isChecked()
+
+
+def test_an_error_in_training_is_shown_in_the_window(qtbot, window, dataset):
+    load(qtbot, window, [dataset])
+    layer_model = window.model_panel.layer_model
+    layer_model.setData(layer_model.index(0, 0), Qt.CheckState.Unchecked.value, Qt.ItemDataRole.CheckStateRole)
+    with qtbot.waitSignal(window.training_failed, timeout=TRAIN_TIMEOUT_MS) as failed:
+        _, _, stopped = start_run(qtbot, window)
+        stopped.wait()
+    banner = window.train_panel.error
+    assert "every layer is frozen" in failed.args[0]
+    assert banner.isVisibleTo(window) and failed.args[0] in banner.text()
+
+
+def test_invalid_settings_are_explained_without_starting(qtbot, window, dataset):
+    load(qtbot, window, [dataset])
+    window.train_panel.settings.set_values(epochs=3, recipe="two-stage", head_epochs=3)
+    assert window.start_training() is None
+    assert "head_epochs" in window.train_panel.error.text() and window.training_task is None
+
+
+def test_closing_during_training_asks_then_stops_and_joins(qtbot, window, dataset, monkeypatch):
+    load(qtbot, window, [dataset])
+    answers = [QMessageBox.StandardButton.No, QMessageBox.StandardButton.Yes]
+    monkeypatch.setattr(QMessageBox, "question", lambda *args, **kwargs: answers.pop(0))
+    pauser = PauseAfterFirstEpoch()
+    with qtbot.waitSignal(pauser.paused, timeout=TRAIN_TIMEOUT_MS):
+        run, task, _ = start_run(qtbot, window, pauser, epochs=20)
+    assert not window.close(), "answering No keeps the window and the run"
+    assert window.training_task is task
+    assert window.close()
+    assert not answers and window.training_task is None
+    assert (run.run_dir / "model.safetensors").is_file() and (run.run_dir / "history.json").is_file()
+    assert window.settings.value("window/geometry") is not None
