@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -189,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, _bad_input_types()):
             print(f"error: {_message(exc)}", file=sys.stderr)
             return EXIT_BAD_INPUT
+        logging.getLogger("transferlab").exception("command %s failed", args.command)
         print(f"failed: {type(exc).__name__}: {_message(exc)}", file=sys.stderr)
         return EXIT_FAILURE
 

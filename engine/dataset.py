@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from engine import images
+from engine.control import Cancelled
 from engine.paths import cache_dir
 
 SPLITS = ("train", "val", "test")
@@ -164,8 +165,8 @@ class DatasetError(ValueError):
         self.problems = list(problems)
 
 
-class ScanCancelled(Exception):
-    """Raised by scan_dataset when `should_stop()` returned True."""
+class ScanCancelled(Cancelled):
+    """Raised by scan_dataset when `should_stop()` returned True; a `Cancelled` like any other job's."""
 
 
 ProgressCallback = Callable[[int, int], None]

@@ -5,10 +5,13 @@
 """
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import traceback
 from pathlib import Path
 
+from PySide6.QtCore import QTimer
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication, QMessageBox
 
@@ -32,13 +35,28 @@ def create_window(argv: list[str]):
 
 
 def run_app(argv: list[str]) -> int:
-    app, _window = create_window(argv)          # the reference keeps the window alive
+    app, window = create_window(argv)           # the reference keeps the window alive
+    _quit_after_env_delay(window)
     previous_hook = sys.excepthook
     sys.excepthook = _show_unexpected_error(previous_hook)
     try:
         return app.exec()
     finally:
         sys.excepthook = previous_hook
+
+
+def _quit_after_env_delay(window) -> None:
+    """`TRANSFERLAB_QUIT_AFTER_MS` (smoke tests of the frozen app): close the window as a user would,
+    so it shuts its threads down, and log which windows were shown."""
+    delay = os.environ.get("TRANSFERLAB_QUIT_AFTER_MS")
+    if not delay:
+        return
+
+    def close() -> None:
+        shown = [w.windowTitle() for w in QApplication.topLevelWidgets() if w.isVisible()]
+        logging.getLogger("transferlab").info("quit after %s ms: windows shown: %s", delay, shown)
+        window.close()
+    QTimer.singleShot(int(delay), close)
 
 
 def _show_unexpected_error(previous_hook):

@@ -116,7 +116,10 @@ class Task(QObject):
             self.cancelled.emit()
 
     def shutdown(self) -> None:
-        """Cancel and block until the thread has stopped: call before the window goes away."""
+        """Cancel and block until the thread has stopped: call before the window goes away.
+
+        Results still queued for the GUI thread are dropped, so none can start new work afterwards."""
+        self._abandoned = True
         self.control.cancel()
         self._on_thread_finished()
 

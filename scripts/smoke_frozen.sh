@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Build the standalone app, then run the frozen executable headless: --version, models, a tiny train on
+# generated images, export and predict (when the CLI has them), and the window (Qt offscreen, then X11
+# on Xvfb when xvfb-run is installed).
+#
+#   bash scripts/smoke_frozen.sh              # build into $TL_DIST (default /tmp/tl-dist), then test it
+#   bash scripts/smoke_frozen.sh --no-build   # test the bundle already there
+#
+# Minutes and ~5 GB of disk with a CUDA torch: run it as its own command, not in every CI run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export TL_DIST=${TL_DIST:-/tmp/tl-dist} TL_BUILD=${TL_BUILD:-/tmp/tl-build}
+[ "${1:-}" = "--no-build" ] || bash scripts/build.sh
+APP=$TL_DIST/TransferLab
+EXE=$APP/TransferLab
+PY=${TL_PYTHON:-.venv/bin/python}   # only to write the test images and read JSON, never to run the app
+[ -x "$EXE" ] || { echo "smoke: no executable at $EXE" >&2; exit 1; }
+
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+mkdir -p "$TMP/home"
+LOG=$TMP/home/.local/share/TransferLab/logs/transferlab.log   # platformdirs' user data folder on Linux
+touch "$TMP/started"
+
+# The frozen app runs in a bare environment from an unrelated folder: no venv, no PYTHONPATH, a fresh
+# HOME (so user data, caches and the Hugging Face cache start empty), nothing outside the bundle to lean on.
+frozen() {
+  (cd "$TMP" && env -i PATH=/usr/bin:/bin HOME="$TMP/home" LANG=C.UTF-8 TMPDIR="$TMP" "$@")
+}
+
+# Each check is one && chain: `set -e` does not apply inside a function called from `if`.
+step() {
+  local name=$1 t0=$SECONDS
+  shift
+  echo "== $name"
+  if "$@" > "$TMP/step.out" 2>&1; then
+    sed 's/^/   /' "$TMP/step.out" | tail -n 8
+    echo "   ok ($((SECONDS - t0)) s)"
+  else
+    local rc=$?
+    sed 's/^/   /' "$TMP/step.out" | tail -n 40
+    echo "   FAILED (exit $rc)"
+    exit 1
+  fi
+}
+
+check_version() { frozen "$EXE" --version | grep TransferLab; }
+
+check_models() {
+  frozen "$EXE" models --json > "$TMP/models.json" &&
+  "$PY" - "$TMP/models.json" "$APP" <<'EOF'
+import json, sys
+rows = {r["name"]: r for r in json.load(open(sys.argv[1]))}
+lite0 = rows["efficientnet_lite0"]
+print("efficientnet_lite0:", lite0["weights_source"], lite0["weights_path"])
+assert lite0["weights_available"] and lite0["weights_path"].startswith(sys.argv[2]), "weights not from the bundle"
+EOF
+}
+
+make_images() {
+  "$PY" - "$TMP/images" <<'EOF'
+import sys, pathlib
+import numpy as np
+from PIL import Image
+rng = np.random.default_rng(0)
+for name, rgb in {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220)}.items():
+    folder = pathlib.Path(sys.argv[1]) / name
+    folder.mkdir(parents=True)
+    for i in range(6):
+        pixels = np.clip(np.array(rgb) + rng.integers(-40, 40, (48, 48, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{name}_{i}.png")
+print("3 classes x 6 PNGs")
+EOF
+}
+
+check_train() {
+  frozen "$EXE" train "$TMP/images" --out "$TMP/run" --image-size 64 --epochs 1 --batch-size 6 &&
+  test -s "$TMP/run/model.safetensors"
+}
+
+check_export() {
+  frozen "$EXE" export "$TMP/run" --onnx "$TMP/model.onnx" &&
+  test -s "$TMP/model.onnx"
+}
+
+check_predict() {
+  frozen "$EXE" predict "$TMP/model.onnx" "$TMP/images/red" --top-k 1 > "$TMP/predictions.jsonl" &&
+  test "$(wc -l < "$TMP/predictions.jsonl")" -eq 6 && head -n 2 "$TMP/predictions.jsonl"
+}
+
+# main.py closes the windows TRANSFERLAB_QUIT_AFTER_MS after the event loop starts, as a user would;
+# 10 s lets the window finish its start-up jobs first.
+check_window() {
+  frozen QT_QPA_PLATFORM=offscreen TRANSFERLAB_QUIT_AFTER_MS=10000 timeout 300 "$EXE" &&
+  tail -n 2 "$LOG" | grep "windows shown: \['"
+}
+
+# The same on a real X11 server (Xvfb, from scripts/setup.sh): the xcb plugin and the X11 libraries.
+check_window_x11() {
+  export TMP &&
+  xvfb-run -a bash -c "$(declare -f frozen)"'; frozen DISPLAY="$DISPLAY" XAUTHORITY="$XAUTHORITY" \
+    QT_QPA_PLATFORM=xcb TRANSFERLAB_QUIT_AFTER_MS=10000 timeout 300 "$0"' "$EXE" &&
+  tail -n 2 "$LOG" | grep "windows shown: \['"
+}
+
+check_user_data() {
+  test -s "$LOG" || { echo "no log file at $LOG"; return 1; }
+  echo "log: $LOG ($(wc -l < "$LOG") lines)"
+  local written
+  written=$(find "$APP" -newer "$TMP/started" | head -n 5)
+  [ -z "$written" ] || { echo "wrote into the bundle: $written"; return 1; }
+  echo "nothing written inside the bundle"
+}
+
+step "--version" check_version
+step "models (weights from the bundle)" check_models
+step "generate images" make_images
+step "train (1 epoch, 64 px)" check_train
+commands=$(frozen "$EXE" --help)
+if grep -qw export <<< "$commands"; then
+  step "export (ONNX, verified against PyTorch)" check_export
+  step "predict with the ONNX file (onnxruntime)" check_predict
+else
+  echo "== export, predict: SKIPPED (this build's CLI has no export command yet)"
+fi
+step "window (offscreen, closed after 10 s)" check_window
+if command -v xvfb-run > /dev/null; then
+  step "window (X11 on Xvfb, closed after 10 s)" check_window_x11
+else
+  echo "== window on X11: SKIPPED (no xvfb-run)"
+fi
+step "log file in the user data folder" check_user_data
+echo "smoke: all passed; bundle $(du -sh "$APP" | cut -f1) at $APP"
