@@ -19,9 +19,14 @@ from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, Q
 from engine import __version__
 from engine.control import RunControl
 from engine.paths import APP_NAME, demo_dataset, user_data_dir
+from engine.project import Project, RunRecord, apply_corrections
 from gui.data_panel import DataPanel
+from gui.export_dialog import ExportDialog
+from gui.gc_guard import GuiThreadGarbageCollector
 from gui.jobs import TrainingEvents, TrainingRun, build_model, load_engine, scan
 from gui.model_panel import ModelPanel
+from gui.predict_panel import PredictPanel
+from gui.project_io import ProjectController, latest_run
 from gui.results_panel import ResultsPanel
 from gui.train_panel import TrainPanel
 from gui.workers import Task
@@ -46,8 +51,10 @@ class MainWindow(QMainWindow):
 
     def __init__(self, settings: QSettings | None = None):
         super().__init__()
+        self._gc = GuiThreadGarbageCollector(self)   # worker threads must never free Qt objects
         self.settings = settings or QSettings(str(user_data_dir() / "settings.ini"), QSettings.Format.IniFormat)
         self.report = None
+        self.project = Project()          # label corrections and the runs, for Compare runs
         self.engine = None
         self.run: TrainingRun | None = None
         self.training_task: Task | None = None
@@ -60,13 +67,16 @@ class MainWindow(QMainWindow):
         self.model_panel = ModelPanel()
         self.train_panel = TrainPanel()
         self.results_panel = ResultsPanel()
+        self.predict_panel = PredictPanel(self._start_task)
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
         for number, (panel, title) in enumerate(((self.data_panel, "Data"), (self.model_panel, "Model"),
-                                                 (self.train_panel, "Train"), (self.results_panel, "Results"))):
+                                                 (self.train_panel, "Train"), (self.results_panel, "Results"),
+                                                 (self.predict_panel, "Try it"))):
             self.tabs.addTab(panel, f"{number + 1}  {title}")
         self.setCentralWidget(self.tabs)
         self._make_log_dock()
+        self.projects = ProjectController(self)        # File → New/Open/Save/Recent, autosave
         self._make_actions()
         self._connect_panels()
         self.engine_status = QLabel("Loading the training engine…")
@@ -109,9 +119,16 @@ class MainWindow(QMainWindow):
         self.stop_action = self._action("S&top training", self.stop_training, "Shift+F5", pixmap.SP_MediaStop)
         self.quit_action = self._action("&Quit", self.close, QKeySequence.StandardKey.Quit)
         self.about_action = self._action("&About TransferLab", self.show_about)
+        self.export_action = self._action("&Export model…", self.show_export_dialog, "Ctrl+E", None,
+                                          "Export the latest run as a verified ONNX file")
+        self.export_action.setEnabled(False)
         menu = self.menuBar().addMenu("&File")
+        self.projects.add_to_menu(menu)
+        menu.addSeparator()
         for action in (self.open_folder_action, self.open_file_action, self.demo_action):
             menu.addAction(action)
+        menu.addSeparator()
+        menu.addAction(self.export_action)
         menu.addSeparator()
         menu.addAction(self.quit_action)
         menu = self.menuBar().addMenu("&Training")
@@ -139,6 +156,10 @@ class MainWindow(QMainWindow):
         train.start_requested.connect(self.start_training)
         train.pause_requested.connect(self.set_paused)
         train.stop_requested.connect(self.stop_training)
+        self.results_panel.correction_requested.connect(self.record_correction)
+        self.results_panel.retrain_requested.connect(self.start_training)
+        self.projects.latest_run_changed.connect(self._on_latest_run_changed)
+        self.projects.opened.connect(self._on_project_opened)
 
     def next_step(self) -> None:
         self.tabs.setCurrentIndex(self.tabs.currentIndex() + 1)
@@ -192,6 +213,7 @@ class MainWindow(QMainWindow):
         """Cancel every job and wait for its thread: nothing may outlive the window."""
         for task in list(self._tasks):
             task.shutdown()
+        self.results_panel.shutdown()
 
     # -- data --------------------------------------------------------------------------------
     def open_folder_dialog(self) -> None:
@@ -220,6 +242,7 @@ class MainWindow(QMainWindow):
         self.data_panel.set_scanning(True)
         self.statusBar().showMessage(f"Scanning {', '.join(Path(p).name for p in paths)}…")
         control = RunControl()
+        self._scan_sources = [str(p) for p in paths]      # the project's dataset, once the scan succeeds
         task = self._scan_task = self._start_task(partial(scan, list(paths), control), control)
         task.progress.connect(self.data_panel.set_progress)
         task.succeeded.connect(self._on_scan_succeeded)
@@ -237,6 +260,7 @@ class MainWindow(QMainWindow):
         self.data_panel.show_report(result)
         classes_changed = self.report is None or self.report.classes != result.report.classes
         self.report = result.report
+        self.project.dataset_sources = self._scan_sources
         self.log(f"Dataset: {len(self.report.samples):,} images, {len(self.report.classes)} classes, "
                  f"{len(self.report.problems)} problem(s) from {self.report.root}")
         self.statusBar().showMessage("Dataset ready", 5000)
@@ -311,7 +335,8 @@ class MainWindow(QMainWindow):
             self.train_panel.show_error(str(exc), heading="Cannot start training:")
             return None
         run_dir = user_data_dir() / "runs" / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-        self.run = TrainingRun(self.report, config, run_dir, TrainingEvents())
+        report = apply_corrections(self.report, self.project.corrections)     # never touches the files
+        self.run = TrainingRun(report, config, run_dir, TrainingEvents())
         self._connect_run(self.run.events)
         task = self.training_task = self._track(Task(self.run, self.run.control, self))
         self.run.events.setParent(task)          # goes with the task once its thread has ended
@@ -362,6 +387,7 @@ class MainWindow(QMainWindow):
             self.train_panel.stage.setText("Stopping after this batch…")
 
     def _on_training_succeeded(self, result) -> None:
+        self._record_run(result)
         self.results_panel.show_result(result)
         accuracy = result.metrics.get("val_accuracy")
         self.log(f"Training {result.status}" + (f": validation accuracy {accuracy:.3f}" if accuracy is not None else ""))
@@ -369,6 +395,58 @@ class MainWindow(QMainWindow):
         if result.status != "cancelled":
             self.train_panel.progress.setValue(self.train_panel.progress.maximum())
         self.training_finished.emit(result)
+
+    def _record_run(self, result) -> None:
+        """Add the finished (or stopped) run to the project, for Compare runs."""
+        config = self.run.config.to_dict()
+        if self.run.trainer is not None:            # its thread has ended: safe to read here
+            config["params_total"], config["params_trainable"] = self.run.trainer.tree.counts()
+        previous = next((r for r in self.project.runs if r.run_dir == result.run_dir), None)
+        self.project.add_run(RunRecord(result.run_dir, previous.created if previous else
+                                       datetime.now().isoformat(timespec="seconds"),
+                                       self.run.config.backbone, result.status, result.metrics.get("val_accuracy"),
+                                       result.metrics.get("test_accuracy"), config))
+        self.results_panel.compare.set_runs(self.project.runs)
+
+    def record_correction(self, path: str, action: str, label: str = "") -> None:
+        """Exclude, relabel or restore one image in the project; the next run applies it."""
+        if action == "exclude":
+            self.project.exclude(path)
+        elif action == "relabel":
+            self.project.relabel(path, label)
+        else:
+            self.project.restore(path)
+        self.results_panel.set_corrections(self.project.corrections)
+        described = {"exclude": "excluded from training", "relabel": f"moved to class {label}",
+                     "restore": "restored"}[action]
+        self.log(f"{Path(path).name} {described} (applies from the next run)")
+        self.projects.autosave()                 # the correction is in the project file right away
+
+    # -- project, export, try it ---------------------------------------------------------------
+    def _on_project_opened(self, project) -> None:
+        self.results_panel.compare.set_runs(project.runs)
+        self.results_panel.set_corrections(project.corrections)
+
+    def _on_latest_run_changed(self, run_dir: str) -> None:
+        self.predict_panel.set_latest_run(run_dir)
+        self.export_action.setEnabled(bool(run_dir))
+
+    def show_export_dialog(self) -> ExportDialog | None:
+        """Export the newest finished run (non-modal: the window stays usable meanwhile)."""
+        run = latest_run(self.project)
+        if run is None:
+            return None
+        folder = Path(str(self.settings.value("export/last_folder", str(Path.home()))))
+        dialog = ExportDialog(run.run_dir, str(folder / f"{run.backbone}-{Path(run.run_dir).name}.onnx"),
+                              self._start_task, self)
+        dialog.export_finished.connect(self._remember_export_folder)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.show()
+        return dialog
+
+    def _remember_export_folder(self, outcome) -> None:
+        written = outcome.onnx.path if outcome.onnx is not None else outcome.weights
+        self.settings.setValue("export/last_folder", str(Path(written).parent))
 
     def _on_training_failed(self, message: str, details: str) -> None:
         self.train_panel.show_error(message, details)
@@ -393,6 +471,7 @@ class MainWindow(QMainWindow):
         if not training:
             self.pause_action.setChecked(False)
         self.train_panel.set_running(training, self._can_start())
+        self.results_panel.retrain_button.setEnabled(self._can_start())
         self.model_panel.set_editable(not training)
         self.data_panel.set_inputs_enabled(not training)
         for action in (self.open_folder_action, self.open_file_action, self.demo_action):

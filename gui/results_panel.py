@@ -1,29 +1,111 @@
-"""Step 4, Results: the headline accuracies and per-class scores of the finished run.
+"""Step 4, Results: where the model fails, why, and what to do about it.
 
-The confusion matrix and the browser of confidently wrong images come with a later issue; this
-panel already shows where the model file is.
+The headline scores, a clickable confusion matrix, sortable per-class scores and a gallery that
+shows either one matrix cell or the most confidently wrong images. From the gallery the user
+corrects labels (recorded in the project by the window, applied from the next run), opens an image
+larger with its Grad-CAM, and retrains; "Compare runs" lists the project's runs. Everything shown
+comes from the run folder (`metrics.json`, `predictions.json`), so an old run shows like a new one.
+Slow work (thumbnails, Grad-CAM) runs on this panel's own worker tasks; `shutdown()` joins them.
 """
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QUrl
-from PySide6.QtGui import QDesktopServices
-from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QPushButton,
-                               QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+from PySide6.QtCore import Qt, QUrl, Signal
+from PySide6.QtGui import QDesktopServices, QImage, QStandardItem, QStandardItemModel
+from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QPushButton, QSplitter,
+                               QTableView, QTabWidget, QVBoxLayout, QWidget)
+
+from engine.control import RunControl
+from gui.compare_runs import CompareRuns
+from gui.confusion_view import ConfusionView
+from gui.explain import ImageDialog, ModelCache, explain
+from gui.gallery import Gallery, GalleryItem, load_thumbnails
+from gui.workers import Task
 
 STATUS_TEXT = {"completed": "Training finished.", "stopped-early": "Training stopped early (no more improvement).",
                "cancelled": "Training was stopped; the best checkpoint so far is kept."}
+SORT_ROLE = Qt.ItemDataRole.UserRole + 1
+MAX_CACHED_THUMBNAILS = 3000
 
 
 def percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f} %"
 
 
+@dataclass
+class RunView:
+    """What the Results views show of one run folder."""
+
+    run_dir: str
+    checkpoint: str | None
+    metrics: dict
+    predictions: dict[str, list[dict]] = field(default_factory=dict)    # split -> path/true/predicted/score
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.metrics.get("classes", []))
+
+    @property
+    def split(self) -> str:
+        """The split the confusion matrix and per-class scores were computed on."""
+        return self.metrics.get("evaluated_on") or ("test" if "test" in self.predictions else "val")
+
+    def cell_items(self, true: int, predicted: int) -> list[GalleryItem]:
+        """The images of one confusion-matrix cell, most confident first."""
+        rows = [p for p in self.predictions.get(self.split, []) if p["true"] == true and p["predicted"] == predicted]
+        rows.sort(key=lambda p: -p["score"])
+        return [GalleryItem(p["path"], self.classes[true], self.classes[predicted], p["score"]) for p in rows]
+
+    def most_confident_wrong(self) -> list[GalleryItem]:
+        return [GalleryItem(w["path"], w["true"], w["predicted"], w["score"], w.get("loss"))
+                for w in self.metrics.get("most_confident_wrong", [])]
+
+
+def read_run(run_dir: str, metrics: dict | None = None) -> RunView:
+    """A run folder's results; missing or damaged files give empty parts, never an exception."""
+    folder = Path(run_dir)
+
+    def load(name: str) -> dict:
+        try:
+            data = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    checkpoint = folder / "model.safetensors"
+    return RunView(str(folder), str(checkpoint) if checkpoint.is_file() else None,
+                   metrics if metrics is not None else load("metrics.json"), load("predictions.json"))
+
+
 class ResultsPanel(QWidget):
+    """Signals let the window record corrections and let tests wait without sleeping."""
+
+    correction_requested = Signal(str, str, str)     # path, 'exclude' | 'relabel' | 'restore', label
+    retrain_requested = Signal()
+    thumbnails_loaded = Signal()
+    explanation_ready = Signal(object)               # gui.explain.Explanation
+    explanation_failed = Signal(str)
+
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
-        self.run_dir: str | None = None
+        self.run: RunView | None = None
+        self.corrections: dict[str, dict] = {}
+        self.thumbnails: dict[str, QImage] = {}
+        self.model_cache = ModelCache()
+        self.image_dialog: ImageDialog | None = None
+        self._tasks: set[Task] = set()
+        self._thumbnail_task: Task | None = None
+        self._explain_task: Task | None = None
+        self._make_widgets()
+        self._layout()
+        self.show_result(None)
+
+    # -- construction ------------------------------------------------------------------------
+    def _make_widgets(self) -> None:
         self.status = QLabel("No finished run yet.")
         self.status.setWordWrap(True)
         self.headline = QLabel()
@@ -33,46 +115,218 @@ class ResultsPanel(QWidget):
         self.checkpoint.setWordWrap(True)
         self.open_folder = QPushButton("Open run folder")
         self.open_folder.clicked.connect(self._open_run_folder)
-        self.table = QTableWidget(0, 5)
-        self.table.setHorizontalHeaderLabels(["Class", "Precision", "Recall", "F1", "Images"])
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        self.note = QLabel("Per-class scores are on the test split when the dataset has one, else on validation.")
+        self.confusion = ConfusionView()
+        self.confusion.cell_chosen.connect(self.show_cell)
+        self.class_model = QStandardItemModel(0, 5, self)
+        self.class_model.setHorizontalHeaderLabels(["Class", "Precision", "Recall", "F1", "Images"])
+        self.class_model.setSortRole(SORT_ROLE)
+        self.class_table = QTableView()
+        self.class_table.setModel(self.class_model)
+        self.class_table.setSortingEnabled(True)
+        self.class_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.class_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.class_table.verticalHeader().setVisible(False)
+        self.class_table.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 8)
+        self.class_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.gallery = Gallery(self.thumbnails)
+        self.gallery.correction_requested.connect(self.correction_requested)
+        self.gallery.image_opened.connect(self.open_image)
+        self.gallery.thumbnails_wanted.connect(self._load_thumbnails)
+        self.wrong_button = QPushButton("Most confidently wrong")
+        self.wrong_button.setToolTip("The images the model got wrong with the highest loss, worst first")
+        self.wrong_button.clicked.connect(self.show_most_confident_wrong)
+        self.corrections_note = QLabel()
+        self.retrain_button = QPushButton("Retrain with corrections")
+        self.retrain_button.setToolTip("Start a new run with the same settings, leaving out excluded images "
+                                       "and using the classes you chose")
+        self.retrain_button.clicked.connect(self.retrain_requested)
+        self.compare = CompareRuns()
+        self.compare.run_chosen.connect(self.show_run_folder)
+
+    def _layout(self) -> None:
         row = QHBoxLayout()
         row.addWidget(self.checkpoint, 1)
         row.addWidget(self.open_folder)
+        scores = QSplitter(Qt.Orientation.Vertical)
+        scores.addWidget(self.confusion)
+        scores.addWidget(self.class_table)
+        scores.setSizes([420, 220])
+        gallery_box = QWidget()
+        gallery_layout = QVBoxLayout(gallery_box)
+        gallery_layout.setContentsMargins(0, 0, 0, 0)
+        gallery_row = QHBoxLayout()
+        gallery_row.addWidget(self.wrong_button)
+        gallery_row.addStretch(1)
+        gallery_row.addWidget(self.corrections_note)
+        gallery_row.addWidget(self.retrain_button)
+        gallery_layout.addLayout(gallery_row)
+        gallery_layout.addWidget(self.gallery, 1)
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(scores)
+        self.splitter.addWidget(gallery_box)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setSizes([480, 620])          # room for a ten-class matrix; the gallery takes the rest
+        self.views = QTabWidget()
+        self.views.addTab(self.splitter, "Errors")
+        self.views.addTab(self.compare, "Compare runs")
         layout = QVBoxLayout(self)
         for widget in (self.status, self.headline):
             layout.addWidget(widget)
         layout.addLayout(row)
-        layout.addWidget(self.note)
-        layout.addWidget(self.table, 1)
-        self.show_result(None)
+        layout.addWidget(self.views, 1)
 
+    # -- showing a run -----------------------------------------------------------------------
     def show_result(self, result) -> None:
-        """`result`: the engine's FitResult, or None before any run."""
-        self.run_dir = result.run_dir if result else None
-        self.open_folder.setEnabled(self.run_dir is not None)
-        self.table.setRowCount(0)
+        """`result`: the engine's FitResult just finished, or None before any run."""
         if result is None:
-            self.headline.setText("")
-            self.checkpoint.setText("")
+            self.run = None
+            self.status.setText("No finished run yet.")
+            self._show_run_view(None)
             return
-        metrics = result.metrics
         self.status.setText(STATUS_TEXT.get(result.status, result.status))
+        self._show_run_view(read_run(result.run_dir, result.metrics))
+
+    def show_run_folder(self, run_dir: str) -> None:
+        """An earlier run of the project (from "Compare runs")."""
+        view = read_run(run_dir)
+        self.status.setText(f"Run {Path(run_dir).name}" + ("" if view.metrics else
+                            ": no scores were saved (the run was stopped or its folder is gone)."))
+        self._show_run_view(view)
+        self.views.setCurrentIndex(0)
+
+    def _show_run_view(self, view: RunView | None) -> None:
+        self.run = view
+        metrics = view.metrics if view else {}
+        self.open_folder.setEnabled(view is not None and Path(view.run_dir).exists())
         self.headline.setText(f"Validation accuracy <b>{percent(metrics.get('val_accuracy'))}</b>"
                               f" &nbsp;·&nbsp; Test accuracy <b>{percent(metrics.get('test_accuracy'))}</b>"
                               if metrics else "")
-        self.checkpoint.setText(f"Model: {result.checkpoint}" if result.checkpoint else "No checkpoint was saved.")
-        rows = metrics.get("per_class", [])
-        self.table.setRowCount(len(rows))
-        for r, entry in enumerate(rows):
-            cells = [entry["class"], percent(entry["precision"]), percent(entry["recall"]),
-                     percent(entry["f1"]), str(entry["support"])]
-            for c, text in enumerate(cells):
-                self.table.setItem(r, c, QTableWidgetItem(text))
+        self.checkpoint.setText("" if view is None else f"Model: {view.checkpoint}" if view.checkpoint
+                                else "No checkpoint was saved.")
+        self.confusion.set_matrix(view.classes if view else [], metrics.get("confusion_matrix", []),
+                                  view.split if view else "")
+        self._fill_class_table(metrics.get("per_class", []))
+        self.show_most_confident_wrong()
+        self._update_corrections_note()
+
+    def _fill_class_table(self, rows: list[dict]) -> None:
+        self.class_model.setRowCount(0)
+        for entry in rows:
+            cells = [(entry["class"], entry["class"].lower())]
+            cells += [(percent(entry[key]), entry[key]) for key in ("precision", "recall", "f1")]
+            cells.append((str(entry["support"]), entry["support"]))
+            items = []
+            for text, sort_value in cells:
+                item = QStandardItem(text)
+                item.setData(sort_value, SORT_ROLE)
+                items.append(item)
+            self.class_model.appendRow(items)
+
+    # -- galleries ---------------------------------------------------------------------------
+    def show_cell(self, true: int, predicted: int) -> None:
+        if self.run is None:
+            return
+        items = self.run.cell_items(true, predicted)
+        classes = self.run.classes
+        split = "test" if self.run.split == "test" else "validation"
+        what = (f"{classes[true]} correctly recognised" if true == predicted
+                else f"true class {classes[true]}, predicted as {classes[predicted]}")
+        self.gallery.show_items(f"<b>{what}</b>: {len(items)} {split} image{'s' if len(items) != 1 else ''}",
+                                items, classes)
+
+    def show_most_confident_wrong(self) -> None:
+        self.confusion.table.clearSelection()
+        if self.run is None:
+            self.gallery.show_items("No run yet.", [], [])
+            return
+        items = self.run.most_confident_wrong()
+        title = (f"<b>Most confidently wrong</b>: the {len(items)} worst mistakes, highest loss first. "
+                 "Double-click one to look closer." if items else
+                 "<b>No mistakes</b> on the evaluated images. Click a matrix cell to browse its images.")
+        self.gallery.show_items(title, items, self.run.classes)
+
+    def _load_thumbnails(self, paths: list[str]) -> None:
+        if self._thumbnail_task is not None:
+            self._thumbnail_task.abandon()
+        if len(self.thumbnails) > MAX_CACHED_THUMBNAILS:
+            self.thumbnails.clear()
+        control = RunControl()
+        task = self._thumbnail_task = self._start_task(partial(load_thumbnails, paths, control), control)
+        task.succeeded.connect(self._on_thumbnails)
+
+    def _on_thumbnails(self, images: dict[str, QImage]) -> None:
+        self._thumbnail_task = None
+        self.thumbnails.update(images)
+        self.gallery.model.thumbnails_arrived()
+        self.thumbnails_loaded.emit()
+
+    # -- corrections -------------------------------------------------------------------------
+    def set_corrections(self, corrections: dict[str, dict]) -> None:
+        """The project's corrections (the window owns them), shown on gallery tiles."""
+        self.corrections = corrections
+        self.gallery.set_corrections(corrections)
+        self._update_corrections_note()
+
+    def _update_corrections_note(self) -> None:
+        count = len(self.corrections)
+        self.corrections_note.setText(f"{count} correction{'s' if count != 1 else ''} for the next run"
+                                      if count else "")
+
+    # -- one image, larger, and why ------------------------------------------------------------
+    def open_image(self, item: GalleryItem, explain_now: bool = False) -> None:
+        if self.run is None:
+            return
+        if self.image_dialog is None:
+            self.image_dialog = ImageDialog(self)
+            self.image_dialog.explain_requested.connect(self.explain)
+        dialog = self.image_dialog
+        dialog.show_item(item, self.run.classes, self.corrections.get(item.path), self.run.checkpoint is not None)
+        dialog.show()
+        dialog.raise_()
+        if explain_now and self.run.checkpoint is not None:
+            dialog.request()
+
+    def explain(self, path: str, class_index: int) -> None:
+        """Grad-CAM of one image for one class, on a worker; `explanation_ready` or `_failed` follows."""
+        if self.run is None or self.run.checkpoint is None:
+            self.explanation_failed.emit("this run has no model file")
+            return
+        if self._explain_task is not None:
+            self._explain_task.abandon()
+        task = self._explain_task = self._start_task(
+            partial(explain, self.model_cache, self.run.checkpoint, path, class_index))
+        task.succeeded.connect(self._on_explained)
+        task.failed.connect(self._on_explain_failed)
+
+    def _on_explained(self, explanation) -> None:
+        self._explain_task = None
+        if self.image_dialog is not None:
+            self.image_dialog.show_explanation(explanation)
+        self.explanation_ready.emit(explanation)
+
+    def _on_explain_failed(self, message: str, _details: str) -> None:
+        self._explain_task = None
+        if self.image_dialog is not None:
+            self.image_dialog.show_error(message)
+        self.explanation_failed.emit(message)
+
+    # -- tasks -------------------------------------------------------------------------------
+    def _start_task(self, job, control: RunControl | None = None) -> Task:
+        task = Task(job, control, self)
+        task.done.connect(self._on_task_done)
+        self._tasks.add(task)
+        task.start()
+        return task
+
+    def _on_task_done(self, task: Task) -> None:
+        self._tasks.discard(task)
+        task.deleteLater()
+
+    def shutdown(self) -> None:
+        """Cancel and join every worker of this panel (the window calls it before closing)."""
+        for task in list(self._tasks):
+            task.shutdown()
 
     def _open_run_folder(self) -> None:
-        if self.run_dir and Path(self.run_dir).exists():
-            QDesktopServices.openUrl(QUrl.fromLocalFile(self.run_dir))
+        if self.run and Path(self.run.run_dir).exists():
+            QDesktopServices.openUrl(QUrl.fromLocalFile(self.run.run_dir))

@@ -81,7 +81,9 @@ class Task(QObject):
         self.worker.cancelled.connect(self._forward_cancelled)
         self.thread.started.connect(self.worker.run)
         self.worker.finished.connect(self.thread.quit, Qt.ConnectionType.DirectConnection)
-        self.worker.finished.connect(self.worker.deleteLater)
+        # No `worker.deleteLater`: destroying a Python-subclassed QObject in the worker thread needs the
+        # GIL while Qt holds its connection lock, which deadlocks against a GUI thread that is connecting
+        # a signal. The worker is released in the GUI thread once its thread has ended (below).
         self.thread.finished.connect(self._on_thread_finished)
         self._running = False
         self._abandoned = False
@@ -125,9 +127,9 @@ class Task(QObject):
 
     def _on_thread_finished(self) -> None:
         if self._running:
-            # `finished` is emitted before the thread deletes the worker (deleteLater); wait for the
-            # thread to end completely, or dropping the Python wrapper here could free it twice.
+            # Wait for the thread to end completely; only then may the GUI thread destroy its worker.
             self.thread.wait()
             self._running = False
+            self.worker = None
             self.thread.deleteLater()
             self.done.emit(self)

@@ -5,6 +5,7 @@ fails any test that leaves a QThread running.
 """
 from __future__ import annotations
 
+import gc
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import shiboken6
-from PySide6.QtCore import QMimeData, QObject, QPointF, QSettings, Qt, QThread, QUrl, Signal
+from PySide6.QtCore import QEvent, QMimeData, QObject, QPointF, QSettings, Qt, QThread, QUrl, Signal
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import QApplication, QMessageBox
 
@@ -51,6 +52,15 @@ def window(qtbot, tmp_path):
     yield win
     win.shutdown()
     win.close()
+    delete_now(win)
+
+
+def delete_now(widget) -> None:
+    """Destroy a window in the GUI thread now; left to the garbage collector, it could be freed from a
+    worker thread of the next test and crash the process."""
+    widget.deleteLater()
+    QApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+    gc.collect()
 
 
 @pytest.fixture

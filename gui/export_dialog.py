@@ -1,0 +1,248 @@
+"""File → Export model…: the engine's verified export on a worker thread, and what it proved.
+
+ONNX export always verifies the file against PyTorch on real images before writing it; the dialog
+shows that verification (largest logit difference, top-1 agreement) and where the files went.
+The plain `.safetensors` weights for PyTorch users come alone or beside the ONNX file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from PySide6.QtCore import Qt, QUrl, Signal
+from PySide6.QtGui import QCloseEvent, QDesktopServices
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout,
+                               QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton, QVBoxLayout,
+                               QWidget)
+
+from gui.workers import Task
+
+if TYPE_CHECKING:
+    from engine.export import ExportResult
+
+FORMATS = (("onnx", "ONNX (.onnx), verified against PyTorch"),
+           ("safetensors", "PyTorch weights only (.safetensors)"))
+EXPORTERS = (("auto", "Automatic (torch.export, else TorchScript)"), ("dynamo", "torch.export"),
+             ("legacy", "TorchScript (deprecated, fast)"))
+SUFFIXES = {"onnx": ".onnx", "safetensors": ".safetensors"}
+
+
+@dataclass
+class ExportOutcome:
+    onnx: "ExportResult | None"      # None when only weights were asked for
+    weights: str | None              # path of the plain .safetensors file, if written
+
+
+def export_model(source: str, out_path: str, fmt: str, with_weights: bool, exporter: str, dynamic_size: bool,
+                 progress) -> ExportOutcome:
+    """Worker job: the verified ONNX export and/or the plain weights file."""
+    from engine.export import export_run, export_weights
+    out = Path(out_path)
+    if fmt == "safetensors":
+        progress("write weights", 0, 1)
+        return ExportOutcome(None, export_weights(source, out))
+    result = export_run(source, out, exporter=exporter, dynamic_size=dynamic_size, progress=progress)
+    weights = None
+    if with_weights:
+        progress("write weights", 1, 1)
+        weights = export_weights(source, out.with_suffix(".safetensors"))
+    return ExportOutcome(result, weights)
+
+
+def verification_text(result: "ExportResult") -> str:
+    """The proof an export passed, in a sentence a user can check."""
+    exporter = dict(EXPORTERS).get(result.exporter, result.exporter).split(" (")[0]
+    return (f"<b>✓ Verified</b> on {result.n_images} images: largest |logit difference| "
+            f"<b>{result.max_abs_diff:.2g}</b>, top-1 agreement <b>{100 * result.top1_agreement:.0f} %</b> "
+            f"(PyTorch vs onnxruntime). Exporter: {exporter}, {result.seconds:.1f} s.")
+
+
+class ExportDialog(QDialog):
+    """Choose format and file, export on a worker, then show the verification and the folder."""
+
+    export_finished = Signal(object)      # ExportOutcome
+    export_failed = Signal(str)
+
+    def __init__(self, source: str, default_path: str, start_task: Callable[..., Task] | None = None,
+                 parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle("Export model")
+        self.source = source
+        self.start_task = start_task or self._start_own_task
+        self.ask_save_path = self._ask_save_path
+        self.task: Task | None = None
+        self.outcome: ExportOutcome | None = None
+        self.format = QComboBox()
+        for key, label in FORMATS:
+            self.format.addItem(label, key)
+        self.format.currentIndexChanged.connect(self._on_format_changed)
+        self.path = QLineEdit(default_path)
+        self.browse_button = QPushButton("Browse…")
+        self.browse_button.clicked.connect(self.browse)
+        self.with_weights = QCheckBox("Also save plain PyTorch weights (.safetensors) beside it")
+        self.exporter = QComboBox()
+        for key, label in EXPORTERS:
+            self.exporter.addItem(label, key)
+        self.dynamic_size = QCheckBox("Accept any image size (dynamic height and width, where the model allows)")
+        self.progress = QProgressBar()
+        self.progress.setVisible(False)
+        self.stage = QLabel()
+        self.result = QLabel()
+        self.result.setWordWrap(True)
+        self.result.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.open_folder_button = QPushButton("Open folder")
+        self.open_folder_button.setVisible(False)
+        self.open_folder_button.clicked.connect(self.open_folder)
+        self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        self.export_button = self.buttons.addButton("Export", QDialogButtonBox.ButtonRole.ActionRole)
+        self.export_button.setDefault(True)
+        self.export_button.clicked.connect(self.start_export)
+        self.buttons.rejected.connect(self.reject)
+        self._layout()
+        self.resize(620, self.sizeHint().height())
+
+    def _layout(self) -> None:
+        source = QLabel(self.source)
+        source.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        source.setWordWrap(True)
+        file_row = QHBoxLayout()
+        file_row.addWidget(self.path, 1)
+        file_row.addWidget(self.browse_button)
+        form = QFormLayout()
+        form.addRow("Model:", source)
+        form.addRow("Format:", self.format)
+        form.addRow("Save as:", file_row)
+        form.addRow("", self.with_weights)
+        form.addRow("Exporter:", self.exporter)
+        form.addRow("", self.dynamic_size)
+        result_row = QHBoxLayout()
+        result_row.addWidget(self.result, 1)
+        result_row.addWidget(self.open_folder_button, 0, Qt.AlignmentFlag.AlignTop)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.stage)
+        layout.addWidget(self.progress)
+        layout.addLayout(result_row)
+        layout.addStretch()
+        layout.addWidget(self.buttons)
+
+    # -- choices -----------------------------------------------------------------------------
+    @property
+    def chosen_format(self) -> str:
+        return self.format.currentData()
+
+    def _on_format_changed(self) -> None:
+        onnx = self.chosen_format == "onnx"
+        for widget in (self.with_weights, self.exporter, self.dynamic_size):
+            widget.setEnabled(onnx)
+        text = self.path.text().strip()
+        if text:
+            self.path.setText(str(Path(text).with_suffix(SUFFIXES[self.chosen_format])))
+
+    def _ask_save_path(self) -> str | None:
+        suffix = SUFFIXES[self.chosen_format]
+        path, _ = QFileDialog.getSaveFileName(self, "Export the model to", self.path.text(),
+                                              f"{suffix[1:].upper()} files (*{suffix})")
+        return path or None
+
+    def browse(self) -> None:
+        path = self.ask_save_path()
+        if path:
+            self.path.setText(path)
+
+    def output_path(self) -> Path:
+        """The chosen file, with the format's suffix added when it was left out."""
+        path = Path(self.path.text().strip()).expanduser()
+        suffix = SUFFIXES[self.chosen_format]
+        return path if path.suffix.lower() == suffix else path.with_name(path.name + suffix)
+
+    # -- export ------------------------------------------------------------------------------
+    def _start_own_task(self, job) -> Task:
+        task = Task(job, parent=self)
+        task.start()
+        return task
+
+    def start_export(self) -> Task | None:
+        if self.task is not None:
+            return None
+        if not self.path.text().strip():
+            self._show_failure("Choose where to save the model.")
+            return None
+        out = self.output_path()
+        self.path.setText(str(out))
+        job = partial(export_model, self.source, str(out), self.chosen_format, self.with_weights.isChecked(),
+                      self.exporter.currentData(), self.dynamic_size.isChecked())
+        self._set_running(True)
+        self.result.setText("")
+        self.open_folder_button.setVisible(False)
+        self.task = self.start_task(job)
+        self.task.progress.connect(self._on_progress)
+        self.task.succeeded.connect(self._on_succeeded)
+        self.task.failed.connect(self._on_failed)
+        self.task.done.connect(self._on_task_done)
+        return self.task
+
+    def _set_running(self, running: bool) -> None:
+        for widget in (self.format, self.path, self.browse_button, self.with_weights, self.exporter,
+                       self.dynamic_size, self.export_button, self.buttons.button(QDialogButtonBox.StandardButton.Close)):
+            widget.setEnabled(not running)
+        if not running:
+            self._on_format_changed()
+        self.progress.setVisible(running)
+        self.progress.setRange(0, 0)
+        self.stage.setText("Exporting…" if running else "")
+
+    def _on_progress(self, step: str, done: int, total: int) -> None:
+        self.stage.setText(f"{step[0].upper()}{step[1:]}…")
+        self.progress.setRange(0, total)
+        self.progress.setValue(done)
+
+    def _on_succeeded(self, outcome: ExportOutcome) -> None:
+        self.outcome = outcome
+        lines = []
+        if outcome.onnx is not None:
+            lines.append(verification_text(outcome.onnx))
+            lines.append(f"Saved to <b>{outcome.onnx.path}</b> (metadata also in {Path(outcome.onnx.sidecar).name}).")
+            lines.extend(f"<i>Note: {note}</i>" for note in outcome.onnx.warnings)
+        if outcome.weights is not None:
+            lines.append(f"PyTorch weights saved to <b>{outcome.weights}</b>.")
+        self.result.setStyleSheet("")
+        self.result.setText("<br>".join(lines))
+        self.open_folder_button.setVisible(True)
+        self.export_finished.emit(outcome)
+
+    def _on_failed(self, message: str, details: str) -> None:
+        self._show_failure(f"The model was not exported: {message}", details)
+        self.export_failed.emit(message)
+
+    def _show_failure(self, message: str, details: str = "") -> None:
+        self.result.setStyleSheet("QLabel { color: #b00020; }")
+        self.result.setText(message)
+        self.result.setToolTip(details.strip().splitlines()[-1] if details.strip() else "")
+
+    def _on_task_done(self, _task: Task) -> None:
+        self.task = None
+        self._set_running(False)
+
+    def exported_folder(self) -> str | None:
+        if self.outcome is None:
+            return None
+        return str(Path(self.outcome.onnx.path if self.outcome.onnx else self.outcome.weights).parent)
+
+    def open_folder(self) -> None:
+        folder = self.exported_folder()
+        if folder:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(folder))
+
+    # -- closing while an export runs: it finishes in seconds and cannot be interrupted ------------
+    def reject(self) -> None:
+        if self.task is None:
+            super().reject()
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        if self.task is not None:
+            event.ignore()
+        else:
+            super().closeEvent(event)

@@ -1,0 +1,420 @@
+"""Step 5, Try it: drop photos (or a folder) and see what the model says, with probabilities.
+
+The model is the latest run, an exported `.onnx` file or any checkpoint/run folder; prediction runs
+the engine's `predict_images` on a worker (the classifier is loaded there too and kept for the next
+drop), so the window stays responsive on a large folder and the user can cancel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from PySide6.QtCore import QRect, QSize, Qt, QUrl, Signal
+from PySide6.QtGui import QColor, QDragEnterEvent, QDropEvent, QImage, QPainter, QPixmap
+from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QFrame, QHBoxLayout, QHeaderView,
+                               QLabel, QProgressBar, QPushButton, QSpinBox, QStyle, QStyledItemDelegate,
+                               QStyleOptionViewItem, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+
+from engine.control import RunControl
+from engine.images import IMAGE_EXTENSIONS, has_image_extension
+from gui.workers import Task
+
+if TYPE_CHECKING:
+    from engine.predict import PredictionReport
+
+THUMBNAIL_PX = 72
+TOPK_ROLE = Qt.ItemDataRole.UserRole + 1
+SOURCES = (("latest", "Latest training run"), ("onnx", "An exported ONNX file…"),
+           ("checkpoint", "A checkpoint or run folder…"))
+COLUMNS = ("Image", "File", "Top classes")
+
+
+# -- the worker job -------------------------------------------------------------------------------
+@dataclass
+class PredictOutcome:
+    model_key: tuple                 # (path, modification time) of the model the classifier came from
+    classifier: object               # engine.predict.TorchClassifier | OnnxClassifier, reused next time
+    report: "PredictionReport"
+    thumbnails: dict[str, QImage] = field(default_factory=dict)
+
+
+def model_key(path: str) -> tuple:
+    checkpoint = Path(path) / "model.safetensors" if Path(path).is_dir() else Path(path)
+    return str(path), checkpoint.stat().st_mtime_ns if checkpoint.exists() else 0
+
+
+def predict_job(model_path: str, cached: PredictOutcome | None, inputs: list[str], top_k: int,
+                control: RunControl, progress) -> PredictOutcome:
+    """Load the classifier (unless the cached one is for the same file), predict, draw thumbnails."""
+    from engine.predict import load_classifier, predict_images
+    key = model_key(model_path)
+    if cached is not None and cached.model_key == key:
+        classifier = cached.classifier
+    else:
+        progress("Loading the model", 0, 0)
+        classifier = load_classifier(model_path)
+    report = predict_images(classifier, inputs, top_k=top_k, progress=lambda _s, d, t: progress("Predicting", d, t),
+                            control=control)
+    thumbnails = {}
+    for prediction in report.predictions:
+        control.checkpoint()
+        thumbnails[prediction.path] = thumbnail(prediction.path)
+    return PredictOutcome(key, classifier, report, thumbnails)
+
+
+def thumbnail(path: str) -> QImage:
+    """The image as the model saw it (EXIF rotation, any colour mode), fitted in a square tile."""
+    from PIL import ImageOps
+    from engine.images import ImageError, load_image
+    try:
+        image = ImageOps.contain(load_image(path), (THUMBNAIL_PX, THUMBNAIL_PX))
+    except ImageError:           # changed on disk since it was classified: the row simply has no picture
+        return QImage()
+    return QImage(image.tobytes(), image.width, image.height, 3 * image.width, QImage.Format.Format_RGB888).copy()
+
+
+def short_name(path: str) -> str:
+    """Folder and file name: in a dropped folder of class folders the folder says what the photo is."""
+    path = Path(path)
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
+# -- widgets ----------------------------------------------------------------------------------------
+class ImageDropZone(QFrame):
+    """Accepts image files and folders (folders are walked by the engine)."""
+
+    paths_dropped = Signal(list)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setAcceptDrops(True)
+        self.setObjectName("imageDropZone")
+        self.setMinimumHeight(80)
+        label = QLabel("Drop photos or a folder here")
+        label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        QVBoxLayout(self).addWidget(label)
+        self._set_highlight(False)
+
+    @staticmethod
+    def usable_paths(urls: list[QUrl]) -> list[str]:
+        paths = [Path(url.toLocalFile()) for url in urls if url.isLocalFile()]
+        return [str(p) for p in paths if p.is_dir() or (p.is_file() and has_image_extension(p))]
+
+    def _set_highlight(self, on: bool) -> None:
+        colour = "palette(highlight)" if on else "palette(mid)"
+        self.setStyleSheet(f"#imageDropZone {{ border: 2px dashed {colour}; border-radius: 8px; }}")
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if event.mimeData().hasUrls() and self.usable_paths(event.mimeData().urls()):
+            event.acceptProposedAction()
+            self._set_highlight(True)
+        else:
+            event.ignore()
+
+    def dragLeaveEvent(self, event) -> None:
+        self._set_highlight(False)
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        self._set_highlight(False)
+        paths = self.usable_paths(event.mimeData().urls()) if event.mimeData().hasUrls() else []
+        if paths:
+            event.acceptProposedAction()
+            self.paths_dropped.emit(paths)
+        else:
+            event.ignore()
+
+
+class TopKDelegate(QStyledItemDelegate):
+    """One line per class: name, a probability bar, the percentage; the top class stands out."""
+
+    LABEL_SHARE = 0.35
+    PERCENT_WIDTH = 56
+
+    def _line_height(self, option: QStyleOptionViewItem) -> int:
+        return option.fontMetrics.height() + 6
+
+    def sizeHint(self, option: QStyleOptionViewItem, index) -> QSize:
+        entries = index.data(TOPK_ROLE) or []
+        return QSize(320, max(THUMBNAIL_PX + 8, len(entries) * self._line_height(option) + 8))
+
+    def paint(self, painter: QPainter, option: QStyleOptionViewItem, index) -> None:
+        entries = index.data(TOPK_ROLE)
+        if not entries:
+            super().paint(painter, option, index)
+            return
+        style = option.widget.style() if option.widget else None
+        if style is not None and option.state & QStyle.StateFlag.State_Selected:
+            style.drawPrimitive(QStyle.PrimitiveElement.PE_PanelItemViewItem, option, painter, option.widget)
+        palette, line = option.palette, self._line_height(option)
+        rect = option.rect.adjusted(6, 4, -6, -4)
+        label_width = int(rect.width() * self.LABEL_SHARE)
+        bar_width = max(10, rect.width() - label_width - self.PERCENT_WIDTH - 12)
+        painter.save()
+        for i, entry in enumerate(entries):
+            top = rect.top() + i * line
+            font = painter.font()
+            font.setBold(i == 0)
+            painter.setFont(font)
+            painter.setPen(palette.color(palette.ColorRole.Text))
+            painter.drawText(QRect(rect.left(), top, label_width, line), Qt.AlignmentFlag.AlignVCenter,
+                             option.fontMetrics.elidedText(entry["label"], Qt.TextElideMode.ElideRight, label_width))
+            bar = QRect(rect.left() + label_width + 6, top + 3, bar_width, line - 6)
+            painter.fillRect(bar, palette.color(palette.ColorRole.AlternateBase))
+            colour = palette.color(palette.ColorRole.Highlight) if i == 0 else QColor(150, 160, 175)
+            painter.fillRect(QRect(bar.left(), bar.top(), round(bar_width * entry["score"]), bar.height()), colour)
+            painter.drawText(QRect(bar.right() + 6, top, self.PERCENT_WIDTH, line),
+                             Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight, f"{100 * entry['score']:.1f} %")
+        painter.restore()
+
+
+class PredictPanel(QWidget):
+    """Model source on top, drop zone and buttons, then one table row per image."""
+
+    predictions_shown = Signal(object)     # engine PredictionReport
+    prediction_failed = Signal(str)
+
+    def __init__(self, start_task: Callable[..., Task] | None = None, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.start_task = start_task or self._start_own_task
+        self.ask_model_path = self._ask_model_path
+        self.ask_images = self._ask_images
+        self.ask_folder = self._ask_folder
+        self.latest_run: str | None = None
+        self.chosen_model: str | None = None       # for the 'onnx' and 'checkpoint' sources
+        self.task: Task | None = None
+        self._cached: PredictOutcome | None = None
+        self._last_inputs: list[str] = []
+        self.source = QComboBox()
+        for key, label in SOURCES:
+            self.source.addItem(label, key)
+        self.source.activated.connect(self._on_source_activated)
+        self.model_label = QLabel()
+        self.model_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.top_k = QSpinBox(minimum=1, maximum=10, value=5, prefix="top ")
+        self.drop_zone = ImageDropZone()
+        self.drop_zone.paths_dropped.connect(self.predict)
+        self.open_images_button = QPushButton("Open photos…")
+        self.open_images_button.clicked.connect(self.open_images)
+        self.open_folder_button = QPushButton("Open folder…")
+        self.open_folder_button.clicked.connect(self.open_folder)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.progress = QProgressBar()
+        self.summary = QLabel()
+        self.summary.setWordWrap(True)
+        self.table = self._make_table()
+        self._layout()
+        self._set_running(False)
+        self._show_model()
+
+    def _make_table(self) -> QTableWidget:
+        table = QTableWidget(0, len(COLUMNS))
+        table.setHorizontalHeaderLabels(COLUMNS)
+        table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        table.verticalHeader().setVisible(False)
+        table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        table.setIconSize(QSize(THUMBNAIL_PX, THUMBNAIL_PX))
+        header = table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Fixed)
+        table.setColumnWidth(0, THUMBNAIL_PX + 16)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Interactive)
+        table.setColumnWidth(1, 260)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        table.setItemDelegateForColumn(2, TopKDelegate(table))
+        return table
+
+    def _layout(self) -> None:
+        model_row = QHBoxLayout()
+        model_row.addWidget(QLabel("<b>Model:</b>"))
+        model_row.addWidget(self.source)
+        model_row.addWidget(self.model_label, 1)
+        model_row.addWidget(self.top_k)
+        buttons = QHBoxLayout()
+        for widget in (self.open_images_button, self.open_folder_button):
+            buttons.addWidget(widget)
+        buttons.addWidget(self.progress, 1)
+        buttons.addWidget(self.cancel_button)
+        buttons.addStretch()
+        layout = QVBoxLayout(self)
+        layout.addLayout(model_row)
+        layout.addWidget(self.drop_zone)
+        layout.addLayout(buttons)
+        layout.addWidget(self.summary)
+        layout.addWidget(self.table, 1)
+
+    # -- which model ----------------------------------------------------------------------------
+    @property
+    def model_path(self) -> str | None:
+        return self.latest_run if self.source.currentData() == "latest" else self.chosen_model
+
+    def set_latest_run(self, run_dir: str | None) -> None:
+        """The window's newest finished run ('' or None when there is none)."""
+        self.latest_run = run_dir or None
+        self._show_model()
+
+    def set_model(self, path: str) -> None:
+        """Use an `.onnx` file, a checkpoint or a run folder (what the source menu asks for)."""
+        self.chosen_model = str(path)
+        self.source.setCurrentIndex(self.source.findData("onnx" if str(path).lower().endswith(".onnx") else "checkpoint"))
+        self._show_model()
+
+    def _on_source_activated(self, index: int) -> None:
+        kind = self.source.itemData(index)
+        if kind != "latest":
+            path = self.ask_model_path(kind)
+            if path:
+                self.set_model(path)
+                return
+            if self.chosen_model is None or (kind == "onnx") != self.chosen_model.lower().endswith(".onnx"):
+                self.source.setCurrentIndex(0)
+        self._show_model()
+
+    def _ask_model_path(self, kind: str) -> str | None:
+        if kind == "onnx":
+            path, _ = QFileDialog.getOpenFileName(self, "Choose an exported model", "", "ONNX models (*.onnx)")
+        else:
+            path, _ = QFileDialog.getOpenFileName(self, "Choose a checkpoint (or cancel to pick a run folder)", "",
+                                                  "TransferLab checkpoints (*.safetensors)")
+            path = path or QFileDialog.getExistingDirectory(self, "Choose a run folder")
+        return path or None
+
+    def _show_model(self) -> None:
+        path = self.model_path
+        if path:
+            kind = "ONNX, onnxruntime" if path.lower().endswith(".onnx") else "PyTorch"
+            self.model_label.setText(f"{Path(path).name}  ({kind})")
+            self.model_label.setToolTip(path)
+        else:
+            self.model_label.setText("no model yet: train one, or choose an exported .onnx file"
+                                     if self.source.currentData() == "latest" else "choose a file")
+            self.model_label.setToolTip("")
+
+    # -- which images ------------------------------------------------------------------------------
+    def _ask_images(self) -> list[str]:
+        patterns = " ".join(f"*{suffix}" for suffix in sorted(IMAGE_EXTENSIONS))
+        paths, _ = QFileDialog.getOpenFileNames(self, "Photos to classify", "", f"Images ({patterns})")
+        return paths
+
+    def _ask_folder(self) -> str | None:
+        return QFileDialog.getExistingDirectory(self, "A folder of photos to classify") or None
+
+    def open_images(self) -> None:
+        paths = self.ask_images()
+        if paths:
+            self.predict(paths)
+
+    def open_folder(self) -> None:
+        folder = self.ask_folder()
+        if folder:
+            self.predict([folder])
+
+    # -- prediction ----------------------------------------------------------------------------------
+    def _start_own_task(self, job, control: RunControl) -> Task:
+        task = Task(job, control, self)
+        task.start()
+        return task
+
+    def predict(self, inputs: list[str]) -> Task | None:
+        """Classify image files and folders with the chosen model on a worker."""
+        path = self.model_path
+        if not path:
+            self._show_failure("There is no model yet: train one first, or choose an exported .onnx file "
+                               "or a checkpoint above.")
+            return None
+        if self.task is not None:
+            self.task.abandon()      # the user dropped something new: the old answer no longer matters
+        self._last_inputs = [str(p) for p in inputs]
+        control = RunControl()
+        self.task = self.start_task(partial(predict_job, path, self._cached, self._last_inputs,
+                                            self.top_k.value(), control), control)
+        self.task.progress.connect(self._on_progress)
+        self.task.succeeded.connect(self._on_succeeded)
+        self.task.failed.connect(self._on_failed)
+        self.task.cancelled.connect(self._on_cancelled)
+        self.task.done.connect(self._on_task_done)
+        self._set_running(True)
+        self.summary.setStyleSheet("")
+        self.summary.setText(f"Classifying {self._describe(self._last_inputs)} with {Path(path).name}…")
+        return self.task
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    @staticmethod
+    def _describe(inputs: list[str]) -> str:
+        return Path(inputs[0]).name if len(inputs) == 1 else f"{len(inputs)} items"
+
+    def _set_running(self, running: bool) -> None:
+        self.progress.setVisible(running)
+        self.progress.setRange(0, 0)
+        self.cancel_button.setVisible(running)
+
+    def _on_progress(self, stage: str, done: int, total: int) -> None:
+        self.progress.setRange(0, total)
+        self.progress.setValue(done)
+        self.progress.setFormat(f"{stage} %v / %m" if total else stage)
+
+    def _on_succeeded(self, outcome: PredictOutcome) -> None:
+        self._cached = outcome
+        self.show_report(outcome.report, outcome.thumbnails)
+        self.predictions_shown.emit(outcome.report)
+
+    def _on_failed(self, message: str, _details: str) -> None:
+        self._show_failure(message)
+        self.prediction_failed.emit(message)
+
+    def _on_cancelled(self) -> None:
+        self.summary.setText("Cancelled.")
+
+    def _on_task_done(self, task: Task) -> None:
+        if task is self.task:
+            self.task = None
+            self._set_running(False)
+
+    def _show_failure(self, message: str) -> None:
+        self.summary.setStyleSheet("QLabel { color: #b00020; }")
+        self.summary.setText(message)
+
+    def show_report(self, report: "PredictionReport", thumbnails: dict[str, QImage]) -> None:
+        """One row per image, most likely class first; unreadable files follow with the reason."""
+        table = self.table
+        table.setRowCount(len(report.predictions) + len(report.skipped))
+        for row, prediction in enumerate(report.predictions):
+            image = QTableWidgetItem()
+            if prediction.path in thumbnails:
+                image.setData(Qt.ItemDataRole.DecorationRole, QPixmap.fromImage(thumbnails[prediction.path]))
+            table.setItem(row, 0, image)
+            name = QTableWidgetItem(short_name(prediction.path))
+            name.setToolTip(prediction.path)
+            table.setItem(row, 1, name)
+            best = QTableWidgetItem(f"{prediction.label} {100 * prediction.score:.1f} %")
+            best.setData(TOPK_ROLE, prediction.top_k)
+            best.setToolTip("\n".join(f"{e['label']}: {100 * e['score']:.2f} %" for e in prediction.top_k))
+            table.setItem(row, 2, best)
+        for offset, skipped in enumerate(report.skipped):
+            row = len(report.predictions) + offset
+            table.setItem(row, 0, QTableWidgetItem())
+            name = QTableWidgetItem(short_name(skipped["path"]))
+            name.setToolTip(skipped["path"])
+            table.setItem(row, 1, name)
+            reason = QTableWidgetItem(f"not classified: {skipped['reason']}")
+            reason.setForeground(QColor("#b00020"))
+            table.setItem(row, 2, reason)
+        table.resizeRowsToContents()
+        n, skipped = len(report.predictions), len(report.skipped)
+        text = f"{n} image{'s' if n != 1 else ''} classified by {Path(self._cached.model_key[0]).name if self._cached else 'the model'}"
+        self.summary.setStyleSheet("")
+        self.summary.setText(text + (f"; {skipped} could not be read (listed last)." if skipped else "."))
+
+    def predicted_labels(self) -> list[tuple[str, str, float]]:
+        """(file name, label, probability) per classified row, for scripts and tests."""
+        rows = []
+        for row in range(self.table.rowCount()):
+            entries = self.table.item(row, 2).data(TOPK_ROLE)
+            if entries:
+                rows.append((self.table.item(row, 1).text(), entries[0]["label"], entries[0]["score"]))
+        return rows
