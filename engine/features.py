@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset
 
 from engine.control import RunControl
@@ -53,9 +55,12 @@ def feature_cache_applies(model: nn.Module) -> bool:
 
 def backbone_fingerprint(model: nn.Module) -> str:
     """Digest of every tensor outside the classifier: changes whenever the frozen backbone would."""
-    skip = classifier_parameter_names(model)
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
+    return _state_digest(model, skip=classifier_parameter_names(model))
+
+
+def _state_digest(module: nn.Module, skip: set[str] = frozenset(), salt: str = "") -> str:
+    digest = hashlib.sha256(salt.encode())
+    for name, tensor in module.state_dict().items():
         if name not in skip:
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -83,15 +88,37 @@ class FeatureDataset(Dataset):
 
 
 class FeatureCache:
-    """Computes and stores pooled features; one instance per fit (memory) over a folder (disk)."""
+    """Computes and stores pooled features; one instance per fit (memory) over a folder (disk).
+
+    Results up to `max_disk_bytes` are also written to disk, for the next run on the same data.
+    """
+
+    max_disk_bytes = 512 * 2**20
 
     def __init__(self, model: nn.Module, folder: Path | None = None, batch_size: int = 64):
         self.model = model
         self.folder = Path(folder) if folder else cache_dir() / "features"
         self.batch_size = batch_size
-        self.fingerprint = backbone_fingerprint(model)
+        self.fingerprint = self._fingerprint()
         self.hits = 0
         self.misses = 0
+        self._memory: dict[str, torch.Tensor] = {}
+
+    def _fingerprint(self) -> str:
+        return backbone_fingerprint(self.model)
+
+    def _extract(self, images: torch.Tensor) -> torch.Tensor:
+        return pooled_features(self.model, images)
+
+    @torch.inference_mode()
+    def item_bytes(self, input_size: int) -> int:
+        """Bytes cached per image and view, from one blank image (float32)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self._extract(torch.zeros(1, 3, input_size, input_size)).numel() * 4
+        finally:
+            self.model.train(was_training)
 
     def key(self, paths: list[str], content_hash: str, transform_id: str, seed: int, views: int) -> str:
         parts = {"backbone": self.fingerprint, "paths": paths, "content": content_hash,
@@ -101,42 +128,158 @@ class FeatureCache:
     def features(self, paths: list[str], labels: list[int], content_hash: str,
                  transforms: list[Callable], transform_id: str, seed: int,
                  control: RunControl | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        """[len(transforms), N, D] features, one view per transform, from disk when already computed."""
+                 progress: Callable[[int, int], None] | None = None,
+                 image_source: Callable[[int], object] | None = None) -> torch.Tensor:
+        """[len(transforms), N, ...] features, one view per transform, reused when already computed.
+
+        `image_source` (index -> image) stands in for decoding `paths`, e.g. the decoded-image cache.
+        """
+        self.fingerprint = self._fingerprint()       # the frozen part may differ from the last call
         key = self.key(paths, content_hash, transform_id, seed, len(transforms))
+        if key in self._memory:
+            self.hits += 1
+            return self._memory[key]
         path = self.folder / f"{key}.safetensors"
         if path.exists():
             try:
+                views = load_file(str(path))["features"]
                 self.hits += 1
-                return load_file(str(path))["features"]
+                self._memory[key] = views
+                return views
             except Exception:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
                 path.unlink(missing_ok=True)
         self.misses += 1
-        views = self._compute(paths, labels, transforms, seed, control, progress)
-        with atomic_path(path) as tmp:
-            save_file({"features": views.contiguous()}, str(tmp))
+        views = self._compute(paths, labels, transforms, seed, control, progress, image_source)
+        self._memory[key] = views
+        if views.numel() * views.element_size() <= self.max_disk_bytes:
+            with atomic_path(path) as tmp:
+                save_file({"features": views.contiguous()}, str(tmp))
         return views
 
-    def _compute(self, paths, labels, transforms, seed, control, progress) -> torch.Tensor:
+    def _compute(self, paths, labels, transforms, seed, control, progress, image_source=None) -> torch.Tensor:
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.random.fork_rng():  # the fit's own random stream stays untouched
                 return torch.stack([self._view(paths, labels, transform, seed * 1000 + index, control,
-                                               progress, index * len(paths), len(transforms) * len(paths))
+                                               progress, index * len(paths), len(transforms) * len(paths),
+                                               image_source)
                                     for index, transform in enumerate(transforms)])
         finally:
             self.model.train(was_training)
 
-    def _view(self, paths, labels, transform, seed, control, progress, done, total) -> torch.Tensor:
+    def _view(self, paths, labels, transform, seed, control, progress, done, total,
+              image_source=None) -> torch.Tensor:
         torch.manual_seed(seed)            # augmented views are reproducible
-        loader = DataLoader(ImageDataset(paths, labels, transform), batch_size=self.batch_size)
+        loader = DataLoader(ImageDataset(paths, labels, transform, image_source), batch_size=self.batch_size)
         chunks = []
         for images, _ in loader:
             if control is not None:
                 control.checkpoint()
-            chunks.append(pooled_features(self.model, images).float())
+            chunks.append(self._extract(images).float().contiguous())
             done += len(images)
             if progress:
                 progress(done, total)
         return torch.cat(chunks)
+
+
+# -- the freeze-boundary cache ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CachePlan:
+    """What a fit trains on: 'features' (pooled, only the classifier trains), 'activations' (cached
+    after the first `boundary` stages, all frozen) or 'images'; `reason` says why when 'images'."""
+
+    kind: str
+    boundary: int = 0
+    reason: str = ""
+
+
+def feature_stages(model: nn.Module) -> list[nn.Module] | None:
+    """`forward_features` as modules applied one after another, for the timm families where that is
+    exactly what it does (EfficientNet, including Lite, and ResNet); None for other models."""
+    from timm.models.efficientnet import EfficientNet
+    from timm.models.resnet import ResNet
+    if isinstance(model, EfficientNet):
+        return [nn.Sequential(model.conv_stem, model.bn1), *model.blocks,
+                nn.Sequential(model.conv_head, model.bn2)]
+    if isinstance(model, ResNet):
+        return [nn.Sequential(model.conv1, model.bn1, model.act1, model.maxpool),
+                model.layer1, model.layer2, model.layer3, model.layer4]
+    return None
+
+
+def plan_cache(model: nn.Module, train_frozen_bn: bool = False) -> CachePlan:
+    """Which frozen part of `model` can be computed once and give exactly what training would compute.
+
+    Frozen layers must behave the same in training and eval mode: no dropout or stochastic depth, and
+    BatchNorm statistics kept fixed (`train_frozen_bn` off).
+    """
+    if not any(p.requires_grad for p in model.parameters()):
+        return CachePlan("images", reason="nothing trains")
+    classifier = set(classifier_parameter_names(model)) if hasattr(model, "get_classifier") else set()
+    frozen_modules = [m for n, m in model.named_modules()
+                      if n and not any(p.requires_grad for p in m.parameters())]
+    if feature_cache_applies(model):
+        unstable = _changes_in_training(frozen_modules, train_frozen_bn)
+        return CachePlan("images", reason=unstable) if unstable else CachePlan("features")
+    stages = feature_stages(model)
+    if stages is None:
+        return CachePlan("images", reason=f"no frozen-layer cache for {type(model).__name__}")
+    boundary = 0
+    while boundary < len(stages) and not any(p.requires_grad for p in stages[boundary].parameters()):
+        boundary += 1
+    if boundary == 0:
+        return CachePlan("images", reason="the first block trains: nothing frozen to compute once")
+    staged = {id(p) for stage in stages for p in stage.parameters()} | {
+        id(p) for n, p in model.named_parameters() if n in classifier}
+    if any(id(p) not in staged and p.requires_grad for p in model.parameters()):
+        return CachePlan("images", reason="trainable layers outside the block sequence")
+    unstable = _changes_in_training(list(nn.Sequential(*stages[:boundary]).modules()), train_frozen_bn)
+    return CachePlan("images", reason=unstable) if unstable else CachePlan("activations", boundary)
+
+
+def _changes_in_training(modules: list[nn.Module], train_frozen_bn: bool) -> str:
+    """Why frozen modules would compute something else in training mode; '' when they would not."""
+    for module in modules:
+        if float(getattr(module, "drop_prob", 0.0) or 0.0) > 0 or (
+                isinstance(module, nn.Dropout) and module.p > 0):
+            return "frozen layers use dropout or stochastic depth"
+        if train_frozen_bn and isinstance(module, _BatchNorm):
+            return "frozen BatchNorm layers update their statistics"
+    return ""
+
+
+class SuffixOnActivations(nn.Module):
+    """The stages after the freeze boundary, then the model's own head, on cached activations.
+
+    The whole model is a submodule so that train()/eval() reach its head: timm's head dropout reads
+    `model.training`. Parameters are shared, so training lands in the model's checkpoint.
+    """
+
+    def __init__(self, model: nn.Module, boundary: int):
+        super().__init__()
+        self.model = model
+        self.stages = nn.ModuleList(feature_stages(model)[boundary:])
+
+    def forward(self, activations: torch.Tensor) -> torch.Tensor:
+        x = activations
+        for stage in self.stages:
+            x = stage(x)
+        return self.model.forward_head(x)
+
+
+class ActivationCache(FeatureCache):
+    """Activations after the first `boundary` stages of `feature_stages(model)`, which are frozen."""
+
+    def __init__(self, model: nn.Module, boundary: int, folder: Path | None = None, batch_size: int = 64):
+        self.prefix = nn.Sequential(*feature_stages(model)[:boundary])
+        self.boundary = boundary
+        super().__init__(model, folder or cache_dir() / "activations", batch_size)
+
+    def _fingerprint(self) -> str:
+        return _state_digest(self.prefix, salt=f"{type(self.model).__name__}|{self.boundary}")
+
+    @torch.inference_mode()
+    def _extract(self, images: torch.Tensor) -> torch.Tensor:
+        return self.prefix(images)

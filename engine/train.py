@@ -23,10 +23,13 @@ from engine.control import Cancelled, RunControl
 from engine.data import AUGMENTATIONS, ImageDataset, eval_transform, train_transform
 from engine.dataset import DatasetReport
 from engine.evaluate import classification_metrics, predict_logits
-from engine.features import FeatureCache, FeatureDataset, HeadOnFeatures, feature_cache_applies
+from engine.features import (ActivationCache, CachePlan, FeatureCache, FeatureDataset, HeadOnFeatures,
+                             SuffixOnActivations, plan_cache)
 from engine.fileio import write_json
+from engine.imagecache import MEMORY_FRACTION, DecodedImageCache, DecodedImages, format_bytes, memory_budget
 from engine.layers import FREEZE_PRESETS, LayerTree, block_groups, frozen_batchnorm_to_eval
 from engine.models import DEFAULT_BACKBONE, ModelBundle, create_model
+from engine.runtime import release_freed_memory, tune_malloc
 
 CHECKPOINT_NAME = "model.safetensors"
 OPTIMIZERS = ("adamw", "sgd")
@@ -45,7 +48,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 32
     image_size: int | None = None        # None: the backbone's pretrained size
-    lr: float = 1e-3                     # for the head; deeper groups get lr * layer_decay**depth
+    lr: float = 3e-3                     # for the head; deeper groups get lr * layer_decay**depth
     optimizer: str = "adamw"
     weight_decay: float = 0.01
     schedule: str = "cosine"
@@ -65,7 +68,7 @@ class TrainConfig:
     stage2_lr_factor: float = 0.1
     train_frozen_bn: bool = False        # let frozen BatchNorm layers update running statistics
     cache: str = "auto"                  # 'auto': reuse frozen-backbone features when possible
-    cached_views: int = 4                # augmented views cached per image when augmentation is on
+    cached_views: int = 1                # feature-cache views per image: 1 = un-augmented only (measured best)
     num_workers: int = 0
 
     def validate(self) -> None:
@@ -128,11 +131,11 @@ def plan_stages(config: TrainConfig) -> list[Stage]:
     if config.recipe == "single":
         return [Stage("train", config.epochs, config.lr, config.frozen_parameters, config.freeze,
                       config.freeze_blocks)]
+    # Stage 2 trains what the user chose (an explicit tree state wins); "head" would repeat stage 1.
     second = "none" if config.freeze == "head" else config.freeze
-    frozen = config.frozen_parameters if config.frozen_parameters is not None and config.freeze != "head" else None
     return [Stage("head", config.head_epochs, config.lr, None, "head"),
             Stage("fine-tune", config.epochs - config.head_epochs, config.lr * config.stage2_lr_factor,
-                  frozen, second, config.freeze_blocks)]
+                  config.frozen_parameters, second, config.freeze_blocks)]
 
 
 def apply_stage_freeze(tree: LayerTree, stage: Stage) -> None:
@@ -209,16 +212,24 @@ class Trainer:
         self.checkpoint_path = self.run_dir / CHECKPOINT_NAME
         self._epoch = 0
         self._step = 0
-        self.feature_cache: FeatureCache | None = None
+        self.feature_cache: FeatureCache | None = None   # the cache the current stage trains on
+        self._caches: dict[tuple, FeatureCache] = {}
+        self._cached_net: nn.Module | None = None        # set while a stage trains on cached inputs
+        self.decoded: DecodedImages | None = None        # every image decoded once, built on first use
+        self._decoded_index: dict[str, int] | None = None
+        self.path_notes: list[str] = []                  # where inputs come from, or why not cached
 
     # -- set-up ---------------------------------------------------------------------------------
     def _prepare(self) -> None:
+        tune_malloc()      # in case the app did not call engine.runtime.tune_process() at start-up
         self.generator = seed_everything(self.config.seed)
         classes = self.report.classes
         if self.bundle is None:
             self.bundle = create_model(self.config.backbone, len(classes), weights=self.config.weights,
                                        input_size=self.config.image_size)
-        self.model = self.bundle.model
+        # channels_last: 1.4x inference and 1.7x training for EfficientNet-Lite0 on CPU, never slower
+        # for the other backbones (bench/bench_settings.py, bench/RESULTS.md)
+        self.model = self.bundle.model.to(memory_format=torch.channels_last)
         self.tree = LayerTree(self.model)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.train_samples = self.report.split("train")
@@ -230,7 +241,8 @@ class Trainer:
         self.eval_criterion = nn.CrossEntropyLoss()
 
     def _image_loader(self, samples, transform, shuffle: bool) -> DataLoader:
-        dataset = ImageDataset([s.path for s in samples], [s.label for s in samples], transform)
+        dataset = ImageDataset([s.path for s in samples], [s.label for s in samples], transform,
+                               self._image_source(samples))
         sampler = self._balanced_sampler(samples) if shuffle else None
         return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=shuffle and sampler is None,
                           sampler=sampler, generator=self.generator if shuffle else None,
@@ -243,24 +255,63 @@ class Trainer:
         weights = class_weights(labels, len(self.report.classes))[labels]
         return WeightedRandomSampler(weights, len(samples), replacement=True, generator=self.generator)
 
+    def _image_source(self, samples):
+        """Images decoded once per fit (`cache='auto'` and it fits), or None: decode on every use."""
+        if self.config.cache != "auto":
+            return None
+        if self._decoded_index is None:
+            every = self.train_samples + self.val_samples + self.test_samples
+            paths = list(dict.fromkeys(s.path for s in every))
+            self.decoded, note = DecodedImageCache().build(
+                paths, self.report.content_hash, self.bundle.preprocessing, self.control,
+                lambda done, total: self.callbacks.on_progress("images", done, total))
+            self._decoded_index = {path: index for index, path in enumerate(paths)}
+            self.path_notes.append(note)
+        if self.decoded is None:
+            return None
+        return self.decoded.source([self._decoded_index[s.path] for s in samples])
+
     def _pipeline(self):
         """(network to step, train loader, val loader, path name) for the current freeze state.
 
-        Head-only training runs on cached backbone features ('features'); anything deeper runs on
-        images ('images').
+        The frozen part is computed once where that is exact: pooled features when only the classifier
+        trains ('features'), activations at the freeze boundary when training starts at a later block
+        ('activations'). Anything else trains on images, decoded once ('images').
         """
-        if self.config.cache == "auto" and feature_cache_applies(self.model):
-            return self._feature_pipeline()
+        self._cached_net = None
+        plan = plan_cache(self.model, self.config.train_frozen_bn) if self.config.cache == "auto" \
+            else CachePlan("images", reason="cache off")
+        if plan.kind != "images":
+            cached = self._cached_pipeline(plan)
+            if cached is not None:
+                return cached
+        else:
+            self.path_notes.append(f"training on images: {plan.reason}")
         pre = self.bundle.preprocessing
         train = self._image_loader(self.train_samples, train_transform(pre, self.config.augmentation), True)
         val = self._image_loader(self.val_samples, eval_transform(pre), False)
         return self.model, train, val, "images"
 
-    def _feature_pipeline(self):
+    def _cached_pipeline(self, plan: CachePlan):
+        """The loaders of `_pipeline` on cached features or activations; None when they would not fit."""
         pre, config = self.bundle.preprocessing, self.config
-        if self.feature_cache is None:
-            self.feature_cache = FeatureCache(self.model)
+        key = (plan.kind, plan.boundary)
+        if key not in self._caches:
+            self._caches[key] = FeatureCache(self.model) if plan.kind == "features" else \
+                ActivationCache(self.model, plan.boundary)
+        cache = self._caches[key]
         views = 1 if config.augmentation == "none" else max(1, config.cached_views)
+        count = views * len(self.train_samples) + len(self.val_samples) + len(self.test_samples)
+        needed = cache.item_bytes(pre.input_size) * count
+        if needed > memory_budget():
+            self.path_notes.append(f"training on images: cached {plan.kind} would need {format_bytes(needed)}, "
+                                   f"more than {MEMORY_FRACTION:.0%} of RAM")
+            return None
+        self.feature_cache = cache
+        self._cached_net = HeadOnFeatures(self.model) if plan.kind == "features" else \
+            SuffixOnActivations(self.model, plan.boundary)
+        self.path_notes.append(f"training on cached {plan.kind} ({views} view{'s' * (views > 1)}, "
+                               f"{format_bytes(needed)})")
         train_views = [eval_transform(pre)] + [train_transform(pre, config.augmentation)] * (views - 1)
         train_id = f"{pre.to_dict()}|{config.augmentation}|{views}"
         train_set = FeatureDataset(self._features(self.train_samples, train_views, train_id),
@@ -271,14 +322,15 @@ class Trainer:
         sampler = self._balanced_sampler(self.train_samples)
         train = DataLoader(train_set, batch_size=batch, shuffle=sampler is None, sampler=sampler,
                            generator=self.generator)
-        val = DataLoader(val_set, batch_size=256)
-        return HeadOnFeatures(self.model), train, val, "features"
+        val = DataLoader(val_set, batch_size=256 if plan.kind == "features" else batch)
+        return self._cached_net, train, val, plan.kind
 
     def _features(self, samples, transforms, transform_id: str) -> torch.Tensor:
         return self.feature_cache.features(
             [s.path for s in samples], [s.label for s in samples], self.report.content_hash, transforms,
             transform_id, self.config.seed, self.control,
-            lambda done, total: self.callbacks.on_progress("features", done, total))
+            lambda done, total: self.callbacks.on_progress("features", done, total),
+            self._image_source(samples))
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self) -> FitResult:
@@ -308,6 +360,7 @@ class Trainer:
         metrics = {}
         if status != "cancelled" and self.checkpoint_path.exists():
             metrics = self._final_metrics()
+        self._release_caches()
         result = FitResult(status, str(self.run_dir),
                            str(self.checkpoint_path) if self.checkpoint_path.exists() else None,
                            metrics, self.history)
@@ -326,10 +379,11 @@ class Trainer:
             "n_train": len(self.train_samples), "n_val": len(self.val_samples),
             "n_test": len(self.test_samples), "classes": list(self.report.classes), "path": path,
             "params_total": total, "params_trainable": trainable, "backbone": self.bundle.spec.name,
-            "stages": [s.name for s in stages]})
+            "stages": [s.name for s in stages], "path_note": "; ".join(self.path_notes)})
 
     def _run_stage(self, stage: Stage, net: nn.Module, train_loader, val_loader) -> str:
-        groups = param_groups(net, stage.lr, self.config.layer_decay, self.config.weight_decay)
+        # groups come from the whole model, so a net on cached inputs gets the same per-block rates
+        groups = param_groups(self.model, stage.lr, self.config.layer_decay, self.config.weight_decay)
         if not groups:
             raise ValueError("every layer is frozen: choose at least one layer to train")
         optimizer = make_optimizer(groups, self.config)
@@ -406,14 +460,13 @@ class Trainer:
         """Reload the best checkpoint and evaluate it on val and test; write metrics.json."""
         from safetensors.torch import load_file
         self.model.load_state_dict(load_file(str(self.checkpoint_path)))
-        pre = self.bundle.preprocessing
         results, predictions = {}, {}
         for split, samples in (("val", self.val_samples), ("test", self.test_samples)):
             if not samples:
                 continue
-            loader = self._image_loader(samples, eval_transform(pre), False)
+            net, loader = self._eval_inputs(samples)
             logits, labels = predict_logits(
-                self.model, loader, self.control,
+                net, loader, self.control,
                 lambda done, total, split=split: self.callbacks.on_progress(f"evaluate {split}", done, total))
             results[split] = classification_metrics(logits, labels, self.report.classes,
                                                     [s.path for s in samples])
@@ -422,6 +475,21 @@ class Trainer:
         write_json(self.run_dir / "metrics.json", metrics)
         write_json(self.run_dir / "predictions.json", predictions)
         return metrics
+
+    def _eval_inputs(self, samples) -> tuple[nn.Module, DataLoader]:
+        """Network and loader for the best checkpoint: cached inputs when the last stage trained on them
+        (its frozen part is the same, and the cache key checks it), else images."""
+        pre = self.bundle.preprocessing
+        if self._cached_net is None:
+            return self.model, self._image_loader(samples, eval_transform(pre), False)
+        features = self._features(samples, [eval_transform(pre)], f"{pre.to_dict()}|eval")
+        return self._cached_net, DataLoader(FeatureDataset(features, [s.label for s in samples]),
+                                            batch_size=self.config.batch_size)
+
+    def _release_caches(self) -> None:
+        """Cached images and activations can take a quarter of RAM each: free them with the fit."""
+        self.decoded, self._decoded_index, self._caches, self._cached_net = None, None, {}, None
+        release_freed_memory()
 
 
 def summarize_metrics(classes: list[str], results: dict, bundle: ModelBundle, config: TrainConfig) -> dict:

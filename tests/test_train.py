@@ -76,7 +76,7 @@ def test_fine_tuning_last_blocks_updates_them_and_keeps_frozen_ones(report, tmp_
     trainer.callbacks.callbacks.append(recorder)
     before = create_model("efficientnet_lite0").model.state_dict()
     trainer.fit()
-    assert recorder.events[0][1]["path"] == "images"
+    assert recorder.events[0][1]["path"] == "activations"      # trains on the frozen blocks' output
     after = load_file(str(tmp_path / "run" / "model.safetensors"))
     assert torch.equal(before["blocks.0.0.conv_dw.weight"], after["blocks.0.0.conv_dw.weight"])
     assert torch.equal(before["bn1.running_mean"], after["bn1.running_mean"]), "frozen BN statistics kept"
@@ -199,3 +199,10 @@ def test_everything_frozen_is_a_clear_error(report, tmp_path):
 def test_invalid_config_is_rejected(bad):
     with pytest.raises(ValueError):
         TrainConfig(**bad).validate()
+
+
+def test_two_stage_second_stage_follows_an_explicit_tree_state():
+    frozen = ["conv_stem.weight", "bn1.weight", "bn1.bias"]
+    stages = plan_stages(TrainConfig(epochs=4, recipe="two-stage", head_epochs=1, frozen_parameters=frozen))
+    assert stages[0].preset == "head" and stages[0].frozen is None
+    assert stages[1].frozen == frozen

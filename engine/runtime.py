@@ -1,0 +1,58 @@
+"""Process-wide settings that make CPU training faster, applied once at start-up, before torch loads.
+
+Both were measured on two cores (bench/bench_settings.py, bench/RESULTS.md):
+- GNU OpenMP threads (torch on Linux) spin for up to 300,000 rounds before they sleep. Whenever
+  anything else wants the cores (another program, the GUI) they steal them from the threads doing the
+  work: with short operations (small inputs, cached activations) training ran 2x slower next to two
+  busy processes, and up to 20x slower on a shared machine. A short spin (`GOMP_SPINCOUNT=10000`)
+  is as fast as the default on an idle machine and faster than sleeping at once
+  (`OMP_WAIT_POLICY=PASSIVE`) on a busy one. OpenMP reads it when torch loads, so it only helps when
+  set before the first `import torch`.
+- glibc's malloc hands large freed blocks back to the OS, and the next step faults them in again
+  (system time); threads other than the main one get arenas of their own that ignore the tuning, which
+  made training on the GUI's worker thread about 20 % slower than on the main thread. The settings
+  keep freed memory for the next step and put every thread on the main arena; a thread keeps the
+  arena it first allocated from, so they must be applied before other threads start.
+
+No torch import here, so `engine` can call this first thing.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8
+MALLOC_SETTINGS = ((_M_MMAP_THRESHOLD, 32 * 2**20), (_M_TRIM_THRESHOLD, 2**30), (_M_TOP_PAD, 256 * 2**20),
+                   (_M_ARENA_MAX, 1))
+
+
+def tune_process() -> None:
+    """Both settings; a user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins."""
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+    tune_malloc()
+
+
+def tune_malloc() -> bool:
+    """The MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, MALLOC_TOP_PAD_ and MALLOC_ARENA_MAX settings,
+    applied at run time. Linux with glibc only; returns whether they were applied."""
+    libc = _glibc()
+    return libc is not None and all(libc.mallopt(option, value) == 1 for option, value in MALLOC_SETTINGS)
+
+
+def release_freed_memory() -> None:
+    """Give memory kept for the next step back to the OS, e.g. once a fit is over."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def _glibc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:            # musl and other C libraries
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
