@@ -8,6 +8,8 @@ log = logging.getLogger("transferlab")
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    from engine.runtime import tune_process
+    tune_process()                  # before torch loads and before any other thread starts
     from engine.logs import setup_logging
     setup_logging(argv)
     if not argv or argv[0] in ("gui", "--gui"):

@@ -7,9 +7,10 @@ Data: Fashion-MNIST photos (Debian's dataset-fashion-mnist, 10 classes, upsample
 engine into train/val/test. Model: EfficientNet-Lite0 with its ImageNet weights at 224 px. Each engine
 fit is timed whole: decoding, feature caching, 10 epochs, validation, checkpoints and the final metrics
 on val and test, with an empty cache folder each time (nothing reused from an earlier run). The plain
-pass is a DataLoader with the eval transform and one forward per image in inference mode, on the
-same channels_last model the engine uses. The naive loop is the engine itself with `cache='off'`, so
-its accuracy must equal the cached fit's when augmentation is off.
+pass is a DataLoader with the eval transform and one forward per image in inference mode, on the same
+channels_last model and batch size (FEATURE_BATCH, the fastest here) as the engine's feature pass. The
+naive loop is the engine itself with `cache='off'`, so its accuracy must equal the cached fit's when
+augmentation is off.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from torch.utils.data import DataLoader
 from common import Table, fashion_dataset, fresh_cache_dir, interleave, median, ratio
 from engine.data import ImageDataset, eval_transform
 from engine.dataset import scan_dataset
+from engine.features import FEATURE_BATCH
 from engine.models import create_model
 from engine.train import TrainConfig, Trainer, seed_everything
 
@@ -34,7 +36,7 @@ def inference_pass(report, image_size: int) -> float:
     bundle = create_model("efficientnet_lite0", len(report.classes), input_size=image_size)
     model = bundle.model.to(memory_format=torch.channels_last).eval()
     loader = DataLoader(ImageDataset([s.path for s in report.samples], [s.label for s in report.samples],
-                                     eval_transform(bundle.preprocessing)), batch_size=64)
+                                     eval_transform(bundle.preprocessing)), batch_size=FEATURE_BATCH)
     start = time.perf_counter()
     with torch.inference_mode():
         for images, _ in loader:

@@ -2,13 +2,13 @@
 OpenMP wait policy, and glibc malloc tuning (environment variables, or the same through mallopt at run
 time).
 
-    .venv/bin/python bench/bench_settings.py [--repeats 5] [--steps 1] [--process-steps 4] [--batch 16]
+    .venv/bin/python bench/bench_settings.py [--repeats 3] [--steps 1] [--process-steps 4] [--batch 16]
 
 EfficientNet-Lite0 with its real ImageNet weights, on batches of real Fashion-MNIST photos. Training
 steps are forward + backward + AdamW on every layer (a full fine-tune), on the main thread. The wait
 policy and malloc variants run in fresh processes (OpenMP and glibc read their variables at start-up),
-taking turns; malloc variants use the short spin that engine.runtime.tune_process() sets, as every
-other benchmark does. The 96 px variants show the wait policy where operations are short (small
+taking turns; malloc variants use the passive wait policy that engine.runtime.tune_process() sets,
+as every other benchmark does. The 96 px variants show the wait policy where operations are short (small
 inputs, cached activations), also while two other processes keep the cores busy (a browser, a build).
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ SPIN, SHORT, PASSIVE = "spin (OpenMP default)", "GOMP_SPINCOUNT=10000", "OMP_WAI
 WAITS = {SPIN: {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": None},
          SHORT: {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "10000"},
          PASSIVE: {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": None}}
-WORKER = "worker thread, default malloc"
+WORKER = "worker thread, PASSIVE, default malloc"
 
 
 def _processes() -> dict:
@@ -40,11 +40,11 @@ def _processes() -> dict:
     for size, busy, label in ((None, 0, ""), (96, 0, "96 px: "), (96, 2, "96 px, 2 busy processes: ")):
         for wait, env in WAITS.items():
             variants[label + wait] = dict(env=env, size=size, busy=busy, vs=None if wait == SPIN else label + SPIN)
-    short = WAITS[SHORT]
-    variants["short spin + MALLOC_* variables set high"] = dict(env={**short, **MALLOC_ENV}, vs=SHORT)
-    variants["short spin + tune_malloc() at start-up"] = dict(env=short, tune=True, vs=SHORT)
-    variants[WORKER] = dict(env=short, thread=True, vs=SHORT)
-    variants["worker thread, tune_malloc() at start-up"] = dict(env=short, thread=True, tune=True, vs=WORKER)
+    passive = WAITS[PASSIVE]
+    variants["PASSIVE + MALLOC_* variables set high"] = dict(env={**passive, **MALLOC_ENV}, vs=PASSIVE)
+    variants["PASSIVE + tune_malloc() at start-up"] = dict(env=passive, tune=True, vs=PASSIVE)
+    variants[WORKER] = dict(env=passive, thread=True, vs=PASSIVE)
+    variants["worker thread, tune_malloc() at start-up"] = dict(env=passive, thread=True, tune=True, vs=WORKER)
     return variants
 
 
@@ -140,7 +140,7 @@ def run_child(kind: str, args, usage: dict) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=1, help="training/inference batches per measurement")
     ap.add_argument("--process-steps", type=int, default=4, help="timed training batches per fresh process")
     ap.add_argument("--batch", type=int, default=16)

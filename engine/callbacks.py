@@ -77,6 +77,8 @@ class ConsoleProgress(Callback):
     def on_fit_start(self, info):
         self._line(f"training {info['n_train']} images ({info['n_val']} val, {info['n_test']} test), "
                    f"{len(info['classes'])} classes, {info['epochs']} epochs, path: {info['path']}")
+        if info.get("path_note"):
+            self._line(f"  {info['path_note']}")
 
     def on_progress(self, stage, done, total):
         now = time.monotonic()

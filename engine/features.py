@@ -24,6 +24,12 @@ from engine.fileio import atomic_path
 from engine.layers import head_parameter_names
 from engine.paths import cache_dir
 
+# Images per forward pass when computing features. On two cores batch 8 and 16 ran at 172 and 165
+# images/s and batch 64 at 110, with peak memory 0.2, 0.4 and 1.0 GB above the model's
+# (EfficientNet-Lite0, 224 px): small batches stay in the CPU caches. 16 leaves more work per call for
+# machines with more cores.
+FEATURE_BATCH = 16
+
 
 class HeadOnFeatures(nn.Module):
     """The part of the model that trains on cached pooled features: dropout (as timm applies it) and the
@@ -95,7 +101,7 @@ class FeatureCache:
 
     max_disk_bytes = 512 * 2**20
 
-    def __init__(self, model: nn.Module, folder: Path | None = None, batch_size: int = 64):
+    def __init__(self, model: nn.Module, folder: Path | None = None, batch_size: int = FEATURE_BATCH):
         self.model = model
         self.folder = Path(folder) if folder else cache_dir() / "features"
         self.batch_size = batch_size
@@ -129,10 +135,12 @@ class FeatureCache:
                  transforms: list[Callable], transform_id: str, seed: int,
                  control: RunControl | None = None,
                  progress: Callable[[int, int], None] | None = None,
-                 image_source: Callable[[int], object] | None = None) -> torch.Tensor:
+                 open_images: Callable[[], Callable[[int], object] | None] | None = None) -> torch.Tensor:
         """[len(transforms), N, ...] features, one view per transform, reused when already computed.
 
-        `image_source` (index -> image) stands in for decoding `paths`, e.g. the decoded-image cache.
+        `open_images`, called only when the features must be computed, gives an image source (index ->
+        image) that stands in for decoding `paths`, e.g. the decoded-image cache; building one is work
+        a cache hit should not pay for.
         """
         self.fingerprint = self._fingerprint()       # the frozen part may differ from the last call
         key = self.key(paths, content_hash, transform_id, seed, len(transforms))
@@ -149,6 +157,7 @@ class FeatureCache:
             except Exception:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
                 path.unlink(missing_ok=True)
         self.misses += 1
+        image_source = open_images() if open_images is not None else None
         views = self._compute(paths, labels, transforms, seed, control, progress, image_source)
         self._memory[key] = views
         if views.numel() * views.element_size() <= self.max_disk_bytes:
@@ -272,7 +281,8 @@ class SuffixOnActivations(nn.Module):
 class ActivationCache(FeatureCache):
     """Activations after the first `boundary` stages of `feature_stages(model)`, which are frozen."""
 
-    def __init__(self, model: nn.Module, boundary: int, folder: Path | None = None, batch_size: int = 64):
+    def __init__(self, model: nn.Module, boundary: int, folder: Path | None = None,
+                 batch_size: int = FEATURE_BATCH):
         self.prefix = nn.Sequential(*feature_stages(model)[:boundary])
         self.boundary = boundary
         super().__init__(model, folder or cache_dir() / "activations", batch_size)

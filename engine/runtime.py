@@ -2,12 +2,11 @@
 
 Both were measured on two cores (bench/bench_settings.py, bench/RESULTS.md):
 - GNU OpenMP threads (torch on Linux) spin for up to 300,000 rounds before they sleep. Whenever
-  anything else wants the cores (another program, the GUI) they steal them from the threads doing the
-  work: with short operations (small inputs, cached activations) training ran 2x slower next to two
-  busy processes, and up to 20x slower on a shared machine. A short spin (`GOMP_SPINCOUNT=10000`)
-  is as fast as the default on an idle machine and faster than sleeping at once
-  (`OMP_WAIT_POLICY=PASSIVE`) on a busy one. OpenMP reads it when torch loads, so it only helps when
-  set before the first `import torch`.
+  anything else wants the cores (the GUI thread, a browser, a build) they take turns with spinning
+  threads that do no work. `OMP_WAIT_POLICY=PASSIVE` lets them sleep at once: as fast as spinning on
+  an idle machine at 224 px (1.00x; 0.90x with the very short operations of 96 px inputs), 1.44x
+  faster next to two busy processes; a short spin (GOMP_SPINCOUNT=10000) was the worst there (0.87x).
+  OpenMP reads it when torch loads, so it only helps when set before the first `import torch`.
 - glibc's malloc hands large freed blocks back to the OS, and the next step faults them in again
   (system time); threads other than the main one get arenas of their own that ignore the tuning, which
   made training on the GUI's worker thread about 20 % slower than on the main thread. The settings
@@ -29,8 +28,8 @@ MALLOC_SETTINGS = ((_M_MMAP_THRESHOLD, 32 * 2**20), (_M_TRIM_THRESHOLD, 2**30), 
 
 def tune_process() -> None:
     """Both settings; a user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins."""
-    if "OMP_WAIT_POLICY" not in os.environ:
-        os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+    if "GOMP_SPINCOUNT" not in os.environ:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     tune_malloc()
 
 

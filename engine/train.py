@@ -326,11 +326,16 @@ class Trainer:
         return self._cached_net, train, val, plan.kind
 
     def _features(self, samples, transforms, transform_id: str) -> torch.Tensor:
+        def open_images():
+            # with one view each image is read once either way: decoding them all first only pays
+            # when they are decoded already (an earlier split) or each is read for several views
+            if len(transforms) > 1 or self._decoded_index is not None:
+                return self._image_source(samples)
+            return None
         return self.feature_cache.features(
             [s.path for s in samples], [s.label for s in samples], self.report.content_hash, transforms,
             transform_id, self.config.seed, self.control,
-            lambda done, total: self.callbacks.on_progress("features", done, total),
-            self._image_source(samples))
+            lambda done, total: self.callbacks.on_progress("features", done, total), open_images)
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self) -> FitResult:

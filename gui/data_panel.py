@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QUrl, Qt, Signal
-from PySide6.QtGui import QDesktopServices, QDragEnterEvent, QDropEvent, QPixmap
-from PySide6.QtWidgets import (QAbstractItemView, QDialog, QDialogButtonBox, QFrame, QHBoxLayout,
+from PySide6.QtGui import QDesktopServices, QPixmap
+from PySide6.QtWidgets import (QAbstractItemView, QDialog, QDialogButtonBox, QHBoxLayout,
                                QHeaderView, QLabel, QPlainTextEdit, QProgressBar, QPushButton,
                                QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+
+from gui.drop_zone import DropZone
 
 if TYPE_CHECKING:
     from gui.jobs import ScanResult
@@ -28,47 +30,6 @@ def droppable_paths(urls: list[QUrl]) -> list[str]:
     return [str(p) for p in ok] if ok and len(ok) == len(urls) else []
 
 
-class DropZone(QFrame):
-    """The big target the user drags a dataset onto; the buttons below it open the same things."""
-
-    paths_dropped = Signal(list)
-
-    def __init__(self, parent: QWidget | None = None):
-        super().__init__(parent)
-        self.setAcceptDrops(True)
-        self.setObjectName("dropZone")
-        self.setMinimumHeight(110)
-        self._label = QLabel("Drop a folder of class sub-folders here\n"
-                             "(or several folders, a .zip, or a CSV of path,label)")
-        self._label.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        layout = QVBoxLayout(self)
-        layout.addWidget(self._label)
-        self._set_highlight(False)
-
-    def _set_highlight(self, on: bool) -> None:
-        colour = "palette(highlight)" if on else "palette(mid)"
-        self.setStyleSheet(f"#dropZone {{ border: 2px dashed {colour}; border-radius: 8px; }}")
-
-    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
-        if event.mimeData().hasUrls() and droppable_paths(event.mimeData().urls()):
-            event.acceptProposedAction()
-            self._set_highlight(True)
-        else:
-            event.ignore()
-
-    def dragLeaveEvent(self, event) -> None:
-        self._set_highlight(False)
-
-    def dropEvent(self, event: QDropEvent) -> None:
-        self._set_highlight(False)
-        paths = droppable_paths(event.mimeData().urls()) if event.mimeData().hasUrls() else []
-        if paths:
-            event.acceptProposedAction()
-            self.paths_dropped.emit(paths)
-        else:
-            event.ignore()
-
-
 class DataPanel(QWidget):
     """Drop zone, open buttons, scan progress, class table with thumbnails and the problems list."""
 
@@ -77,7 +38,8 @@ class DataPanel(QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.report = None
-        self.drop_zone = DropZone()
+        self.drop_zone = DropZone("Drop a folder of class sub-folders here\n"
+                                  "(or several folders, a .zip, or a CSV of path,label)", droppable_paths, 110)
         self.open_folder_button = QPushButton("Open folder…")
         self.open_file_button = QPushButton("Open .zip or CSV…")
         self.demo_button = QPushButton("Open demo dataset")

@@ -29,7 +29,7 @@ from gui.predict_panel import PredictPanel
 from gui.project_io import ProjectController, latest_run
 from gui.results_panel import ResultsPanel
 from gui.train_panel import TrainPanel
-from gui.workers import Task
+from gui.workers import Task, TaskGroup
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class MainWindow(QMainWindow):
         self.engine = None
         self.run: TrainingRun | None = None
         self.training_task: Task | None = None
-        self._tasks: set[Task] = set()
+        self.tasks = TaskGroup(self)
         self._scan_task: Task | None = None
         self._model_task: Task | None = None
         self._loading_started = False
@@ -194,25 +194,11 @@ class MainWindow(QMainWindow):
 
     # -- tasks -------------------------------------------------------------------------------
     def _start_task(self, job, control=None) -> Task:
-        """Run a job on its own thread. Connecting to the task right after is safe: its signals are
-        queued to this thread, so none is delivered before control returns to the event loop."""
-        task = self._track(Task(job, control, self))
-        task.start()
-        return task
-
-    def _track(self, task: Task) -> Task:
-        task.done.connect(self._on_task_done)
-        self._tasks.add(task)
-        return task
-
-    def _on_task_done(self, task: Task) -> None:
-        self._tasks.discard(task)
-        task.deleteLater()
+        return self.tasks.start(job, control)
 
     def shutdown(self) -> None:
         """Cancel every job and wait for its thread: nothing may outlive the window."""
-        for task in list(self._tasks):
-            task.shutdown()
+        self.tasks.shutdown()
         self.results_panel.shutdown()
 
     # -- data --------------------------------------------------------------------------------
@@ -338,7 +324,7 @@ class MainWindow(QMainWindow):
         report = apply_corrections(self.report, self.project.corrections)     # never touches the files
         self.run = TrainingRun(report, config, run_dir, TrainingEvents())
         self._connect_run(self.run.events)
-        task = self.training_task = self._track(Task(self.run, self.run.control, self))
+        task = self.training_task = self.tasks.track(Task(self.run, self.run.control, self))
         self.run.events.setParent(task)          # goes with the task once its thread has ended
         task.succeeded.connect(self._on_training_succeeded)
         task.failed.connect(self._on_training_failed)

@@ -218,4 +218,15 @@ class ModelPanel(QWidget):
             return
         self.param_count.setText(format_count(total))
         share = 100 * trainable / total
-        self.counts.setText(f"<b>Training {trainable:,} of {total:,} parameters ({share:.1f} %)</b>")
+        self.counts.setText(f"<b>Training {trainable:,} of {total:,} parameters ({share:.1f} %)</b><br>"
+                            f"{self._speed_hint()}")
+
+    def _speed_hint(self) -> str:
+        """What these layers train on: the frozen part computed once is what makes training fast."""
+        from engine.features import plan_cache      # torch is loaded by now: the model is
+        plan = plan_cache(self.info.tree.model)
+        if plan.kind == "features":
+            return "Fast: the backbone runs once per image, then only the head trains."
+        if plan.kind == "activations":
+            return "Faster: the frozen blocks run once per image; the rest trains on their output."
+        return f"Every epoch runs the whole network ({plan.reason})."

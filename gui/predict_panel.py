@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from PySide6.QtCore import QRect, QSize, Qt, QUrl, Signal
-from PySide6.QtGui import QColor, QDragEnterEvent, QDropEvent, QImage, QPainter, QPixmap
-from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QFrame, QHBoxLayout, QHeaderView,
+from PySide6.QtGui import QColor, QImage, QPainter, QPixmap
+from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QHBoxLayout, QHeaderView,
                                QLabel, QProgressBar, QPushButton, QSpinBox, QStyle, QStyledItemDelegate,
                                QStyleOptionViewItem, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from engine.control import RunControl
 from engine.images import IMAGE_EXTENSIONS, has_image_extension
+from gui.drop_zone import DropZone
 from gui.workers import Task
 
 if TYPE_CHECKING:
@@ -82,48 +83,10 @@ def short_name(path: str) -> str:
 
 
 # -- widgets ----------------------------------------------------------------------------------------
-class ImageDropZone(QFrame):
-    """Accepts image files and folders (folders are walked by the engine)."""
-
-    paths_dropped = Signal(list)
-
-    def __init__(self, parent: QWidget | None = None):
-        super().__init__(parent)
-        self.setAcceptDrops(True)
-        self.setObjectName("imageDropZone")
-        self.setMinimumHeight(80)
-        label = QLabel("Drop photos or a folder here")
-        label.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        QVBoxLayout(self).addWidget(label)
-        self._set_highlight(False)
-
-    @staticmethod
-    def usable_paths(urls: list[QUrl]) -> list[str]:
-        paths = [Path(url.toLocalFile()) for url in urls if url.isLocalFile()]
-        return [str(p) for p in paths if p.is_dir() or (p.is_file() and has_image_extension(p))]
-
-    def _set_highlight(self, on: bool) -> None:
-        colour = "palette(highlight)" if on else "palette(mid)"
-        self.setStyleSheet(f"#imageDropZone {{ border: 2px dashed {colour}; border-radius: 8px; }}")
-
-    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
-        if event.mimeData().hasUrls() and self.usable_paths(event.mimeData().urls()):
-            event.acceptProposedAction()
-            self._set_highlight(True)
-        else:
-            event.ignore()
-
-    def dragLeaveEvent(self, event) -> None:
-        self._set_highlight(False)
-
-    def dropEvent(self, event: QDropEvent) -> None:
-        self._set_highlight(False)
-        paths = self.usable_paths(event.mimeData().urls()) if event.mimeData().hasUrls() else []
-        if paths:
-            event.acceptProposedAction()
-            self.paths_dropped.emit(paths)
-        else:
-            event.ignore()
+def usable_image_paths(urls: list[QUrl]) -> list[str]:
+    """Dropped image files and folders (folders are walked by the engine); anything else is left out."""
+    paths = [Path(url.toLocalFile()) for url in urls if url.isLocalFile()]
+    return [str(p) for p in paths if p.is_dir() or (p.is_file() and has_image_extension(p))]
 
 
 class TopKDelegate(QStyledItemDelegate):
@@ -193,7 +156,7 @@ class PredictPanel(QWidget):
         self.model_label = QLabel()
         self.model_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.top_k = QSpinBox(minimum=1, maximum=10, value=5, prefix="top ")
-        self.drop_zone = ImageDropZone()
+        self.drop_zone = DropZone("Drop photos or a folder here", usable_image_paths)
         self.drop_zone.paths_dropped.connect(self.predict)
         self.open_images_button = QPushButton("Open photos…")
         self.open_images_button.clicked.connect(self.open_images)

@@ -24,7 +24,7 @@ from gui.compare_runs import CompareRuns
 from gui.confusion_view import ConfusionView
 from gui.explain import ImageDialog, ModelCache, explain
 from gui.gallery import Gallery, GalleryItem, load_thumbnails
-from gui.workers import Task
+from gui.workers import Task, TaskGroup
 
 STATUS_TEXT = {"completed": "Training finished.", "stopped-early": "Training stopped early (no more improvement).",
                "cancelled": "Training was stopped; the best checkpoint so far is kept."}
@@ -97,7 +97,7 @@ class ResultsPanel(QWidget):
         self.thumbnails: dict[str, QImage] = {}
         self.model_cache = ModelCache()
         self.image_dialog: ImageDialog | None = None
-        self._tasks: set[Task] = set()
+        self.tasks = TaskGroup(self)
         self._thumbnail_task: Task | None = None
         self._explain_task: Task | None = None
         self._make_widgets()
@@ -312,20 +312,11 @@ class ResultsPanel(QWidget):
 
     # -- tasks -------------------------------------------------------------------------------
     def _start_task(self, job, control: RunControl | None = None) -> Task:
-        task = Task(job, control, self)
-        task.done.connect(self._on_task_done)
-        self._tasks.add(task)
-        task.start()
-        return task
-
-    def _on_task_done(self, task: Task) -> None:
-        self._tasks.discard(task)
-        task.deleteLater()
+        return self.tasks.start(job, control)
 
     def shutdown(self) -> None:
         """Cancel and join every worker of this panel (the window calls it before closing)."""
-        for task in list(self._tasks):
-            task.shutdown()
+        self.tasks.shutdown()
 
     def _open_run_folder(self) -> None:
         if self.run and Path(self.run.run_dir).exists():

@@ -27,8 +27,10 @@ FIELDS = (("epochs", "Epochs"), ("batch_size", "Batch size"), ("image_size", "Im
 TOOLTIPS = {
     "epochs": "Passes over the training images. Early stopping may end the run sooner.",
     "batch_size": "Images per step. Larger is faster per image but needs more memory; 16–64 suits a CPU.",
-    "image_size": "Images are resized to this square size. Smaller trains much faster; "
-                  "the backbone's own size is usually the most accurate.",
+    "image_size": "Images are resized to this square size. Smaller trains much faster; the backbone's own "
+                  "size is usually the most accurate. Measured with EfficientNet-Lite0 (224 px) on two "
+                  "cores: 192 px was 1.2–1.4× faster at the same accuracy, 160 px 1.6–2× and 128 px "
+                  "2.4–3.6× faster for about 2 points less; photos with fine detail lose more.",
     "lr": "Learning rate of the new classifier. Deeper layers automatically use smaller rates.",
     "schedule": "How the learning rate changes over the run (after a one-epoch warm-up).",
     "augmentation": "Random changes to training images so the model sees more variety; helps small datasets.",
@@ -147,6 +149,24 @@ class RunClock:
         return logs["eta_s"] + (self.epochs - logs["epoch"]) * self.last_epoch_s
 
 
+PATHS = {
+    "features": "Fast path: the frozen backbone ran once per image; only the head trains, on its cached "
+                "features.",
+    "activations": "Fast path: the frozen blocks ran once per image; training continues from their cached "
+                   "output.",
+    "images": "Full path: every batch runs through the whole network",
+}
+
+
+def describe_path(path: str, note: str) -> str:
+    """One line on what the engine trains on, so users see why some settings train much faster."""
+    if path != "images":
+        return PATHS.get(path, f"Training on cached {path}.")
+    decoded = "decoded images: in memory" in note or "decoded images: on disk" in note \
+        or "decoded images: reused" in note
+    return PATHS["images"] + (" (images decoded once)." if decoded else " (images decoded every epoch).")
+
+
 class TrainPanel(QWidget):
     """Settings and run controls on the left, live curves on the right."""
 
@@ -173,6 +193,8 @@ class TrainPanel(QWidget):
         self.stage = QLabel("Not started.")
         self.speed = QLabel("")
         self.eta = QLabel("")
+        self.path = QLabel("")
+        self.path.setWordWrap(True)
         self.error = QLabel()
         self.error.setWordWrap(True)
         self.error.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -191,7 +213,7 @@ class TrainPanel(QWidget):
             buttons.addWidget(button)
         status = QGroupBox("Progress")
         status_layout = QVBoxLayout(status)
-        for widget in (self.progress, self.stage, self.speed, self.eta):
+        for widget in (self.progress, self.stage, self.speed, self.eta, self.path):
             status_layout.addWidget(widget)
         left = QWidget()
         left_layout = QVBoxLayout(left)
@@ -260,12 +282,15 @@ class TrainPanel(QWidget):
         self.stage.setText("Building the model…")
         self.speed.setText("")
         self.eta.setText("")
+        self.path.setText("")
         self.plots.start()
 
     def on_fit_started(self, info: dict) -> None:
         self.clock = RunClock(info["epochs"])
         self.stage.setText(f"Training {info['n_train']:,} images, {len(info['classes'])} classes, "
-                           f"{info['epochs']} epochs ({'cached features' if info['path'] == 'features' else 'images'})")
+                           f"{info['epochs']} epochs")
+        self.path.setText(describe_path(info["path"], info.get("path_note", "")))
+        self.path.setToolTip(info.get("path_note", ""))
 
     def on_stage_progress(self, stage: str, done: int, total: int) -> None:
         names = {"features": "Computing backbone features", "images": "Decoding images"}

@@ -133,3 +133,33 @@ class Task(QObject):
             self.worker = None
             self.thread.deleteLater()
             self.done.emit(self)
+
+
+class TaskGroup:
+    """The running tasks of one owner (the window, a panel): started with their owner as parent,
+    forgotten when done, and all cancelled and joined by `shutdown()` before the owner goes away."""
+
+    def __init__(self, owner: QObject):
+        self.owner = owner
+        self.running: set[Task] = set()
+
+    def start(self, job: Job, control: RunControl | None = None) -> Task:
+        """Run a job on its own thread. Connecting to the task right after is safe: its signals are
+        queued to the owner's thread, so none is delivered before control returns to the event loop."""
+        task = self.track(Task(job, control, self.owner))
+        task.start()
+        return task
+
+    def track(self, task: Task) -> Task:
+        """Keep a task made elsewhere (not yet started) under this group's shutdown."""
+        task.done.connect(self._on_done)
+        self.running.add(task)
+        return task
+
+    def _on_done(self, task: Task) -> None:
+        self.running.discard(task)
+        task.deleteLater()
+
+    def shutdown(self) -> None:
+        for task in list(self.running):
+            task.shutdown()

@@ -52,3 +52,44 @@ def demo_dataset() -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     random.seed(0)
+
+
+# -- the desktop app --------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def no_dangling_qthreads(request, monkeypatch):
+    """Fail a Qt test if a QThread it started is still running at the end (napari's check)."""
+    if "qtbot" not in request.fixturenames:
+        yield
+        return
+    import traceback
+
+    import shiboken6
+    from PySide6.QtCore import QThread
+    started: list[tuple[QThread, str]] = []
+    original_start = QThread.start
+
+    def recording_start(self, *args):
+        started.append((self, "".join(traceback.format_stack(limit=8))))
+        original_start(self, *args)
+
+    monkeypatch.setattr(QThread, "start", recording_start)
+    yield
+    running = [stack for thread, stack in started if shiboken6.isValid(thread) and thread.isRunning()]
+    assert not running, "QThread left running, started at:\n" + "\n".join(running)
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    """A shown main window whose engine and default layer tree have loaded."""
+    from PySide6.QtCore import QSettings
+
+    from gui.main_window import MainWindow
+    from gui_support import delete_now
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    win = MainWindow(settings)
+    with qtbot.waitSignals([win.engine_ready, win.model_ready], timeout=60_000):
+        win.show()
+    yield win
+    win.shutdown()
+    win.close()
+    delete_now(win)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import struct
 import zipfile
 from pathlib import Path
 

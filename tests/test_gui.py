@@ -5,62 +5,18 @@ fails any test that leaves a QThread running.
 """
 from __future__ import annotations
 
-import gc
 import shutil
 import subprocess
 import sys
-import traceback
 from pathlib import Path
 
 import pytest
-import shiboken6
-from PySide6.QtCore import QEvent, QMimeData, QObject, QPointF, QSettings, Qt, QThread, QUrl, Signal
-from PySide6.QtGui import QDragEnterEvent, QDropEvent
-from PySide6.QtWidgets import QApplication, QMessageBox
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QMessageBox
 
 from conftest import ROOT, write_colour_dataset
 from gui.layer_model import LayerTreeModel
-from gui.main_window import MainWindow
-
-SMALL = dict(epochs=2, image_size=64, batch_size=8)
-TRAIN_TIMEOUT_MS = 120_000
-
-
-@pytest.fixture(autouse=True)
-def no_dangling_qthreads(monkeypatch):
-    """Fail the test if a QThread it started is still running at the end (napari's check)."""
-    started: list[tuple[QThread, str]] = []
-    original_start = QThread.start
-
-    def recording_start(self, *args):
-        started.append((self, "".join(traceback.format_stack(limit=8))))
-        original_start(self, *args)
-
-    monkeypatch.setattr(QThread, "start", recording_start)
-    yield
-    running = [stack for thread, stack in started if shiboken6.isValid(thread) and thread.isRunning()]
-    assert not running, "QThread left running, started at:\n" + "\n".join(running)
-
-
-@pytest.fixture
-def window(qtbot, tmp_path):
-    """A shown main window whose engine and default layer tree have loaded."""
-    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
-    win = MainWindow(settings)
-    with qtbot.waitSignals([win.engine_ready, win.model_ready], timeout=60_000):
-        win.show()
-    yield win
-    win.shutdown()
-    win.close()
-    delete_now(win)
-
-
-def delete_now(widget) -> None:
-    """Destroy a window in the GUI thread now; left to the garbage collector, it could be freed from a
-    worker thread of the next test and crash the process."""
-    widget.deleteLater()
-    QApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
-    gc.collect()
+from gui_support import TRAIN_TIMEOUT_MS, PauseAfterFirstEpoch, drop, load, requires_grad, start_run
 
 
 @pytest.fixture
@@ -68,66 +24,6 @@ def dataset(tmp_path) -> Path:
     root = write_colour_dataset(tmp_path / "colours", per_class=8)
     (root / "red" / "broken.png").write_bytes(b"not really a png")
     return root
-
-
-def drop(widget, paths: list[Path]) -> bool:
-    """Drag real file URLs onto a widget; returns whether it accepted the drag."""
-    mime = QMimeData()
-    mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
-    enter = QDragEnterEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
-                            Qt.KeyboardModifier.NoModifier)
-    QApplication.sendEvent(widget, enter)
-    if not enter.isAccepted():
-        return False
-    QApplication.sendEvent(widget, QDropEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime,
-                                              Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier))
-    return True
-
-
-def load(qtbot, win: MainWindow, paths: list[Path]):
-    """Drop a dataset and wait for its report and the layer tree rebuilt for its classes."""
-    with qtbot.waitSignals([win.scan_finished, win.model_ready], timeout=60_000):
-        assert drop(win.data_panel.drop_zone, paths)
-    return win.report
-
-
-class PauseAfterFirstEpoch(QObject):
-    """Pauses a run on its worker thread as epoch 1 ends, then tells the test: the run is then at a
-    known place however fast the machine is."""
-
-    paused = Signal()
-
-    def attach(self, run) -> None:
-        self.run = run
-        run.events.epoch_ended.connect(self._pause, Qt.ConnectionType.DirectConnection)
-
-    def _pause(self, epoch: int, _logs: dict) -> None:
-        if epoch == 1:
-            self.run.control.pause()
-            self.paused.emit()
-
-
-def start_run(qtbot, win: MainWindow, pauser: PauseAfterFirstEpoch | None = None, **settings):
-    """Fill the form and click Start. Returns the run, its task, and a blocker armed (before the
-    thread starts) on `[worker.finished, thread.finished]`, so the GUI never blocks in wait()."""
-    win.train_panel.settings.set_values(**{**SMALL, **settings})
-    armed = {}
-
-    def arm(run):
-        task = win.training_task
-        armed.update(run=run, task=task, stopped=qtbot.waitSignals(
-            [task.worker.finished, task.thread.finished], timeout=TRAIN_TIMEOUT_MS))
-        if pauser is not None:
-            pauser.attach(run)
-
-    win.training_started.connect(arm)
-    win.train_panel.start_button.click()
-    win.training_started.disconnect(arm)
-    return armed["run"], armed["task"], armed["stopped"]
-
-
-def requires_grad(model) -> dict[str, bool]:
-    return {name: p.requires_grad for name, p in model.named_parameters()}
 
 
 # -- start-up -----------------------------------------------------------------------------------
@@ -195,6 +91,7 @@ def test_checkboxes_and_presets_set_requires_grad(qtbot, window, dataset):
     panel, layer_model = window.model_panel, window.model_panel.layer_model
     model = panel.info.tree.model
     assert {n for n, g in requires_grad(model).items() if g} == {"classifier.weight", "classifier.bias"}
+    assert "only the head trains" in panel.counts.text()
     panel.tree.expandAll()
     panel.tree.setCurrentIndex(layer_model.index_of("blocks.6"))
     qtbot.keyClick(panel.tree, Qt.Key.Key_Space)           # what a user does to toggle a checkbox
@@ -205,8 +102,10 @@ def test_checkboxes_and_presets_set_requires_grad(qtbot, window, dataset):
     assert layer_model.data(layer_model.index_of("blocks.6"), Qt.ItemDataRole.CheckStateRole) == Qt.CheckState.Checked
     trainable_count = sum(model.get_parameter(n).numel() for n in trainable)
     assert f"Training {trainable_count:,} of" in panel.counts.text()
+    assert "frozen blocks run once" in panel.counts.text()
     panel.everything_button.click()
     assert all(requires_grad(model).values())
+    assert "Every epoch runs the whole network" in panel.counts.text()
     assert layer_model.data(root, Qt.ItemDataRole.CheckStateRole) == Qt.CheckState.Checked
     panel.head_button.click()
     assert {n for n, g in requires_grad(model).items() if g} == {"classifier.weight", "classifier.bias"}
@@ -234,6 +133,7 @@ def test_training_uses_exactly_the_tree_freeze_state_and_plots_live(qtbot, windo
     assert plots.points("val_loss") == 2 and plots.points("val_accuracy") == 2
     assert plots.points("batch_loss") >= 2 and plots.points("lr") >= 2
     assert Path(result.checkpoint).is_file()
+    assert "frozen blocks ran once" in window.train_panel.path.text(), "the window says which path trained"
     assert "Validation accuracy" in window.results_panel.headline.text()
     assert window.start_action.isEnabled() and window.training_task is None
     assert panel.layer_model.flags(panel.layer_model.index(0, 0)) & Qt.ItemFlag.ItemIsUserCheckable

@@ -24,7 +24,7 @@ from gui.main_window import MainWindow
 from gui.predict_panel import PredictPanel
 from gui.project_io import RECENT_KEY, autosave_path
 from gui.workers import Task
-from test_gui import delete_now, drop, load, no_dangling_qthreads  # noqa: F401  (autouse: fails a test leaving a QThread)
+from gui_support import delete_now, drop, load
 
 JOB_TIMEOUT_MS = 120_000
 

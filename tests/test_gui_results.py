@@ -1,7 +1,7 @@
 """Results step: confusion matrix → gallery, per-class scores, corrections and retraining, Grad-CAM,
 Compare runs. Panel tests share one tiny real run made by the engine; the retraining test drives the
 whole window. Every wait arms `qtbot.waitSignal` before the action; no test sleeps or leaves a
-QThread running (the fixture comes from test_gui).
+QThread running (the fixture is in conftest).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from conftest import write_colour_dataset
 from gui.confusion_view import ConfusionModel
 from gui.gc_guard import GuiThreadGarbageCollector
 from gui.results_panel import ResultsPanel
-from test_gui import TRAIN_TIMEOUT_MS, delete_now, load, no_dangling_qthreads, start_run, window  # noqa: F401 (fixtures)
+from gui_support import TRAIN_TIMEOUT_MS, delete_now, load, start_run
 
 TINY = dict(epochs=1, image_size=64, batch_size=8, lr=1e-2)
 

@@ -145,3 +145,40 @@ def test_fine_tuning_decodes_every_image_once(colour_dataset, tmp_path, monkeypa
     assert trainer.fit().status == "completed"
     assert sorted(decoded) == sorted(s.path for s in report.samples)
     assert any("decoded images: in memory" in note for note in trainer.path_notes)
+
+
+def _count_decodes(monkeypatch) -> list[str]:
+    decoded: list[str] = []
+
+    def counting(path):
+        decoded.append(path)
+        return load_image(path)
+    monkeypatch.setattr(imagecache, "load_image", counting)
+    monkeypatch.setattr("engine.data.load_image", counting)
+    return decoded
+
+
+def test_head_only_reads_each_image_once_and_a_second_run_reads_none(colour_dataset, tmp_path, monkeypatch):
+    """One view: features are computed from each file once, so no decoded-image cache is built; a later
+    run on the same data and backbone takes the features from disk without opening an image."""
+    decoded = _count_decodes(monkeypatch)
+    report = scan_dataset(colour_dataset, seed=0)
+    config = TrainConfig(image_size=64, batch_size=8, epochs=2, augmentation="none")
+    first = Trainer(report, config, tmp_path / "r1")
+    assert first.fit().status == "completed"
+    assert sorted(decoded) == sorted(s.path for s in report.samples)
+    assert not any("decoded images" in note for note in first.path_notes), first.path_notes
+    decoded.clear()
+    again = Trainer(report, config, tmp_path / "r2")
+    assert again.fit().status == "completed"
+    assert decoded == [] and again.feature_cache.misses == 0
+
+
+def test_augmented_views_decode_each_image_once(colour_dataset, tmp_path, monkeypatch):
+    decoded = _count_decodes(monkeypatch)
+    report = scan_dataset(colour_dataset, seed=0)
+    config = TrainConfig(image_size=64, batch_size=8, epochs=1, augmentation="light", cached_views=3)
+    trainer = Trainer(report, config, tmp_path / "r")
+    assert trainer.fit().status == "completed"
+    assert sorted(decoded) == sorted(s.path for s in report.samples)
+    assert any("decoded images: in memory" in note for note in trainer.path_notes)
