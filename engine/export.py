@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from engine import __version__
 from engine.checkpoint import load_checkpoint
+from engine.control import RunControl
 from engine.data import eval_transform
 from engine.fileio import atomic_path, write_json
 from engine.images import ImageError, load_image
@@ -85,7 +86,7 @@ class _Verification:
 def export_run(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, *,
                verify_images: Sequence[str | os.PathLike] | None = None, tolerance: float = 1e-3,
                progress: Callable[[str, int, int], None] | None = None, exporter: str = "auto",
-               dynamic_size: bool = False) -> ExportResult:
+               dynamic_size: bool = False, control: RunControl | None = None) -> ExportResult:
     """Export a run folder or checkpoint to a verified ONNX file plus a JSON sidecar (`OUT.json`).
 
     Safe to call on a worker thread; files are written atomically and nothing is left behind when
@@ -101,9 +102,11 @@ def export_run(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.PathLik
         exporter: 'auto' (dynamo, falling back to legacy; the reverse with dynamic_size), 'dynamo' or
             'legacy'.
         dynamic_size: make height and width dynamic too (for architectures that allow it).
+        control: cancelled between steps (an exporter call itself runs to its end); nothing is written.
 
     Raises:
         ExportError: bad output path, no usable images, or every exporter failed or disagreed.
+        Cancelled: `control` was cancelled.
         ModelFileError, CheckpointError: the input is not a run folder or checkpoint.
     """
     started = time.monotonic()
@@ -112,7 +115,7 @@ def export_run(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.PathLik
         raise ExportError(f"the output file must end in .onnx, not {target.name!r}")
     if exporter not in ("auto", *EXPORTERS):
         raise ExportError(f"exporter must be auto, {' or '.join(EXPORTERS)}, not {exporter!r}")
-    step = _Steps(progress)
+    step = _Steps(progress, control)
     step("load model")
     checkpoint_path, run_dir = resolve_checkpoint(run_or_checkpoint)
     model, checkpoint = load_checkpoint(checkpoint_path)
@@ -395,14 +398,17 @@ def export_weights(run_or_checkpoint: str | os.PathLike, out_path: str | os.Path
 
 # -- helpers ------------------------------------------------------------------------------------------
 class _Steps:
-    """Numbers the steps for `progress(step, done, total)`; total is an estimate (a fallback adds two)."""
+    """Numbers the steps for `progress(step, done, total)`; total is an estimate (a fallback adds two).
+    Each step begins with the cancel check, and none begins inside a file write."""
 
     TOTAL = 4
 
-    def __init__(self, progress):
-        self.progress, self.done = progress, 0
+    def __init__(self, progress, control: RunControl | None = None):
+        self.progress, self.control, self.done = progress, control, 0
 
     def __call__(self, name: str) -> None:
+        if self.control is not None:
+            self.control.checkpoint()
         if self.progress:
             self.progress(name, self.done, max(self.TOTAL, self.done + 1))
         self.done += 1

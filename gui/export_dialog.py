@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, 
                                QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton, QVBoxLayout,
                                QWidget)
 
+from engine.control import RunControl
 from gui.workers import Task
 
 if TYPE_CHECKING:
@@ -36,14 +37,15 @@ class ExportOutcome:
 
 
 def export_model(source: str, out_path: str, fmt: str, with_weights: bool, exporter: str, dynamic_size: bool,
-                 progress) -> ExportOutcome:
+                 control: RunControl, progress) -> ExportOutcome:
     """Worker job: the verified ONNX export and/or the plain weights file."""
     from engine.export import export_run, export_weights
     out = Path(out_path)
     if fmt == "safetensors":
         progress("write weights", 0, 1)
         return ExportOutcome(None, export_weights(source, out))
-    result = export_run(source, out, exporter=exporter, dynamic_size=dynamic_size, progress=progress)
+    result = export_run(source, out, exporter=exporter, dynamic_size=dynamic_size, progress=progress,
+                        control=control)
     weights = None
     if with_weights:
         progress("write weights", 1, 1)
@@ -99,6 +101,9 @@ class ExportDialog(QDialog):
         self.export_button = self.buttons.addButton("Export", QDialogButtonBox.ButtonRole.ActionRole)
         self.export_button.setDefault(True)
         self.export_button.clicked.connect(self.start_export)
+        self.cancel_button = QPushButton("Cancel export")
+        self.cancel_button.setVisible(False)
+        self.cancel_button.clicked.connect(self.cancel_export)
         self.buttons.rejected.connect(self.reject)
         self._layout()
         self.resize(620, self.sizeHint().height())
@@ -123,7 +128,10 @@ class ExportDialog(QDialog):
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.stage)
-        layout.addWidget(self.progress)
+        progress_row = QHBoxLayout()
+        progress_row.addWidget(self.progress, 1)
+        progress_row.addWidget(self.cancel_button)
+        layout.addLayout(progress_row)
         layout.addLayout(result_row)
         layout.addStretch()
         layout.addWidget(self.buttons)
@@ -159,8 +167,8 @@ class ExportDialog(QDialog):
         return path if path.suffix.lower() == suffix else path.with_name(path.name + suffix)
 
     # -- export ------------------------------------------------------------------------------
-    def _start_own_task(self, job) -> Task:
-        task = Task(job, parent=self)
+    def _start_own_task(self, job, control: RunControl | None = None) -> Task:
+        task = Task(job, control, parent=self)
         task.start()
         return task
 
@@ -172,15 +180,17 @@ class ExportDialog(QDialog):
             return None
         out = self.output_path()
         self.path.setText(str(out))
+        control = RunControl()
         job = partial(export_model, self.source, str(out), self.chosen_format, self.with_weights.isChecked(),
-                      self.exporter.currentData(), self.dynamic_size.isChecked())
+                      self.exporter.currentData(), self.dynamic_size.isChecked(), control)
         self._set_running(True)
         self.result.setText("")
         self.open_folder_button.setVisible(False)
-        self.task = self.start_task(job)
+        self.task = self.start_task(job, control)
         self.task.progress.connect(self._on_progress)
         self.task.succeeded.connect(self._on_succeeded)
         self.task.failed.connect(self._on_failed)
+        self.task.cancelled.connect(self._on_cancelled)
         self.task.done.connect(self._on_task_done)
         return self.task
 
@@ -191,6 +201,8 @@ class ExportDialog(QDialog):
         if not running:
             self._on_format_changed()
         self.progress.setVisible(running)
+        self.cancel_button.setVisible(running)
+        self.cancel_button.setEnabled(running)
         self.progress.setRange(0, 0)
         self.stage.setText("Exporting…" if running else "")
 
@@ -212,6 +224,16 @@ class ExportDialog(QDialog):
         self.result.setText("<br>".join(lines))
         self.open_folder_button.setVisible(True)
         self.export_finished.emit(outcome)
+
+    def cancel_export(self) -> None:
+        """Stops at the next step: an exporter call in progress (seconds) runs to its end first."""
+        if self.task is not None:
+            self.task.cancel()
+            self.cancel_button.setEnabled(False)
+            self.stage.setText("Cancelling after the current step…")
+
+    def _on_cancelled(self) -> None:
+        self._show_failure("Export cancelled: nothing was written.")
 
     def _on_failed(self, message: str, details: str) -> None:
         self._show_failure(f"The model was not exported: {message}", details)
@@ -236,7 +258,7 @@ class ExportDialog(QDialog):
         if folder:
             QDesktopServices.openUrl(QUrl.fromLocalFile(folder))
 
-    # -- closing while an export runs: it finishes in seconds and cannot be interrupted ------------
+    # -- closing while an export runs: Cancel export stops it; closing waits for that ------------
     def reject(self) -> None:
         if self.task is None:
             super().reject()

@@ -519,6 +519,8 @@ class MainWindow(QMainWindow):
             self.shutdown()
         finally:
             QApplication.restoreOverrideCursor()
+        if self.project.dataset_sources or self.project.runs:
+            self.projects.autosave()     # nothing lost: an unsaved project reopens from File → Recent
         self._save_settings()
         event.accept()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -49,12 +50,15 @@ class Tasks:
     """`start_task` for a panel or dialog used without the window: each task gets a blocker armed on
     its end before it starts, so `wait()` never misses it."""
 
-    def __init__(self, qtbot):
+    def __init__(self, qtbot, before_start=None):
         self.qtbot, self.tasks, self.blockers = qtbot, [], []
+        self.before_start = before_start
 
     def __call__(self, job, control=None) -> Task:
         task = Task(job, control)
         self.tasks.append(task)
+        if self.before_start is not None:
+            self.before_start(task)
         self.blockers.append(self.qtbot.waitSignal(task.done, timeout=JOB_TIMEOUT_MS))
         task.start()
         return task
@@ -111,6 +115,28 @@ def test_export_dialog_writes_a_verified_onnx_and_opens_its_folder(qtbot, traine
     assert dialog.export_button.isEnabled() and dialog.open_folder_button.isVisible()
     qtbot.mouseClick(dialog.open_folder_button, Qt.MouseButton.LeftButton)
     assert opened == [str(onnx.parent)]
+
+
+def test_cancelling_an_export_writes_nothing(qtbot, trained, tmp_path):
+    """The worker is held at its first step until Cancel is clicked, so the cancel lands mid-export."""
+    clicked = threading.Event()
+
+    def hold_first_step(task: Task) -> None:
+        task.worker.progress.connect(lambda *_: clicked.wait(30), Qt.ConnectionType.DirectConnection)
+
+    tasks = Tasks(qtbot, hold_first_step)
+    dialog = ExportDialog(str(trained.run), str(tmp_path / "model.onnx"), tasks)
+    qtbot.addWidget(dialog)
+    dialog.show()
+    dialog.with_weights.setChecked(True)
+    qtbot.mouseClick(dialog.export_button, Qt.MouseButton.LeftButton)
+    assert dialog.cancel_button.isVisible() and dialog.task is not None
+    qtbot.mouseClick(dialog.cancel_button, Qt.MouseButton.LeftButton)
+    clicked.set()
+    tasks.wait()
+    assert "cancelled" in dialog.result.text() and dialog.outcome is None
+    assert list(tmp_path.iterdir()) == [], "no .onnx, .json or .safetensors left behind"
+    assert dialog.export_button.isEnabled() and not dialog.cancel_button.isVisible()
 
 
 def test_a_failed_export_is_explained_in_the_dialog(qtbot, tmp_path):
@@ -242,6 +268,17 @@ def test_a_corrupt_or_foreign_project_is_refused_clearly_and_left_untouched(qtbo
         assert path.read_bytes() == content
     assert window.project.to_dict() | {"saved": None} == before
     assert window.projects.recent_projects() == [] and window.windowTitle() == "TransferLab"
+
+
+def test_closing_keeps_an_unsaved_project_in_the_autosave(qtbot, windows, trained):
+    window = windows()
+    load(qtbot, window, [trained.data])
+    window.model_panel.head_button.click()
+    assert not autosave_path().exists()
+    window.close()
+    kept = json.loads(autosave_path().read_text())
+    assert kept["dataset_sources"] == [str(trained.data)]
+    assert kept["frozen_parameters"] and "classifier.weight" not in kept["frozen_parameters"]
 
 
 def test_training_autosaves_each_epoch_and_feeds_export_and_try_it(qtbot, windows, tmp_path):
