@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,6 +24,8 @@ from engine.data import ImageDataset
 from engine.fileio import atomic_path
 from engine.layers import head_parameter_names
 from engine.paths import cache_dir
+
+log = logging.getLogger("transferlab")
 
 # Images per forward pass when computing features. On two cores batch 8 and 16 ran at 172 and 165
 # images/s and batch 64 at 110, with peak memory 0.2, 0.4 and 1.0 GB above the model's
@@ -161,9 +164,18 @@ class FeatureCache:
         views = self._compute(paths, labels, transforms, seed, control, progress, image_source)
         self._memory[key] = views
         if views.numel() * views.element_size() <= self.max_disk_bytes:
+            self._keep_on_disk(path, views)
+        return views
+
+    @staticmethod
+    def _keep_on_disk(path: Path, views: torch.Tensor) -> None:
+        """Best effort: a cache folder that cannot be written (full disk, read-only) costs a later run
+        the feature pass, never this run its result."""
+        try:
             with atomic_path(path) as tmp:
                 save_file({"features": views.contiguous()}, str(tmp))
-        return views
+        except OSError as exc:
+            log.warning("features not kept on disk in %s: %s", path.parent, exc)
 
     def _compute(self, paths, labels, transforms, seed, control, progress, image_source=None) -> torch.Tensor:
         was_training = self.model.training

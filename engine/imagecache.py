@@ -165,7 +165,10 @@ class DecodedImageCache:
             return images, f"decoded images: in memory ({format_bytes(images.nbytes)})"
         free = shutil.disk_usage(_existing_parent(self.folder)).free
         if estimate * 1.2 + 2**30 <= free:
-            images = self._decode_to_disk(key, paths, decode, control, progress)
+            try:
+                images = self._decode_to_disk(key, paths, decode, control, progress)
+            except OSError as exc:       # e.g. a read-only cache folder: train without the cache
+                return None, f"no decoded-image cache: cannot write to {self.folder} ({exc.strerror or exc})"
             return images, (f"decoded images: on disk ({format_bytes(images.nbytes)}, more than "
                             f"{MEMORY_FRACTION:.0%} of RAM)")
         return None, (f"no decoded-image cache: about {format_bytes(estimate)} fits neither in memory "

@@ -39,6 +39,9 @@ RECIPES = ("single", "two-stage")
 CACHE_MODES = ("auto", "off")
 
 
+UNAUGMENTED = "augmentation not applied"
+
+
 @dataclass
 class TrainConfig:
     """Every training choice, with defaults chosen from measurements (see README, "Defaults")."""
@@ -312,6 +315,10 @@ class Trainer:
             SuffixOnActivations(self.model, plan.boundary)
         self.path_notes.append(f"training on cached {plan.kind} ({views} view{'s' * (views > 1)}, "
                                f"{format_bytes(needed)})")
+        if views == 1 and config.augmentation != "none":
+            self.path_notes.append(f"{UNAUGMENTED}: each image's {plan.kind} are computed once "
+                                   "(cached_views=1; more views cost a feature pass each and did not help "
+                                   "in bench/quality_defaults.py)")
         train_views = [eval_transform(pre)] + [train_transform(pre, config.augmentation)] * (views - 1)
         train_id = f"{pre.to_dict()}|{config.augmentation}|{views}"
         train_set = FeatureDataset(self._features(self.train_samples, train_views, train_id),

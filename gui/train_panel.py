@@ -33,7 +33,9 @@ TOOLTIPS = {
                   "2.4–3.6× faster for about 2 points less; photos with fine detail lose more.",
     "lr": "Learning rate of the new classifier. Deeper layers automatically use smaller rates.",
     "schedule": "How the learning rate changes over the run (after a one-epoch warm-up).",
-    "augmentation": "Random changes to training images so the model sees more variety; helps small datasets.",
+    "augmentation": "Random changes to training images so the model sees more variety; helps small datasets. "
+                    "Head-only and last-blocks training use inputs cached once from the un-augmented images, "
+                    "so augmentation applies only when the whole network trains.",
     "label_smoothing": "Softens the targets so the model is less over-confident; 0.1 is a good default.",
     "early_stopping": "Stop when validation accuracy has not improved for this many epochs. "
                       "The best checkpoint is always kept.",
@@ -161,7 +163,10 @@ PATHS = {
 def describe_path(path: str, note: str) -> str:
     """One line on what the engine trains on, so users see why some settings train much faster."""
     if path != "images":
-        return PATHS.get(path, f"Training on cached {path}.")
+        text = PATHS.get(path, f"Training on cached {path}.")
+        if "augmentation not applied" in note:
+            text += " Augmentation does not apply to cached inputs."
+        return text
     decoded = "decoded images: in memory" in note or "decoded images: on disk" in note \
         or "decoded images: reused" in note
     return PATHS["images"] + (" (images decoded once)." if decoded else " (images decoded every epoch).")

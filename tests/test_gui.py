@@ -133,7 +133,9 @@ def test_training_uses_exactly_the_tree_freeze_state_and_plots_live(qtbot, windo
     assert plots.points("val_loss") == 2 and plots.points("val_accuracy") == 2
     assert plots.points("batch_loss") >= 2 and plots.points("lr") >= 2
     assert Path(result.checkpoint).is_file()
-    assert "frozen blocks ran once" in window.train_panel.path.text(), "the window says which path trained"
+    path_line = window.train_panel.path.text()
+    assert "frozen blocks ran once" in path_line, "the window says which path trained"
+    assert "Augmentation does not apply" in path_line, "light augmentation (the default) is set but unused"
     assert "Validation accuracy" in window.results_panel.headline.text()
     assert window.start_action.isEnabled() and window.training_task is None
     assert panel.layer_model.flags(panel.layer_model.index(0, 0)) & Qt.ItemFlag.ItemIsUserCheckable

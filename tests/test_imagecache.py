@@ -182,3 +182,20 @@ def test_augmented_views_decode_each_image_once(colour_dataset, tmp_path, monkey
     assert trainer.fit().status == "completed"
     assert sorted(decoded) == sorted(s.path for s in report.samples)
     assert any("decoded images: in memory" in note for note in trainer.path_notes)
+
+
+def test_a_cache_folder_that_cannot_be_written_means_no_cache_not_a_failure(mixed_images, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    images, note = DecodedImageCache(blocker / "images", budget=0).build(mixed_images, "hash", PREPROCESSINGS[0])
+    assert images is None and "cannot write" in note
+
+
+def test_training_completes_when_the_cache_folder_cannot_be_written(colour_dataset, tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("TRANSFERLAB_CACHE_DIR", str(blocker))
+    report = scan_dataset(colour_dataset, seed=0)
+    result = Trainer(report, TrainConfig(image_size=64, batch_size=8, epochs=1), tmp_path / "r").fit()
+    assert result.status == "completed" and result.metrics["val_accuracy"] is not None
+    assert "features not kept on disk" in caplog.text
