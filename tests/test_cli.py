@@ -74,3 +74,12 @@ def test_one_class_dataset_is_bad_input(tmp_path):
     write_colour_dataset(tmp_path / "one", colours={"red": (200, 0, 0)})
     done = run_cli("train", tmp_path / "one", "--out", tmp_path / "run")
     assert done.returncode == 2 and "class" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_cached_views_reach_the_config_and_zero_is_refused(tmp_path):
+    from engine.cli import _config_from_args, build_parser
+    args = build_parser().parse_args(["train", str(tmp_path), "--out", str(tmp_path / "run"), "--cached-views", "3"])
+    assert _config_from_args(args).cached_views == 3
+    args = build_parser().parse_args(["train", str(tmp_path), "--out", str(tmp_path / "run"), "--cached-views", "0"])
+    with pytest.raises(ValueError, match="cached_views"):
+        _config_from_args(args)

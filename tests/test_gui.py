@@ -180,6 +180,17 @@ def test_invalid_settings_are_explained_without_starting(qtbot, window, dataset)
     assert "head_epochs" in window.train_panel.error.text() and window.training_task is None
 
 
+def test_every_setting_in_the_form_reaches_the_engine_config(qtbot, window):
+    from engine.train import TrainConfig
+    settings = window.train_panel.settings
+    settings.set_values(epochs=7, cached_views=3, augmentation="strong", label_smoothing=0.2)
+    config = TrainConfig(**settings.values())
+    config.validate()
+    assert (config.epochs, config.cached_views, config.augmentation, config.label_smoothing) == (7, 3, "strong", 0.2)
+    settings.set_values(cached_views=1)
+    assert settings.cached_views.text() == "1 (as it is)"
+
+
 def test_closing_during_training_asks_then_stops_and_joins(qtbot, window, dataset, monkeypatch):
     load(qtbot, window, [dataset])
     answers = [QMessageBox.StandardButton.No, QMessageBox.StandardButton.Yes]
