@@ -39,9 +39,6 @@ RECIPES = ("single", "two-stage")
 CACHE_MODES = ("auto", "off")
 
 
-UNAUGMENTED = "augmentation not applied"
-
-
 @dataclass
 class TrainConfig:
     """Every training choice, with defaults chosen from measurements (see README, "Defaults")."""
@@ -317,7 +314,7 @@ class Trainer:
         self.path_notes.append(f"training on cached {plan.kind} ({views} view{'s' * (views > 1)}, "
                                f"{format_bytes(needed)})")
         if views == 1 and config.augmentation != "none":
-            self.path_notes.append(f"{UNAUGMENTED}: each image's {plan.kind} are computed once "
+            self.path_notes.append(f"augmentation not applied: each image's {plan.kind} are computed once "
                                    "(cached_views=1; more views cost a feature pass each and did not help "
                                    "in bench/quality_defaults.py)")
         train_views = [eval_transform(pre)] + [train_transform(pre, config.augmentation)] * (views - 1)
@@ -392,7 +389,14 @@ class Trainer:
             "n_train": len(self.train_samples), "n_val": len(self.val_samples),
             "n_test": len(self.test_samples), "classes": list(self.report.classes), "path": path,
             "params_total": total, "params_trainable": trainable, "backbone": self.bundle.spec.name,
-            "stages": [s.name for s in stages], "path_note": "; ".join(self.path_notes)})
+            "stages": [s.name for s in stages], "path_note": "; ".join(self.path_notes),
+            "augmented": self._augmented(path), "images_decoded_once": self.decoded is not None})
+
+    def _augmented(self, path: str) -> bool:
+        """Whether training sees augmented images: cached inputs only through extra views."""
+        if self.config.augmentation == "none":
+            return False
+        return path == "images" or self.config.cached_views > 1
 
     def _run_stage(self, stage: Stage, net: nn.Module, train_loader, val_loader) -> str:
         # groups come from the whole model, so a net on cached inputs gets the same per-block rates

@@ -20,7 +20,7 @@ class DropZone(QFrame):
     def __init__(self, text: str, accept: Callable[[list[QUrl]], list[str]], min_height: int = 80,
                  parent: QWidget | None = None):
         super().__init__(parent)
-        self.accept = accept
+        self._accept_paths = accept
         self.setAcceptDrops(True)
         self.setObjectName("dropZone")
         self.setMinimumHeight(min_height)
@@ -34,7 +34,7 @@ class DropZone(QFrame):
         self.setStyleSheet(f"#dropZone {{ border: 2px dashed {colour}; border-radius: 8px; }}")
 
     def _accepted(self, event) -> list[str]:
-        return self.accept(event.mimeData().urls()) if event.mimeData().hasUrls() else []
+        return self._accept_paths(event.mimeData().urls()) if event.mimeData().hasUrls() else []
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
         if self._accepted(event):

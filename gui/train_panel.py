@@ -167,16 +167,16 @@ PATHS = {
 }
 
 
-def describe_path(path: str, note: str) -> str:
+def describe_path(info: dict) -> str:
     """One line on what the engine trains on, so users see why some settings train much faster."""
-    if path != "images":
-        text = PATHS.get(path, f"Training on cached {path}.")
-        if "augmentation not applied" in note:
-            text += " Augmentation does not apply to cached inputs (Cached views: 1)."
-        return text
-    decoded = "decoded images: in memory" in note or "decoded images: on disk" in note \
-        or "decoded images: reused" in note
-    return PATHS["images"] + (" (images decoded once)." if decoded else " (images decoded every epoch).")
+    path = info["path"]
+    if path == "images":
+        decoded = " (images decoded once)." if info.get("images_decoded_once") else " (images decoded every epoch)."
+        return PATHS["images"] + decoded
+    text = PATHS.get(path, f"Training on cached {path}.")
+    if not info.get("augmented", True):
+        text += " Augmentation does not apply to cached inputs (Cached views: 1)."
+    return text
 
 
 class TrainPanel(QWidget):
@@ -301,7 +301,7 @@ class TrainPanel(QWidget):
         self.clock = RunClock(info["epochs"])
         self.stage.setText(f"Training {info['n_train']:,} images, {len(info['classes'])} classes, "
                            f"{info['epochs']} epochs")
-        self.path.setText(describe_path(info["path"], info.get("path_note", "")))
+        self.path.setText(describe_path(info))
         self.path.setToolTip(info.get("path_note", ""))
 
     def on_stage_progress(self, stage: str, done: int, total: int) -> None:

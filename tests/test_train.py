@@ -206,3 +206,19 @@ def test_two_stage_second_stage_follows_an_explicit_tree_state():
     stages = plan_stages(TrainConfig(epochs=4, recipe="two-stage", head_epochs=1, frozen_parameters=frozen))
     assert stages[0].preset == "head" and stages[0].frozen is None
     assert stages[1].frozen == frozen
+
+
+@pytest.mark.parametrize("overrides, path, augmented, decoded_once", [
+    (dict(augmentation="light"), "features", False, False),       # head only: one un-augmented view
+    (dict(augmentation="light", cached_views=2), "features", True, True),
+    (dict(augmentation="light", freeze="none"), "images", True, True),
+    (dict(augmentation="light", freeze="none", cache="off"), "images", True, False),
+    (dict(augmentation="none", freeze="none"), "images", False, True),
+])
+def test_fit_start_says_what_trains_and_whether_it_is_augmented(report, tmp_path, overrides, path, augmented,
+                                                                 decoded_once):
+    recorder = Recorder()
+    config = TrainConfig(**{**SMALL, "epochs": 1, **overrides})
+    Trainer(report, config, tmp_path / "run", [recorder]).fit()
+    info = recorder.events[0][1]
+    assert (info["path"], info["augmented"], info["images_decoded_once"]) == (path, augmented, decoded_once)
