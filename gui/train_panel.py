@@ -30,8 +30,8 @@ TOOLTIPS = {
     "batch_size": "Images per step. Larger is faster per image but needs more memory; 16–64 suits a CPU.",
     "image_size": "Images are resized to this square size. Smaller trains much faster; the backbone's own "
                   "size is usually the most accurate. Measured with EfficientNet-Lite0 (224 px) on two "
-                  "cores: 192 px was 1.2–1.4× faster at the same accuracy, 160 px 1.6–2× and 128 px "
-                  "2.4–3.6× faster for about 2 points less; photos with fine detail lose more.",
+                  "cores: 192 px was 1.3–1.4× faster at the same accuracy, 160 px 1.8× and 128 px "
+                  "2.3–2.5× faster for about 2 points less; photos with fine detail lose more.",
     "lr": "Learning rate of the new classifier. Deeper layers automatically use smaller rates.",
     "schedule": "How the learning rate changes over the run (after a one-epoch warm-up).",
     "augmentation": "Random changes to training images so the model sees more variety; helps small datasets. "
