@@ -315,8 +315,8 @@ class Trainer:
                                f"{format_bytes(needed)})")
         if views == 1 and config.augmentation != "none":
             self.path_notes.append(f"augmentation not applied: each image's {plan.kind} are computed once "
-                                   "(cached_views=1; more views cost a feature pass each and did not help "
-                                   "in bench/quality_defaults.py)")
+                                   "(cached_views=1; each extra view costs one more pass and did not "
+                                   "improve accuracy in our measurements)")
         train_views = [eval_transform(pre)] + [train_transform(pre, config.augmentation)] * (views - 1)
         train_id = f"{pre.to_dict()}|{config.augmentation}|{views}"
         train_set = FeatureDataset(self._features(self.train_samples, train_views, train_id),

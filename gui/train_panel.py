@@ -159,10 +159,8 @@ class RunClock:
 
 
 PATHS = {
-    "features": "Fast path: the frozen backbone ran once per image; only the head trains, on its cached "
-                "features.",
-    "activations": "Fast path: the frozen blocks ran once per image; training continues from their cached "
-                   "output.",
+    "features": "Fast path: the backbone ran once per image; the head trains on cached features.",
+    "activations": "Fast path: the frozen blocks ran once per image; the rest trains on their output.",
     "images": "Full path: every batch runs through the whole network",
 }
 
@@ -175,7 +173,7 @@ def describe_path(info: dict) -> str:
         return PATHS["images"] + decoded
     text = PATHS.get(path, f"Training on cached {path}.")
     if not info.get("augmented", True):
-        text += " Augmentation does not apply to cached inputs (Cached views: 1)."
+        text += " Augmentation does not apply (Cached views: 1)."
     return text
 
 
@@ -204,7 +202,6 @@ class TrainPanel(QWidget):
         self.progress.setFormat("%p %")
         self.stage = QLabel("Not started.")
         self.speed = QLabel("")
-        self.eta = QLabel("")
         self.path = QLabel("")
         self.path.setWordWrap(True)
         self.error = QLabel()
@@ -225,7 +222,7 @@ class TrainPanel(QWidget):
             buttons.addWidget(button)
         status = QGroupBox("Progress")
         status_layout = QVBoxLayout(status)
-        for widget in (self.progress, self.stage, self.speed, self.eta, self.path):
+        for widget in (self.progress, self.stage, self.speed, self.path):
             status_layout.addWidget(widget)
         left = QWidget()
         left_layout = QVBoxLayout(left)
@@ -265,6 +262,7 @@ class TrainPanel(QWidget):
         self.stop_button.setEnabled(running)
         self.settings.setEnabled(self.settings.loaded and not running)
         if not running:
+            self.progress.setFormat("%p %")          # no time left to estimate
             self.pause_button.blockSignals(True)
             self.pause_button.setChecked(False)
             self.pause_button.setText("Pause")
@@ -293,7 +291,6 @@ class TrainPanel(QWidget):
         self.progress.setValue(0)
         self.stage.setText("Building the model…")
         self.speed.setText("")
-        self.eta.setText("")
         self.path.setText("")
         self.plots.start()
 
@@ -315,7 +312,7 @@ class TrainPanel(QWidget):
         self.stage.setText(f"Epoch {logs['epoch']} / {self.clock.epochs} ({logs.get('stage', 'train')}),"
                            f" batch {logs['batch']} / {logs['batches']}")
         self.speed.setText(f"{logs['images_per_s']:.1f} images/s · loss {logs['loss']:.3f}")
-        self.eta.setText(f"About {format_duration(self.clock.eta(logs))} left")
+        self.progress.setFormat(f"%p %  ·  about {format_duration(self.clock.eta(logs))} left")
         self.plots.add_batch(logs)
 
     def on_epoch_ended(self, epoch: int, logs: dict) -> None:
