@@ -26,11 +26,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from common import Table, fashion_dataset, fresh_cache_dir, interleave, median, ratio
-from engine.data import ImageDataset, eval_transform, train_transform
-from engine.dataset import scan_dataset
-from engine.imagecache import DecodedImageCache
-from engine.models import create_model
-from engine.train import TrainConfig, Trainer
+from engine.data.transforms import ImageDataset, eval_transform, train_transform
+from engine.data.dataset import scan_dataset
+from engine.data.imagecache import DecodedImageCache
+from engine.models.catalog import create_model
+from engine.training.config import TrainConfig
+from engine.training.trainer import Trainer
 
 GOAL = 1.05
 

@@ -87,7 +87,7 @@ def main() -> None:
     faulthandler.dump_traceback_later(args.watchdog_s, exit=True)
     app = QApplication.instance() or QApplication([])
     from gui.main_window import MainWindow
-    from engine.train import Trainer
+    from engine.training.trainer import Trainer
     with tempfile.TemporaryDirectory() as tmp, fresh_cache_dir():
         os.environ["TRANSFERLAB_DATA_DIR"] = str(Path(tmp) / "data")
         window = MainWindow(QSettings(str(Path(tmp) / "settings.ini"), QSettings.Format.IniFormat))

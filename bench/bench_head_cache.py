@@ -23,11 +23,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from common import Table, fashion_dataset, fresh_cache_dir, interleave, median, ratio
-from engine.data import ImageDataset, eval_transform
-from engine.dataset import scan_dataset
-from engine.features import FEATURE_BATCH
-from engine.models import create_model
-from engine.train import TrainConfig, Trainer, seed_everything
+from engine.data.transforms import ImageDataset, eval_transform
+from engine.data.dataset import scan_dataset
+from engine.training.caches import FEATURE_BATCH
+from engine.models.catalog import create_model
+from engine.training.config import TrainConfig
+from engine.training.optim import seed_everything
+from engine.training.trainer import Trainer
 
 GOAL = 1.3
 

@@ -18,9 +18,9 @@ import time
 from torch.utils.data import DataLoader
 
 from common import Table, fashion_dataset, interleave, median, photo_dataset, ratio
-from engine.data import ImageDataset, train_transform
-from engine.imagecache import DecodedImageCache
-from engine.models import create_model
+from engine.data.transforms import ImageDataset, train_transform
+from engine.data.imagecache import DecodedImageCache
+from engine.models.catalog import create_model
 
 
 def epoch(paths, transform, source=None) -> None:

@@ -31,11 +31,12 @@ VARIANTS = {
 
 
 def child(name: str, args) -> None:
-    from engine.callbacks import Callback
-    from engine.control import RunControl
-    from engine.dataset import scan_dataset
-    from engine.models import create_model
-    from engine.train import TrainConfig, Trainer
+    from engine.core.callbacks import Callback
+    from engine.core.control import RunControl
+    from engine.data.dataset import scan_dataset
+    from engine.models.catalog import create_model
+    from engine.training.config import TrainConfig
+    from engine.training.trainer import Trainer
 
     class StopAfter(Callback):
         def __init__(self, control, steps):

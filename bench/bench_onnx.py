@@ -4,10 +4,10 @@ in PyTorch.
     .venv/bin/python bench/bench_onnx.py [--per-class 5] [--images 32] [--repeats 7]
 
 A short head-only run on Fashion-MNIST photos (EfficientNet-Lite0, ImageNet weights, 224 px) is exported
-with `engine.export.export_run` (verified against PyTorch). Both then classify the same real images,
+with `engine.outputs.export.export_run` (verified against PyTorch). Both then classify the same real images,
 already preprocessed, one at a time (batch 1, as a GUI or a predict call on single files does) and in
-batches of 32: PyTorch as `engine.predict.TorchClassifier` loads it (NCHW) and in channels_last,
-ONNX Runtime as `engine.predict.OnnxClassifier` runs it (CPU provider, default threads).
+batches of 32: PyTorch as `engine.outputs.predict.TorchClassifier` loads it (NCHW) and in channels_last,
+ONNX Runtime as `engine.outputs.predict.OnnxClassifier` runs it (CPU provider, default threads).
 """
 from __future__ import annotations
 
@@ -20,11 +20,12 @@ import numpy as np
 import torch
 
 from common import Table, fashion_dataset, fresh_cache_dir, interleave, median, ratio
-from engine.dataset import scan_dataset
-from engine.export import export_run
-from engine.images import load_image
-from engine.predict import OnnxClassifier, TorchClassifier
-from engine.train import TrainConfig, Trainer
+from engine.data.dataset import scan_dataset
+from engine.outputs.export import export_run
+from engine.data.images import load_image
+from engine.outputs.predict import OnnxClassifier, TorchClassifier
+from engine.training.config import TrainConfig
+from engine.training.trainer import Trainer
 
 
 def torch_runner(model, memory_format):

@@ -18,8 +18,9 @@ import tempfile
 from pathlib import Path
 
 from common import Table, fashion_dataset, fresh_cache_dir, interleave, median, ratio
-from engine.dataset import scan_dataset
-from engine.train import TrainConfig, Trainer
+from engine.data.dataset import scan_dataset
+from engine.training.config import TrainConfig
+from engine.training.trainer import Trainer
 
 
 def fit(report, config: TrainConfig, accuracy: dict, key) -> float:

@@ -7,7 +7,7 @@ time).
 EfficientNet-Lite0 with its real ImageNet weights, on batches of real Fashion-MNIST photos. Training
 steps are forward + backward + AdamW on every layer (a full fine-tune), on the main thread. The wait
 policy and malloc variants run in fresh processes (OpenMP and glibc read their variables at start-up),
-taking turns; malloc variants use the passive wait policy that engine.runtime.tune_process() sets,
+taking turns; malloc variants use the passive wait policy that engine.core.runtime.tune_process() sets,
 as every other benchmark does. The 96 px variants show the wait policy where operations are short (small
 inputs, cached activations), also while two other processes keep the cores busy (a browser, a build).
 """
@@ -53,9 +53,9 @@ PROCESSES = _processes()
 
 def real_batch(batch: int, image_size: int):
     import torch
-    from engine.data import eval_transform
-    from engine.images import load_image
-    from engine.models import Preprocessing
+    from engine.data.transforms import eval_transform
+    from engine.data.images import load_image
+    from engine.data.preprocessing import Preprocessing
     folder = fashion_dataset(10, 96)
     paths = sorted(p for p in folder.rglob("*.png"))[:batch]
     transform = eval_transform(Preprocessing(image_size, (0.5,) * 3, (0.5,) * 3, "bicubic"))
@@ -63,7 +63,7 @@ def real_batch(batch: int, image_size: int):
 
 
 def make_model(image_size: int):
-    from engine.models import create_model
+    from engine.models.catalog import create_model
     return create_model("efficientnet_lite0", 10, input_size=image_size).model
 
 

@@ -27,10 +27,10 @@ DATA = Path(tempfile.gettempdir()) / "transferlab-bench"
 # wait policy and malloc), 'malloc' (malloc only) or 'none'.
 TUNING = os.environ.get("TRANSFERLAB_BENCH_TUNING", "process")
 if TUNING == "process":
-    from engine.runtime import tune_process
+    from engine.core.runtime import tune_process
     tune_process()
 elif TUNING == "malloc":
-    from engine.runtime import tune_malloc
+    from engine.core.runtime import tune_malloc
     tune_malloc()
 
 import numpy as np  # noqa: E402  (after the tuning: numpy starts OpenBLAS threads)

@@ -16,8 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.dataset import scan_dataset  # noqa: E402
-from engine.train import TrainConfig, Trainer  # noqa: E402
+from engine.data.dataset import scan_dataset  # noqa: E402
+from engine.training.config import TrainConfig
+from engine.training.trainer import Trainer  # noqa: E402
 
 RECIPES = {
     "head-only, features, lr 1e-3": dict(freeze="head", augmentation="none", lr=1e-3),

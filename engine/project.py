@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from engine.dataset import DatasetReport, Problem, Sample
-from engine.fileio import write_json
+from engine.data.dataset import DatasetReport, Problem, Sample
+from engine.core.files import write_json
 
 PROJECT_FORMAT = "transferlab-project/1"
 PROJECT_SUFFIX = ".tlproj"

@@ -15,7 +15,7 @@ from PySide6.QtCore import QTimer
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication, QMessageBox
 
-from engine.paths import APP_NAME, demo_dataset, resources_dir
+from engine.core.paths import APP_NAME, demo_dataset, resources_dir
 
 
 def create_window(argv: list[str]):

@@ -13,6 +13,8 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QPushButton, QSplitter,
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
+from engine.core.runfolder import RunFolder
+
 COLUMNS = ("Run", "Backbone", "Training", "Epochs", "Learning rate", "Image size", "Validation", "Test", "Status")
 COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189),
            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
@@ -38,7 +40,7 @@ def training_text(config: dict) -> str:
 
 def read_history(run_dir: str) -> list[dict]:
     try:
-        history = json.loads((Path(run_dir) / "history.json").read_text(encoding="utf-8"))
+        history = json.loads(RunFolder(run_dir).history.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []                      # a run folder deleted since, or a run stopped before its first epoch
     return history if isinstance(history, list) else []

@@ -1,6 +1,6 @@
 """One image, larger, beside its Grad-CAM overlay for a class the user chooses.
 
-The heat map is computed by `engine.gradcam` on a worker thread (`explain` below); the model of a
+The heat map is computed by `engine.outputs.gradcam` on a worker thread (`explain` below); the model of a
 run is loaded once from its checkpoint and kept in a `ModelCache`, whose lock makes sure two
 explanations never run backward passes through the same model at once.
 """
@@ -40,7 +40,7 @@ class ModelCache:
 
     def get(self, checkpoint: str):
         """(model, Checkpoint); call with `lock` held."""
-        from engine.checkpoint import load_checkpoint
+        from engine.models.checkpoint import load_checkpoint
         if checkpoint not in self._models:
             self._models[checkpoint] = load_checkpoint(checkpoint)
             while len(self._models) > self.size:
@@ -51,8 +51,8 @@ class ModelCache:
 
 def explain(cache: ModelCache, checkpoint: str, path: str, class_index: int | None, progress) -> Explanation:
     """Worker job: Grad-CAM of `path` for `class_index` (None: the predicted class)."""
-    from engine.gradcam import grad_cam, overlay
-    from engine.images import load_image
+    from engine.outputs.gradcam import grad_cam, overlay
+    from engine.data.images import load_image
     image = load_image(path)
     with cache.lock:
         progress("Loading the model", 0, 2)

@@ -17,11 +17,11 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, 
                                QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton, QVBoxLayout,
                                QWidget)
 
-from engine.control import RunControl
+from engine.core.control import RunControl
 from gui.workers import Task
 
 if TYPE_CHECKING:
-    from engine.export import ExportResult
+    from engine.outputs.export import ExportResult
 
 FORMATS = (("onnx", "ONNX (.onnx), verified against PyTorch"),
            ("safetensors", "PyTorch weights only (.safetensors)"))
@@ -39,7 +39,7 @@ class ExportOutcome:
 def export_model(source: str, out_path: str, fmt: str, with_weights: bool, exporter: str, dynamic_size: bool,
                  control: RunControl, progress) -> ExportOutcome:
     """Worker job: the verified ONNX export and/or the plain weights file."""
-    from engine.export import export_run, export_weights
+    from engine.outputs.export import export_run, export_weights
     out = Path(out_path)
     if fmt == "safetensors":
         progress("write weights", 0, 1)

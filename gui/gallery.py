@@ -245,7 +245,7 @@ def _button_for(action: QAction) -> QPushButton:
 def thumbnail(path: str, size: int = THUMBNAIL_PX) -> QImage:
     """Decoded like training decodes (EXIF, transparency); an empty QImage when unreadable."""
     from PIL import ImageOps
-    from engine.images import load_image
+    from engine.data.images import load_image
     try:
         image = ImageOps.contain(load_image(path), (size, size))
     except Exception:        # a file deleted or broken since the run: show the blank tile

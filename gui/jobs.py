@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QImage, QPainter
 
-from engine.callbacks import Callback
-from engine.control import Cancelled, RunControl
+from engine.core.callbacks import Callback
+from engine.core.control import Cancelled, RunControl
 
 if TYPE_CHECKING:
-    from engine.dataset import DatasetReport
-    from engine.layers import LayerTree
-    from engine.train import FitResult, TrainConfig, Trainer
+    from engine.data.dataset import DatasetReport
+    from engine.models.layers import LayerTree
+    from engine.training.config import TrainConfig
+    from engine.training.trainer import FitResult, Trainer
 
 THUMBNAIL_PX = 44
 THUMBNAILS_PER_CLASS = 6
@@ -37,9 +38,9 @@ class EngineInfo:
 
 def load_engine(progress) -> EngineInfo:
     """Import torch, timm and the trainer (seconds), and check which weights are offline."""
-    from engine.data import AUGMENTATIONS
-    from engine.models import DEFAULT_BACKBONE, list_backbones
-    from engine.train import RECIPES, SCHEDULES, TrainConfig
+    from engine.data.preprocessing import AUGMENTATIONS
+    from engine.models.catalog import DEFAULT_BACKBONE, list_backbones
+    from engine.training.config import RECIPES, SCHEDULES, TrainConfig
     return EngineInfo(list_backbones(), DEFAULT_BACKBONE, TrainConfig().to_dict(),
                       {"schedule": SCHEDULES, "augmentation": AUGMENTATIONS, "recipe": RECIPES})
 
@@ -53,7 +54,7 @@ class ScanResult:
 
 def scan(paths: list[str], control: RunControl, progress) -> ScanResult:
     """Scan the dropped sources, then draw a strip of example thumbnails per class."""
-    from engine.dataset import ScanCancelled, scan_dataset
+    from engine.data.dataset import ScanCancelled, scan_dataset
     try:
         report = scan_dataset(paths if len(paths) > 1 else paths[0], seed=0,
                               progress=lambda done, total: progress("Checking images", done, total),
@@ -75,7 +76,7 @@ def class_thumbnails(report: "DatasetReport", control: RunControl, progress) -> 
 
 
 def _thumbnail(path: str) -> QImage:
-    from engine.images import load_image
+    from engine.data.images import load_image
     try:
         image = load_image(path)
     except Exception:        # the scan already reported unreadable files; a blank tile is enough
@@ -112,8 +113,8 @@ class ModelInfo:
 
 
 def build_model(backbone: str, num_classes: int, progress) -> ModelInfo:
-    from engine.layers import LayerTree, block_groups
-    from engine.models import create_model
+    from engine.models.layers import LayerTree, block_groups
+    from engine.models.catalog import create_model
     bundle = create_model(backbone, num_classes, weights="random")
     return ModelInfo(backbone, num_classes, LayerTree(bundle.model), bundle.preprocessing.input_size,
                      max(1, len(block_groups(bundle.model)) - 2))
@@ -158,6 +159,6 @@ class TrainingRun:
         self.trainer: "Trainer | None" = None
 
     def __call__(self, progress) -> "FitResult":
-        from engine.train import Trainer
+        from engine.training.trainer import Trainer
         self.trainer = Trainer(self.report, self.config, self.run_dir, [self.events], self.control)
         return self.trainer.fit()

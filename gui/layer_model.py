@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from PySide6.QtCore import QAbstractItemModel, QModelIndex, QPersistentModelIndex, Qt, Signal
 
 if TYPE_CHECKING:
-    from engine.layers import LayerNode, LayerTree
+    from engine.models.layers import LayerNode, LayerTree
 
 COLUMNS = ("Layer", "Type", "Parameters", "Trainable")
 _CHECK_STATE = {True: Qt.CheckState.Checked, False: Qt.CheckState.Unchecked,

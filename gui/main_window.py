@@ -17,8 +17,8 @@ from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, Q
                                QPlainTextEdit, QStyle, QTabWidget)
 
 from engine import __version__
-from engine.control import RunControl
-from engine.paths import APP_NAME, demo_dataset, user_data_dir
+from engine.core.control import RunControl
+from engine.core.paths import APP_NAME, demo_dataset, user_data_dir
 from engine.project import Project, RunRecord, apply_corrections
 from gui.data_panel import DataPanel
 from gui.export_dialog import ExportDialog
@@ -301,7 +301,7 @@ class MainWindow(QMainWindow):
     # -- training ----------------------------------------------------------------------------
     def training_config(self):
         """TrainConfig from the form, the model step and the layer tree's exact freeze state."""
-        from engine.train import TrainConfig
+        from engine.training.config import TrainConfig
         config = TrainConfig(**self.train_panel.settings.values(), backbone=self.model_panel.backbone,
                              weights=self.model_panel.weights_choice, freeze="none",
                              frozen_parameters=self.model_panel.frozen_parameter_names())

@@ -223,7 +223,7 @@ class ModelPanel(QWidget):
 
     def _speed_hint(self) -> str:
         """What these layers train on: the frozen part computed once is what makes training fast."""
-        from engine.features import plan_cache      # torch is loaded by now: the model is
+        from engine.training.caches import plan_cache      # torch is loaded by now: the model is
         plan = plan_cache(self.info.tree.model)
         if plan.kind == "features":
             return "Fast: the backbone runs once per image, then only the head trains."

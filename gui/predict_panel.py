@@ -17,13 +17,14 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QHBoxL
                                QLabel, QProgressBar, QPushButton, QSpinBox, QStyle, QStyledItemDelegate,
                                QStyleOptionViewItem, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
-from engine.control import RunControl
-from engine.images import IMAGE_EXTENSIONS, has_image_extension
+from engine.core.control import RunControl
+from engine.core.runfolder import RunFolder
+from engine.data.images import IMAGE_EXTENSIONS, has_image_extension
 from gui.drop_zone import DropZone
 from gui.workers import Task
 
 if TYPE_CHECKING:
-    from engine.predict import PredictionReport
+    from engine.outputs.predict import PredictionReport
 
 THUMBNAIL_PX = 72
 TOPK_ROLE = Qt.ItemDataRole.UserRole + 1
@@ -36,20 +37,20 @@ COLUMNS = ("Image", "File", "Top classes")
 @dataclass
 class PredictOutcome:
     model_key: tuple                 # (path, modification time) of the model the classifier came from
-    classifier: object               # engine.predict.TorchClassifier | OnnxClassifier, reused next time
+    classifier: object               # engine.outputs.predict.TorchClassifier | OnnxClassifier, reused next time
     report: "PredictionReport"
     thumbnails: dict[str, QImage] = field(default_factory=dict)
 
 
 def model_key(path: str) -> tuple:
-    checkpoint = Path(path) / "model.safetensors" if Path(path).is_dir() else Path(path)
+    checkpoint = RunFolder(path).checkpoint if Path(path).is_dir() else Path(path)
     return str(path), checkpoint.stat().st_mtime_ns if checkpoint.exists() else 0
 
 
 def predict_job(model_path: str, cached: PredictOutcome | None, inputs: list[str], top_k: int,
                 control: RunControl, progress) -> PredictOutcome:
     """Load the classifier (unless the cached one is for the same file), predict, draw thumbnails."""
-    from engine.predict import load_classifier, predict_images
+    from engine.outputs.predict import load_classifier, predict_images
     key = model_key(model_path)
     if cached is not None and cached.model_key == key:
         classifier = cached.classifier
@@ -68,7 +69,7 @@ def predict_job(model_path: str, cached: PredictOutcome | None, inputs: list[str
 def thumbnail(path: str) -> QImage:
     """The image as the model saw it (EXIF rotation, any colour mode), fitted in a square tile."""
     from PIL import ImageOps
-    from engine.images import ImageError, load_image
+    from engine.data.images import ImageError, load_image
     try:
         image = ImageOps.contain(load_image(path), (THUMBNAIL_PX, THUMBNAIL_PX))
     except ImageError:           # changed on disk since it was classified: the row simply has no picture

@@ -20,8 +20,9 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QFileDialog, QMenu, QMessageBox
 
-from engine.fileio import write_json
-from engine.paths import APP_NAME, user_data_dir
+from engine.core.files import write_json
+from engine.core.paths import APP_NAME, user_data_dir
+from engine.core.runfolder import RunFolder
 from engine.project import PROJECT_SUFFIX, Project, ProjectError, RunRecord, load_project
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 RECENT_KEY = "project/recent"
 MAX_RECENT = 8
 FILE_FILTER = f"TransferLab projects (*{PROJECT_SUFFIX})"
-CHECKPOINT_NAME = "model.safetensors"
 FORM_KEYS = ("epochs", "batch_size", "image_size", "lr", "schedule", "augmentation", "label_smoothing",
              "early_stopping", "recipe", "head_epochs")      # gui.train_panel.FIELDS, in order
 
@@ -43,7 +43,7 @@ def autosave_path() -> Path:
 def latest_run(project: Project) -> RunRecord | None:
     """The newest finished run of the project whose checkpoint is still on disk."""
     for record in reversed(project.runs):
-        if record.status != "running" and (Path(record.run_dir) / CHECKPOINT_NAME).is_file():
+        if record.status != "running" and RunFolder(record.run_dir).has_checkpoint():
             return record
     return None
 
@@ -213,7 +213,7 @@ class ProjectController(QObject):
 
     def _settings_config(self) -> dict:
         """The form's hyper-parameters as a TrainConfig dict (a half-typed learning rate keeps the old one)."""
-        from engine.train import TrainConfig
+        from engine.training.config import TrainConfig
         try:
             values = self.window.train_panel.settings.values()
         except ValueError:

@@ -19,7 +19,8 @@ from PySide6.QtGui import QDesktopServices, QImage, QStandardItem, QStandardItem
 from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QPushButton, QSplitter,
                                QTableView, QTabWidget, QVBoxLayout, QWidget)
 
-from engine.control import RunControl
+from engine.core.control import RunControl
+from engine.core.runfolder import RunFolder
 from gui.compare_runs import CompareRuns
 from gui.confusion_view import ConfusionView
 from gui.explain import ImageDialog, ModelCache, explain
@@ -69,16 +70,17 @@ def read_run(run_dir: str, metrics: dict | None = None) -> RunView:
     """A run folder's results; missing or damaged files give empty parts, never an exception."""
     folder = Path(run_dir)
 
-    def load(name: str) -> dict:
+    def load(path: Path) -> dict:
         try:
-            data = json.loads((folder / name).read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
 
-    checkpoint = folder / "model.safetensors"
+    files = RunFolder(folder)
+    checkpoint = files.checkpoint
     return RunView(str(folder), str(checkpoint) if checkpoint.is_file() else None,
-                   metrics if metrics is not None else load("metrics.json"), load("predictions.json"))
+                   metrics if metrics is not None else load(files.metrics), load(files.predictions))
 
 
 class ResultsPanel(QWidget):

@@ -12,7 +12,8 @@ from typing import Callable
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
-from engine.control import Cancelled, RunControl
+from engine.core.control import Cancelled, RunControl
+from engine.core.errors import readable_error
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +46,6 @@ class Worker(QObject):
             self.succeeded.emit(result)
         finally:
             self.finished.emit()
-
-
-def readable_error(exc: BaseException) -> str:
-    """One line for the user: the engine's own message for input errors, else type and first line."""
-    lines = str(exc).strip().splitlines()
-    if isinstance(exc, ValueError) and lines:      # DatasetError, ModelError, bad settings
-        return lines[0]
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 class Task(QObject):

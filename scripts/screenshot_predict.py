@@ -22,7 +22,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def take_screenshot(args: argparse.Namespace) -> int:
-    from engine.paths import demo_dataset
+    from engine.core.paths import demo_dataset
     with demo_window() as window:
         start_training(window, args.epochs, image_size=96)
         wait_for(window.training_finished)

@@ -77,7 +77,7 @@ def test_one_class_dataset_is_bad_input(tmp_path):
 
 
 def test_cached_views_reach_the_config_and_zero_is_refused(tmp_path):
-    from engine.cli import _config_from_args, build_parser
+    from engine.cli.main import _config_from_args, build_parser
     args = build_parser().parse_args(["train", str(tmp_path), "--out", str(tmp_path / "run"), "--cached-views", "3"])
     assert _config_from_args(args).cached_views == 3
     args = build_parser().parse_args(["train", str(tmp_path), "--out", str(tmp_path / "run"), "--cached-views", "0"])

@@ -1,4 +1,4 @@
-"""engine.dataset: every layout, every problem, the errors, and a deterministic split."""
+"""engine.data.dataset: every layout, every problem, the errors, and a deterministic split."""
 from __future__ import annotations
 
 import json
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import dataset as dataset_module
-from engine import images
-from engine.dataset import (SPLITS, DatasetError, DatasetReport, ScanCancelled, scan_dataset,
+from engine.data import dataset as dataset_module
+from engine.data import images
+from engine.data.dataset import (SPLITS, DatasetError, DatasetReport, ScanCancelled, scan_dataset,
                             split_counts)
 
 _counter = iter(range(10**9))
@@ -491,7 +491,7 @@ def test_report_round_trips_through_json(tmp_path):
 def test_engine_dataset_does_not_import_torch_or_qt():
     import subprocess
     import sys
-    code = ("import sys, engine.dataset; "
+    code = ("import sys, engine.data.dataset; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'PySide6', 'PyQt6', 'PyQt5')]; "
             "print(bad); sys.exit(1 if bad else 0)")
     root = Path(__file__).resolve().parent.parent

@@ -14,13 +14,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from engine.checkpoint import load_checkpoint
-from engine.data import eval_transform
-from engine.export import (ExportError, accepts_other_sizes, compare_logits, export_run, export_weights,
+from engine.models.checkpoint import load_checkpoint
+from engine.data.transforms import eval_transform
+from engine.outputs.export import (ExportError, accepts_other_sizes, compare_logits, export_run, export_weights,
                            read_metadata)
-from engine.images import load_image
-from engine.models import build_architecture
-from engine.predict import ModelFileError
+from engine.data.images import load_image
+from engine.models.catalog import build_architecture
+from engine.outputs.predict import ModelFileError
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "resources" / "demo" / "fashion-mnist"
@@ -31,8 +31,9 @@ atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
 @functools.lru_cache(maxsize=None)
 def trained_run(backbone: str) -> Path:
     """A run trained for one epoch at 64 px on the demo dataset, shared by this module and test_predict."""
-    from engine.dataset import scan_dataset
-    from engine.train import TrainConfig, Trainer
+    from engine.data.dataset import scan_dataset
+    from engine.training.config import TrainConfig
+    from engine.training.trainer import Trainer
     config = TrainConfig(backbone=backbone, weights="random" if backbone == "resnet18" else "pretrained",
                          image_size=64, epochs=1, lr=0.01)
     run = _SCRATCH / f"run-{backbone}"
@@ -102,14 +103,14 @@ def test_legacy_exporter_and_dynamic_size(tmp_path):
 
 
 def test_architectures_with_a_fixed_input_size_are_detected():
-    from engine.models import Preprocessing
+    from engine.data.preprocessing import Preprocessing
     assert accepts_other_sizes(build_architecture("resnet18", 3), Preprocessing(64))
     assert not accepts_other_sizes(build_architecture("vit_tiny_patch16_224", 3), Preprocessing(224))
 
 
 def test_failed_verification_leaves_no_file(tmp_path, monkeypatch):
     """An exporter that produces a subtly different model (one shifted logit) must be rejected."""
-    import engine.export as export
+    import engine.outputs.export as export
     real = export._run_exporter
 
     def broken_exporter(name, model, size, path, dynamic_size):

@@ -5,13 +5,14 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from engine.callbacks import Callback
-from engine.data import eval_transform
-from engine.dataset import scan_dataset
-from engine.features import ActivationCache, FeatureCache, SuffixOnActivations, feature_stages, plan_cache
-from engine.layers import LayerTree
-from engine.models import create_model
-from engine.train import TrainConfig, Trainer
+from engine.core.callbacks import Callback
+from engine.data.transforms import eval_transform
+from engine.data.dataset import scan_dataset
+from engine.training.caches import ActivationCache, FeatureCache, SuffixOnActivations, feature_stages, plan_cache
+from engine.models.layers import LayerTree
+from engine.models.catalog import create_model
+from engine.training.config import TrainConfig
+from engine.training.trainer import Trainer
 
 EXACT = dict(image_size=64, batch_size=8, epochs=3, lr=1e-2, augmentation="none")
 
@@ -161,7 +162,7 @@ def test_a_second_fit_reuses_features_until_an_image_changes(colour_dataset, tmp
 
 
 def test_too_large_a_cache_falls_back_to_images_and_says_why(report, tmp_path, monkeypatch):
-    monkeypatch.setattr("engine.train.memory_budget", lambda: 1000)
+    monkeypatch.setattr("engine.training.trainer.memory_budget", lambda: 1000)
     started = FitStart()
     config = TrainConfig(image_size=64, batch_size=8, epochs=1, freeze="last-n")
     Trainer(report, config, tmp_path / "r", [started]).fit()

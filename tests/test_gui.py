@@ -77,8 +77,8 @@ def test_dropping_a_plain_file_is_refused_and_an_unusable_folder_explains_why(qt
 
 # -- layer tree ---------------------------------------------------------------------------------
 def test_layer_tree_model_passes_qtmodeltester(qtmodeltester):
-    from engine.layers import LayerTree
-    from engine.models import create_model
+    from engine.models.layers import LayerTree
+    from engine.models.catalog import create_model
     model = LayerTreeModel()
     model.set_tree(LayerTree(create_model("resnet18", 3, weights="random").model))
     qtmodeltester.check(model)
@@ -181,7 +181,7 @@ def test_invalid_settings_are_explained_without_starting(qtbot, window, dataset)
 
 
 def test_every_setting_in_the_form_reaches_the_engine_config(qtbot, window):
-    from engine.train import TrainConfig
+    from engine.training.config import TrainConfig
     settings = window.train_panel.settings
     settings.set_values(epochs=7, cached_views=3, augmentation="strong", label_smoothing=0.2)
     config = TrainConfig(**settings.values())

@@ -33,8 +33,9 @@ JOB_TIMEOUT_MS = 120_000
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A run trained with the engine on red/green/blue images; it tells them apart perfectly."""
-    from engine.dataset import scan_dataset
-    from engine.train import TrainConfig, Trainer
+    from engine.data.dataset import scan_dataset
+    from engine.training.config import TrainConfig
+    from engine.training.trainer import Trainer
     base = tmp_path_factory.mktemp("trained")
     with pytest.MonkeyPatch.context() as env:             # never the real user folders
         env.setenv("TRANSFERLAB_DATA_DIR", str(base / "user"))
@@ -91,7 +92,7 @@ def windows(qtbot, tmp_path):
 
 # -- export ---------------------------------------------------------------------------------------
 def test_export_dialog_writes_a_verified_onnx_and_opens_its_folder(qtbot, trained, tmp_path, monkeypatch):
-    from engine.export import read_metadata
+    from engine.outputs.export import read_metadata
     opened = []
     monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: opened.append(url.toLocalFile()) or True)
     tasks = Tasks(qtbot)

@@ -38,8 +38,9 @@ def write_dataset(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """One real run folder (engine only, no Qt), shared by the panel tests."""
-    from engine.dataset import scan_dataset
-    from engine.train import TrainConfig, train
+    from engine.data.dataset import scan_dataset
+    from engine.training.config import TrainConfig
+    from engine.training.trainer import train
     base = tmp_path_factory.mktemp("results")
     with pytest.MonkeyPatch.context() as env:
         env.setenv("TRANSFERLAB_CACHE_DIR", str(base / "cache"))

@@ -7,14 +7,15 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-import engine.imagecache as imagecache
-from engine.control import Cancelled, RunControl
-from engine.data import ImageDataset, eval_transform, train_transform
-from engine.dataset import scan_dataset
-from engine.imagecache import DecodedImageCache, estimate_bytes
-from engine.images import load_image
-from engine.models import Preprocessing
-from engine.train import TrainConfig, Trainer
+import engine.data.imagecache as imagecache
+from engine.core.control import Cancelled, RunControl
+from engine.data.transforms import ImageDataset, eval_transform, train_transform
+from engine.data.dataset import scan_dataset
+from engine.data.imagecache import DecodedImageCache, estimate_bytes
+from engine.data.images import load_image
+from engine.data.preprocessing import Preprocessing
+from engine.training.config import TrainConfig
+from engine.training.trainer import Trainer
 
 PREPROCESSINGS = [Preprocessing(64, interpolation="bicubic"), Preprocessing(64, interpolation="bilinear"),
                   Preprocessing(224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic")]
@@ -139,7 +140,7 @@ def test_fine_tuning_decodes_every_image_once(colour_dataset, tmp_path, monkeypa
     """Epoch 2 and evaluation read cached pixels: the plain loader never decodes."""
     decoded = []
     monkeypatch.setattr(imagecache, "load_image", lambda path: decoded.append(path) or load_image(path))
-    monkeypatch.setattr("engine.data.load_image", _must_not_decode)
+    monkeypatch.setattr("engine.data.transforms.load_image", _must_not_decode)
     report = scan_dataset(colour_dataset, seed=0)
     trainer = Trainer(report, TrainConfig(image_size=64, batch_size=8, epochs=2, freeze="none"), tmp_path / "r")
     assert trainer.fit().status == "completed"
@@ -154,7 +155,7 @@ def _count_decodes(monkeypatch) -> list[str]:
         decoded.append(path)
         return load_image(path)
     monkeypatch.setattr(imagecache, "load_image", counting)
-    monkeypatch.setattr("engine.data.load_image", counting)
+    monkeypatch.setattr("engine.data.transforms.load_image", counting)
     return decoded
 
 

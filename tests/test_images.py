@@ -1,4 +1,4 @@
-"""engine.images: every colour mode ends up as correct 8-bit RGB, and bad files get a clear reason."""
+"""engine.data.images: every colour mode ends up as correct 8-bit RGB, and bad files get a clear reason."""
 from __future__ import annotations
 
 import struct
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import images
-from engine.images import ImageError, ImageInfo, check_image, is_hidden_or_system, load_image, to_rgb
+from engine.data import images
+from engine.data.images import ImageError, ImageInfo, check_image, is_hidden_or_system, load_image, to_rgb
 
 
 def noisy_rgb(seed: int, size: int = 32) -> Image.Image:

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from engine.data import eval_transform
-from engine.models import CATALOG, ModelError, create_model, get_spec, list_backbones, weights_status
+from engine.data.transforms import eval_transform
+from engine.models.catalog import CATALOG, ModelError, create_model, get_spec, list_backbones, weights_status
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -63,7 +63,7 @@ def test_catalog_reports_offline_availability_honestly():
 def test_missing_pretrained_weights_is_an_error_not_random_init(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch"))
-    monkeypatch.setattr("engine.models._hf_cache_path", lambda hub_id: None)
+    monkeypatch.setattr("engine.models.catalog._hf_cache_path", lambda hub_id: None)
     with pytest.raises(ModelError, match="no offline ImageNet weights for convnext_atto"):
         create_model("convnext_atto", 3)
     assert create_model("convnext_atto", 3, weights="random").weights == "random"

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.dataset import scan_dataset
-from engine.gradcam import grad_cam, overlay
-from engine.models import create_model
+from engine.data.dataset import scan_dataset
+from engine.outputs.gradcam import grad_cam, overlay
+from engine.models.catalog import create_model
 from engine.project import Project, ProjectError, RunRecord, apply_corrections, load_project
 
 

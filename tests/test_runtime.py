@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import runtime
+from engine.core import runtime
 
 
 @pytest.mark.parametrize("given, expected", [({}, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE"),

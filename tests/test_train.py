@@ -6,13 +6,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine.callbacks import Callback
-from engine.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta
-from engine.control import RunControl
-from engine.dataset import scan_dataset
-from engine.layers import LayerTree
-from engine.models import create_model
-from engine.train import TrainConfig, Trainer, param_groups, plan_stages
+from engine.core.callbacks import Callback
+from engine.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta
+from engine.core.control import RunControl
+from engine.data.dataset import scan_dataset
+from engine.models.layers import LayerTree
+from engine.models.catalog import create_model
+from engine.training.config import TrainConfig
+from engine.training.optim import param_groups
+from engine.training.trainer import Trainer, plan_stages
 
 SMALL = dict(image_size=64, batch_size=8, epochs=2)
 

@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from engine import images
-from engine.control import Cancelled
-from engine.paths import cache_dir
+from engine.data import images
+from engine.core.control import Cancelled
+from engine.core.paths import cache_dir
 
 SPLITS = ("train", "val", "test")
 SEVERITIES = ("error", "warning", "info")

@@ -33,14 +33,17 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from engine import __version__
-from engine.checkpoint import load_checkpoint
-from engine.control import RunControl
-from engine.data import eval_transform
-from engine.fileio import atomic_path, write_json
-from engine.images import ImageError, load_image
-from engine.models import Preprocessing, build_architecture
-from engine.paths import demo_dataset
-from engine.predict import (ONNX_FORMAT, OnnxClassifier, collect_images, preprocess_image, read_onnx_metadata,
+from engine.models.checkpoint import load_checkpoint
+from engine.core.control import RunControl
+from engine.data.transforms import eval_transform
+from engine.core.errors import first_line
+from engine.core.files import atomic_path, write_json
+from engine.core.runfolder import RunFolder
+from engine.data.images import ImageError, load_image
+from engine.data.preprocessing import Preprocessing
+from engine.models.catalog import build_architecture
+from engine.core.paths import demo_dataset
+from engine.outputs.predict import (ONNX_FORMAT, OnnxClassifier, collect_images, preprocess_image, read_onnx_metadata,
                             resolve_checkpoint)
 
 EXPORTERS = ("dynamo", "legacy")
@@ -156,7 +159,7 @@ def _export_verified(model, pre, card, images, tolerance, dynamic_size, exporter
             proto = onnx.load(str(path))
             onnx.checker.check_model(proto)
         except Exception as exc:  # noqa: BLE001 - any exporter failure means "try the next one"
-            failures.append(f"{name} exporter failed: {_first_line(exc)}")
+            failures.append(f"{name} exporter failed: {first_line(exc)}")
             continue
         seconds = time.monotonic() - began
         _set_metadata(proto, {**card, "exporter": name})
@@ -165,7 +168,7 @@ def _export_verified(model, pre, card, images, tolerance, dynamic_size, exporter
         try:
             verification = verify_onnx(model, pre, path, images, tolerance, dynamic_size)
         except Exception as exc:  # noqa: BLE001 - e.g. an operator onnxruntime lacks: try the next one
-            failures.append(f"onnxruntime cannot run the {name} export: {_first_line(exc)}")
+            failures.append(f"onnxruntime cannot run the {name} export: {first_line(exc)}")
             continue
         if verification.problem is None:
             notes.extend(failures)
@@ -291,7 +294,7 @@ def model_card(meta: dict, run_dir: Path | None, dynamic_size: bool) -> dict:
 
 def _metrics(meta: dict, run_dir: Path | None) -> dict:
     found = {"epoch": meta.get("epoch"), "val_accuracy": meta.get("val_accuracy")}
-    metrics_file = run_dir / "metrics.json" if run_dir else None
+    metrics_file = RunFolder(run_dir).metrics if run_dir else None
     if metrics_file and metrics_file.is_file():
         try:
             saved = json.loads(metrics_file.read_text(encoding="utf-8"))
@@ -355,10 +358,10 @@ def _verification_images(run_dir: Path | None, verify_images) -> tuple[list[Imag
 
 def _validation_paths(run_dir: Path | None) -> list[str]:
     """The run's validation (else test) image paths that still exist, from predictions.json."""
-    if run_dir is None or not (run_dir / "predictions.json").is_file():
+    if run_dir is None or not RunFolder(run_dir).predictions.is_file():
         return []
     try:
-        predictions = json.loads((run_dir / "predictions.json").read_text(encoding="utf-8"))
+        predictions = json.loads(RunFolder(run_dir).predictions.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return []
     for split in ("val", "test"):
@@ -416,8 +419,3 @@ class _Steps:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__

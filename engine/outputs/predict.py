@@ -1,7 +1,7 @@
 """Predictions on new images from a run folder, a `.safetensors` checkpoint or an exported `.onnx` file.
 
 Two classifiers share one interface (`logits(images)`): `TorchClassifier` preprocesses with
-`engine.data.eval_transform`, exactly as validation did during training; `OnnxClassifier` uses
+`engine.data.transforms.eval_transform`, exactly as validation did during training; `OnnxClassifier` uses
 `preprocess_image`, its numpy/Pillow twin, and onnxruntime. Tests keep the two preprocessing paths equal
 to the float, and the ONNX path imports neither torch nor timm, so `predict model.onnx ...` starts fast.
 `examples/onnx_predict.py` is the same ONNX path as one standalone file for users' own applications.
@@ -21,10 +21,11 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from engine.control import RunControl
-from engine.images import ImageError, has_image_extension, is_hidden_or_system, load_image
+from engine.core.control import RunControl
+from engine.core.errors import first_line
+from engine.core.runfolder import CHECKPOINT, RunFolder
+from engine.data.images import ImageError, has_image_extension, is_hidden_or_system, load_image
 
-CHECKPOINT_NAME = "model.safetensors"       # the best checkpoint inside a run folder (engine.train)
 ONNX_FORMAT = "transferlab-onnx/1"
 UNKNOWN = "unknown"
 
@@ -39,11 +40,11 @@ class ModelFileError(ValueError):
 # -- preprocessing ------------------------------------------------------------------------------------
 def preprocess_image(image: Image.Image, preprocessing) -> np.ndarray:
     """An RGB image as the (3, H, W) float32 array the model expects: the numpy twin of
-    `engine.data.eval_transform` (shorter side to round(input_size / crop_pct), centre crop, scale to
+    `engine.data.transforms.eval_transform` (shorter side to round(input_size / crop_pct), centre crop, scale to
     0..1, normalise), following torchvision's size and rounding rules so both give the same numbers.
 
     Args:
-        image: an 8-bit RGB image, as `engine.images.load_image` returns.
+        image: an 8-bit RGB image, as `engine.data.images.load_image` returns.
         preprocessing: a `Preprocessing` or its dict (input_size, mean, std, interpolation, crop_pct).
     """
     pre = preprocessing if isinstance(preprocessing, dict) else preprocessing.to_dict()
@@ -89,8 +90,8 @@ class TorchClassifier:
 
     def __init__(self, checkpoint_path: str | os.PathLike):
         _refuse_pickle(checkpoint_path)
-        from engine.checkpoint import load_checkpoint
-        from engine.data import eval_transform
+        from engine.models.checkpoint import load_checkpoint
+        from engine.data.transforms import eval_transform
         self.path = str(checkpoint_path)
         self.model, checkpoint = load_checkpoint(checkpoint_path)
         self.meta = checkpoint.meta
@@ -122,7 +123,7 @@ class OnnxClassifier:
         try:
             self.session = ort.InferenceSession(self.path, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for damaged files
-            raise ModelFileError(f"{name} is not a valid ONNX model ({_first_line(exc)})") from None
+            raise ModelFileError(f"{name} is not a valid ONNX model ({first_line(exc, 200)})") from None
         self.meta = read_onnx_metadata(self.session.get_modelmeta().custom_metadata_map, name)
         self.classes = list(self.meta["classes"])
         self.preprocessing = dict(self.meta["preprocessing"])
@@ -154,14 +155,14 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path | None]:
     """(checkpoint file, run folder or None) for a run folder or a checkpoint path."""
     path = Path(path)
     if path.is_dir():
-        checkpoint = path / CHECKPOINT_NAME
+        checkpoint = RunFolder(path).checkpoint
         if not checkpoint.is_file():
-            raise ModelFileError(f"{path} is not a run folder (it has no {CHECKPOINT_NAME})")
+            raise ModelFileError(f"{path} is not a run folder (it has no {CHECKPOINT})")
         return checkpoint, path
     if not path.is_file():
         raise ModelFileError(f"no such run folder or checkpoint: {path}")
     _refuse_pickle(path)
-    run_dir = path.parent if (path.parent / "metrics.json").is_file() else None
+    run_dir = path.parent if RunFolder(path.parent).metrics.is_file() else None
     return path, run_dir
 
 
@@ -233,10 +234,10 @@ def predict_images(classifier: TorchClassifier | OnnxClassifier, inputs: Iterabl
                    control: RunControl | None = None) -> PredictionReport:
     """Top-k labels with probabilities for every image in `inputs` (files and folders).
 
-    Images load through `engine.images.load_image` (EXIF rotation, any colour mode); unusable ones are
+    Images load through `engine.data.images.load_image` (EXIF rotation, any colour mode); unusable ones are
     listed in `report.skipped` with the reason and never stop the others. `threshold` in [0, 1]:
     below it the label is UNKNOWN (the top-k list still says what the model saw). `control` (optional)
-    is checked between batches, so a GUI can cancel (raises engine.control.Cancelled).
+    is checked between batches, so a GUI can cancel (raises engine.core.control.Cancelled).
     """
     if top_k < 1:
         raise ValueError(f"top-k must be at least 1, not {top_k}")
@@ -273,7 +274,7 @@ def _prediction(path: str, probs: np.ndarray, classes: list[str], top_k: int, th
 
 def write_csv(report: PredictionReport, path: str | os.PathLike, top_k: int) -> None:
     """One row per input image: path, label, score, then label_i/score_i for the top k, then error."""
-    from engine.fileio import atomic_path
+    from engine.core.files import atomic_path
     header = ["path", "label", "score"]
     for i in range(1, top_k + 1):
         header += [f"label_{i}", f"score_{i}"]
@@ -286,8 +287,3 @@ def write_csv(report: PredictionReport, path: str | os.PathLike, top_k: int) -> 
             writer.writerow([p.path, p.label, p.score, *ranked, *[""] * (2 * top_k - len(ranked)), ""])
         for s in report.skipped:
             writer.writerow([s["path"], "", "", *[""] * (2 * top_k), s["reason"]])
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__

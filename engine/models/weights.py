@@ -10,6 +10,8 @@ from collections import OrderedDict
 
 import torch
 
+from engine.core.errors import first_line
+
 _PREFIXES = ("module.", "model.", "backbone.", "_orig_mod.")
 _CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 
@@ -30,7 +32,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any parse failure means "not a weights file"
         raise WeightsError(f"cannot read weights from {os.path.basename(path)}: "
-                           f"{_first_line(exc)}") from None
+                           f"{first_line(exc, 200)}") from None
     return _unwrap(state, path)
 
 
@@ -44,10 +46,6 @@ def _unwrap(state, path: str) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{os.path.basename(path)} holds no tensors")
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

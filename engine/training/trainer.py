@@ -6,96 +6,32 @@ validation improves, so stopping at any moment never loses it.
 """
 from __future__ import annotations
 
-import math
-import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from engine.callbacks import Callback, CallbackList
-from engine.checkpoint import save_checkpoint
-from engine.control import Cancelled, RunControl
-from engine.data import AUGMENTATIONS, ImageDataset, eval_transform, train_transform
-from engine.dataset import DatasetReport
-from engine.evaluate import classification_metrics, predict_logits
-from engine.features import (ActivationCache, CachePlan, FeatureCache, FeatureDataset, HeadOnFeatures,
+from engine.core.callbacks import Callback, CallbackList
+from engine.core.errors import readable_error
+from engine.core.runfolder import RunFolder
+from engine.models.checkpoint import save_checkpoint
+from engine.core.control import Cancelled, RunControl
+from engine.data.transforms import ImageDataset, eval_transform, train_transform
+from engine.data.dataset import DatasetReport
+from engine.training.metrics import classification_metrics, predict_logits
+from engine.training.caches import (ActivationCache, CachePlan, FeatureCache, FeatureDataset, HeadOnFeatures,
                              SuffixOnActivations, plan_cache)
-from engine.fileio import write_json
-from engine.imagecache import MEMORY_FRACTION, DecodedImageCache, DecodedImages, format_bytes, memory_budget
-from engine.layers import FREEZE_PRESETS, LayerTree, block_groups, frozen_batchnorm_to_eval
-from engine.models import DEFAULT_BACKBONE, ModelBundle, create_model
-from engine.runtime import release_freed_memory, tune_malloc
-
-CHECKPOINT_NAME = "model.safetensors"
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "onecycle", "constant")
-BALANCING = ("none", "loss", "sampler")
-RECIPES = ("single", "two-stage")
-CACHE_MODES = ("auto", "off")
-
-
-@dataclass
-class TrainConfig:
-    """Every training choice, with defaults chosen from measurements (see README, "Defaults")."""
-
-    backbone: str = DEFAULT_BACKBONE
-    weights: str = "pretrained"          # 'pretrained' | 'random' | path to a weights file
-    epochs: int = 10
-    batch_size: int = 32
-    image_size: int | None = None        # None: the backbone's pretrained size
-    lr: float = 3e-3                     # for the head; deeper groups get lr * layer_decay**depth
-    optimizer: str = "adamw"
-    weight_decay: float = 0.01
-    schedule: str = "cosine"
-    warmup_epochs: float = 1.0
-    layer_decay: float = 0.6
-    label_smoothing: float = 0.1
-    balance: str = "none"
-    early_stopping: int = 0              # patience in epochs; 0 turns it off
-    grad_clip: float = 1.0               # max gradient norm; 0 turns it off
-    seed: int = 0
-    augmentation: str = "light"
-    freeze: str = "head"                 # 'head' | 'last-n' | 'none'
-    freeze_blocks: int = 2               # blocks that train with freeze='last-n'
-    frozen_parameters: list[str] | None = None   # explicit freeze state (GUI tree); overrides `freeze`
-    recipe: str = "single"               # 'two-stage': head first, then unfreeze at a lower rate
-    head_epochs: int = 3
-    stage2_lr_factor: float = 0.1
-    train_frozen_bn: bool = False        # let frozen BatchNorm layers update running statistics
-    cache: str = "auto"                  # 'auto': reuse frozen-backbone features when possible
-    cached_views: int = 1                # feature-cache views per image: 1 = un-augmented only (measured best)
-    num_workers: int = 0
-
-    def validate(self) -> None:
-        choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "balance": BALANCING,
-                   "recipe": RECIPES, "augmentation": AUGMENTATIONS, "freeze": FREEZE_PRESETS,
-                   "cache": CACHE_MODES}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-                    "cached_views": self.cached_views}
-        for name, value in positive.items():
-            if not value > 0:
-                raise ValueError(f"{name} must be positive, not {value}")
-        if self.image_size is not None and not 32 <= self.image_size <= 1024:
-            raise ValueError(f"image_size must be between 32 and 1024, not {self.image_size}")
-        if self.recipe == "two-stage" and not 0 < self.head_epochs < self.epochs:
-            raise ValueError("two-stage needs 0 < head_epochs < epochs")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
+from engine.core.files import write_json
+from engine.core.memory import MEMORY_FRACTION, format_bytes, memory_budget
+from engine.data.imagecache import DecodedImageCache, DecodedImages
+from engine.models.layers import LayerTree, frozen_batchnorm_to_eval
+from engine.models.catalog import ModelBundle, create_model
+from engine.training.config import TrainConfig
+from engine.training.optim import class_weights, make_optimizer, make_schedule, param_groups, seed_everything
+from engine.core.runtime import release_freed_memory, tune_malloc
 
 @dataclass
 class Stage:
@@ -121,13 +57,6 @@ class FitResult:
         return asdict(self)
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
 def plan_stages(config: TrainConfig) -> list[Stage]:
     if config.recipe == "single":
         return [Stage("train", config.epochs, config.lr, config.frozen_parameters, config.freeze,
@@ -146,55 +75,6 @@ def apply_stage_freeze(tree: LayerTree, stage: Stage) -> None:
         tree.apply_preset(stage.preset, stage.blocks)
 
 
-def param_groups(model: nn.Module, lr: float, layer_decay: float, weight_decay: float) -> list[dict]:
-    """One optimizer group per block group, lr shrinking by `layer_decay` with each step from the head.
-
-    Biases and norm weights (1-D tensors) get no weight decay, as is usual for fine-tuning.
-    """
-    named = dict(model.named_parameters())
-    groups = block_groups(model)
-    result = []
-    for depth, names in enumerate(reversed(groups)):
-        scale = layer_decay ** depth
-        for decay, chosen in ((weight_decay, [n for n in names if named[n].ndim > 1]),
-                              (0.0, [n for n in names if named[n].ndim <= 1])):
-            params = [named[n] for n in chosen if named[n].requires_grad]
-            if params:
-                result.append({"params": params, "lr": lr * scale, "weight_decay": decay, "lr_scale": scale})
-    return result
-
-
-def make_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=0.9, nesterov=True)
-    return torch.optim.AdamW(groups, lr=groups[0]["lr"])
-
-
-def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int,
-                  epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
-    total = max(1, steps_per_epoch * epochs)
-    if config.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total, pct_start=0.25)
-    warmup = min(total - 1, int(round(config.warmup_epochs * steps_per_epoch)))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if config.schedule == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / num_classes, 0.0)
-    return torch.tensor(weights, dtype=torch.float32)
-
-
 class Trainer:
     """Runs one fit. Construct, then call `fit()`; safe to run on a worker thread."""
 
@@ -210,7 +90,8 @@ class Trainer:
         self.bundle = bundle
         self.history: list[dict] = []
         self.best: tuple[float, float] | None = None     # (val_accuracy, val_loss)
-        self.checkpoint_path = self.run_dir / CHECKPOINT_NAME
+        self.files = RunFolder(self.run_dir)
+        self.checkpoint_path = self.files.checkpoint
         self._epoch = 0
         self._step = 0
         self.feature_cache: FeatureCache | None = None   # the cache the current stage trains on
@@ -222,7 +103,7 @@ class Trainer:
 
     # -- set-up ---------------------------------------------------------------------------------
     def _prepare(self) -> None:
-        tune_malloc()      # in case the app did not call engine.runtime.tune_process() at start-up
+        tune_malloc()      # in case the app did not call engine.core.runtime.tune_process() at start-up
         self.generator = seed_everything(self.config.seed)
         classes = self.report.classes
         if self.bundle is None:
@@ -347,7 +228,7 @@ class Trainer:
         try:
             return self._fit()
         except Exception as exc:
-            self.callbacks.on_error(_one_line(exc))
+            self.callbacks.on_error(readable_error(exc))
             raise
 
     def _fit(self) -> FitResult:
@@ -374,7 +255,7 @@ class Trainer:
         result = FitResult(status, str(self.run_dir),
                            str(self.checkpoint_path) if self.checkpoint_path.exists() else None,
                            metrics, self.history)
-        write_json(self.run_dir / "history.json", self.history)
+        write_json(self.files.history, self.history)
         self.callbacks.on_fit_end({"status": status, "run_dir": str(self.run_dir),
                                    "checkpoint": result.checkpoint,
                                    "val_accuracy": metrics.get("val_accuracy"),
@@ -382,7 +263,7 @@ class Trainer:
         return result
 
     def _announce(self, stages: list[Stage], steps_per_epoch: int, path: str) -> None:
-        write_json(self.run_dir / "config.json", self.config.to_dict())
+        write_json(self.files.config, self.config.to_dict())
         total, trainable = self.tree.counts()
         self.callbacks.on_fit_start({
             "epochs": sum(s.epochs for s in stages), "steps_per_epoch": steps_per_epoch,
@@ -489,8 +370,8 @@ class Trainer:
                                                     [s.path for s in samples])
             predictions[split] = results[split].pop("predictions")
         metrics = summarize_metrics(self.report.classes, results, self.bundle, self.config)
-        write_json(self.run_dir / "metrics.json", metrics)
-        write_json(self.run_dir / "predictions.json", predictions)
+        write_json(self.files.metrics, metrics)
+        write_json(self.files.predictions, predictions)
         return metrics
 
     def _eval_inputs(self, samples) -> tuple[nn.Module, DataLoader]:
@@ -531,11 +412,6 @@ def _improves(candidate: tuple[float, float], best: tuple[float, float], min_del
     """Higher validation accuracy wins; at equal accuracy, a clearly lower validation loss."""
     (acc, loss), (best_acc, best_loss) = candidate, best
     return acc > best_acc or (acc == best_acc and loss < best_loss - min_delta)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def train(report: DatasetReport, config: TrainConfig, run_dir: str | Path,

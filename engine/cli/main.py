@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 from engine import __version__
+from engine.core.errors import first_line
+from engine.core.runfolder import RunFolder
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -21,15 +23,15 @@ class BadInput(Exception):
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:
     """Errors that mean "the input is wrong", imported lazily so `--help` stays instant."""
-    from engine.checkpoint import CheckpointError
-    from engine.dataset import DatasetError
-    from engine.images import ImageError
-    from engine.models import ModelError
-    from engine.weights import WeightsError
+    from engine.models.checkpoint import CheckpointError
+    from engine.data.dataset import DatasetError
+    from engine.data.images import ImageError
+    from engine.models.catalog import ModelError
+    from engine.models.weights import WeightsError
     types = [BadInput, DatasetError, ModelError, CheckpointError, WeightsError, ImageError,
              FileNotFoundError, ValueError]
     try:
-        from engine.export import ExportError
+        from engine.outputs.export import ExportError
         types.append(ExportError)
     except ImportError:
         pass
@@ -38,7 +40,7 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
 
 # -- commands ---------------------------------------------------------------------------------------
 def cmd_inspect(args) -> int:
-    from engine.dataset import scan_dataset
+    from engine.data.dataset import scan_dataset
     report = scan_dataset(args.data, seed=args.seed)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -48,7 +50,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from engine.models import list_backbones
+    from engine.models.catalog import list_backbones
     rows = list_backbones()
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -62,8 +64,8 @@ def cmd_models(args) -> int:
 
 
 def _config_from_args(args):
-    from engine.layers import parse_freeze
-    from engine.train import TrainConfig
+    from engine.models.presets import parse_freeze
+    from engine.training.config import TrainConfig
     preset, blocks = parse_freeze(args.freeze)
     config = TrainConfig(backbone=args.model, epochs=args.epochs, batch_size=args.batch_size,
                          image_size=args.image_size, seed=args.seed, freeze=preset,
@@ -81,15 +83,15 @@ def _config_from_args(args):
 
 
 def cmd_train(args) -> int:
-    from engine.callbacks import ConsoleProgress
-    from engine.dataset import scan_dataset
-    from engine.train import Trainer
+    from engine.core.callbacks import ConsoleProgress
+    from engine.data.dataset import scan_dataset
+    from engine.training.trainer import Trainer
     config = _config_from_args(args)
     report = scan_dataset(args.data, seed=args.seed)
     _print_problem_summary(report)
     out = Path(args.out)
     result = Trainer(report, config, out, [ConsoleProgress()]).fit()
-    (out / "dataset_report.txt").write_text(report.format_text() + "\n", encoding="utf-8")
+    RunFolder(out).dataset_report.write_text(report.format_text() + "\n", encoding="utf-8")
     metrics = result.metrics
     summary = {"status": result.status, "run_dir": str(out), "checkpoint": result.checkpoint,
                "val_accuracy": metrics.get("val_accuracy"), "test_accuracy": metrics.get("test_accuracy")}
@@ -104,7 +106,7 @@ def _print_problem_summary(report) -> None:
 
 
 def cmd_demo(args) -> int:
-    from engine.paths import demo_dataset, user_data_dir
+    from engine.core.paths import demo_dataset, user_data_dir
     args.data = str(demo_dataset())
     args.out = args.out or str(user_data_dir() / "runs" / "demo")
     print(f"demo: training on {args.data} → {args.out}", file=sys.stderr)
@@ -113,7 +115,7 @@ def cmd_demo(args) -> int:
 
 # -- parser -----------------------------------------------------------------------------------------
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from engine.models import DEFAULT_BACKBONE
+    from engine.models.catalog import DEFAULT_BACKBONE
     p.add_argument("--model", default=DEFAULT_BACKBONE, help="backbone name (see `models`)")
     p.add_argument("--weights", default="pretrained",
                    help="'pretrained' (offline ImageNet weights) or a .safetensors/.pth file")
@@ -173,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _optional_commands():
     """Commands living in their own modules (export, predict), registered when present."""
     registrars = []
-    for module_name in ("engine.export_cli",):
+    for module_name in ("engine.cli.outputs",):
         try:
             module = __import__(module_name, fromlist=["register"])
             registrars.append(module.register)
@@ -192,13 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     except Exception as exc:  # noqa: BLE001 - the CLI's promise: one line, never a traceback
         if isinstance(exc, _bad_input_types()):
-            print(f"error: {_message(exc)}", file=sys.stderr)
+            print(f"error: {first_line(exc)}", file=sys.stderr)
             return EXIT_BAD_INPUT
         logging.getLogger("transferlab").exception("command %s failed", args.command)
-        print(f"failed: {type(exc).__name__}: {_message(exc)}", file=sys.stderr)
+        print(f"failed: {type(exc).__name__}: {first_line(exc)}", file=sys.stderr)
         return EXIT_FAILURE
-
-
-def _message(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

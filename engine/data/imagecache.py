@@ -25,40 +25,17 @@ import numpy as np
 from PIL import Image
 from torchvision.transforms import v2 as T
 
-from engine.control import RunControl
-from engine.data import interpolation_mode
-from engine.fileio import atomic_path
-from engine.images import load_image
-from engine.models import Preprocessing
-from engine.paths import cache_dir
+from engine.core.control import RunControl
+from engine.data.transforms import interpolation_mode
+from engine.core.files import atomic_path
+from engine.core.memory import MEMORY_FRACTION, format_bytes, memory_budget
+from engine.data.images import load_image
+from engine.data.preprocessing import Preprocessing
+from engine.core.paths import cache_dir
 
 FORMAT_VERSION = 1
-MEMORY_FRACTION = 0.25          # of physical RAM, for any one cache
 DISK_CACHES_KEPT = 2            # on-disk image caches kept besides the one in use
 _ESTIMATE_SAMPLE = 64           # image headers read to estimate the cache size
-
-
-def total_memory_bytes() -> int:
-    """Physical RAM; 8 GiB when the platform does not say (Windows without psutil)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        pass
-    try:
-        import psutil
-        return int(psutil.virtual_memory().total)
-    except ImportError:
-        return 8 * 2**30
-
-
-def memory_budget() -> int:
-    return int(total_memory_bytes() * MEMORY_FRACTION)
-
-
-def format_bytes(n: float) -> str:
-    if n < 1e6:
-        return f"{n / 1e3:.0f} KB"
-    return f"{n / 1e6:.0f} MB" if n < 1e9 else f"{n / 1e9:.1f} GB"
 
 
 def resized_bytes(width: int, height: int, size: int) -> int:

@@ -7,10 +7,8 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T
 
-from engine.images import load_image
-from engine.models import Preprocessing
-
-AUGMENTATIONS = ("none", "light", "strong")
+from engine.data.images import load_image
+from engine.data.preprocessing import AUGMENTATIONS, Preprocessing
 
 _INTERPOLATIONS = {
     "bicubic": T.InterpolationMode.BICUBIC,

@@ -10,7 +10,7 @@ APP_NAME = "TransferLab"
 
 def resources_dir() -> Path:
     """`resources/` beside the sources, or inside the frozen bundle (`sys._MEIPASS`)."""
-    base = Path(getattr(sys, "_MEIPASS", Path(__file__).resolve().parent.parent))
+    base = Path(getattr(sys, "_MEIPASS", Path(__file__).resolve().parents[2]))
     return base / "resources"
 
 

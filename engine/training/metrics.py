@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from engine.control import RunControl
+from engine.core.control import RunControl
 
 
 @torch.inference_mode()

@@ -5,14 +5,13 @@ the GUI checkboxes and what the optimizer trains cannot disagree.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-FREEZE_PRESETS = ("head", "last-n", "none")
+from engine.models.presets import FREEZE_PRESETS
 
 
 @dataclass(eq=False)
@@ -137,16 +136,6 @@ def trainable_param_names(model: nn.Module, preset: str, n_blocks: int = 2) -> l
         return list(groups[-1])
     kept = groups[-(n_blocks + 1):] if n_blocks > 0 else groups[-1:]
     return [name for group in kept for name in group]
-
-
-def parse_freeze(text: str) -> tuple[str, int]:
-    """CLI spelling → preset: 'head', 'none', or 'all-but-last-N' (N blocks plus the head train)."""
-    if text in ("head", "none"):
-        return text, 0
-    match = re.fullmatch(r"all-but-last-(\d+)", text)
-    if match:
-        return "last-n", int(match.group(1))
-    raise ValueError(f"--freeze must be head, none or all-but-last-N, not {text!r}")
 
 
 def frozen_batchnorm_to_eval(model: nn.Module) -> int:

@@ -19,11 +19,11 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset
 
-from engine.control import RunControl
-from engine.data import ImageDataset
-from engine.fileio import atomic_path
-from engine.layers import head_parameter_names
-from engine.paths import cache_dir
+from engine.core.control import RunControl
+from engine.data.transforms import ImageDataset
+from engine.core.files import atomic_path
+from engine.models.layers import head_parameter_names
+from engine.core.paths import cache_dir
 
 log = logging.getLogger("transferlab")
 

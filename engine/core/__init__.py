@@ -1,0 +1,1 @@
+"""The bottom layer: control flags, events, atomic files, paths, process settings, logging. No torch."""

@@ -1,0 +1,1 @@
+"""Images and datasets: decoding, scanning and checking what the user dropped, transforms, the image cache."""

@@ -1,0 +1,1 @@
+"""Backbones: the catalog and its offline weights, the layer tree with its freeze presets, checkpoints."""

@@ -1,0 +1,16 @@
+"""The freeze presets the Model step, the CLI and the trainer share, and their command-line spelling. No torch."""
+from __future__ import annotations
+
+import re
+
+FREEZE_PRESETS = ("head", "last-n", "none")
+
+
+def parse_freeze(text: str) -> tuple[str, int]:
+    """CLI spelling → preset: 'head', 'none', or 'all-but-last-N' (N blocks plus the head train)."""
+    if text in ("head", "none"):
+        return text, 0
+    match = re.fullmatch(r"all-but-last-(\d+)", text)
+    if match:
+        return "last-n", int(match.group(1))
+    raise ValueError(f"--freeze must be head, none or all-but-last-N, not {text!r}")
