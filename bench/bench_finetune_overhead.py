@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from common import Table, fashion_dataset, fresh_cache_dir, interleave, median, ratio
 from engine.data.transforms import ImageDataset, eval_transform, train_transform
-from engine.data.dataset import scan_dataset
+from engine.data.scan import scan_dataset
 from engine.data.imagecache import DecodedImageCache
 from engine.models.catalog import create_model
 from engine.training.config import TrainConfig

@@ -99,7 +99,7 @@ def main() -> None:
         window.train_panel.settings.set_values(epochs=args.epochs, batch_size=args.batch,
                                                image_size=args.image_size, augmentation="light")
         config = window.training_config()
-        report = window.report
+        report = window.state.report
         print(f"train {len(report.split('train'))} images, batch {args.batch}, {args.epochs} epochs, "
               f"{args.image_size} px, {len(config.frozen_parameters)} frozen parameters")
         runs: dict[str, list] = {"window": [], "headless": []}

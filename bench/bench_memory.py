@@ -33,7 +33,7 @@ VARIANTS = {
 def child(name: str, args) -> None:
     from engine.core.callbacks import Callback
     from engine.core.control import RunControl
-    from engine.data.dataset import scan_dataset
+    from engine.data.scan import scan_dataset
     from engine.models.catalog import create_model
     from engine.training.config import TrainConfig
     from engine.training.trainer import Trainer

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from common import Table, fashion_dataset, fresh_cache_dir, interleave, median, ratio
-from engine.data.dataset import scan_dataset
+from engine.data.scan import scan_dataset
 from engine.training.config import TrainConfig
 from engine.training.trainer import Trainer
 

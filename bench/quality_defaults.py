@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.data.dataset import scan_dataset  # noqa: E402
+from engine.data.scan import scan_dataset  # noqa: E402
 from engine.training.config import TrainConfig
 from engine.training.trainer import Trainer  # noqa: E402
 

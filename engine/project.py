@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from engine.data.dataset import DatasetReport, Problem, Sample
+from engine.data.report import DatasetReport, Problem, Sample
 from engine.core.files import write_json
 
 PROJECT_FORMAT = "transferlab-project/1"

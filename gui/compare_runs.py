@@ -1,8 +1,8 @@
 """Compare runs: the project's runs with their settings and final scores, curves overlaid.
 
 Each run's validation-accuracy curve is read from its `history.json` (small; read on the GUI
-thread) and drawn once. The plot is created on first use, so pyqtgraph is never imported before the
-window is on screen.
+thread) and drawn again only when its record changes (a run in progress, after each epoch). The plot
+is created for the first run listed, so pyqtgraph is never imported before the window is on screen.
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ class CompareRuns(QWidget):
         super().__init__(parent)
         self.records: list = []
         self.plot = None
-        self._curves: dict[str, object] = {}
+        self._curves: dict[str, tuple[object, object]] = {}      # run folder -> (its record, its curve)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -119,11 +119,13 @@ class CompareRuns(QWidget):
         self.plot.setLabel("bottom", "epoch")
         self.plot.addLegend(offset=(-10, -10))
         self.plot_area.addWidget(self.plot)
+        self.splitter.setSizes([1, 1])           # the table was laid out alone: share the height with the plot
 
     def set_runs(self, records: list) -> None:
-        """Show `records` (engine.project.RunRecord), newest last; every run starts checked."""
-        if self.plot is None:
+        """Show `records` (engine.project.RunRecord), newest last; a run new to the table starts checked."""
+        if records and self.plot is None:
             self._create_plot()
+        unchecked = {record.run_dir for record in self.records} - set(self.checked_runs())
         self.records = list(records)
         self.table.blockSignals(True)
         self.table.setSortingEnabled(False)
@@ -132,7 +134,7 @@ class CompareRuns(QWidget):
             config = record.config or {}
             name = cell(run_name(record), record.created)
             name.setFlags(name.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            name.setCheckState(Qt.CheckState.Checked)
+            name.setCheckState(Qt.CheckState.Unchecked if record.run_dir in unchecked else Qt.CheckState.Checked)
             name.setData(Qt.ItemDataRole.UserRole, record.run_dir)
             name.setToolTip(record.run_dir)
             lr = config.get("lr")
@@ -158,24 +160,27 @@ class CompareRuns(QWidget):
             self._redraw()
 
     def _redraw(self) -> None:
-        """A curve per run, created once and coloured by its place in the project; unchecked ones hide."""
+        """A curve per run, drawn when its record is new or changed and coloured by its place in the
+        project; unchecked ones hide."""
+        if self.plot is None:
+            return
         import pyqtgraph as pg
-        runs = {record.run_dir for record in self.records}
-        for run_dir in [r for r in self._curves if r not in runs]:       # another project was opened
-            self.plot.removeItem(self._curves.pop(run_dir))
+        current = {record.run_dir: record for record in self.records}
+        for run_dir in [r for r, (record, _) in self._curves.items() if current.get(r) != record]:
+            self.plot.removeItem(self._curves.pop(run_dir)[1])      # changed, or another project was opened
         checked = set(self.checked_runs())
         for number, record in enumerate(self.records):
             if record.run_dir not in self._curves:
                 history = [h for h in read_history(record.run_dir) if "val_accuracy" in h]
                 colour = COLOURS[number % len(COLOURS)]
-                self._curves[record.run_dir] = self.plot.plot(
+                self._curves[record.run_dir] = (record, self.plot.plot(
                     [h["epoch"] for h in history], [h["val_accuracy"] for h in history], name=run_name(record),
-                    pen=pg.mkPen(colour, width=2), symbol="o", symbolSize=5, symbolBrush=colour, symbolPen=None)
-            self._curves[record.run_dir].setVisible(record.run_dir in checked)
+                    pen=pg.mkPen(colour, width=2), symbol="o", symbolSize=5, symbolBrush=colour, symbolPen=None))
+            self._curves[record.run_dir][1].setVisible(record.run_dir in checked)
 
     def curve_points(self, run_dir: str) -> int:
         """Points drawn for a run (0 when unchecked): for tests."""
-        curve = self._curves.get(run_dir)
+        curve = self._curves.get(run_dir, (None, None))[1]
         if curve is None or not curve.isVisible():
             return 0
         x, _ = curve.getData()

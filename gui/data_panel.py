@@ -1,7 +1,7 @@
 """Step 1, Data: a drop zone for folders, zips and CSVs, then the engine's dataset report.
 
-The panel only displays; scanning runs on a worker started by the main window, which feeds the
-progress bar and hands the finished report and thumbnails back here.
+The panel shows the state's dataset report and asks for datasets with intent signals; scanning runs
+on a worker started by the main window, which feeds the progress bar and hands the class thumbnails here.
 """
 from __future__ import annotations
 
@@ -14,10 +14,13 @@ from PySide6.QtWidgets import (QAbstractItemView, QDialog, QDialogButtonBox, QHB
                                QHeaderView, QLabel, QPlainTextEdit, QProgressBar, QPushButton,
                                QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
+from engine.core.progress import stage_title
 from gui.drop_zone import DropZone
 
 if TYPE_CHECKING:
-    from gui.jobs import ScanResult
+    from PySide6.QtGui import QImage
+
+    from gui.state import AppState
 
 DATASET_SUFFIXES = (".zip", ".csv")
 SPLITS = ("train", "val", "test")
@@ -33,22 +36,31 @@ def droppable_paths(urls: list[QUrl]) -> list[str]:
 class DataPanel(QWidget):
     """Drop zone, open buttons, scan progress, class table with thumbnails and the problems list."""
 
+    load_requested = Signal(list)          # folders, zips or CSVs to scan
+    open_folder_requested = Signal()
+    open_file_requested = Signal()
+    demo_requested = Signal()
     cancel_scan_requested = Signal()
+    next_requested = Signal()
 
-    def __init__(self, parent: QWidget | None = None):
+    def __init__(self, state: AppState, parent: QWidget | None = None):
         super().__init__(parent)
-        self.report = None
+        self.state = state
         self.drop_zone = DropZone("Drop a folder of class sub-folders here\n"
                                   "(or several folders, a .zip, or a CSV of path,label)", droppable_paths, 110)
+        self.drop_zone.paths_dropped.connect(self.load_requested)
         self.open_folder_button = QPushButton("Open folder…")
         self.open_file_button = QPushButton("Open .zip or CSV…")
         self.demo_button = QPushButton("Open demo dataset")
         self.demo_button.setToolTip("300 Fashion-MNIST product photos in 10 classes, bundled with TransferLab")
+        self.open_folder_button.clicked.connect(self.open_folder_requested)
+        self.open_file_button.clicked.connect(self.open_file_requested)
+        self.demo_button.clicked.connect(self.demo_requested)
         self.progress = QProgressBar()
         self.progress.setTextVisible(True)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.cancel_scan_requested)
-        self.summary = QLabel("No dataset yet.")
+        self.summary = QLabel()
         self.summary.setWordWrap(True)
         self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.class_table = self._make_class_table()
@@ -61,9 +73,13 @@ class DataPanel(QWidget):
         self.show_folder_button = QPushButton("Show in folder")
         self.show_folder_button.clicked.connect(self._show_selected_problem_folder)
         self.next_button = QPushButton("Next: choose a model  →")
+        self.next_button.clicked.connect(self.next_requested)
         self._layout()
-        self.set_scanning(False)
-        self.show_report(None)
+        state.events.report.connect(self._show_report)
+        state.events.scanning.connect(self._show_scanning)
+        state.events.active_run.connect(self._enable_inputs)
+        self._show_scanning()
+        self._show_report()
 
     def _make_class_table(self) -> QTableWidget:
         table = QTableWidget(0, 6)
@@ -118,7 +134,8 @@ class DataPanel(QWidget):
         layout.addLayout(footer)
 
     # -- scan state --------------------------------------------------------------------------
-    def set_scanning(self, scanning: bool) -> None:
+    def _show_scanning(self) -> None:
+        scanning = self.state.scanning
         self.progress.setVisible(scanning)
         self.cancel_button.setVisible(scanning)
         if scanning:
@@ -128,26 +145,30 @@ class DataPanel(QWidget):
     def set_progress(self, stage: str, done: int, total: int) -> None:
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(done)
-        self.progress.setFormat(f"{stage}: {done:,} / {total:,}")
+        self.progress.setFormat(f"{stage_title(stage)} · {done:,} / {total:,}")
 
-    def set_inputs_enabled(self, enabled: bool) -> None:
+    def _enable_inputs(self) -> None:
+        """No new dataset while a run trains on this one."""
         for widget in (self.drop_zone, self.open_folder_button, self.open_file_button, self.demo_button):
-            widget.setEnabled(enabled)
+            widget.setEnabled(self.state.active_run is None)
 
     def show_error(self, message: str) -> None:
         self.summary.setText(f"<b>Cannot use this dataset:</b> {message}")
 
+    def show_cancelled(self) -> None:
+        self.summary.setText("Scan cancelled.")
+
     # -- report ------------------------------------------------------------------------------
-    def show_report(self, result: "ScanResult | None") -> None:
-        self.report = result.report if result else None
-        self.next_button.setEnabled(self.report is not None)
-        self.report_button.setEnabled(self.report is not None)
-        if result is None:
+    def _show_report(self) -> None:
+        report = self.state.report
+        self.next_button.setEnabled(report is not None)
+        self.report_button.setEnabled(report is not None)
+        if report is None:
+            self.summary.setText("No dataset yet.")
             self.class_table.setRowCount(0)
             self.problems.setRowCount(0)
             self._update_problem_buttons()
             return
-        report = result.report
         counts = report.counts()
         total = len(report.samples)
         self.summary.setText(
@@ -164,12 +185,16 @@ class DataPanel(QWidget):
                 if column:
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.class_table.setItem(row, column, item)
-            strip = QTableWidgetItem()
-            if name in result.thumbnails:
-                strip.setData(Qt.ItemDataRole.DecorationRole, QPixmap.fromImage(result.thumbnails[name]))
-            self.class_table.setItem(row, 5, strip)
+            self.class_table.setItem(row, 5, QTableWidgetItem())
         self.class_table.resizeColumnsToContents()
         self._show_problems(report.problems)
+
+    def show_thumbnails(self, strips: dict[str, QImage]) -> None:
+        """A strip of example images beside each class the table shows (drawn by the scan's worker)."""
+        for row in range(self.class_table.rowCount()):
+            name = self.class_table.item(row, 0).text()
+            if name in strips:
+                self.class_table.item(row, 5).setData(Qt.ItemDataRole.DecorationRole, QPixmap.fromImage(strips[name]))
 
     def _show_problems(self, problems) -> None:
         self.problems.setRowCount(len(problems))
@@ -192,17 +217,18 @@ class DataPanel(QWidget):
 
     def open_problem_file(self, row: int, folder: bool = False) -> None:
         """Open a problem file (or its folder) with the system's viewer."""
-        if self.report is None or not 0 <= row < len(self.report.problems):
+        report = self.state.report
+        if report is None or not 0 <= row < len(report.problems):
             return
-        path = Path(self.report.problems[row].path)
+        path = Path(report.problems[row].path)
         QDesktopServices.openUrl(QUrl.fromLocalFile(str(path.parent if folder or path.is_dir() else path)))
 
     def show_full_report(self) -> None:
-        if self.report is None:
+        if self.state.report is None:
             return
         dialog = QDialog(self)
         dialog.setWindowTitle("Dataset report")
-        text = QPlainTextEdit(self.report.format_text())
+        text = QPlainTextEdit(self.state.report.format_text())
         text.setReadOnly(True)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         buttons.rejected.connect(dialog.reject)

@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QGridLayout
                                QPushButton, QVBoxLayout, QWidget)
 
 from gui.gallery import GalleryItem, correction_text, scaled_pixmap
+from gui.thumbnails import rgb_qimage, thumbnail
 
 SHOWN_PX = 320
 CACHED_MODELS = 2
@@ -60,8 +61,7 @@ def explain(cache: ModelCache, checkpoint: str, path: str, class_index: int | No
         progress("Computing Grad-CAM", 1, 2)
         heat, index, probability = grad_cam(model, image, meta.preprocessing, class_index)
     blended = overlay(image, heat, meta.preprocessing)
-    height, width = blended.shape[:2]
-    picture = QImage(blended.tobytes(), width, height, 3 * width, QImage.Format.Format_RGB888).copy()
+    picture = rgb_qimage(blended)
     return Explanation(path, index, meta.classes[index], probability, picture)
 
 
@@ -107,7 +107,6 @@ class ImageDialog(QDialog):
         layout.addWidget(close)
 
     def show_item(self, item: GalleryItem, classes: list[str], correction: dict | None, can_explain: bool) -> None:
-        from gui.gallery import thumbnail
         self.item = item
         self.setWindowTitle(item.path)
         self.original.setPixmap(scaled_pixmap(thumbnail(item.path, SHOWN_PX), SHOWN_PX))

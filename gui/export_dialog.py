@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt, QUrl, Signal
 from PySide6.QtGui import QCloseEvent, QDesktopServices
@@ -18,10 +18,10 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, 
                                QWidget)
 
 from engine.core.control import RunControl
-from gui.workers import Task
 
 if TYPE_CHECKING:
     from engine.outputs.export import ExportResult
+    from gui.workers import Task, TaskGroup
 
 FORMATS = (("onnx", "ONNX (.onnx), verified against PyTorch"),
            ("safetensors", "PyTorch weights only (.safetensors)"))
@@ -67,12 +67,11 @@ class ExportDialog(QDialog):
     export_finished = Signal(object)      # ExportOutcome
     export_failed = Signal(str)
 
-    def __init__(self, source: str, default_path: str, start_task: Callable[..., Task] | None = None,
-                 parent: QWidget | None = None):
+    def __init__(self, source: str, default_path: str, tasks: TaskGroup, parent: QWidget | None = None):
         super().__init__(parent)
         self.setWindowTitle("Export model")
         self.source = source
-        self.start_task = start_task or self._start_own_task
+        self.tasks = tasks
         self.ask_save_path = self._ask_save_path
         self.task: Task | None = None
         self.outcome: ExportOutcome | None = None
@@ -167,11 +166,6 @@ class ExportDialog(QDialog):
         return path if path.suffix.lower() == suffix else path.with_name(path.name + suffix)
 
     # -- export ------------------------------------------------------------------------------
-    def _start_own_task(self, job, control: RunControl | None = None) -> Task:
-        task = Task(job, control, parent=self)
-        task.start()
-        return task
-
     def start_export(self) -> Task | None:
         if self.task is not None:
             return None
@@ -186,7 +180,7 @@ class ExportDialog(QDialog):
         self._set_running(True)
         self.result.setText("")
         self.open_folder_button.setVisible(False)
-        self.task = self.start_task(job, control)
+        self.task = self.tasks.start(job, control)
         self.task.progress.connect(self._on_progress)
         self.task.succeeded.connect(self._on_succeeded)
         self.task.failed.connect(self._on_failed)

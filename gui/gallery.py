@@ -9,13 +9,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, QSize, Qt, Signal
-from PySide6.QtGui import QAction, QColor, QFont, QImage, QPixmap
+from PySide6.QtGui import QAction, QColor, QFont, QFontMetrics, QImage, QPixmap
 from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QInputDialog, QLabel, QListView, QMenu,
-                               QPushButton, QVBoxLayout, QWidget)
+                               QPushButton, QStyledItemDelegate, QStyleOptionViewItem, QVBoxLayout, QWidget)
+
+from gui.thumbnails import thumbnail
 
 THUMBNAIL_PX = 96
+TILE_WIDTH = THUMBNAIL_PX + 64
+CAPTION_LINES = 3                      # true class, predicted class and score, the user's correction
+CAPTION_MARGIN = 8                     # what the style keeps of a tile's width around its text
+LINE_BREAK = "\u2028"                  # what a view's text layout breaks at ('\n' is not)
 Index = QModelIndex | QPersistentModelIndex
 PathRole = Qt.ItemDataRole.UserRole + 1
+ItemRole = Qt.ItemDataRole.UserRole + 2
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,18 @@ def correction_text(correction: dict | None) -> str:
     if not correction:
         return ""
     return "excluded" if correction["action"] == "exclude" else f"moved to {correction['label']}"
+
+
+def caption_lines(item: GalleryItem, note: str, metrics: QFontMetrics, width: int) -> list[str]:
+    """A tile's caption fitted to `width`: each class name is shortened on its own, so the predicted
+    class and its score always stay in view (the tooltip has every name in full)."""
+    def fit(text: str, room: int) -> str:
+        return metrics.elidedText(text, Qt.TextElideMode.ElideRight, max(0, room))
+
+    arrow, score = "→ ", f" ({item.score:.2f})"
+    predicted = fit(item.predicted, width - metrics.horizontalAdvance(arrow + score))
+    lines = [fit(item.true, width), arrow + predicted + score]
+    return lines + [fit(f"[{note}]", width)] if note else lines
 
 
 class GalleryModel(QAbstractListModel):
@@ -94,7 +113,27 @@ class GalleryModel(QAbstractListModel):
             return font
         if role == PathRole:
             return item.path
+        if role == ItemRole:
+            return item
         return None
+
+
+class CaptionDelegate(QStyledItemDelegate):
+    """Draws a tile with its caption as `caption_lines` (the style would cut the one-line caption at
+    the arrow, hiding the predicted class and score); every tile has the same size."""
+
+    def __init__(self, tile: QSize, parent=None):
+        super().__init__(parent)
+        self.tile = tile
+
+    def initStyleOption(self, option: QStyleOptionViewItem, index: Index) -> None:
+        super().initStyleOption(option, index)
+        item = index.data(ItemRole)
+        note = correction_text(index.model().corrections.get(item.path))
+        option.text = LINE_BREAK.join(caption_lines(item, note, option.fontMetrics, self.tile.width() - CAPTION_MARGIN))
+
+    def sizeHint(self, option: QStyleOptionViewItem, index: Index) -> QSize:
+        return self.tile
 
 
 def _placeholder() -> QImage:
@@ -123,7 +162,9 @@ class Gallery(QWidget):
         self.view.setUniformItemSizes(True)
         self.view.setWordWrap(True)
         self.view.setIconSize(QSize(THUMBNAIL_PX, THUMBNAIL_PX))
-        self.view.setGridSize(QSize(THUMBNAIL_PX + 64, THUMBNAIL_PX + 44))
+        tile = QSize(TILE_WIDTH, THUMBNAIL_PX + CAPTION_LINES * self.view.fontMetrics().lineSpacing() + 12)
+        self.view.setItemDelegate(CaptionDelegate(tile, self.view))
+        self.view.setGridSize(tile + QSize(4, 4))
         self.view.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.view.setModel(self.model)
         self.view.doubleClicked.connect(lambda index: self.image_opened.emit(self.model.items[index.row()], False))
@@ -242,29 +283,13 @@ def _button_for(action: QAction) -> QPushButton:
     return button
 
 
-def thumbnail(path: str, size: int = THUMBNAIL_PX) -> QImage:
-    """Decoded like training decodes (EXIF, transparency); an empty QImage when unreadable."""
-    from PIL import ImageOps
-    from engine.data.images import load_image
-    try:
-        image = ImageOps.contain(load_image(path), (size, size))
-    except Exception:        # a file deleted or broken since the run: show the blank tile
-        return QImage()
-    return pil_to_qimage(image)
-
-
-def pil_to_qimage(image) -> QImage:
-    image = image.convert("RGB")
-    return QImage(image.tobytes(), image.width, image.height, 3 * image.width, QImage.Format.Format_RGB888).copy()
-
-
 def load_thumbnails(paths: list[str], control, progress) -> dict[str, QImage]:
     """Worker job: thumbnails for `paths` (QImage is safe to build off the GUI thread)."""
     images = {}
     for done, path in enumerate(paths, 1):
         control.checkpoint()
-        images[path] = thumbnail(path)
-        progress("Loading thumbnails", done, len(paths))
+        images[path] = thumbnail(path, THUMBNAIL_PX)
+        progress("thumbnails", done, len(paths))
     return images
 
 

@@ -13,10 +13,12 @@ from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QImage, QPainter
 
 from engine.core.callbacks import Callback
-from engine.core.control import Cancelled, RunControl
+from engine.core.control import RunControl
+from engine.core.progress import Throttle
+from gui.thumbnails import thumbnail
 
 if TYPE_CHECKING:
-    from engine.data.dataset import DatasetReport
+    from engine.data.report import DatasetReport
     from engine.models.layers import LayerTree
     from engine.training.config import TrainConfig
     from engine.training.trainer import FitResult, Trainer
@@ -54,13 +56,8 @@ class ScanResult:
 
 def scan(paths: list[str], control: RunControl, progress) -> ScanResult:
     """Scan the dropped sources, then draw a strip of example thumbnails per class."""
-    from engine.data.dataset import ScanCancelled, scan_dataset
-    try:
-        report = scan_dataset(paths if len(paths) > 1 else paths[0], seed=0,
-                              progress=lambda done, total: progress("Checking images", done, total),
-                              should_stop=lambda: control.cancelled)
-    except ScanCancelled:
-        raise Cancelled() from None
+    from engine.data.scan import scan_dataset
+    report = scan_dataset(paths if len(paths) > 1 else paths[0], seed=0, progress=progress, control=control)
     return ScanResult(report, class_thumbnails(report, control, progress))
 
 
@@ -70,21 +67,9 @@ def class_thumbnails(report: "DatasetReport", control: RunControl, progress) -> 
     for index, name in enumerate(report.classes):
         control.checkpoint()
         paths = [s.path for s in report.samples if s.label == index][:THUMBNAILS_PER_CLASS]
-        strips[name] = _strip([_thumbnail(p) for p in paths])
-        progress("Drawing thumbnails", index + 1, len(report.classes))
+        strips[name] = _strip([thumbnail(p, THUMBNAIL_PX) for p in paths])
+        progress("thumbnails", index + 1, len(report.classes))
     return strips
-
-
-def _thumbnail(path: str) -> QImage:
-    from engine.data.images import load_image
-    try:
-        image = load_image(path)
-    except Exception:        # the scan already reported unreadable files; a blank tile is enough
-        return QImage()
-    from PIL import ImageOps
-    image = ImageOps.contain(image, (THUMBNAIL_PX, THUMBNAIL_PX))   # small images grow to the tile
-    data = image.tobytes()
-    return QImage(data, image.width, image.height, 3 * image.width, QImage.Format.Format_RGB888).copy()
 
 
 def _strip(tiles: list[QImage]) -> QImage:
@@ -122,28 +107,39 @@ def build_model(backbone: str, num_classes: int, progress) -> ModelInfo:
 
 # -- training --------------------------------------------------------------------------------------
 class TrainingEvents(QObject, Callback):
-    """Engine callback hooks re-emitted as Qt signals; emitted on the worker, delivered queued."""
+    """Engine callback hooks re-emitted as Qt signals; emitted on the worker, delivered queued.
 
-    fit_started = Signal(object)
+    Stage progress and batches pass a `Throttle` each, as every worker's progress does; epochs and
+    errors always pass. The end of a fit is not forwarded: the task's `succeeded` carries the FitResult.
+    """
+
+    fit_started = Signal(object)         # info dict
     stage_progress = Signal(str, int, int)
-    batch_ended = Signal(int, object)
-    epoch_ended = Signal(int, object)
-    fit_ended = Signal(object)
+    batch_ended = Signal(int, object)    # step, logs dict
+    epoch_ended = Signal(int, object)    # epoch, logs dict
+    fit_failed = Signal(str)             # the engine's one-line reason
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self._progress_throttle = Throttle()
+        self._batch_throttle = Throttle()
 
     def on_fit_start(self, info):
         self.fit_started.emit(info)
 
     def on_progress(self, stage, done, total):
-        self.stage_progress.emit(stage, done, total)
+        if self._progress_throttle.ready(stage, done, total):
+            self.stage_progress.emit(stage, done, total)
 
     def on_batch_end(self, step, logs):
-        self.batch_ended.emit(step, logs)
+        if self._batch_throttle.ready(f"epoch {logs['epoch']}", logs["batch"], logs["batches"]):
+            self.batch_ended.emit(step, logs)
 
     def on_epoch_end(self, epoch, logs):
         self.epoch_ended.emit(epoch, logs)
 
-    def on_fit_end(self, result):
-        self.fit_ended.emit(result)
+    def on_error(self, message):
+        self.fit_failed.emit(message)
 
 
 class TrainingRun:

@@ -1,8 +1,10 @@
 """The main window: Data → Model → Train → Results, with every engine job on a worker thread.
 
-It owns the background tasks and the state that links the steps (dataset report, layer tree,
-current run); the panels only display and ask. Torch and pyqtgraph load after the first paint, so
-the window appears about as fast as an empty one.
+It owns the application state (`gui.state.AppState`) and the one task group every background job
+runs on; panels render the state and write the user's intent into it. The window reacts to the state
+by starting engine work: it scans sources, builds the chosen backbone for the dataset's classes, and
+trains. Torch and pyqtgraph load after the first paint, so the window appears about as fast as an
+empty one.
 """
 from __future__ import annotations
 
@@ -19,15 +21,16 @@ from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, Q
 from engine import __version__
 from engine.core.control import RunControl
 from engine.core.paths import APP_NAME, demo_dataset, user_data_dir
-from engine.project import Project, RunRecord, apply_corrections
+from engine.project import apply_corrections
 from gui.data_panel import DataPanel
 from gui.export_dialog import ExportDialog
 from gui.gc_guard import GuiThreadGarbageCollector
 from gui.jobs import TrainingEvents, TrainingRun, build_model, load_engine, scan
 from gui.model_panel import ModelPanel
 from gui.predict_panel import PredictPanel
-from gui.project_io import ProjectController, latest_run
+from gui.project_io import ProjectController
 from gui.results_panel import ResultsPanel
+from gui.state import AppState
 from gui.train_panel import TrainPanel
 from gui.workers import Task, TaskGroup
 
@@ -53,21 +56,21 @@ class MainWindow(QMainWindow):
         super().__init__()
         self._gc = GuiThreadGarbageCollector(self)   # worker threads must never free Qt objects
         self.settings = settings or QSettings(str(user_data_dir() / "settings.ini"), QSettings.Format.IniFormat)
-        self.report = None
-        self.project = Project()          # label corrections and the runs, for Compare runs
-        self.engine = None
-        self.run: TrainingRun | None = None
-        self.training_task: Task | None = None
+        self.state = AppState()
         self.tasks = TaskGroup(self)
+        self.training_task: Task | None = None
         self._scan_task: Task | None = None
+        self._scan_sources: list[str] = []
         self._model_task: Task | None = None
+        self._run_config: dict = {}           # the active run's record: its config and parameter counts
+        self._best_accuracy: float | None = None
         self._loading_started = False
         self.setWindowTitle(APP_NAME)
-        self.data_panel = DataPanel()
-        self.model_panel = ModelPanel()
-        self.train_panel = TrainPanel()
-        self.results_panel = ResultsPanel()
-        self.predict_panel = PredictPanel(self._start_task)
+        self.data_panel = DataPanel(self.state)
+        self.model_panel = ModelPanel(self.state)
+        self.train_panel = TrainPanel(self.state)
+        self.results_panel = ResultsPanel(self.state, self.tasks)
+        self.predict_panel = PredictPanel(self.state, self.tasks)
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
         for number, (panel, title) in enumerate(((self.data_panel, "Data"), (self.model_panel, "Model"),
@@ -76,9 +79,10 @@ class MainWindow(QMainWindow):
             self.tabs.addTab(panel, f"{number + 1}  {title}")
         self.setCentralWidget(self.tabs)
         self._make_log_dock()
-        self.projects = ProjectController(self)        # File → New/Open/Save/Recent, autosave
+        self.projects = ProjectController(self.state, self.settings, self)   # File → New/Open/Save/Recent
         self._make_actions()
         self._connect_panels()
+        self._connect_state()
         self.engine_status = QLabel("Loading the training engine…")
         self.statusBar().addPermanentWidget(self.engine_status)
         self._restore_settings()
@@ -144,22 +148,37 @@ class MainWindow(QMainWindow):
             toolbar.addAction(action)
 
     def _connect_panels(self) -> None:
-        data, model, train = self.data_panel, self.model_panel, self.train_panel
-        data.drop_zone.paths_dropped.connect(self.load_dataset)
-        data.open_folder_button.clicked.connect(self.open_folder_dialog)
-        data.open_file_button.clicked.connect(self.open_file_dialog)
-        data.demo_button.clicked.connect(self.open_demo)
+        """The panels' intent signals: what the user asks the window to do."""
+        data, train = self.data_panel, self.train_panel
+        data.load_requested.connect(self.load_dataset)
+        data.open_folder_requested.connect(self.open_folder_dialog)
+        data.open_file_requested.connect(self.open_file_dialog)
+        data.demo_requested.connect(self.open_demo)
         data.cancel_scan_requested.connect(self.cancel_scan)
-        data.next_button.clicked.connect(self.next_step)
-        model.backbone_changed.connect(self._on_backbone_changed)
-        model.next_button.clicked.connect(self.next_step)
+        data.next_requested.connect(self.next_step)
+        self.model_panel.next_requested.connect(self.next_step)
         train.start_requested.connect(self.start_training)
         train.pause_requested.connect(self.set_paused)
         train.stop_requested.connect(self.stop_training)
+        train.settings.refused.connect(self.log)
         self.results_panel.correction_requested.connect(self.record_correction)
         self.results_panel.retrain_requested.connect(self.start_training)
-        self.projects.latest_run_changed.connect(self._on_latest_run_changed)
+        self.projects.logged.connect(self.log)
+        self.projects.saved.connect(self._on_project_saved)
         self.projects.opened.connect(self._on_project_opened)
+
+    def _connect_state(self) -> None:
+        """What the window does when the state changes: the engine work that makes it true."""
+        state = self.state
+        state.events.dataset_sources.connect(self._scan_opened_sources)
+        state.events.backbone.connect(self._on_backbone_changed)
+        for signal in (state.events.report, state.events.scanning):
+            signal.connect(self._request_model)
+        for signal in (state.events.engine, state.events.report, state.events.backbone, state.events.model,
+                       state.events.active_run):
+            signal.connect(self._update_actions)
+        state.events.latest_run.connect(self._on_latest_run_changed)
+        state.events.project_path.connect(self._show_title)
 
     def next_step(self) -> None:
         self.tabs.setCurrentIndex(self.tabs.currentIndex() + 1)
@@ -176,7 +195,7 @@ class MainWindow(QMainWindow):
             return
         self._loading_started = True
         self.train_panel.create_plots()
-        task = self._start_task(load_engine)
+        task = self.tasks.start(load_engine)
         task.succeeded.connect(self._on_engine_loaded)
         task.failed.connect(self._on_engine_failed)
 
@@ -184,22 +203,18 @@ class MainWindow(QMainWindow):
         self._report_error("The training engine failed to load", message, details)
 
     def _on_engine_loaded(self, engine) -> None:
-        self.engine = engine
+        """The panels fill their lists and settings from the engine; the last backbone used comes back
+        (unless a project opened meanwhile chose one)."""
         self.engine_status.setText("Engine ready")
-        self.train_panel.settings.set_defaults(engine.defaults, engine.choices)
-        backbone = self.settings.value("model/backbone", engine.default_backbone)
-        self.model_panel.set_backbones(engine.backbones, backbone)
-        self._update_actions()
+        self.state.engine = engine
+        if self.state.backbone is None:
+            saved = str(self.settings.value("model/backbone", engine.default_backbone))
+            self.state.choose_backbone(saved if self.state.backbone_row(saved) else engine.default_backbone)
         self.engine_ready.emit()
-
-    # -- tasks -------------------------------------------------------------------------------
-    def _start_task(self, job, control=None) -> Task:
-        return self.tasks.start(job, control)
 
     def shutdown(self) -> None:
         """Cancel every job and wait for its thread: nothing may outlive the window."""
         self.tasks.shutdown()
-        self.results_panel.shutdown()
 
     # -- data --------------------------------------------------------------------------------
     def open_folder_dialog(self) -> None:
@@ -225,47 +240,51 @@ class MainWindow(QMainWindow):
             self._scan_task.abandon()
         self.settings.setValue("data/last_folder", str(Path(paths[0]).parent))
         self.tabs.setCurrentWidget(self.data_panel)
-        self.data_panel.set_scanning(True)
         self.statusBar().showMessage(f"Scanning {', '.join(Path(p).name for p in paths)}…")
         control = RunControl()
-        self._scan_sources = [str(p) for p in paths]      # the project's dataset, once the scan succeeds
-        task = self._scan_task = self._start_task(partial(scan, list(paths), control), control)
+        self._scan_sources = [str(p) for p in paths]      # the dataset's sources, once the scan succeeds
+        self.state.scanning = True
+        task = self._scan_task = self.tasks.start(partial(scan, list(self._scan_sources), control), control)
         task.progress.connect(self.data_panel.set_progress)
         task.succeeded.connect(self._on_scan_succeeded)
         task.failed.connect(self._on_scan_failed)
         task.cancelled.connect(self._on_scan_cancelled)
         return task
 
+    def _scan_opened_sources(self) -> None:
+        """Sources set with no report (an opened project) are scanned: those still on disk."""
+        if self.state.report is None:
+            existing = [s for s in self.state.dataset_sources if Path(s).exists()]
+            if existing:
+                self.load_dataset(existing)
+
     def cancel_scan(self) -> None:
         if self._scan_task is not None:
             self._scan_task.cancel()
 
     def _on_scan_succeeded(self, result) -> None:
+        """The report, then its sources, then the end of scanning (which builds the model for its classes)."""
         self._scan_task = None
-        self.data_panel.set_scanning(False)
-        self.data_panel.show_report(result)
-        classes_changed = self.report is None or self.report.classes != result.report.classes
-        self.report = result.report
-        self.project.dataset_sources = self._scan_sources
-        self.log(f"Dataset: {len(self.report.samples):,} images, {len(self.report.classes)} classes, "
-                 f"{len(self.report.problems)} problem(s) from {self.report.root}")
+        report = self.state.report = result.report
+        self.state.dataset_sources = self._scan_sources
+        self.data_panel.show_thumbnails(result.thumbnails)
+        self.log(f"Dataset: {len(report.samples):,} images, {len(report.classes)} classes, "
+                 f"{len(report.problems)} problem(s) from {report.root}")
         self.statusBar().showMessage("Dataset ready", 5000)
-        if classes_changed:
-            self._request_model()
-        self._update_actions()
-        self.scan_finished.emit(self.report)
+        self.state.scanning = False
+        self.scan_finished.emit(report)
 
     def _on_scan_failed(self, message: str, _details: str) -> None:
         self._scan_task = None
-        self.data_panel.set_scanning(False)
+        self.state.scanning = False
         self.data_panel.show_error(message)
         self.log(f"Dataset rejected: {message}")
         self.scan_failed.emit(message)
 
     def _on_scan_cancelled(self) -> None:
         self._scan_task = None
-        self.data_panel.set_scanning(False)
-        self.data_panel.summary.setText("Scan cancelled.")
+        self.state.scanning = False
+        self.data_panel.show_cancelled()
 
     # -- model -------------------------------------------------------------------------------
     def _on_backbone_changed(self, backbone: str) -> None:
@@ -273,17 +292,17 @@ class MainWindow(QMainWindow):
         self._request_model()
 
     def _request_model(self) -> None:
-        """Build the chosen backbone (head sized for the dataset) on a worker for the layer tree."""
-        backbone = self.model_panel.backbone
-        if backbone is None:
+        """Build the chosen backbone, its head sized for the dataset, on a worker for the layer tree.
+        While a scan runs the classes are not known yet: the scan's end asks again."""
+        state = self.state
+        if state.engine is None or state.backbone is None or state.scanning or state.model_is_current():
             return
-        num_classes = len(self.report.classes) if self.report else IMAGENET_CLASSES
+        num_classes = len(state.report.classes) if state.report else IMAGENET_CLASSES
         if self._model_task is not None:
             self._model_task.abandon()   # the user picked another backbone meanwhile
-        task = self._model_task = self._start_task(partial(build_model, backbone, num_classes))
+        task = self._model_task = self.tasks.start(partial(build_model, state.backbone, num_classes))
         task.succeeded.connect(self._on_model_built)
         task.failed.connect(self._on_model_failed)
-        self._update_actions()
 
     def _on_model_failed(self, message: str, details: str) -> None:
         self._model_task = None
@@ -291,20 +310,15 @@ class MainWindow(QMainWindow):
 
     def _on_model_built(self, info) -> None:
         self._model_task = None
-        previous = self.model_panel.info
-        same_backbone = previous is not None and previous.backbone == info.backbone
-        self.model_panel.set_model(info, previous.tree.frozen_parameter_names() if same_backbone else None)
-        self.train_panel.settings.set_image_sizes(info.input_size)
-        self._update_actions()
+        self.state.use_model(info)
         self.model_ready.emit(info)
 
     # -- training ----------------------------------------------------------------------------
     def training_config(self):
-        """TrainConfig from the form, the model step and the layer tree's exact freeze state."""
-        from engine.training.config import TrainConfig
-        config = TrainConfig(**self.train_panel.settings.values(), backbone=self.model_panel.backbone,
-                             weights=self.model_panel.weights_choice, freeze="none",
-                             frozen_parameters=self.model_panel.frozen_parameter_names())
+        """The run as set up (settings, weights, the tree's exact freeze state), validated."""
+        if self.state.invalid_setting:
+            raise ValueError(self.state.invalid_setting)
+        config = self.state.training_config()
         config.validate()
         return config
 
@@ -321,35 +335,56 @@ class MainWindow(QMainWindow):
             self.train_panel.show_error(str(exc), heading="Cannot start training:")
             return None
         run_dir = user_data_dir() / "runs" / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-        report = apply_corrections(self.report, self.project.corrections)     # never touches the files
-        self.run = TrainingRun(report, config, run_dir, TrainingEvents())
-        self._connect_run(self.run.events)
-        task = self.training_task = self.tasks.track(Task(self.run, self.run.control, self))
-        self.run.events.setParent(task)          # goes with the task once its thread has ended
+        report = apply_corrections(self.state.report, dict(self.state.corrections))   # never touches the files
+        run = TrainingRun(report, config, run_dir, TrainingEvents())
+        self._connect_run(run.events)
+        task = self.training_task = self.tasks.prepare(run, run.control)
+        run.events.setParent(task)               # goes with the task once its thread has ended
         task.succeeded.connect(self._on_training_succeeded)
         task.failed.connect(self._on_training_failed)
         task.done.connect(self._on_training_thread_done)
+        self._run_config, self._best_accuracy = config.to_dict(), None
+        self.state.active_run = run
         self.train_panel.on_run_started()
         self.tabs.setCurrentWidget(self.train_panel)
         self.log(f"Training {config.backbone} for {config.epochs} epochs into {run_dir}")
-        self._update_actions()
-        self.training_started.emit(self.run)
+        self.training_started.emit(run)
         task.start()
-        return self.run
+        return run
 
     def _connect_run(self, events: TrainingEvents) -> None:
         panel = self.train_panel
         events.fit_started.connect(panel.on_fit_started)
+        events.fit_started.connect(self._on_fit_started)
         events.stage_progress.connect(panel.on_stage_progress)
         events.batch_ended.connect(panel.on_batch_ended)
         events.epoch_ended.connect(panel.on_epoch_ended)
+        events.fit_failed.connect(panel.on_fit_failed)
         events.epoch_ended.connect(self._log_epoch)
         events.epoch_ended.connect(self.epoch_ended)
+        events.epoch_ended.connect(self._on_epoch_ended)
 
     def _log_epoch(self, epoch: int, logs: dict) -> None:
         self.log(f"epoch {epoch}: loss {logs['loss']:.4f}, accuracy {logs['accuracy']:.3f}, "
                  f"val_loss {logs['val_loss']:.4f}, val_accuracy {logs['val_accuracy']:.3f}"
                  f"{' (best so far)' if logs['best'] else ''}")
+
+    def _on_fit_started(self, info: dict) -> None:
+        """Compare runs shows how much of the model a run trained."""
+        self._run_config.update(params_total=info["params_total"], params_trainable=info["params_trainable"])
+
+    def _on_epoch_ended(self, _epoch: int, logs: dict) -> None:
+        """The run is recorded as 'running' with its best accuracy so far after each epoch."""
+        accuracy = logs.get("val_accuracy")
+        if accuracy is not None and (self._best_accuracy is None or accuracy > self._best_accuracy):
+            self._best_accuracy = accuracy
+        self._record_active_run("running", {"val_accuracy": self._best_accuracy})
+
+    def _record_active_run(self, status: str, metrics: dict) -> None:
+        run = self.state.active_run
+        if run is not None:               # an epoch's news may arrive after a shutdown ended the run
+            self.state.record_run(str(run.run_dir), status, self._run_config, metrics.get("val_accuracy"),
+                                  metrics.get("test_accuracy"))
 
     def set_paused(self, paused: bool) -> None:
         if self.training_task is None:
@@ -373,7 +408,7 @@ class MainWindow(QMainWindow):
             self.train_panel.stage.setText("Stopping after this batch…")
 
     def _on_training_succeeded(self, result) -> None:
-        self._record_run(result)
+        self._record_active_run(result.status, result.metrics)
         self.results_panel.show_result(result)
         accuracy = result.metrics.get("val_accuracy")
         self.log(f"Training {result.status}" + (f": validation accuracy {accuracy:.3f}" if accuracy is not None else ""))
@@ -382,49 +417,45 @@ class MainWindow(QMainWindow):
             self.train_panel.progress.setValue(self.train_panel.progress.maximum())
         self.training_finished.emit(result)
 
-    def _record_run(self, result) -> None:
-        """Add the finished (or stopped) run to the project, for Compare runs."""
-        config = self.run.config.to_dict()
-        if self.run.trainer is not None:            # its thread has ended: safe to read here
-            config["params_total"], config["params_trainable"] = self.run.trainer.tree.counts()
-        previous = next((r for r in self.project.runs if r.run_dir == result.run_dir), None)
-        self.project.add_run(RunRecord(result.run_dir, previous.created if previous else
-                                       datetime.now().isoformat(timespec="seconds"),
-                                       self.run.config.backbone, result.status, result.metrics.get("val_accuracy"),
-                                       result.metrics.get("test_accuracy"), config))
-        self.results_panel.compare.set_runs(self.project.runs)
+    def _on_training_failed(self, message: str, details: str) -> None:
+        self._record_active_run("failed", {"val_accuracy": self._best_accuracy})
+        self.train_panel.show_error(message, details)
+        self.log(f"Training failed: {message}")
+        self.training_failed.emit(message)
+
+    def _on_training_thread_done(self, _task: Task) -> None:
+        self.training_task = None
+        self.state.active_run = None
+        self.train_panel.plots.stop()
 
     def record_correction(self, path: str, action: str, label: str = "") -> None:
-        """Exclude, relabel or restore one image in the project; the next run applies it."""
-        if action == "exclude":
-            self.project.exclude(path)
-        elif action == "relabel":
-            self.project.relabel(path, label)
-        else:
-            self.project.restore(path)
-        self.results_panel.set_corrections(self.project.corrections)
+        """Exclude, relabel or restore one image; the next run applies it (the project autosaves it)."""
+        self.state.correct(path, action, label)
         described = {"exclude": "excluded from training", "relabel": f"moved to class {label}",
                      "restore": "restored"}[action]
         self.log(f"{Path(path).name} {described} (applies from the next run)")
-        self.projects.autosave()                 # the correction is in the project file right away
 
-    # -- project, export, try it ---------------------------------------------------------------
-    def _on_project_opened(self, project) -> None:
-        self.results_panel.compare.set_runs(project.runs)
-        self.results_panel.set_corrections(project.corrections)
+    # -- project, export ------------------------------------------------------------------------
+    def _show_title(self, path: str | None) -> None:
+        self.setWindowTitle(f"{Path(path).stem} – {APP_NAME}" if path else APP_NAME)
 
-    def _on_latest_run_changed(self, run_dir: str) -> None:
-        self.predict_panel.set_latest_run(run_dir)
-        self.export_action.setEnabled(bool(run_dir))
+    def _on_project_saved(self, path: str) -> None:
+        self.statusBar().showMessage(f"Project saved to {path}", 5000)
+
+    def _on_project_opened(self, path: str) -> None:
+        self.statusBar().showMessage(f"Project {Path(path).name} opened", 5000)
+
+    def _on_latest_run_changed(self, record) -> None:
+        self.export_action.setEnabled(record is not None)
 
     def show_export_dialog(self) -> ExportDialog | None:
         """Export the newest finished run (non-modal: the window stays usable meanwhile)."""
-        run = latest_run(self.project)
+        run = self.state.latest_run
         if run is None:
             return None
         folder = Path(str(self.settings.value("export/last_folder", str(Path.home()))))
         dialog = ExportDialog(run.run_dir, str(folder / f"{run.backbone}-{Path(run.run_dir).name}.onnx"),
-                              self._start_task, self)
+                              self.tasks, self)
         dialog.export_finished.connect(self._remember_export_folder)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.show()
@@ -434,23 +465,14 @@ class MainWindow(QMainWindow):
         written = outcome.onnx.path if outcome.onnx is not None else outcome.weights
         self.settings.setValue("export/last_folder", str(Path(written).parent))
 
-    def _on_training_failed(self, message: str, details: str) -> None:
-        self.train_panel.show_error(message, details)
-        self.log(f"Training failed: {message}")
-        self.training_failed.emit(message)
-
-    def _on_training_thread_done(self, _task: Task) -> None:
-        self.training_task = None
-        self.train_panel.plots.stop()
-        self._update_actions()
-
     # -- state of actions and panels ---------------------------------------------------------
     def _can_start(self) -> bool:
-        return (self.training_task is None and self.report is not None and self.engine is not None
-                and self.model_panel.info is not None and self._model_task is None)
+        state = self.state
+        return (state.active_run is None and state.report is not None and state.engine is not None
+                and state.model_is_current())
 
     def _update_actions(self) -> None:
-        training = self.training_task is not None
+        training = self.state.active_run is not None
         self.start_action.setEnabled(self._can_start())
         self.pause_action.setEnabled(training)
         self.stop_action.setEnabled(training)
@@ -458,8 +480,6 @@ class MainWindow(QMainWindow):
             self.pause_action.setChecked(False)
         self.train_panel.set_running(training, self._can_start())
         self.results_panel.retrain_button.setEnabled(self._can_start())
-        self.model_panel.set_editable(not training)
-        self.data_panel.set_inputs_enabled(not training)
         for action in (self.open_folder_action, self.open_file_action, self.demo_action):
             action.setEnabled(not training)
 
@@ -519,7 +539,7 @@ class MainWindow(QMainWindow):
             self.shutdown()
         finally:
             QApplication.restoreOverrideCursor()
-        if self.project.dataset_sources or self.project.runs:
+        if self.state.dataset_sources or self.state.runs:
             self.projects.autosave()     # nothing lost: an unsaved project reopens from File → Recent
         self._save_settings()
         event.accept()

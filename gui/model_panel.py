@@ -1,7 +1,8 @@
 """Step 2, Model: pick a backbone (seeing which weights are offline) and choose what trains.
 
-The layer tree shows a model built for this purpose on a worker; its freeze state is what the
-training run receives, as the list of frozen parameter names.
+The panel shows the state: the engine's backbones, the chosen one and its weights, and the layer tree
+of the model the window built for it; the user's choices go back into the state. The tree's freeze
+state is what the training run receives, as the list of frozen parameter names.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, Q
 from gui.layer_model import LayerTreeModel
 
 if TYPE_CHECKING:
-    from gui.jobs import ModelInfo
+    from gui.state import AppState
 
 WEIGHT_CHOICES = (("pretrained", "ImageNet (offline)"), ("random", "Random (train from scratch)"),
                   ("file", "From a file…"))
@@ -29,13 +30,11 @@ def format_count(n: int) -> str:
 class ModelPanel(QWidget):
     """Backbone list and details on the left, the layer tree with presets and live counts on the right."""
 
-    backbone_changed = Signal(str)
+    next_requested = Signal()
 
-    def __init__(self, parent: QWidget | None = None):
+    def __init__(self, state: AppState, parent: QWidget | None = None):
         super().__init__(parent)
-        self.backbones: dict[str, dict] = {}
-        self.info: ModelInfo | None = None
-        self.weights_file = ""
+        self.state = state
         self.layer_model = LayerTreeModel(self)
         self.layer_model.counts_changed.connect(self._show_counts)
         self.backbone_list = QListWidget()
@@ -69,8 +68,14 @@ class ModelPanel(QWidget):
         self.last_n_button.clicked.connect(self.train_last_blocks)
         self.everything_button.clicked.connect(self.train_everything)
         self.next_button = QPushButton("Next: train  →")
+        self.next_button.clicked.connect(self.next_requested)
         self._layout()
-        self.set_model(None)
+        state.events.engine.connect(self._show_backbones)
+        state.events.backbone.connect(self._show_backbone)
+        state.events.weights.connect(self._show_weights)
+        state.events.model.connect(self._show_model)
+        state.events.active_run.connect(self._show_editable)
+        self._show_model()
 
     def _layout(self) -> None:
         details = QGroupBox("Backbone")
@@ -110,12 +115,11 @@ class ModelPanel(QWidget):
         layout.addLayout(footer)
 
     # -- backbones ---------------------------------------------------------------------------
-    def set_backbones(self, rows: list[dict], selected: str) -> None:
-        """Fill the list; each row says whether its ImageNet weights are on this machine."""
-        self.backbones = {row["name"]: row for row in rows}
+    def _show_backbones(self) -> None:
+        """The engine's list; each row says whether its ImageNet weights are on this machine."""
         self.backbone_list.blockSignals(True)
         self.backbone_list.clear()
-        for row in rows:
+        for row in self.state.engine.backbones:
             offline = row["weights_available"]
             item = QListWidgetItem(f"{row['title']}\n    {'✓ weights offline' if offline else '✗ no offline weights'}")
             item.setData(Qt.ItemDataRole.UserRole, row["name"])
@@ -124,67 +128,64 @@ class ModelPanel(QWidget):
                 item.setForeground(QColor(Qt.GlobalColor.gray))
             self.backbone_list.addItem(item)
         self.backbone_list.blockSignals(False)
-        names = list(self.backbones)
-        self.backbone_list.setCurrentRow(names.index(selected) if selected in names else 0)
-
-    @property
-    def backbone(self) -> str | None:
-        item = self.backbone_list.currentItem()
-        return item.data(Qt.ItemDataRole.UserRole) if item else None
+        self._show_backbone()
 
     def _on_backbone_selected(self, item, _previous=None) -> None:
-        if item is None:
+        if item is not None:
+            self.state.choose_backbone(item.data(Qt.ItemDataRole.UserRole))
+
+    def _show_backbone(self) -> None:
+        names = [self.backbone_list.item(i).data(Qt.ItemDataRole.UserRole) for i in range(self.backbone_list.count())]
+        if self.state.backbone not in names:
             return
-        row = self.backbones[item.data(Qt.ItemDataRole.UserRole)]
-        pretrained = self.weights.model().item(0)
-        pretrained.setEnabled(row["weights_available"])
-        if row["weights_available"]:
-            self.weights.setCurrentIndex(0)
-            self.weights_note.setText(f"from {row['weights_source']}")
-        else:
-            self.weights.setCurrentIndex(1)
-            self.weights_note.setText(f"No ImageNet weights on this machine: {row['hint']}")
-        self.param_count.setText("…")
-        self.backbone_changed.emit(row["name"])
+        self.backbone_list.blockSignals(True)
+        self.backbone_list.setCurrentRow(names.index(self.state.backbone))
+        self.backbone_list.blockSignals(False)
+        available = self.state.backbone_row(self.state.backbone)["weights_available"]
+        self.weights.model().item(0).setEnabled(available)
+        self._show_weights()
+        if not self.state.model_is_current():
+            self.param_count.setText("…")
 
     def _on_weights_activated(self, index: int) -> None:
-        if self.weights.itemData(index) != "file":
+        key = self.weights.itemData(index)
+        if key != "file":
+            self.state.weights = key
             return
         path, _ = QFileDialog.getOpenFileName(self, "Weights file", "", "Weights (*.safetensors *.pth *.pt)")
         if path:
-            self.weights_file = path
-            self.weights_note.setText(path)
+            self.state.weights = path
         else:
-            self.weights.setCurrentIndex(0 if self.weights.model().item(0).isEnabled() else 1)
+            self._show_weights()              # cancelled: back to the choice the state holds
 
-    @property
-    def weights_choice(self) -> str:
-        """The `weights` value for TrainConfig: 'pretrained', 'random' or a file path."""
-        key = self.weights.currentData()
-        return self.weights_file if key == "file" else key
+    def _show_weights(self) -> None:
+        weights = self.state.weights
+        row = self.state.backbone_row(self.state.backbone) if self.state.backbone else None
+        self.weights.setCurrentIndex(self.weights.findData(weights if weights in ("pretrained", "random") else "file"))
+        if weights not in ("pretrained", "random"):
+            self.weights_note.setText(weights)
+        elif row is not None:
+            self.weights_note.setText(f"from {row['weights_source']}" if row["weights_available"]
+                                      else f"No ImageNet weights on this machine: {row['hint']}")
 
     # -- layer tree --------------------------------------------------------------------------
-    def set_model(self, info: "ModelInfo | None", frozen: list[str] | None = None) -> None:
-        """Show a freshly built model; `frozen` restores a previous freeze state, else head only."""
-        self.info = info
+    def _show_model(self) -> None:
+        """The model built for the chosen backbone, its tree already in the state's freeze state."""
+        info = self.state.model
         self._enable_presets()
         if info is None:
             self.layer_model.set_tree(None)
             return
         self.n_blocks.setRange(1, info.n_blocks)      # clamps the user's N to this backbone
         self.input_size.setText(f"{info.input_size} × {info.input_size} px")
-        if frozen is None:
-            info.tree.apply_preset("head")
-        else:
-            info.tree.freeze_parameters(frozen)
         self.layer_model.set_tree(info.tree)
         self.tree.expand(self.layer_model.index(0, 0))
         for column in range(1, self.layer_model.columnCount()):
             self.tree.resizeColumnToContents(column)
 
     def apply_preset(self, preset: str) -> None:
-        if self.info is not None:
-            self.info.tree.apply_preset(preset, self.n_blocks.value())
+        if self.state.model is not None:
+            self.state.model.tree.apply_preset(preset, self.n_blocks.value())
 
     # Bound methods, not lambdas: a lambda holding `self` on a child's signal keeps the widget
     # alive in a cycle through C++, which crashes when PySide tears the application down.
@@ -197,18 +198,16 @@ class ModelPanel(QWidget):
     def train_everything(self) -> None:
         self.apply_preset("none")
 
-    def frozen_parameter_names(self) -> list[str]:
-        return self.info.tree.frozen_parameter_names() if self.info else []
-
-    def set_editable(self, editable: bool) -> None:
+    def _show_editable(self) -> None:
         """During training the tree stays browsable but its checkboxes and presets are locked."""
+        editable = self.state.active_run is None
         self.layer_model.set_editable(editable)
         self.backbone_list.setEnabled(editable)
         self.weights.setEnabled(editable)
         self._enable_presets()
 
     def _enable_presets(self) -> None:
-        enabled = self.info is not None and self.layer_model.editable
+        enabled = self.state.model is not None and self.layer_model.editable
         for widget in (self.head_button, self.last_n_button, self.n_blocks, self.everything_button):
             widget.setEnabled(enabled)
 
@@ -224,7 +223,7 @@ class ModelPanel(QWidget):
     def _speed_hint(self) -> str:
         """What these layers train on: the frozen part computed once is what makes training fast."""
         from engine.training.caches import plan_cache      # torch is loaded by now: the model is
-        plan = plan_cache(self.info.tree.model)
+        plan = plan_cache(self.state.model.tree.model)
         if plan.kind == "features":
             return "Fast: the backbone runs once per image, then only the head trains."
         if plan.kind == "activations":

@@ -1,15 +1,16 @@
 """Step 5, Try it: drop photos (or a folder) and see what the model says, with probabilities.
 
-The model is the latest run, an exported `.onnx` file or any checkpoint/run folder; prediction runs
-the engine's `predict_images` on a worker (the classifier is loaded there too and kept for the next
-drop), so the window stays responsive on a large folder and the user can cancel.
+The model is the project's latest usable run (from the application state), an exported `.onnx` file or
+any checkpoint/run folder; prediction runs the engine's `predict_images` on a worker of the window's
+task group (the classifier is loaded there too and kept for the next drop), so the window stays
+responsive on a large folder and the user can cancel.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QRect, QSize, Qt, QUrl, Signal
 from PySide6.QtGui import QColor, QImage, QPainter, QPixmap
@@ -21,10 +22,12 @@ from engine.core.control import RunControl
 from engine.core.runfolder import RunFolder
 from engine.data.images import IMAGE_EXTENSIONS, has_image_extension
 from gui.drop_zone import DropZone
-from gui.workers import Task
+from gui.thumbnails import thumbnail
 
 if TYPE_CHECKING:
     from engine.outputs.predict import PredictionReport
+    from gui.state import AppState
+    from gui.workers import Task, TaskGroup
 
 THUMBNAIL_PX = 72
 TOPK_ROLE = Qt.ItemDataRole.UserRole + 1
@@ -62,19 +65,8 @@ def predict_job(model_path: str, cached: PredictOutcome | None, inputs: list[str
     thumbnails = {}
     for prediction in report.predictions:
         control.checkpoint()
-        thumbnails[prediction.path] = thumbnail(prediction.path)
+        thumbnails[prediction.path] = thumbnail(prediction.path, THUMBNAIL_PX)
     return PredictOutcome(key, classifier, report, thumbnails)
-
-
-def thumbnail(path: str) -> QImage:
-    """The image as the model saw it (EXIF rotation, any colour mode), fitted in a square tile."""
-    from PIL import ImageOps
-    from engine.data.images import ImageError, load_image
-    try:
-        image = ImageOps.contain(load_image(path), (THUMBNAIL_PX, THUMBNAIL_PX))
-    except ImageError:           # changed on disk since it was classified: the row simply has no picture
-        return QImage()
-    return QImage(image.tobytes(), image.width, image.height, 3 * image.width, QImage.Format.Format_RGB888).copy()
 
 
 def short_name(path: str) -> str:
@@ -139,13 +131,13 @@ class PredictPanel(QWidget):
     predictions_shown = Signal(object)     # engine PredictionReport
     prediction_failed = Signal(str)
 
-    def __init__(self, start_task: Callable[..., Task] | None = None, parent: QWidget | None = None):
+    def __init__(self, state: AppState, tasks: TaskGroup, parent: QWidget | None = None):
         super().__init__(parent)
-        self.start_task = start_task or self._start_own_task
+        self.state = state
+        self.tasks = tasks
         self.ask_model_path = self._ask_model_path
         self.ask_images = self._ask_images
         self.ask_folder = self._ask_folder
-        self.latest_run: str | None = None
         self.chosen_model: str | None = None       # for the 'onnx' and 'checkpoint' sources
         self.task: Task | None = None
         self._cached: PredictOutcome | None = None
@@ -171,6 +163,7 @@ class PredictPanel(QWidget):
         self.table = self._make_table()
         self._layout()
         self._set_running(False)
+        state.events.latest_run.connect(self._show_model)
         self._show_model()
 
     def _make_table(self) -> QTableWidget:
@@ -212,12 +205,9 @@ class PredictPanel(QWidget):
     # -- which model ----------------------------------------------------------------------------
     @property
     def model_path(self) -> str | None:
-        return self.latest_run if self.source.currentData() == "latest" else self.chosen_model
-
-    def set_latest_run(self, run_dir: str | None) -> None:
-        """The window's newest finished run ('' or None when there is none)."""
-        self.latest_run = run_dir or None
-        self._show_model()
+        if self.source.currentData() != "latest":
+            return self.chosen_model
+        return self.state.latest_run.run_dir if self.state.latest_run else None
 
     def set_model(self, path: str) -> None:
         """Use an `.onnx` file, a checkpoint or a run folder (what the source menu asks for)."""
@@ -276,11 +266,6 @@ class PredictPanel(QWidget):
             self.predict([folder])
 
     # -- prediction ----------------------------------------------------------------------------------
-    def _start_own_task(self, job, control: RunControl) -> Task:
-        task = Task(job, control, self)
-        task.start()
-        return task
-
     def predict(self, inputs: list[str]) -> Task | None:
         """Classify image files and folders with the chosen model on a worker."""
         path = self.model_path
@@ -292,7 +277,7 @@ class PredictPanel(QWidget):
             self.task.abandon()      # the user dropped something new: the old answer no longer matters
         self._last_inputs = [str(p) for p in inputs]
         control = RunControl()
-        self.task = self.start_task(partial(predict_job, path, self._cached, self._last_inputs,
+        self.task = self.tasks.start(partial(predict_job, path, self._cached, self._last_inputs,
                                             self.top_k.value(), control), control)
         self.task.progress.connect(self._on_progress)
         self.task.succeeded.connect(self._on_succeeded)

@@ -1,38 +1,36 @@
-"""Project files for the window: New, Open, Save, Save As, Recent projects, and autosave.
+"""Project files: the application state's serialisation, and File → New, Open, Save, Recent and autosave.
 
-The project itself is the engine's plain `Project` held by the window (`window.project`, where the
-Results step also records label corrections). This controller only moves state between it and the
-panels. Opening applies the saved state in the order the window builds it: dataset scan, then the
-model for its classes, then the saved freeze state, so nothing later overwrites what was restored.
+`engine.project.Project` is the file format. Saving serialises the state (`project_from_state`);
+opening loads a Project into it (`load_into_state`), and the window reacts as it does to a user's
+choices: it scans the dataset and builds the backbone for its classes, and the built model takes the
+saved freeze state. The training settings saved and restored are the form's FIELDS, so a setting
+added to the form round-trips with no change here.
 
-Every question it asks goes through a replaceable attribute (`ask_open_path`, `ask_save_path`,
-`ask_dataset_location`), and every message box is opened non-modally, so tests drive it without
-blocking dialogs.
+Every question the controller asks goes through a replaceable attribute (`ask_open_path`,
+`ask_save_path`, `ask_dataset_location`), and every message box is opened non-modally, so tests drive
+it without blocking dialogs.
 """
 from __future__ import annotations
 
-from dataclasses import fields
-from datetime import datetime
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QSettings, Signal
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import QFileDialog, QMenu, QMessageBox
+from PySide6.QtWidgets import QFileDialog, QMenu, QMessageBox, QWidget
 
 from engine.core.files import write_json
-from engine.core.paths import APP_NAME, user_data_dir
-from engine.core.runfolder import RunFolder
-from engine.project import PROJECT_SUFFIX, Project, ProjectError, RunRecord, load_project
+from engine.core.paths import user_data_dir
+from engine.project import PROJECT_SUFFIX, Project, ProjectError, load_project
+from gui.train_panel import FIELDS
 
 if TYPE_CHECKING:
-    from gui.main_window import MainWindow
+    from gui.state import AppState
 
 RECENT_KEY = "project/recent"
 MAX_RECENT = 8
 FILE_FILTER = f"TransferLab projects (*{PROJECT_SUFFIX})"
-FORM_KEYS = ("epochs", "batch_size", "image_size", "lr", "schedule", "augmentation", "label_smoothing",
-             "early_stopping", "recipe", "head_epochs")      # gui.train_panel.FIELDS, in order
 
 
 def autosave_path() -> Path:
@@ -40,51 +38,88 @@ def autosave_path() -> Path:
     return user_data_dir() / f"autosave{PROJECT_SUFFIX}"
 
 
-def latest_run(project: Project) -> RunRecord | None:
-    """The newest finished run of the project whose checkpoint is still on disk."""
-    for record in reversed(project.runs):
-        if record.status != "running" and RunFolder(record.run_dir).has_checkpoint():
-            return record
-    return None
+# -- the state as a project file ----------------------------------------------------------------------
+def project_from_state(state: AppState) -> Project:
+    """What a project file keeps of the state: where the dataset is (not its scan), the corrections,
+    the backbone with its weights and freeze state, the settings as a TrainConfig dict, and the runs."""
+    config = state.training_config().to_dict()
+    config.pop("frozen_parameters")                # stored once, as the project's frozen_parameters
+    project = Project(dataset_sources=list(state.dataset_sources), corrections=dict(state.corrections),
+                      frozen_parameters=state.frozen_parameters, config=config, runs=list(state.runs),
+                      path=state.project_path)
+    if state.backbone is not None:                 # chosen once the engine has loaded
+        project.backbone = state.backbone
+    return project
 
 
-def latest_run_dir(project: Project) -> str:
-    """`latest_run`'s folder, or '' when there is none."""
-    record = latest_run(project)
-    return record.run_dir if record else ""
+def load_into_state(project: Project, state: AppState) -> list[str]:
+    """Make the state the project's (the engine must have loaded: backbones are checked against it).
+    Returns lines for the log about what this machine cannot use."""
+    notes = []
+    state.report = None                            # the dataset is scanned afresh from its sources
+    state.dataset_sources = list(project.dataset_sources)
+    state.corrections.clear()
+    state.corrections.update(project.corrections)
+    for key, _label in FIELDS:
+        if key in project.config:
+            state.settings[key] = project.config[key]
+    row = state.backbone_row(project.backbone)
+    if row is None:
+        notes.append(f"The project's backbone {project.backbone} is not available here; keeping {state.backbone}")
+    else:
+        state.choose_backbone(project.backbone)
+        weights = project.config.get("weights")
+        if weights_usable(weights, row):
+            state.weights = weights
+        if project.frozen_parameters is not None:
+            state.frozen_parameters = list(project.frozen_parameters)
+    state.runs[:] = project.runs
+    state.project_path = project.path
+    return notes
 
 
+def weights_usable(weights: str | None, row: dict) -> bool:
+    """Saved weights this machine has: ImageNet weights on disk, random ones, or a file still there."""
+    if weights == "pretrained":
+        return row["weights_available"]
+    return weights == "random" or bool(weights) and Path(weights).is_file()
+
+
+# -- the File menu ---------------------------------------------------------------------------------------
 class ProjectController(QObject):
-    """Keeps `window.project` in step with the window and on disk."""
+    """Keeps the state on disk: New, Open, Save, Save As, Recent projects, and autosave whenever a
+    run or a correction is recorded. It knows the state, the settings file and a parent for dialogs."""
 
-    opened = Signal(object)            # Project, once opened and applied (dataset, model, freeze), or new
+    opened = Signal(str)               # path, once its dataset is scanned and its model built
     open_failed = Signal(str)          # the message shown to the user
     saved = Signal(str)                # path
     autosaved = Signal(str)            # path
-    latest_run_changed = Signal(str)   # run folder of the newest usable model ('' when none)
+    logged = Signal(str)               # a line for the Log
 
-    def __init__(self, window: "MainWindow"):
-        super().__init__(window)
-        self.window = window
+    def __init__(self, state: AppState, settings: QSettings, parent: QWidget):
+        super().__init__(parent)
+        self.state = state
+        self.settings = settings
         self.ask_open_path = self._ask_open_path
         self.ask_save_path = self._ask_save_path
         self.ask_dataset_location = self._ask_dataset_location
         self.message_box: QMessageBox | None = None      # the last message shown (tests read it)
-        self._restoring: Project | None = None
-        self._waiting_for_engine = False
-        self._waiting_for_scan = False
-        self._active_run = None                           # gui.jobs.TrainingRun being trained
-        self._best_accuracy: float | None = None          # of the active run, so far
+        self._before_engine: Project | None = None        # opened before the engine loaded
+        self._opening: str | None = None                  # path until the opened state has settled
+        self._loading = False
         self._make_actions()
-        window.training_started.connect(self._on_training_started)
-        window.epoch_ended.connect(self._on_epoch_ended)
-        window.training_finished.connect(self._on_training_finished)
-        window.training_failed.connect(self._on_training_failed)
+        for signal in (state.runs.events.inserted, state.runs.events.changed, state.runs.events.removed,
+                       state.corrections.events.added, state.corrections.events.changed,
+                       state.corrections.events.removed):
+            signal.connect(self._on_work_recorded)
+        state.events.engine.connect(self._load_opened_before_engine)
+        state.events.scanning.connect(self._announce_when_settled)
+        state.events.model.connect(self._announce_when_settled)
 
     # -- menu ----------------------------------------------------------------------------------
     def _make_actions(self) -> None:
         def action(text, slot, shortcut=None):
-            act = QAction(text, self.window)
+            act = QAction(text, self.parent())
             if shortcut is not None:
                 act.setShortcut(QKeySequence(shortcut))
             act.triggered.connect(slot)
@@ -93,7 +128,7 @@ class ProjectController(QObject):
         self.open_action = action("Open &project…", self.open_dialog, "Ctrl+Shift+P")
         self.save_action = action("&Save project", self.save, QKeySequence.StandardKey.Save)
         self.save_as_action = action("Save project &as…", self.save_as, QKeySequence.StandardKey.SaveAs)
-        self.recent_menu = QMenu("&Recent projects", self.window)
+        self.recent_menu = QMenu("&Recent projects", self.parent())
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
 
     def add_to_menu(self, menu: QMenu) -> None:
@@ -105,11 +140,11 @@ class ProjectController(QObject):
         self._fill_recent_menu()
 
     def recent_projects(self) -> list[str]:
-        return [str(p) for p in self.window.settings.value(RECENT_KEY, [], type=list)]
+        return [str(p) for p in self.settings.value(RECENT_KEY, [], type=list)]
 
     def _remember(self, path: str) -> None:
         recent = [path] + [p for p in self.recent_projects() if p != path]
-        self.window.settings.setValue(RECENT_KEY, recent[:MAX_RECENT])
+        self.settings.setValue(RECENT_KEY, recent[:MAX_RECENT])
         self._fill_recent_menu()
 
     def _fill_recent_menu(self) -> None:
@@ -138,7 +173,7 @@ class ProjectController(QObject):
         self.open(self.sender().data())
 
     def clear_recent(self) -> None:
-        self.window.settings.setValue(RECENT_KEY, [])
+        self.settings.setValue(RECENT_KEY, [])
         self._fill_recent_menu()
 
     # -- questions and messages (replaceable in tests) -----------------------------------------
@@ -147,12 +182,12 @@ class ProjectController(QObject):
         return str(Path(recent[0]).parent) if recent else str(Path.home())
 
     def _ask_open_path(self) -> str | None:
-        path, _ = QFileDialog.getOpenFileName(self.window, "Open a project", self._start_folder(),
+        path, _ = QFileDialog.getOpenFileName(self.parent(), "Open a project", self._start_folder(),
                                               f"{FILE_FILTER};;All files (*)")
         return path or None
 
     def _ask_save_path(self) -> str | None:
-        path, _ = QFileDialog.getSaveFileName(self.window, "Save the project", self._start_folder(), FILE_FILTER)
+        path, _ = QFileDialog.getSaveFileName(self.parent(), "Save the project", self._start_folder(), FILE_FILTER)
         return path or None
 
     def _ask_dataset_location(self, old: str) -> str | None:
@@ -160,119 +195,68 @@ class ProjectController(QObject):
         title = f"The dataset {Path(old).name!r} is no longer at {old}. Where is it now?"
         start = str(next((p for p in Path(old).parents if p.exists()), Path.home()))
         if Path(old).suffix.lower() in (".zip", ".csv"):
-            path, _ = QFileDialog.getOpenFileName(self.window, title, start, "Datasets (*.zip *.csv)")
+            path, _ = QFileDialog.getOpenFileName(self.parent(), title, start, "Datasets (*.zip *.csv)")
             return path or None
-        return QFileDialog.getExistingDirectory(self.window, title, start) or None
+        return QFileDialog.getExistingDirectory(self.parent(), title, start) or None
 
     def _show(self, icon: QMessageBox.Icon, title: str, text: str) -> None:
-        self.window.log(f"{title}: {text}")
-        self.message_box = QMessageBox(icon, title, text, parent=self.window)
+        self.logged.emit(f"{title}: {text}")
+        self.message_box = QMessageBox(icon, title, text, parent=self.parent())
         self.message_box.open()
 
-    # -- new, save ------------------------------------------------------------------------------
+    # -- new, save, autosave ----------------------------------------------------------------------
     def new_project(self) -> None:
-        """A new, unsaved project that starts from what the window shows (no runs, no corrections)."""
-        self._stop_restoring()
-        self._replace_project(Project(dataset_sources=list(self.window.project.dataset_sources)))
-        self._update_title()
-        self.latest_run_changed.emit("")
-        self.opened.emit(self.window.project)
+        """A new, unsaved project that keeps what the window shows (no runs, no corrections)."""
+        self._before_engine = self._opening = None
+        with self._not_autosaving():
+            self.state.runs.clear()
+            self.state.corrections.clear()
+        self.state.project_path = None
 
     def save(self) -> str | None:
-        if self.window.project.path is None or Path(self.window.project.path) == autosave_path():
+        if self.state.project_path is None:
             return self.save_as()
-        return self._save_to(self.window.project.path)
+        return self._save_to(self.state.project_path)
 
     def save_as(self) -> str | None:
         path = self.ask_save_path()
         return self._save_to(path) if path else None
 
     def _save_to(self, path: str) -> str | None:
-        project = self.capture()
         try:
-            saved = project.save(path)
+            saved = project_from_state(self.state).save(path)
         except (OSError, ProjectError) as exc:
             self._show(QMessageBox.Icon.Critical, "The project was not saved", str(exc))
             return None
+        self.state.project_path = saved
         self._remember(saved)
-        self._update_title()
-        self.window.statusBar().showMessage(f"Project saved to {saved}", 5000)
         self.saved.emit(saved)
         return saved
 
-    def capture(self) -> Project:
-        """Copy the window's state into `window.project` (dataset sources are set by each scan)."""
-        window, project = self.window, self.window.project
-        if window.model_panel.backbone:
-            project.backbone = window.model_panel.backbone
-        if window.model_panel.info is not None and window.model_panel.info.backbone == project.backbone:
-            project.frozen_parameters = window.model_panel.frozen_parameter_names()
-        if window.train_panel.settings.loaded:
-            project.config = self._settings_config()
-        return project
-
-    def _settings_config(self) -> dict:
-        """The form's hyper-parameters as a TrainConfig dict (a half-typed learning rate keeps the old one)."""
-        from engine.training.config import TrainConfig
-        try:
-            values = self.window.train_panel.settings.values()
-        except ValueError:
-            return self.window.project.config
-        config = TrainConfig(**values, backbone=self.window.model_panel.backbone or self.window.project.backbone,
-                             weights=self.window.model_panel.weights_choice, freeze="none").to_dict()
-        config.pop("frozen_parameters", None)          # stored once, as project.frozen_parameters
-        return config
-
-    # -- autosave --------------------------------------------------------------------------------
     def autosave(self) -> str | None:
         """Write the project where it lives (or to the autosave file when unsaved); cheap JSON."""
-        project = self.capture()
-        target = Path(project.path) if project.path else autosave_path()
+        target = Path(self.state.project_path) if self.state.project_path else autosave_path()
         try:
-            write_json(target, project.to_dict())
+            write_json(target, project_from_state(self.state).to_dict())
         except OSError as exc:           # a full disk must not interrupt training: say it in the log
-            self.window.log(f"Autosave to {target} failed: {exc}")
+            self.logged.emit(f"Autosave to {target} failed: {exc}")
             return None
         self.autosaved.emit(str(target))
         return str(target)
 
-    def _on_training_started(self, run) -> None:
-        self._active_run, self._best_accuracy = run, None
+    def _on_work_recorded(self) -> None:
+        """A run's progress or a correction is on disk at once: a crash loses at most the epoch under
+        way (its best checkpoint is already in its folder)."""
+        if not self._loading:
+            self.autosave()
 
-    def _record_run(self, status: str, metrics: dict | None = None) -> None:
-        run, metrics = self._active_run, metrics or {}
-        if run is None:
-            return
-        previous = next((r for r in self.window.project.runs if r.run_dir == str(run.run_dir)), None)
-        self.window.project.add_run(RunRecord(
-            run_dir=str(run.run_dir),
-            created=previous.created if previous else datetime.now().isoformat(timespec="seconds"),
-            backbone=run.config.backbone, status=status,
-            val_accuracy=metrics.get("val_accuracy", self._best_accuracy),
-            test_accuracy=metrics.get("test_accuracy"), config=run.config.to_dict()))
-
-    def _on_epoch_ended(self, _epoch: int, logs: dict) -> None:
-        """After each epoch the run is in the project as 'running' with its best accuracy so far,
-        so a crash loses at most the epoch under way (the best checkpoint is already in its folder)."""
-        accuracy = logs.get("val_accuracy")
-        if accuracy is not None and (self._best_accuracy is None or accuracy > self._best_accuracy):
-            self._best_accuracy = accuracy
-        self._record_run("running")
-        self.autosave()
-
-    def _on_training_finished(self, result) -> None:
-        run = self._active_run
-        record = next((r for r in self.window.project.runs if run and r.run_dir == str(run.run_dir)), None)
-        if record is None or record.status == "running":    # the window may have recorded it already
-            self._record_run(result.status, result.metrics)
-        self._active_run = None
-        self.autosave()
-        self.latest_run_changed.emit(latest_run_dir(self.window.project))
-
-    def _on_training_failed(self, _message: str) -> None:
-        self._record_run("failed")
-        self._active_run = None
-        self.autosave()
+    @contextlib.contextmanager
+    def _not_autosaving(self):
+        self._loading = True
+        try:
+            yield
+        finally:
+            self._loading = False
 
     # -- open --------------------------------------------------------------------------------------
     def open_dialog(self) -> None:
@@ -281,8 +265,8 @@ class ProjectController(QObject):
             self.open(path)
 
     def open(self, path: str) -> bool:
-        """Open a project; returns False when it was refused. `opened` follows once it is applied."""
-        if self.window.training_task is not None:
+        """Open a project; returns False when it was refused. `opened` follows once it has settled."""
+        if self.state.active_run is not None:
             self._show(QMessageBox.Icon.Information, "Training is running",
                        "Stop the training run before opening another project.")
             return False
@@ -294,7 +278,6 @@ class ProjectController(QObject):
                        f"{message}\n\nThe file was left as it is.")
             self.open_failed.emit(message)
             return False
-        self._stop_restoring()
         unplaced = self._locate_sources(loaded)
         if Path(path) == autosave_path():
             loaded.path = None             # recovered work: Save asks where to keep it
@@ -303,19 +286,16 @@ class ProjectController(QObject):
         for record in loaded.runs:
             if record.status == "running":   # the app stopped while it trained
                 record.status = "interrupted"
-        self._replace_project(loaded)
-        self._update_title()
-        self.window.log(f"Opened project {path}")
+        self.logged.emit(f"Opened project {path}")
         if unplaced:
             self._show(QMessageBox.Icon.Warning, "Dataset not found",
                        "The project was opened without its dataset, which is no longer at:\n"
                        + "\n".join(unplaced) + "\n\nOpen the dataset again to go on training.")
-        self._restoring = loaded
-        if self.window.engine is None:
-            self._waiting_for_engine = True
-            self.window.engine_ready.connect(self._apply_project)
+        self._opening = str(path)
+        if self.state.engine is None:
+            self._before_engine = loaded
         else:
-            self._apply_project()
+            self._load(loaded)
         return True
 
     def _locate_sources(self, project: Project) -> list[str]:
@@ -325,98 +305,27 @@ class ProjectController(QObject):
             new = self.ask_dataset_location(old)
             if new and Path(new).exists():
                 project.relocate(old, new)
-                self.window.log(f"Dataset moved: {old} → {new}")
+                self.logged.emit(f"Dataset moved: {old} → {new}")
             else:
                 unplaced.append(old)
         return unplaced
 
-    def _replace_project(self, new: Project) -> None:
-        """Replace the contents of `window.project` in place: panels may hold a reference to it."""
-        for item in fields(Project):
-            setattr(self.window.project, item.name, getattr(new, item.name))
+    def _load_opened_before_engine(self) -> None:
+        if self._before_engine is not None:
+            self._load(self._before_engine)
 
-    def _update_title(self) -> None:
-        path = self.window.project.path
-        self.window.setWindowTitle(f"{Path(path).stem} – {APP_NAME}" if path else APP_NAME)
+    def _load(self, project: Project) -> None:
+        self._before_engine = None
+        with self._not_autosaving():
+            notes = load_into_state(project, self.state)
+        for note in notes:
+            self.logged.emit(note)
+        self._announce_when_settled()
 
-    # -- applying an opened project: settings → dataset scan → model build → freeze state ----------
-    def _apply_project(self) -> None:
-        window, project = self.window, self._restoring
-        if self._waiting_for_engine:
-            self._waiting_for_engine = False
-            window.engine_ready.disconnect(self._apply_project)
-        self._apply_settings(project.config)
-        self._select_backbone(project.backbone)
-        self._apply_weights(project.config.get("weights"))
-        sources = [s for s in project.dataset_sources if Path(s).exists()]
-        window.model_ready.connect(self._finish_when_ready)
-        if sources:
-            self._waiting_for_scan = True
-            window.scan_finished.connect(self._on_restore_scan_done)
-            window.scan_failed.connect(self._on_restore_scan_done)
-            window.load_dataset(sources)
-        else:
-            self._finish_when_ready()
-
-    def _apply_settings(self, config: dict) -> None:
-        form = self.window.train_panel.settings
-        for key in FORM_KEYS:
-            if key in config:
-                try:
-                    form.set_values(**{key: config[key]})
-                except (ValueError, TypeError) as exc:
-                    self.window.log(f"Project setting {key} not restored: {exc}")
-
-    def _select_backbone(self, name: str) -> None:
-        panel = self.window.model_panel
-        names = list(panel.backbones)
-        if name not in names:
-            self.window.log(f"The project's backbone {name} is not available here; keeping {panel.backbone}")
+    def _announce_when_settled(self) -> None:
+        """`opened` once the dataset is scanned and the model is built for it (and so frozen as saved)."""
+        state = self.state
+        if self._opening is None or self._before_engine is not None or state.scanning or not state.model_is_current():
             return
-        panel.backbone_list.setCurrentRow(names.index(name))     # builds its model when it changed
-
-    def _apply_weights(self, weights: str | None) -> None:
-        panel = self.window.model_panel
-        if weights in ("pretrained", "random"):
-            index = panel.weights.findData(weights)
-            if panel.weights.model().item(index).isEnabled():
-                panel.weights.setCurrentIndex(index)
-        elif weights and Path(weights).is_file():
-            panel.weights_file = weights
-            panel.weights.setCurrentIndex(panel.weights.findData("file"))
-            panel.weights_note.setText(weights)
-
-    def _on_restore_scan_done(self, *_args) -> None:
-        self._waiting_for_scan = False
-        self.window.scan_finished.disconnect(self._on_restore_scan_done)
-        self.window.scan_failed.disconnect(self._on_restore_scan_done)
-        self._finish_when_ready()
-
-    def _stop_restoring(self) -> None:
-        """Forget a restore still under way (another project is opened, or a new one started)."""
-        window = self.window
-        if self._waiting_for_engine:
-            window.engine_ready.disconnect(self._apply_project)
-        elif self._restoring is not None:
-            window.model_ready.disconnect(self._finish_when_ready)
-        if self._waiting_for_scan:
-            window.scan_finished.disconnect(self._on_restore_scan_done)
-            window.scan_failed.disconnect(self._on_restore_scan_done)
-        self._waiting_for_engine = self._waiting_for_scan = False
-        self._restoring = None
-
-    def _finish_when_ready(self, *_args) -> None:
-        """Apply the freeze state once the model for this backbone and these classes is built."""
-        project, window = self._restoring, self.window
-        if project is None or self._waiting_for_scan:
-            return
-        info = window.model_panel.info
-        classes = len(window.report.classes) if window.report is not None else info.num_classes if info else None
-        if info is None or info.backbone != window.model_panel.backbone or info.num_classes != classes:
-            return                                      # a rebuild is under way; model_ready comes again
-        self._stop_restoring()
-        if project.frozen_parameters is not None and info.backbone == project.backbone:
-            info.tree.freeze_parameters(project.frozen_parameters)
-        window.statusBar().showMessage(f"Project {Path(project.path).name if project.path else ''} opened", 5000)
-        self.latest_run_changed.emit(latest_run_dir(window.project))
-        self.opened.emit(window.project)
+        path, self._opening = self._opening, None
+        self.opened.emit(path)

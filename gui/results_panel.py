@@ -2,10 +2,10 @@
 
 The headline scores, a clickable confusion matrix, sortable per-class scores and a gallery that
 shows either one matrix cell or the most confidently wrong images. From the gallery the user
-corrects labels (recorded in the project by the window, applied from the next run), opens an image
-larger with its Grad-CAM, and retrains; "Compare runs" lists the project's runs. Everything shown
-comes from the run folder (`metrics.json`, `predictions.json`), so an old run shows like a new one.
-Slow work (thumbnails, Grad-CAM) runs on this panel's own worker tasks; `shutdown()` joins them.
+corrects labels (recorded in the application state by the window, applied from the next run), opens
+an image larger with its Grad-CAM, and retrains; "Compare runs" lists the state's runs. Everything
+shown comes from the run folder (`metrics.json`, `predictions.json`), so an old run shows like a new
+one. Slow work (thumbnails, Grad-CAM) runs on the window's task group, which joins it on closing.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt, QUrl, Signal
 from PySide6.QtGui import QDesktopServices, QImage, QStandardItem, QStandardItemModel
@@ -25,7 +26,10 @@ from gui.compare_runs import CompareRuns
 from gui.confusion_view import ConfusionView
 from gui.explain import ImageDialog, ModelCache, explain
 from gui.gallery import Gallery, GalleryItem, load_thumbnails
-from gui.workers import Task, TaskGroup
+
+if TYPE_CHECKING:
+    from gui.state import AppState
+    from gui.workers import Task, TaskGroup
 
 STATUS_TEXT = {"completed": "Training finished.", "stopped-early": "Training stopped early (no more improvement).",
                "cancelled": "Training was stopped; the best checkpoint so far is kept."}
@@ -92,19 +96,26 @@ class ResultsPanel(QWidget):
     explanation_ready = Signal(object)               # gui.explain.Explanation
     explanation_failed = Signal(str)
 
-    def __init__(self, parent: QWidget | None = None):
+    def __init__(self, state: AppState, tasks: TaskGroup, parent: QWidget | None = None):
         super().__init__(parent)
+        self.state = state
+        self.tasks = tasks
         self.run: RunView | None = None
-        self.corrections: dict[str, dict] = {}
         self.thumbnails: dict[str, QImage] = {}
         self.model_cache = ModelCache()
         self.image_dialog: ImageDialog | None = None
-        self.tasks = TaskGroup(self)
         self._thumbnail_task: Task | None = None
         self._explain_task: Task | None = None
         self._make_widgets()
         self._layout()
         self.show_result(None)
+        for signal in (state.corrections.events.added, state.corrections.events.changed,
+                       state.corrections.events.removed):
+            signal.connect(self._show_corrections)
+        for signal in (state.runs.events.inserted, state.runs.events.changed, state.runs.events.removed):
+            signal.connect(self._show_runs)
+        self._show_corrections()
+        self._show_runs()
 
     # -- construction ------------------------------------------------------------------------
     def _make_widgets(self) -> None:
@@ -253,7 +264,7 @@ class ResultsPanel(QWidget):
         if len(self.thumbnails) > MAX_CACHED_THUMBNAILS:
             self.thumbnails.clear()
         control = RunControl()
-        task = self._thumbnail_task = self._start_task(partial(load_thumbnails, paths, control), control)
+        task = self._thumbnail_task = self.tasks.start(partial(load_thumbnails, paths, control), control)
         task.succeeded.connect(self._on_thumbnails)
 
     def _on_thumbnails(self, images: dict[str, QImage]) -> None:
@@ -262,17 +273,19 @@ class ResultsPanel(QWidget):
         self.gallery.model.thumbnails_arrived()
         self.thumbnails_loaded.emit()
 
-    # -- corrections -------------------------------------------------------------------------
-    def set_corrections(self, corrections: dict[str, dict]) -> None:
-        """The project's corrections (the window owns them), shown on gallery tiles."""
-        self.corrections = corrections
-        self.gallery.set_corrections(corrections)
+    # -- corrections and runs --------------------------------------------------------------------
+    def _show_corrections(self) -> None:
+        """The state's corrections on the gallery tiles, and how many the next run applies."""
+        self.gallery.set_corrections(dict(self.state.corrections))
         self._update_corrections_note()
 
     def _update_corrections_note(self) -> None:
-        count = len(self.corrections)
+        count = len(self.state.corrections)
         self.corrections_note.setText(f"{count} correction{'s' if count != 1 else ''} for the next run"
                                       if count else "")
+
+    def _show_runs(self) -> None:
+        self.compare.set_runs(list(self.state.runs))
 
     # -- one image, larger, and why ------------------------------------------------------------
     def open_image(self, item: GalleryItem, explain_now: bool = False) -> None:
@@ -282,7 +295,7 @@ class ResultsPanel(QWidget):
             self.image_dialog = ImageDialog(self)
             self.image_dialog.explain_requested.connect(self.explain)
         dialog = self.image_dialog
-        dialog.show_item(item, self.run.classes, self.corrections.get(item.path), self.run.checkpoint is not None)
+        dialog.show_item(item, self.run.classes, self.state.corrections.get(item.path), self.run.checkpoint is not None)
         dialog.show()
         dialog.raise_()
         if explain_now and self.run.checkpoint is not None:
@@ -295,7 +308,7 @@ class ResultsPanel(QWidget):
             return
         if self._explain_task is not None:
             self._explain_task.abandon()
-        task = self._explain_task = self._start_task(
+        task = self._explain_task = self.tasks.start(
             partial(explain, self.model_cache, self.run.checkpoint, path, class_index))
         task.succeeded.connect(self._on_explained)
         task.failed.connect(self._on_explain_failed)
@@ -311,14 +324,6 @@ class ResultsPanel(QWidget):
         if self.image_dialog is not None:
             self.image_dialog.show_error(message)
         self.explanation_failed.emit(message)
-
-    # -- tasks -------------------------------------------------------------------------------
-    def _start_task(self, job, control: RunControl | None = None) -> Task:
-        return self.tasks.start(job, control)
-
-    def shutdown(self) -> None:
-        """Cancel and join every worker of this panel (the window calls it before closing)."""
-        self.tasks.shutdown()
 
     def _open_run_folder(self) -> None:
         if self.run and Path(self.run.run_dir).exists():

@@ -5,13 +5,18 @@ default; the plots are created after the window first paints (pyqtgraph is impor
 """
 from __future__ import annotations
 
-import time
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QDoubleValidator
 from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                QMessageBox, QProgressBar, QPushButton, QScrollArea, QSpinBox, QSplitter,
                                QVBoxLayout, QWidget)
+
+from engine.core.progress import EpochClock, StageClock, format_duration, stage_title
+
+if TYPE_CHECKING:
+    from gui.state import AppState
 
 IMAGE_SIZES = (64, 96, 128, 160, 192, 224, 256, 288, 320, 384)
 LEARNING_RATES = ("1e-2", "3e-3", "1e-3", "3e-4", "1e-4", "3e-5", "1e-5")
@@ -50,17 +55,15 @@ TOOLTIPS = {
 }
 
 
-def format_duration(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
-
-
 class HyperParameters(QGroupBox):
-    """The training form; `values()` returns TrainConfig keyword arguments."""
+    """The training form over `state.settings`, one widget per FIELDS entry: a widget writes what the
+    user sets into the state and shows what the state holds (an opened project's values included)."""
 
-    def __init__(self, parent: QWidget | None = None):
+    refused = Signal(str)        # a value in the state that the form does not offer (the form's is kept)
+
+    def __init__(self, state: AppState, parent: QWidget | None = None):
         super().__init__("Settings", parent)
+        self.state = state
         self.epochs = QSpinBox(minimum=1, maximum=1000)
         self.batch_size = QSpinBox(minimum=1, maximum=1024)
         self.image_size = QComboBox()
@@ -83,48 +86,88 @@ class HyperParameters(QGroupBox):
         form = QFormLayout(self)
         for key, label in FIELDS:
             widget = getattr(self, key)
+            widget.setObjectName(key)                # how `_store` knows which setting was edited
             widget.setToolTip(TOOLTIPS[key])
             form.addRow(label + ":", widget)
+            _edited_signal(widget).connect(self._store)
+        state.events.engine.connect(self._offer_choices)
+        state.events.model.connect(self._offer_image_sizes)
+        state.settings.events.added.connect(self._show)
+        state.settings.events.changed.connect(self._show)
         self.setEnabled(False)
 
-    def set_defaults(self, defaults: dict, choices: dict[str, tuple[str, ...]]) -> None:
+    def _offer_choices(self) -> None:
+        """Once the engine has loaded: its choices in the combos, its defaults for every setting not set."""
+        engine = self.state.engine
         for key in ("schedule", "augmentation", "recipe"):
             combo = getattr(self, key)
+            combo.blockSignals(True)
             combo.clear()
-            for value in choices[key]:
+            for value in engine.choices[key]:
                 combo.addItem(CHOICE_LABELS.get(value, value), value)
-        self.set_image_sizes(None, defaults["image_size"])
-        self.set_values(**{key: defaults[key] for key, _ in FIELDS if key != "image_size"})
+            combo.blockSignals(False)
+        self._fill_image_sizes()
         self.loaded = True
+        for key, _ in FIELDS:
+            self.state.settings.setdefault(key, engine.defaults[key])
+            self._show(key)
+        self._update_head_epochs()
         self.setEnabled(True)
 
-    def set_image_sizes(self, model_size: int | None, selected: int | None = None) -> None:
-        """Offer the backbone's own size first; keep the user's explicit choice when there is one."""
-        keep = self.image_size.currentData() if selected is None else selected
+    def _offer_image_sizes(self) -> None:
+        self._fill_image_sizes()
+        self._show("image_size")
+
+    def _fill_image_sizes(self) -> None:
+        """The built backbone's own size first; which size is selected is the state's to say."""
+        model_size = self.state.model.input_size if self.state.model else None
+        self.image_size.blockSignals(True)
         self.image_size.clear()
         self.image_size.addItem(f"Backbone default ({model_size} px)" if model_size else "Backbone default", None)
         for size in IMAGE_SIZES:
             self.image_size.addItem(f"{size} px", size)
-        self.image_size.setCurrentIndex(max(0, self.image_size.findData(keep)) if keep else 0)
+        self.image_size.blockSignals(False)
 
     def _update_head_epochs(self) -> None:
         self.head_epochs.setEnabled(self.recipe.currentData() == "two-stage")
 
+    def _store(self) -> None:
+        """A widget was edited: its value goes into the state. A half-typed learning rate is held back
+        and named in `state.invalid_setting`, so training cannot start with the previous one."""
+        key = self.sender().objectName()
+        try:
+            value = self._value(key)
+        except ValueError as exc:
+            self.state.invalid_setting = str(exc)
+            return
+        if key == "lr":
+            self.state.invalid_setting = ""
+        if key not in self.state.settings or self.state.settings[key] != value:
+            self.state.settings[key] = value
+
+    def _show(self, key: str) -> None:
+        """Show the state's value; one the form does not offer is refused, and the state takes the form's."""
+        if not self.loaded or key not in dict(FIELDS):
+            return
+        value = self.state.settings[key]
+        try:
+            self.set_values(**{key: value})
+        except (ValueError, TypeError) as exc:
+            self.refused.emit(f"Setting {key} = {value!r} was not used: {exc}")
+            self.state.settings[key] = self._value(key)
+
+    def _value(self, key: str):
+        widget = getattr(self, key)
+        if key == "lr":
+            try:
+                return float(widget.currentText())
+            except ValueError:
+                raise ValueError(f"learning rate {widget.currentText()!r} is not a number") from None
+        return widget.currentData() if isinstance(widget, QComboBox) else widget.value()
+
     def values(self) -> dict:
-        """TrainConfig fields from the form; a malformed learning rate raises ValueError."""
-        result = {}
-        for key, _ in FIELDS:
-            widget = getattr(self, key)
-            if key == "lr":
-                try:
-                    result[key] = float(widget.currentText())
-                except ValueError:
-                    raise ValueError(f"learning rate {widget.currentText()!r} is not a number") from None
-            elif isinstance(widget, QComboBox):
-                result[key] = widget.currentData()
-            else:
-                result[key] = widget.value()
-        return result
+        """TrainConfig fields as the form shows them; a malformed learning rate raises ValueError."""
+        return {key: self._value(key) for key, _ in FIELDS}
 
     def set_values(self, **values) -> None:
         """Programmatic form filling (tests, scripts): the same widgets a user would change."""
@@ -141,21 +184,15 @@ class HyperParameters(QGroupBox):
                 widget.setValue(value)
 
 
-class RunClock:
-    """Time left: the last epoch's measured time (validation included, and the current stage's speed
-    in a two-stage run), or during the first epoch the time it has taken so far."""
-
-    def __init__(self, epochs: int):
-        self.epochs = epochs
-        self.started = time.monotonic()
-        self.last_epoch_s: float | None = None
-
-    def eta(self, logs: dict) -> float:
-        fraction = logs["batch"] / max(1, logs["batches"])
-        if self.last_epoch_s is None:
-            per_epoch = (time.monotonic() - self.started) / max(fraction, 1e-6)
-            return per_epoch * (self.epochs - logs["epoch"] + 1 - fraction)
-        return logs["eta_s"] + (self.epochs - logs["epoch"]) * self.last_epoch_s
+def _edited_signal(widget: QWidget):
+    """The signal a form widget emits when its value changes (typing into the learning rate included)."""
+    if isinstance(widget, QComboBox):
+        return widget.currentTextChanged if widget.isEditable() else widget.currentIndexChanged
+    return widget.valueChanged
+def progress_text(what: str, done: int, total: int, seconds_left: float | None, unit: str = "") -> str:
+    """'Computing backbone features · 448 / 675 · about 0:40 left'; no time until there is one to trust."""
+    text = f"{what} · {unit}{done:,} / {total:,}"
+    return text if seconds_left is None else f"{text} · about {format_duration(seconds_left)} left"
 
 
 PATHS = {
@@ -184,12 +221,13 @@ class TrainPanel(QWidget):
     pause_requested = Signal(bool)       # True: pause, False: resume
     stop_requested = Signal()
 
-    def __init__(self, parent: QWidget | None = None):
+    def __init__(self, state: AppState, parent: QWidget | None = None):
         super().__init__(parent)
         self.plots = None
-        self.clock = RunClock(1)
+        self.fit_clock = EpochClock(1)
+        self.stage_clock = StageClock()
         self._error_details = ""
-        self.settings = HyperParameters()
+        self.settings = HyperParameters(state)
         self.start_button = QPushButton("Start training")
         self.start_button.setDefault(True)
         self.pause_button = QPushButton("Pause")
@@ -201,6 +239,7 @@ class TrainPanel(QWidget):
         self.progress = QProgressBar(maximum=1000)
         self.progress.setFormat("%p %")
         self.stage = QLabel("Not started.")
+        self.stage.setWordWrap(True)
         self.speed = QLabel("")
         self.path = QLabel("")
         self.path.setWordWrap(True)
@@ -262,7 +301,6 @@ class TrainPanel(QWidget):
         self.stop_button.setEnabled(running)
         self.settings.setEnabled(self.settings.loaded and not running)
         if not running:
-            self.progress.setFormat("%p %")          # no time left to estimate
             self.pause_button.blockSignals(True)
             self.pause_button.setChecked(False)
             self.pause_button.setText("Pause")
@@ -289,32 +327,37 @@ class TrainPanel(QWidget):
         """Before the engine's first event: it builds the model first, which takes a moment."""
         self.show_error(None)
         self.progress.setValue(0)
+        self.stage_clock = StageClock()
         self.stage.setText("Building the model…")
         self.speed.setText("")
         self.path.setText("")
         self.plots.start()
 
     def on_fit_started(self, info: dict) -> None:
-        self.clock = RunClock(info["epochs"])
+        self.fit_clock = EpochClock(info["epochs"])
         self.stage.setText(f"Training {info['n_train']:,} images, {len(info['classes'])} classes, "
                            f"{info['epochs']} epochs")
         self.path.setText(describe_path(info))
         self.path.setToolTip(info.get("path_note", ""))
 
     def on_stage_progress(self, stage: str, done: int, total: int) -> None:
-        names = {"features": "Computing backbone features", "images": "Decoding images"}
-        name = names.get(stage, stage.replace("evaluate", "Evaluating"))
-        self.stage.setText(f"{name}: {done:,} / {total:,}")
+        """Work outside the epochs (features, decoding, evaluation) is a stage of its own on the bar."""
+        self.progress.setValue(round(self.progress.maximum() * done / max(1, total)))
+        self.stage.setText(progress_text(stage_title(stage), done, total, self.stage_clock.update(stage, done, total)))
 
     def on_batch_ended(self, _step: int, logs: dict) -> None:
-        done = (logs["epoch"] - 1 + logs["batch"] / max(1, logs["batches"])) / max(1, self.clock.epochs)
-        self.progress.setValue(round(1000 * done))
-        self.stage.setText(f"Epoch {logs['epoch']} / {self.clock.epochs} ({logs.get('stage', 'train')}),"
-                           f" batch {logs['batch']} / {logs['batches']}")
+        """During the epochs the bar is the whole fit's progress."""
+        self.progress.setValue(round(self.progress.maximum() * self.fit_clock.fraction(logs)))
+        what = f"Epoch {logs['epoch']} / {self.fit_clock.epochs} ({logs.get('stage', 'train')})"
+        self.stage.setText(progress_text(what, logs["batch"], logs["batches"], self.fit_clock.eta(logs), "batch "))
         self.speed.setText(f"{logs['images_per_s']:.1f} images/s · loss {logs['loss']:.3f}")
-        self.progress.setFormat(f"%p %  ·  about {format_duration(self.clock.eta(logs))} left")
         self.plots.add_batch(logs)
 
     def on_epoch_ended(self, epoch: int, logs: dict) -> None:
-        self.clock.last_epoch_s = logs["epoch_time_s"]
+        self.fit_clock.epoch_ended(logs["epoch_time_s"])
         self.plots.add_epoch(epoch, logs)
+
+    def on_fit_failed(self, message: str) -> None:
+        """The engine's own reason, as soon as it gives up (the task's traceback follows for Details)."""
+        self.stage.setText("Training failed.")
+        self.show_error(message)

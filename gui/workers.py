@@ -1,8 +1,10 @@
 """Background jobs on QThreads, wired the superqt way, so the GUI thread never runs engine work.
 
 A job is a plain function `job(progress) -> result` that runs on the worker thread; it may call
-`progress(stage, done, total)` as often as it likes. Cancel and pause are `RunControl` flags the job
-checks between steps: a queued slot would never run while the worker is busy.
+`progress(stage, done, total)` as often as it likes: the worker lets those calls through a `Throttle`
+before they become queued Qt signals (as `jobs.TrainingEvents` does with the engine's hooks), so a
+per-image loop never floods the event loop. Cancel and pause are `RunControl` flags the job checks between steps: a queued slot would
+never run while the worker is busy.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
 from engine.core.control import Cancelled, RunControl
 from engine.core.errors import readable_error
+from engine.core.progress import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +35,17 @@ class Worker(QObject):
     def __init__(self, job: Job):
         super().__init__()
         self._job = job
+        self._throttle = Throttle()
+
+    def report_progress(self, stage: str, done: int, total: int) -> None:
+        """The job's `progress`: a call becomes a signal only when the throttle lets it through."""
+        if self._throttle.ready(stage, done, total):
+            self.progress.emit(stage, done, total)
 
     @Slot()
     def run(self) -> None:
         try:
-            result = self._job(self.progress.emit)
+            result = self._job(self.report_progress)
         except Cancelled:
             self.cancelled.emit()
         except Exception as exc:  # every failure must reach the window, not only the console
@@ -129,8 +138,9 @@ class Task(QObject):
 
 
 class TaskGroup:
-    """The running tasks of one owner (the window, a panel): started with their owner as parent,
-    forgotten when done, and all cancelled and joined by `shutdown()` before the owner goes away."""
+    """The one way to run background work: the window owns a group and hands it to its panels and
+    dialogs. Tasks are started with the owner as parent, forgotten when done, and all cancelled and
+    joined by `shutdown()` before the owner goes away."""
 
     def __init__(self, owner: QObject):
         self.owner = owner
@@ -139,12 +149,14 @@ class TaskGroup:
     def start(self, job: Job, control: RunControl | None = None) -> Task:
         """Run a job on its own thread. Connecting to the task right after is safe: its signals are
         queued to the owner's thread, so none is delivered before control returns to the event loop."""
-        task = self.track(Task(job, control, self.owner))
+        task = self.prepare(job, control)
         task.start()
         return task
 
-    def track(self, task: Task) -> Task:
-        """Keep a task made elsewhere (not yet started) under this group's shutdown."""
+    def prepare(self, job: Job, control: RunControl | None = None) -> Task:
+        """A task under this group's shutdown, not started yet: for a caller that must announce it
+        (so listeners can connect to its worker) before its thread runs."""
+        task = Task(job, control, self.owner)
         task.done.connect(self._on_done)
         self.running.add(task)
         return task

@@ -1,5 +1,6 @@
-"""Helpers for driving the real window in GUI tests: drop files, load a dataset, start a run, free a
-window in the GUI thread. The fixtures built on them (`window`, `no_dangling_qthreads`) are in conftest."""
+"""Helpers for driving the real window in GUI tests: drop files, load a dataset, change every setting,
+start a run, free a window in the GUI thread. The fixtures built on them (`window`,
+`no_dangling_qthreads`) are in conftest."""
 from __future__ import annotations
 
 import gc
@@ -7,9 +8,10 @@ from pathlib import Path
 
 from PySide6.QtCore import QEvent, QMimeData, QObject, QPointF, Qt, QUrl, Signal
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QComboBox, QDoubleSpinBox, QSpinBox
 
 from gui.main_window import MainWindow
+from gui.train_panel import FIELDS, HyperParameters
 
 SMALL = dict(epochs=2, image_size=64, batch_size=8)
 TRAIN_TIMEOUT_MS = 120_000
@@ -41,7 +43,26 @@ def load(qtbot, win: MainWindow, paths: list[Path]):
     """Drop a dataset and wait for its report and the layer tree rebuilt for its classes."""
     with qtbot.waitSignals([win.scan_finished, win.model_ready], timeout=60_000):
         assert drop(win.data_panel.drop_zone, paths)
-    return win.report
+    return win.state.report
+
+
+def changed_settings(form: HyperParameters) -> dict:
+    """For every setting the form shows (its FIELDS), a value it offers other than the one it shows:
+    a setting added to the form is covered with no change here."""
+    shown, changed = form.values(), {}
+    for key, _label in FIELDS:
+        widget = getattr(form, key)
+        if isinstance(widget, QComboBox):
+            offered = [float(widget.itemText(i)) if widget.isEditable() else widget.itemData(i)
+                       for i in range(widget.count())]
+            changed[key] = next(value for value in offered if value != shown[key])
+        elif isinstance(widget, (QSpinBox, QDoubleSpinBox)):
+            step = widget.singleStep() if shown[key] + widget.singleStep() <= widget.maximum() else -widget.singleStep()
+            changed[key] = round(shown[key] + step, widget.decimals()) if isinstance(widget, QDoubleSpinBox) \
+                else shown[key] + step
+        else:
+            raise TypeError(f"changed_settings does not know how to change a {type(widget).__name__} ({key})")
+    return changed
 
 
 class PauseAfterFirstEpoch(QObject):

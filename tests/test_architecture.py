@@ -33,7 +33,7 @@ def test_no_engine_source_imports_qt():
 
 def test_importing_every_engine_module_loads_no_qt():
     modules = _engine_modules()
-    assert "engine.training.trainer" in modules and "engine.data.dataset" in modules
+    assert "engine.training.trainer" in modules and "engine.data.scan" in modules
     code = ("import importlib, sys\n"
             f"for m in {modules!r}: importlib.import_module(m)\n"
             f"bad = [m for m in sys.modules if m.split('.')[0] in {QT_MODULES!r}]\n"

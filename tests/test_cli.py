@@ -19,6 +19,31 @@ def test_version():
     assert done.returncode == 0 and "TransferLab" in done.stdout
 
 
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["train", "--help"], ["export", "--help"]])
+def test_version_and_help_do_not_import_torch(args):
+    """Building the parser (defaults and choices from TrainConfig) must stay instant: no torch, no timm."""
+    code = ("import sys, main\n"
+            "try:\n"
+            f"    main.main({args!r})\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "print(sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr
+
+
+def test_train_options_follow_train_config():
+    from engine.cli.main import TRAIN_OPTIONS, _config_from_args, build_parser
+    from engine.training.config import TrainConfig
+    args = build_parser().parse_args(["train", "data", "--out", "run"])
+    config = _config_from_args(args)
+    assert all(getattr(config, name) == getattr(TrainConfig(), name) for name, _ in TRAIN_OPTIONS)
+    args = build_parser().parse_args(["train", "data", "--out", "run", "--schedule", "onecycle", "--lr", "0.02",
+                                      "--balance", "sampler", "--batch-size", "8"])
+    config = _config_from_args(args)
+    assert (config.schedule, config.lr, config.balance, config.batch_size) == ("onecycle", 0.02, "sampler", 8)
+
+
 def test_models_lists_offline_weights():
     done = run_cli("models", "--json")
     rows = {r["name"]: r for r in json.loads(done.stdout)}

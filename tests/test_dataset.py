@@ -1,4 +1,5 @@
-"""engine.data.dataset: every layout, every problem, the errors, and a deterministic split."""
+"""engine.data.scan and the modules it drives: every layout, every problem, the errors, a deterministic split,
+progress and cancelling."""
 from __future__ import annotations
 
 import json
@@ -11,10 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.data import dataset as dataset_module
-from engine.data import images
-from engine.data.dataset import (SPLITS, DatasetError, DatasetReport, ScanCancelled, scan_dataset,
-                            split_counts)
+from engine.core.control import Cancelled, RunControl
+from engine.data import images, ziparchive
+from engine.data.checks import file_digest
+from engine.data.report import SPLITS, DatasetError, DatasetReport
+from engine.data.scan import scan_dataset
+from engine.data.split import split_counts
 
 _counter = iter(range(10**9))
 
@@ -151,7 +154,7 @@ def test_zip_of_a_folder_is_extracted_once_into_the_cache(tmp_path):
     assert report.source_kind == "zip" and report.layout == "class-folders"
     assert report.classes == ["cats", "dogs"] and len(report.samples) == 12
     zips = Path(os.environ["TRANSFERLAB_CACHE_DIR"]) / "zips"
-    digest = dataset_module.file_digest(archive)
+    digest = file_digest(archive)
     assert all(s.path.startswith(str(zips / digest)) for s in report.samples)
     assert [p.name for p in zips.iterdir()] == [digest]  # no half-extracted leftovers
 
@@ -206,11 +209,11 @@ def test_zip_size_and_member_caps(tmp_path, monkeypatch):
     with zipfile.ZipFile(archive, "w") as zf:
         for i in range(3):
             zf.writestr(f"a/{i}.png", b"x" * 100)
-    monkeypatch.setattr(dataset_module, "MAX_ZIP_UNCOMPRESSED_BYTES", 200)
+    monkeypatch.setattr(ziparchive, "MAX_ZIP_UNCOMPRESSED_BYTES", 200)
     with pytest.raises(DatasetError, match="would extract to"):
         scan_dataset(archive)
-    monkeypatch.setattr(dataset_module, "MAX_ZIP_UNCOMPRESSED_BYTES", 10**9)
-    monkeypatch.setattr(dataset_module, "MAX_ZIP_MEMBERS", 2)
+    monkeypatch.setattr(ziparchive, "MAX_ZIP_UNCOMPRESSED_BYTES", 10**9)
+    monkeypatch.setattr(ziparchive, "MAX_ZIP_MEMBERS", 2)
     with pytest.raises(DatasetError, match="entries"):
         scan_dataset(archive)
     assert list((Path(os.environ["TRANSFERLAB_CACHE_DIR"]) / "zips").iterdir()) == []
@@ -455,25 +458,54 @@ def test_listing_order_and_worker_count_do_not_change_the_split(tmp_path, monkey
 
 
 # -- progress, cancellation, serialisation ----------------------------------------------------
-def test_progress_is_reported_and_finishes(tmp_path):
+@pytest.mark.parametrize("workers", [1, 4])
+def test_progress_is_reported_and_finishes(tmp_path, workers):
     write_classes(tmp_path, {"cats": 6, "dogs": 6})
     calls = []
-    scan_dataset(tmp_path, progress=lambda done, total: calls.append((done, total)))
-    assert calls[0] == (0, 12) and calls[-1] == (12, 12)
+    scan_dataset(tmp_path, progress=lambda *call: calls.append(call), workers=workers)
+    assert calls[0] == ("scan", 0, 12) and calls[-1] == ("scan", 12, 12)
     assert len(calls) <= 13
+    done = [d for _, d, _ in calls]
+    assert done == sorted(done)  # never goes backwards
 
 
 @pytest.mark.parametrize("workers", [1, 4])
 def test_cancellation(tmp_path, workers):
     write_classes(tmp_path, {"cats": 10, "dogs": 10})
-    polls = []
+    control = RunControl()
+    calls = []
 
-    def should_stop():
-        polls.append(1)
-        return len(polls) > 2
+    def progress(stage, done, total):
+        calls.append((stage, done, total))
+        if done >= 2:
+            control.cancel()
 
-    with pytest.raises(ScanCancelled):
-        scan_dataset(tmp_path, should_stop=should_stop, workers=workers)
+    with pytest.raises(Cancelled):
+        scan_dataset(tmp_path, progress=progress, control=control, workers=workers)
+    assert 2 <= calls[-1][1] < 20  # stopped at the first checkpoint after the cancel, not at the end
+
+
+def test_a_cancelled_control_stops_the_scan_before_any_image_is_decoded(tmp_path):
+    write_classes(tmp_path, {"cats": 6, "dogs": 6})
+    control = RunControl()
+    control.cancel()
+    calls = []
+    with pytest.raises(Cancelled):
+        scan_dataset(tmp_path, progress=lambda *call: calls.append(call), control=control)
+    assert calls == [("scan", 0, 12)]
+
+
+def test_cancelling_stops_a_long_listing(tmp_path):
+    """Directory entries are checked against the control too (every few hundred), not only images."""
+    write_classes(tmp_path, {"cats": 3, "dogs": 3})
+    for i in range(600):
+        (tmp_path / "cats" / f"note{i:03d}.txt").touch()
+    control = RunControl()
+    control.cancel()
+    calls = []
+    with pytest.raises(Cancelled):
+        scan_dataset(tmp_path, progress=lambda *call: calls.append(call), control=control)
+    assert calls == []  # cancelled while listing, before decoding began
 
 
 def test_report_round_trips_through_json(tmp_path):
@@ -488,10 +520,10 @@ def test_report_round_trips_through_json(tmp_path):
     assert "cats" in text and "dogs" in text and "x.txt" in text and "16×16" in text
 
 
-def test_engine_dataset_does_not_import_torch_or_qt():
+def test_the_scan_does_not_import_torch_or_qt():
     import subprocess
     import sys
-    code = ("import sys, engine.data.dataset; "
+    code = ("import sys, engine.data.scan; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'PySide6', 'PyQt6', 'PyQt5')]; "
             "print(bad); sys.exit(1 if bad else 0)")
     root = Path(__file__).resolve().parent.parent

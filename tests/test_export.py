@@ -31,7 +31,7 @@ atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
 @functools.lru_cache(maxsize=None)
 def trained_run(backbone: str) -> Path:
     """A run trained for one epoch at 64 px on the demo dataset, shared by this module and test_predict."""
-    from engine.data.dataset import scan_dataset
+    from engine.data.scan import scan_dataset
     from engine.training.config import TrainConfig
     from engine.training.trainer import Trainer
     config = TrainConfig(backbone=backbone, weights="random" if backbone == "resnet18" else "pretrained",
@@ -52,7 +52,7 @@ def val_paths(run: Path, limit: int = 12) -> list[str]:
     return [row["path"] for row in rows[::max(1, len(rows) // limit)]][:limit]
 
 
-@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18"])
+@pytest.mark.parametrize("backbone", [pytest.param("efficientnet_lite0", marks=pytest.mark.slow), "resnet18"])
 def test_export_matches_pytorch_on_real_images(backbone):
     result = exported(backbone)
     assert result.exporter == "dynamo" and result.warnings == []
@@ -76,7 +76,7 @@ def test_export_matches_pytorch_on_real_images(backbone):
         np.testing.assert_allclose(got, reference[rows], atol=1e-4)
 
 
-@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18"])
+@pytest.mark.parametrize("backbone", [pytest.param("efficientnet_lite0", marks=pytest.mark.slow), "resnet18"])
 def test_metadata_lets_a_user_run_the_file_alone(backbone):
     result = exported(backbone)
     meta = {k: json.loads(v) for k, v in ort.InferenceSession(result.path).get_modelmeta()

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from engine.core.callbacks import Callback
 from engine.data.transforms import eval_transform
-from engine.data.dataset import scan_dataset
+from engine.data.scan import scan_dataset
 from engine.training.caches import ActivationCache, FeatureCache, SuffixOnActivations, feature_stages, plan_cache
 from engine.models.layers import LayerTree
 from engine.models.catalog import create_model
@@ -30,7 +30,8 @@ def _model(preset="head", blocks=2):
 
 @pytest.mark.parametrize("freeze, path", [(dict(freeze="head"), "features"),
                                           (dict(freeze="last-n", freeze_blocks=1), "activations"),
-                                          (dict(freeze="last-n", freeze_blocks=3), "activations")])
+                                          pytest.param(dict(freeze="last-n", freeze_blocks=3), "activations",
+                                                       marks=pytest.mark.slow)])
 def test_cached_training_matches_the_slow_path(report, tmp_path, freeze, path):
     cached = Trainer(report, TrainConfig(**EXACT, **freeze), tmp_path / "cached")
     plain = Trainer(report, TrainConfig(**EXACT, **freeze, cache="off"), tmp_path / "plain")

@@ -16,7 +16,9 @@ from PySide6.QtWidgets import QMessageBox
 
 from conftest import ROOT, write_colour_dataset
 from gui.layer_model import LayerTreeModel
-from gui_support import TRAIN_TIMEOUT_MS, PauseAfterFirstEpoch, drop, load, requires_grad, start_run
+from gui.train_panel import FIELDS
+from gui_support import (TRAIN_TIMEOUT_MS, PauseAfterFirstEpoch, changed_settings, drop, load, requires_grad,
+                         start_run)
 
 
 @pytest.fixture
@@ -60,7 +62,7 @@ def test_dropping_a_dataset_shows_classes_thumbnails_and_problems(qtbot, window,
     assert table.item(0, 5).data(Qt.ItemDataRole.DecorationRole) is not None, "thumbnail strip"
     problems = window.data_panel.problems
     assert problems.rowCount() == 1 and problems.item(0, 2).text().endswith("broken.png")
-    assert window.model_panel.info.num_classes == len(expected)
+    assert window.state.model.num_classes == len(expected)
 
 
 def test_dropping_a_plain_file_is_refused_and_an_unusable_folder_explains_why(qtbot, window, tmp_path):
@@ -72,7 +74,7 @@ def test_dropping_a_plain_file_is_refused_and_an_unusable_folder_explains_why(qt
     with qtbot.waitSignal(window.scan_failed, timeout=30_000) as failed:
         drop(window.data_panel.drop_zone, [empty])
     assert failed.args[0] in window.data_panel.summary.text()
-    assert window.report is None and not window.start_action.isEnabled()
+    assert window.state.report is None and not window.start_action.isEnabled()
 
 
 # -- layer tree ---------------------------------------------------------------------------------
@@ -89,7 +91,7 @@ def test_layer_tree_model_passes_qtmodeltester(qtmodeltester):
 def test_checkboxes_and_presets_set_requires_grad(qtbot, window, dataset):
     load(qtbot, window, [dataset])
     panel, layer_model = window.model_panel, window.model_panel.layer_model
-    model = panel.info.tree.model
+    model = window.state.model.tree.model
     assert {n for n, g in requires_grad(model).items() if g} == {"classifier.weight", "classifier.bias"}
     assert "only the head trains" in panel.counts.text()
     panel.tree.expandAll()
@@ -119,16 +121,16 @@ def test_training_uses_exactly_the_tree_freeze_state_and_plots_live(qtbot, windo
     panel.last_n_button.click()
     panel.layer_model.setData(panel.layer_model.index_of("blocks.6.0.bn3"), Qt.CheckState.Unchecked.value,
                               Qt.ItemDataRole.CheckStateRole)
-    gui_flags = requires_grad(panel.info.tree.model)
+    gui_flags = requires_grad(window.state.model.tree.model)
     assert not gui_flags["blocks.6.0.bn3.weight"] and gui_flags["blocks.6.0.conv_pwl.weight"]
     with qtbot.waitSignal(window.training_finished, timeout=TRAIN_TIMEOUT_MS) as finished:
         run, task, stopped = start_run(qtbot, window)
         stopped.wait()
     result = finished.args[0]
     assert result.status == "completed"
-    assert run.trainer.model is not panel.info.tree.model, "the worker trains its own model"
+    assert run.trainer.model is not window.state.model.tree.model, "the worker trains its own model"
     assert requires_grad(run.trainer.tree.model) == gui_flags
-    assert run.config.frozen_parameters == panel.frozen_parameter_names()
+    assert run.config.frozen_parameters == window.state.model.tree.frozen_parameter_names()
     plots = window.train_panel.plots
     assert plots.points("val_loss") == 2 and plots.points("val_accuracy") == 2
     assert plots.points("batch_loss") >= 2 and plots.points("lr") >= 2
@@ -182,11 +184,12 @@ def test_invalid_settings_are_explained_without_starting(qtbot, window, dataset)
 
 def test_every_setting_in_the_form_reaches_the_engine_config(qtbot, window):
     from engine.training.config import TrainConfig
-    settings = window.train_panel.settings
-    settings.set_values(epochs=7, cached_views=3, augmentation="strong", label_smoothing=0.2)
-    config = TrainConfig(**settings.values())
-    config.validate()
-    assert (config.epochs, config.cached_views, config.augmentation, config.label_smoothing) == (7, 3, "strong", 0.2)
+    settings, defaults = window.train_panel.settings, TrainConfig()
+    changed = changed_settings(settings)
+    assert all(changed[key] != getattr(defaults, key) for key, _ in FIELDS), "every field leaves its default"
+    settings.set_values(**changed)
+    config = window.training_config()                   # validated, as Start uses it
+    assert {key: getattr(config, key) for key, _ in FIELDS} == changed == settings.values()
     settings.set_values(cached_views=1)
     assert settings.cached_views.text() == "1 (as it is)"
 
@@ -204,3 +207,54 @@ def test_closing_during_training_asks_then_stops_and_joins(qtbot, window, datase
     assert not answers and window.training_task is None
     assert (run.run_dir / "model.safetensors").is_file() and (run.run_dir / "history.json").is_file()
     assert window.settings.value("window/geometry") is not None
+
+
+# -- the application state, without a window ----------------------------------------------------
+def test_the_state_imports_neither_qt_nor_torch():
+    code = "import sys, gui.state; print(sorted({m.split('.')[0] for m in sys.modules} & {'PySide6', 'torch', 'timm'}))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_state_events_keep_the_freeze_state_the_runs_and_the_corrections(tmp_path):
+    from engine.core.runfolder import RunFolder
+    from gui.jobs import build_model
+    from gui.state import AppState
+    state = AppState(backbone="resnet18")
+    seen = []
+    state.events.frozen_parameters.connect(lambda frozen: seen.append(("frozen", len(frozen))))
+    state.events.latest_run.connect(lambda record: seen.append(("latest", record and record.run_dir)))
+    state.corrections.events.added.connect(lambda path, _value: seen.append(("corrected", path)))
+    state.corrections.events.removed.connect(lambda path, _value: seen.append(("restored", path)))
+
+    info = build_model("resnet18", 3, lambda *_: None)
+    state.use_model(info)                                  # no freeze state yet: the head trains
+    tree = info.tree
+    assert state.frozen_parameters == tree.frozen_parameter_names() and "fc.weight" not in state.frozen_parameters
+    tree.set_trainable("layer4", True)                     # a checkbox in the layer tree
+    assert state.frozen_parameters == tree.frozen_parameter_names() and "layer4.0.conv1.weight" not in state.frozen_parameters
+    state.frozen_parameters = []                           # an opened project: everything trains
+    assert tree.frozen_parameter_names() == []
+    state.backbone = "efficientnet_lite0"                  # the tree left over says nothing about the new one
+    tree.set_trainable("layer1", False)
+    assert state.frozen_parameters == []
+    n_frozen = [n for kind, n in seen if kind == "frozen"]
+    assert n_frozen[-1] == 0 and len(n_frozen) == 3
+
+    run_dir = str(tmp_path / "run")
+    state.record_run(run_dir, "running", {"backbone": "resnet18"}, 0.5)
+    created = state.runs[0].created
+    state.record_run(run_dir, "completed", {"backbone": "resnet18"}, 0.75)
+    assert state.latest_run is None, "no checkpoint on disk: not usable"
+    RunFolder(run_dir).checkpoint.parent.mkdir(parents=True)
+    RunFolder(run_dir).checkpoint.write_bytes(b"")
+    state.record_run(run_dir, "completed", {"backbone": "resnet18"}, 0.8)
+    assert [(r.run_dir, r.created, r.status, r.val_accuracy) for r in state.runs] == [(run_dir, created, "completed", 0.8)]
+    assert state.latest_run is state.runs[0] and ("latest", run_dir) in seen
+
+    state.correct("/data/red/1.png", "exclude")
+    state.correct("/data/red/2.png", "relabel", "green")
+    state.correct("/data/red/1.png", "restore")
+    assert dict(state.corrections) == {"/data/red/2.png": {"action": "relabel", "label": "green"}}
+    assert [e for e in seen if e[0] in ("corrected", "restored")] == [
+        ("corrected", "/data/red/1.png"), ("corrected", "/data/red/2.png"), ("restored", "/data/red/1.png")]

@@ -14,18 +14,21 @@ from types import SimpleNamespace
 
 import pytest
 import shiboken6
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import QObject, QSettings, Qt
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import QMessageBox
 
 from conftest import write_colour_dataset
 from engine.project import Project, RunRecord
+from engine.training.config import TrainConfig
 from gui.export_dialog import ExportDialog
 from gui.main_window import MainWindow
 from gui.predict_panel import PredictPanel
-from gui.project_io import RECENT_KEY, autosave_path
-from gui.workers import Task
-from gui_support import delete_now, drop, load
+from gui.project_io import RECENT_KEY, autosave_path, project_from_state
+from gui.state import AppState
+from gui.train_panel import FIELDS
+from gui.workers import Task, TaskGroup
+from gui_support import changed_settings, delete_now, drop, load
 
 JOB_TIMEOUT_MS = 120_000
 
@@ -33,8 +36,7 @@ JOB_TIMEOUT_MS = 120_000
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A run trained with the engine on red/green/blue images; it tells them apart perfectly."""
-    from engine.data.dataset import scan_dataset
-    from engine.training.config import TrainConfig
+    from engine.data.scan import scan_dataset
     from engine.training.trainer import Trainer
     base = tmp_path_factory.mktemp("trained")
     with pytest.MonkeyPatch.context() as env:             # never the real user folders
@@ -47,21 +49,21 @@ def trained(tmp_path_factory):
     return SimpleNamespace(data=data, run=Path(result.run_dir), result=result)
 
 
-class Tasks:
-    """`start_task` for a panel or dialog used without the window: each task gets a blocker armed on
+class Tasks(TaskGroup):
+    """The task group for a panel or dialog used without the window: each task gets a blocker armed on
     its end before it starts, so `wait()` never misses it."""
 
     def __init__(self, qtbot, before_start=None):
-        self.qtbot, self.tasks, self.blockers = qtbot, [], []
+        self.owner_object = QObject()
+        super().__init__(self.owner_object)
+        self.qtbot, self.blockers = qtbot, []
         self.before_start = before_start
 
-    def __call__(self, job, control=None) -> Task:
-        task = Task(job, control)
-        self.tasks.append(task)
+    def prepare(self, job, control=None) -> Task:
+        task = super().prepare(job, control)
         if self.before_start is not None:
             self.before_start(task)
         self.blockers.append(self.qtbot.waitSignal(task.done, timeout=JOB_TIMEOUT_MS))
-        task.start()
         return task
 
     def wait(self) -> None:
@@ -154,14 +156,15 @@ def test_a_failed_export_is_explained_in_the_dialog(qtbot, tmp_path):
 
 # -- try it ---------------------------------------------------------------------------------------
 def test_try_it_shows_the_right_class_with_probabilities(qtbot, trained, tmp_path):
-    tasks = Tasks(qtbot)
-    panel = PredictPanel(tasks)
+    tasks, state = Tasks(qtbot), AppState()
+    panel = PredictPanel(state, tasks)
     qtbot.addWidget(panel)
     panel.resize(900, 600)
     panel.show()
     assert panel.predict([str(trained.data / "red" / "red_003.png")]) is None, "no model yet"
     assert "no model yet" in panel.summary.text().lower()
-    panel.set_latest_run(str(trained.run))
+    state.runs.append(RunRecord(str(trained.run), "2026-01-02T03:04:05", "efficientnet_lite0", "completed"))
+    assert panel.model_path == str(trained.run), "the project's latest run"
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
     notes = tmp_path / "notes.txt"
@@ -187,13 +190,16 @@ def test_try_it_shows_the_right_class_with_probabilities(qtbot, trained, tmp_pat
 
 # -- projects -------------------------------------------------------------------------------------
 def window_state(window: MainWindow) -> dict:
-    """What a project must bring back, as the window shows it."""
-    return {"sources": window.project.dataset_sources, "root": window.report.root, "classes": window.report.classes,
-            "backbone": window.model_panel.backbone, "model": window.model_panel.info.backbone,
-            "frozen": window.model_panel.frozen_parameter_names(), "weights": window.model_panel.weights_choice,
-            "settings": window.train_panel.settings.values(), "corrections": window.project.corrections,
-            "runs": [vars(r) for r in window.project.runs], "title": window.windowTitle(),
-            "try_it": window.predict_panel.latest_run, "export": window.export_action.isEnabled()}
+    """What a project must bring back, in the state and as the window shows it."""
+    state = window.state
+    return {"sources": list(state.dataset_sources), "root": state.report.root, "classes": state.report.classes,
+            "backbone": state.backbone, "listed": window.model_panel.backbone_list.currentItem().text(),
+            "model": state.model.backbone, "frozen": state.model.tree.frozen_parameter_names(),
+            "weights": state.weights, "weights_shown": window.model_panel.weights.currentText(),
+            "settings": dict(state.settings), "form": window.train_panel.settings.values(),
+            "corrections": dict(state.corrections), "runs": [vars(r) for r in state.runs],
+            "title": window.windowTitle(), "try_it": window.predict_panel.model_path,
+            "export": window.export_action.isEnabled()}
 
 
 def test_save_close_open_restores_the_same_state(qtbot, windows, trained, tmp_path):
@@ -203,32 +209,39 @@ def test_save_close_open_restores_the_same_state(qtbot, windows, trained, tmp_pa
     load(qtbot, window, [data])
     panel = window.model_panel
     with qtbot.waitSignal(window.model_ready, timeout=60_000):
-        panel.backbone_list.setCurrentRow(list(panel.backbones).index("resnet18"))
+        panel.backbone_list.setCurrentRow([row["name"] for row in window.state.engine.backbones].index("resnet18"))
     panel.n_blocks.setValue(1)
     panel.last_n_button.click()
     panel.layer_model.setData(panel.layer_model.index_of("layer4.1.bn2"), Qt.CheckState.Unchecked.value,
                               Qt.ItemDataRole.CheckStateRole)
-    window.train_panel.settings.set_values(epochs=3, batch_size=4, image_size=64, lr=1e-3, augmentation="none")
-    window.project.exclude(str(data / "red" / "red_001.png"))
-    window.project.add_run(RunRecord(str(trained.run), "2026-01-02T03:04:05", "efficientnet_lite0", "completed",
-                                     1.0, None, {"epochs": 2}))
+    form, defaults = window.train_panel.settings, TrainConfig()
+    changed = changed_settings(form)                     # every setting of the form, from its FIELDS
+    assert all(changed[key] != getattr(defaults, key) for key, _ in FIELDS)
+    form.set_values(**changed)
+    window.record_correction(str(data / "red" / "red_001.png"), "exclude")
+    window.state.runs.append(RunRecord(str(trained.run), "2026-01-02T03:04:05", "efficientnet_lite0", "completed",
+                                       1.0, None, {"epochs": 2}))
     window.projects.ask_save_path = lambda: str(tmp_path / "work" / "colours")
     saved = window.projects.save()                       # unsaved: asks for a name, adds .tlproj
     assert saved == str(tmp_path / "work" / "colours.tlproj")
-    window.projects.latest_run_changed.emit(str(trained.run))   # as after a run in this session
     expected = window_state(window)
     assert "layer4.1.bn2.weight" in expected["frozen"] and "layer4.1.conv2.weight" not in expected["frozen"]
+    assert expected["form"] == expected["settings"] == changed and expected["try_it"] == str(trained.run)
     assert window.close()
 
     QSettings(str(settings_file), QSettings.Format.IniFormat).setValue("model/backbone", "efficientnet_lite0")
     window = windows(settings_file)                      # the next session starts with another backbone
-    assert window.model_panel.backbone == "efficientnet_lite0" and window.report is None
+    assert window.state.backbone == "efficientnet_lite0" and window.state.report is None
+    assert window.train_panel.settings.values() != changed
     recent = window.projects.recent_menu.actions()[0]
     assert recent.data() == saved
     with qtbot.waitSignal(window.projects.opened, timeout=60_000):
         recent.trigger()
+    restored = window.train_panel.settings.values()
+    for key, label in FIELDS:                            # "Cached views" included
+        assert restored[key] == changed[key], f"{label} was not restored"
     assert window_state(window) == expected
-    assert window.project.path == saved and window.windowTitle().startswith("colours")
+    assert window.state.project_path == saved and window.windowTitle().startswith("colours")
 
 
 def test_opening_a_project_whose_dataset_moved_asks_for_the_new_place(qtbot, windows, tmp_path):
@@ -245,15 +258,15 @@ def test_opening_a_project_whose_dataset_moved_asks_for_the_new_place(qtbot, win
     with qtbot.waitSignal(window.projects.opened, timeout=60_000):
         assert window.projects.open(path)
     assert asked == [str(data)]
-    assert window.project.dataset_sources == [str(moved)] and window.report.root == str(moved)
-    assert window.project.corrections == {str(moved / "red" / "red_001.png"): {"action": "relabel", "label": "green"}}
+    assert window.state.dataset_sources == [str(moved)] and window.state.report.root == str(moved)
+    assert dict(window.state.corrections) == {str(moved / "red" / "red_001.png"): {"action": "relabel", "label": "green"}}
     assert window.train_panel.settings.values()["epochs"] == 4
     assert Path(path).read_bytes() == written, "opening never writes the file"
 
 
 def test_a_corrupt_or_foreign_project_is_refused_clearly_and_left_untouched(qtbot, windows, tmp_path):
     window = windows()
-    before = window.project.to_dict() | {"saved": None}
+    before = project_from_state(window.state).to_dict() | {"saved": None}
     contents = {"binary.tlproj": b"\x89PNG\r\n\x1a\n\x00\xff",
                 "other.tlproj": json.dumps({"format": "someone-else/2", "layers": []}).encode(),
                 "damaged.tlproj": json.dumps({"format": "transferlab-project/1", "runs": [{"bad": 1}]}).encode()}
@@ -267,7 +280,7 @@ def test_a_corrupt_or_foreign_project_is_refused_clearly_and_left_untouched(qtbo
         assert box.icon() == QMessageBox.Icon.Warning and "left as it is" in box.text()
         box.close()
         assert path.read_bytes() == content
-    assert window.project.to_dict() | {"saved": None} == before
+    assert project_from_state(window.state).to_dict() | {"saved": None} == before
     assert window.projects.recent_projects() == [] and window.windowTitle() == "TransferLab"
 
 
@@ -290,14 +303,14 @@ def test_training_autosaves_each_epoch_and_feeds_export_and_try_it(qtbot, window
     snapshots = []
     window.projects.autosaved.connect(lambda path: snapshots.append(json.loads(Path(path).read_text())))
     window.train_panel.settings.set_values(epochs=2, image_size=64, batch_size=8, lr=1e-2)
-    with qtbot.waitSignal(window.projects.latest_run_changed, timeout=JOB_TIMEOUT_MS) as latest:
+    with qtbot.waitSignal(window.training_finished, timeout=JOB_TIMEOUT_MS):
         run = window.start_training()
     run_dir = str(run.run_dir)
-    assert latest.args == [run_dir]
+    assert window.state.latest_run.run_dir == run_dir
     assert [s["runs"][-1]["status"] for s in snapshots] == ["running", "running", "completed"]
     assert all(s["dataset_sources"] == [str(data)] for s in snapshots)
     assert json.loads(autosave_path().read_text())["runs"][-1]["run_dir"] == run_dir, "unsaved: autosave file"
-    assert window.predict_panel.latest_run == run_dir and window.export_action.isEnabled()
+    assert window.predict_panel.model_path == run_dir and window.export_action.isEnabled()
 
     dialog = window.show_export_dialog()
     dialog.path.setText(str(tmp_path / "colours.onnx"))

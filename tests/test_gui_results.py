@@ -12,14 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QObject, Qt
 from PySide6.QtGui import QImage
-from PySide6.QtWidgets import QInputDialog
+from PySide6.QtWidgets import QInputDialog, QStyleOptionViewItem
 
 from conftest import write_colour_dataset
 from gui.confusion_view import ConfusionModel
+from gui.gallery import LINE_BREAK, Gallery, GalleryItem
 from gui.gc_guard import GuiThreadGarbageCollector
 from gui.results_panel import ResultsPanel
+from gui.state import AppState
+from gui.workers import TaskGroup
 from gui_support import TRAIN_TIMEOUT_MS, delete_now, load, start_run
 
 TINY = dict(epochs=1, image_size=64, batch_size=8, lr=1e-2)
@@ -38,7 +41,7 @@ def write_dataset(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """One real run folder (engine only, no Qt), shared by the panel tests."""
-    from engine.data.dataset import scan_dataset
+    from engine.data.scan import scan_dataset
     from engine.training.config import TrainConfig
     from engine.training.trainer import train
     base = tmp_path_factory.mktemp("results")
@@ -53,14 +56,16 @@ def finished_run(tmp_path_factory):
 @pytest.fixture
 def panel(qtbot, finished_run):
     """The panel alone, with the collector the window installs (workers must never free Qt objects)."""
-    widget = ResultsPanel()
+    owner = QObject()
+    tasks = TaskGroup(owner)
+    widget = ResultsPanel(AppState(), tasks)
     GuiThreadGarbageCollector(widget)
     widget.resize(1100, 700)
     widget.show()
     with thumbnails_loaded(qtbot, widget, [w["path"] for w in finished_run.metrics["most_confident_wrong"]]):
         widget.show_result(finished_run)         # opens on the most confidently wrong gallery
     yield widget
-    widget.shutdown()
+    tasks.shutdown()
     widget.close()
     delete_now(widget)
 
@@ -98,6 +103,33 @@ def test_confusion_model_passes_qtmodeltester_and_normalises_rows(qtmodeltester)
     assert [model.data(model.index(0, c), display) for c in range(2)] == ["75 %", "25 %"]
     assert model.data(model.index(1, 0), Qt.ItemDataRole.BackgroundRole).name() == "#ffffff"
     assert "predicted as dog" in model.data(model.index(0, 1), Qt.ItemDataRole.ToolTipRole)
+
+
+def shown_caption(gallery: Gallery, row: int) -> tuple[list[str], QStyleOptionViewItem]:
+    """The lines a tile's caption is drawn with, and the drawing option (its rect and font)."""
+    index = gallery.model.index(row)
+    option = QStyleOptionViewItem()
+    gallery.view.initViewItemOption(option)
+    option.rect = gallery.view.visualRect(index)
+    gallery.view.itemDelegateForIndex(index).initStyleOption(option, index)
+    return option.text.split(LINE_BREAK), option
+
+
+def test_a_caption_with_long_class_names_still_shows_the_predicted_class_and_score(qtbot):
+    gallery = Gallery({})
+    qtbot.addWidget(gallery)
+    gallery.resize(600, 400)
+    gallery.show()
+    true, predicted = "Orange (navel, from the Valencia harvest)", "Grapefruit, pink, with a thick peel"
+    gallery.show_items("mistakes", [GalleryItem("/nowhere/orange.png", true, predicted, 0.93)], [true, predicted])
+    gallery.set_corrections({"/nowhere/orange.png": {"action": "relabel", "label": "Citrus, other kinds"}})
+    lines, option = shown_caption(gallery, 0)
+    assert len(lines) == 3 and lines[0].startswith("Orange") and lines[2].startswith("[moved to")
+    assert lines[1].startswith("→ Grapefr") and lines[1].endswith("(0.93)"), lines
+    assert all(option.fontMetrics.horizontalAdvance(line) <= option.rect.width() for line in lines), \
+        "each line fits the tile, so the style cuts none of them"
+    tooltip = gallery.model.index(0).data(Qt.ItemDataRole.ToolTipRole)
+    assert f"True class: {true}" in tooltip and f"Predicted: {predicted} (score 0.930)" in tooltip
 
 
 def test_clicking_a_confusion_cell_fills_the_gallery_with_exactly_those_images(qtbot, panel, finished_run):
@@ -180,7 +212,7 @@ def test_excluding_an_image_and_retraining_leaves_it_out(qtbot, window, tmp_path
     panel.gallery.select_path(relabelled)
     monkeypatch.setattr(QInputDialog, "getItem", lambda *args, **kwargs: ("green", True))
     panel.gallery.relabel_button.click()
-    assert window.project.corrections == {excluded: {"action": "exclude", "label": None},
+    assert dict(window.state.corrections) == {excluded: {"action": "exclude", "label": None},
                                           relabelled: {"action": "relabel", "label": "green"}}
     row = panel.gallery.paths().index(excluded)
     assert "[excluded]" in panel.gallery.model.index(row).data()
@@ -198,13 +230,13 @@ def test_excluding_an_image_and_retraining_leaves_it_out(qtbot, window, tmp_path
     assert excluded not in trained_on and trained_on[relabelled] == "green"
     evaluated = json.loads((Path(result.run_dir) / "predictions.json").read_text())
     assert excluded not in {p["path"] for split in evaluated.values() for p in split}
-    assert excluded in {s.path for s in window.report.samples} and Path(excluded).is_file(), \
+    assert excluded in {s.path for s in window.state.report.samples} and Path(excluded).is_file(), \
         "the user's dataset and files stay as they were"
 
     compare = panel.compare
-    assert [r.status for r in window.project.runs] == ["completed", "completed"]
+    assert [r.status for r in window.state.runs] == ["completed", "completed"]
     assert compare.table.rowCount() == 2
-    first_run = window.project.runs[0].run_dir
+    first_run = window.state.runs[0].run_dir
     assert compare.curve_points(first_run) == 1 and compare.curve_points(result.run_dir) == 1
     compare.table.item(next(r for r in range(2) if compare.table.item(r, 0).data(Qt.ItemDataRole.UserRole)
                             == first_run), 0).setCheckState(Qt.CheckState.Unchecked)

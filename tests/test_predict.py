@@ -73,7 +73,7 @@ def test_example_loads_and_preprocesses_like_the_engine(tricky_images):
         np.testing.assert_array_equal(preprocess_image(ours, pre), example.preprocess(theirs, pre))
 
 
-@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18"])
+@pytest.mark.parametrize("backbone", [pytest.param("efficientnet_lite0", marks=pytest.mark.slow), "resnet18"])
 def test_torch_and_onnx_paths_agree_on_real_images(backbone, tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()

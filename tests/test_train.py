@@ -1,15 +1,18 @@
 """Training engine on small real images: events, checkpoints, metrics, cancel, pause, reproducibility."""
 import json
 import threading
+import time
 
 import pytest
 import torch
+import torch.nn.functional as F
+from conftest import COLOURS, write_colour_dataset
 from safetensors.torch import load_file
 
 from engine.core.callbacks import Callback
 from engine.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta
 from engine.core.control import RunControl
-from engine.data.dataset import scan_dataset
+from engine.data.scan import scan_dataset
 from engine.models.layers import LayerTree
 from engine.models.catalog import create_model
 from engine.training.config import TrainConfig
@@ -50,9 +53,53 @@ def _is_plain(value) -> bool:
     return value is None or isinstance(value, (bool, int, float, str))
 
 
+class CriterionSpy(Callback):
+    """Records every training-loss computation of a trainer (a forward hook on its `criterion`) and the
+    loss each batch event reports, indexed by step."""
+
+    def __init__(self):
+        self.trainer = None
+        self.calls: list[tuple[torch.Tensor, torch.Tensor, float]] = []     # (outputs, targets, loss)
+        self.reported: dict[int, float] = {}
+
+    def on_fit_start(self, info):
+        self.trainer.criterion.register_forward_hook(self._record)
+
+    def _record(self, module, inputs, loss):
+        outputs, targets = inputs
+        self.calls.append((outputs.detach().clone(), targets.clone(), float(loss.detach())))
+
+    def on_batch_end(self, step, logs):
+        self.reported[step] = logs["loss"]
+
+    def targets(self) -> torch.Tensor:
+        return torch.cat([targets for _, targets, _ in self.calls])
+
+
+def spied_trainer(report, config, run_dir, callbacks=(), control=None) -> tuple[Trainer, CriterionSpy]:
+    spy = CriterionSpy()
+    trainer = Trainer(report, config, run_dir, [*callbacks, spy], control)
+    spy.trainer = trainer
+    return trainer, spy
+
+
 @pytest.fixture
 def report(colour_dataset):
     return scan_dataset(colour_dataset, seed=0)
+
+
+@pytest.fixture
+def imbalanced_report(tmp_path):
+    """Five times more red images than blue ones: 'blue' is class 0, the minority."""
+    root = tmp_path / "imbalanced"
+    write_colour_dataset(root, per_class=40, colours={"red": COLOURS["red"]})
+    write_colour_dataset(root, per_class=8, seed=1, colours={"blue": COLOURS["blue"]})
+    return scan_dataset(root, seed=0)
+
+
+def train_label_counts(report) -> torch.Tensor:
+    labels = torch.tensor([s.label for s in report.split("train")])
+    return torch.bincount(labels, minlength=len(report.classes)).float()
 
 
 def test_head_only_fit_learns_colours_and_writes_a_run(report, tmp_path):
@@ -138,24 +185,69 @@ def test_cancel_stops_within_a_batch_and_keeps_the_best_checkpoint(report, tmp_p
     assert read_checkpoint_meta(result.checkpoint)["epoch"] == 1
 
 
-class PauseOnce(Callback):
+class PauseAtFirstBatch(Callback):
+    """Pauses the run from the worker thread at its first batch, as the window's Pause button would, and
+    timestamps every batch or epoch event after that."""
+
     def __init__(self, control):
         self.control = control
         self.paused_at = None
+        self.pausing = threading.Event()
+        self.event_after_pause = threading.Event()
+        self.times_after_pause: list[float] = []
 
     def on_batch_end(self, step, logs):
         if self.paused_at is None:
             self.paused_at = step
             self.control.pause()
-            threading.Timer(0.3, self.control.resume).start()
+            self.pausing.set()
+        else:
+            self._later_event()
+
+    def on_epoch_end(self, epoch, logs):
+        self._later_event()
+
+    def _later_event(self):
+        self.times_after_pause.append(time.monotonic())
+        self.event_after_pause.set()
+
+
+def fit_on_a_thread(trainer: Trainer) -> tuple[threading.Thread, list]:
+    """Start `trainer.fit()` on a worker thread; the list gets its FitResult or exception."""
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(trainer.fit())
+        except Exception as exc:      # re-raised by the test through the outcome
+            outcome.append(exc)
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    return worker, outcome
 
 
 def test_pause_blocks_until_resume(report, tmp_path):
     control = RunControl()
-    pauser = PauseOnce(control)
-    result = Trainer(report, TrainConfig(**SMALL, freeze="head", cache="off"), tmp_path / "run",
-                     [pauser], control).fit()
+    pauser = PauseAtFirstBatch(control)
+    trainer, spy = spied_trainer(report, TrainConfig(**SMALL, freeze="head", cache="off"), tmp_path / "run",
+                                 [pauser], control)
+    worker, outcome = fit_on_a_thread(trainer)
+    try:
+        assert pauser.pausing.wait(120), "the first batch never ended"
+        steps_when_paused = len(spy.calls)
+        assert not pauser.event_after_pause.wait(0.5), "a batch or epoch ended while paused"
+        assert len(spy.calls) == steps_when_paused == 1, "no training step while paused"
+    finally:
+        resumed_at = time.monotonic()
+        control.resume()
+        worker.join(120)
+    assert not worker.is_alive()
+    result = outcome[0]
+    if isinstance(result, Exception):
+        raise result
     assert pauser.paused_at == 1 and result.status == "completed"
+    assert min(pauser.times_after_pause) >= resumed_at, "training went on only after resume"
+    assert len(result.history) == SMALL["epochs"] and len(spy.calls) > steps_when_paused
 
 
 def test_early_stopping_ends_the_fit(report, tmp_path):
@@ -181,10 +273,48 @@ def test_layer_decay_gives_deeper_blocks_smaller_rates():
     assert all(g["weight_decay"] == 0 for g in groups if all(p.ndim == 1 for p in g["params"]))
 
 
-@pytest.mark.parametrize("balance", ["loss", "sampler"])
-def test_class_balancing_options_train(report, tmp_path, balance):
-    result = Trainer(report, TrainConfig(**SMALL, balance=balance), tmp_path / "run").fit()
+def test_loss_balancing_weights_each_class_inversely_to_its_count(imbalanced_report, tmp_path):
+    config = TrainConfig(**SMALL, balance="loss")
+    trainer, spy = spied_trainer(imbalanced_report, config, tmp_path / "run")
+    result = trainer.fit()
     assert result.status == "completed"
+    counts = train_label_counts(imbalanced_report)
+    assert counts[0] * 3 < counts[1], "the dataset is imbalanced"
+    expected = counts.sum() / (counts * len(counts))
+    assert torch.allclose(trainer.criterion.weight, expected)
+    assert trainer.criterion.weight[0] > 3 * trainer.criterion.weight[1], "the minority class weighs more"
+    # every training loss, and the loss each batch event reports, is the class-weighted loss
+    differs = 0
+    for step, (outputs, targets, loss) in enumerate(spy.calls, start=1):
+        weighted = F.cross_entropy(outputs, targets, weight=expected, label_smoothing=config.label_smoothing)
+        plain = F.cross_entropy(outputs, targets, label_smoothing=config.label_smoothing)
+        assert loss == pytest.approx(float(weighted), rel=1e-5)
+        assert spy.reported[step] == pytest.approx(loss)
+        differs += abs(float(weighted) - float(plain)) > 1e-3
+    assert differs, "weighting changed the loss of mixed batches"
+
+
+def test_sampler_balancing_draws_the_minority_class_as_often_as_the_majority(imbalanced_report, tmp_path):
+    config = TrainConfig(**{**SMALL, "epochs": 8}, balance="sampler")
+    trainer, spy = spied_trainer(imbalanced_report, config, tmp_path / "run")
+    result = trainer.fit()
+    assert result.status == "completed"
+    assert trainer.criterion.weight is None, "the sampler balances; the loss is not weighted as well"
+    counts = train_label_counts(imbalanced_report)
+    drawn = spy.targets()
+    assert len(drawn) == config.epochs * counts.sum(), "an epoch draws as many images as the train split"
+    minority_share = float((drawn == 0).float().mean())
+    assert counts[0] / counts.sum() < 0.2, "the train split holds few minority images"
+    assert 0.4 < minority_share < 0.6
+
+
+def test_without_balancing_each_epoch_draws_every_image_once(imbalanced_report, tmp_path):
+    config = TrainConfig(**SMALL)
+    trainer, spy = spied_trainer(imbalanced_report, config, tmp_path / "run")
+    trainer.fit()
+    assert trainer.criterion.weight is None
+    counts = train_label_counts(imbalanced_report)
+    assert torch.equal(torch.bincount(spy.targets(), minlength=2).float(), config.epochs * counts)
 
 
 def test_everything_frozen_is_a_clear_error(report, tmp_path):

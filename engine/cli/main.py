@@ -11,8 +11,12 @@ import sys
 from pathlib import Path
 
 from engine import __version__
+from engine.cli import outputs
+from engine.cli.progress import TerminalProgress
 from engine.core.errors import first_line
-from engine.core.runfolder import RunFolder
+from engine.core.runfolder import DATASET_REPORT, RunFolder
+from engine.models.presets import parse_freeze
+from engine.training.config import CHOICES, TrainConfig
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -22,26 +26,18 @@ class BadInput(Exception):
 
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:
-    """Errors that mean "the input is wrong", imported lazily so `--help` stays instant."""
-    from engine.models.checkpoint import CheckpointError
-    from engine.data.dataset import DatasetError
-    from engine.data.images import ImageError
-    from engine.models.catalog import ModelError
-    from engine.models.weights import WeightsError
-    types = [BadInput, DatasetError, ModelError, CheckpointError, WeightsError, ImageError,
-             FileNotFoundError, ValueError]
-    try:
-        from engine.outputs.export import ExportError
-        types.append(ExportError)
-    except ImportError:
-        pass
-    return tuple(types)
+    """Errors that mean "the input is wrong": every input error of the engine is a ValueError (DatasetError,
+    ModelError, CheckpointError, WeightsError, ExportError, ModelFileError, bad settings), plus unreadable
+    images and missing files."""
+    from engine.data.images import ImageError     # Pillow only: `--help` stays instant
+    return BadInput, ValueError, FileNotFoundError, ImageError
 
 
 # -- commands ---------------------------------------------------------------------------------------
 def cmd_inspect(args) -> int:
-    from engine.data.dataset import scan_dataset
-    report = scan_dataset(args.data, seed=args.seed)
+    from engine.data.scan import scan_dataset
+    with TerminalProgress() as progress:
+        report = scan_dataset(args.data, seed=args.seed, progress=progress)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -63,19 +59,11 @@ def cmd_models(args) -> int:
     return EXIT_OK
 
 
-def _config_from_args(args):
-    from engine.models.presets import parse_freeze
-    from engine.training.config import TrainConfig
+def _config_from_args(args) -> TrainConfig:
     preset, blocks = parse_freeze(args.freeze)
-    config = TrainConfig(backbone=args.model, epochs=args.epochs, batch_size=args.batch_size,
-                         image_size=args.image_size, seed=args.seed, freeze=preset,
-                         freeze_blocks=blocks or 2, augmentation=args.augmentation, recipe=args.recipe,
-                         optimizer=args.optimizer, schedule=args.schedule, cache=args.cache,
-                         label_smoothing=args.label_smoothing, early_stopping=args.early_stopping,
-                         balance=args.balance, weights="random" if args.from_scratch else args.weights,
-                         cached_views=args.cached_views)
-    if args.lr is not None:
-        config.lr = args.lr
+    values = {name: getattr(args, name) for name, _ in TRAIN_OPTIONS}
+    config = TrainConfig(**values, backbone=args.model, freeze=preset, freeze_blocks=blocks or 2,
+                         weights="random" if args.from_scratch else args.weights)
     if args.recipe == "two-stage":
         config.head_epochs = min(max(1, args.epochs // 3), args.epochs - 1) if args.epochs > 1 else 1
     config.validate()
@@ -83,14 +71,14 @@ def _config_from_args(args):
 
 
 def cmd_train(args) -> int:
-    from engine.core.callbacks import ConsoleProgress
-    from engine.data.dataset import scan_dataset
+    from engine.data.scan import scan_dataset
     from engine.training.trainer import Trainer
     config = _config_from_args(args)
-    report = scan_dataset(args.data, seed=args.seed)
-    _print_problem_summary(report)
     out = Path(args.out)
-    result = Trainer(report, config, out, [ConsoleProgress()]).fit()
+    with TerminalProgress() as progress:
+        report = scan_dataset(args.data, seed=args.seed, progress=progress)
+        _print_problem_summary(report)
+        result = Trainer(report, config, out, [progress]).fit()
     RunFolder(out).dataset_report.write_text(report.format_text() + "\n", encoding="utf-8")
     metrics = result.metrics
     summary = {"status": result.status, "run_dir": str(out), "checkpoint": result.checkpoint,
@@ -101,7 +89,7 @@ def cmd_train(args) -> int:
 
 def _print_problem_summary(report) -> None:
     if report.problems:
-        print(f"{len(report.problems)} dataset problem(s); see dataset_report.txt in the run folder",
+        print(f"{len(report.problems)} dataset problem(s); see {DATASET_REPORT} in the run folder",
               file=sys.stderr)
 
 
@@ -114,34 +102,43 @@ def cmd_demo(args) -> int:
 
 
 # -- parser -----------------------------------------------------------------------------------------
+TRAIN_OPTIONS = (
+    ("epochs", "passes over the training images"),
+    ("batch_size", "images per step"),
+    ("image_size", "input size in pixels (default: the backbone's own)"),
+    ("lr", "learning rate of the head; deeper layers get smaller rates"),
+    ("optimizer", None),
+    ("schedule", "learning-rate schedule after a one-epoch warm-up"),
+    ("recipe", "two-stage: train the head first, then unfreeze per --freeze at a lower rate"),
+    ("augmentation", None),
+    ("cached_views", "versions of each image cached for head-only/last-blocks training: 1 = as it is "
+                     "(measured best); more are augmented, each costing one pass of the frozen layers"),
+    ("label_smoothing", None),
+    ("balance", "counter class imbalance by weighting the loss or resampling"),
+    ("early_stopping", "stop after this many epochs without a better validation accuracy (0: off)"),
+    ("cache", "reuse the frozen layers' output between epochs (auto) or not (off)"),
+    ("seed", None),
+)
+"""TrainConfig fields offered as `--field-name`: type, default and choices come from TrainConfig itself."""
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from engine.models.catalog import DEFAULT_BACKBONE
-    p.add_argument("--model", default=DEFAULT_BACKBONE, help="backbone name (see `models`)")
-    p.add_argument("--weights", default="pretrained",
+    defaults = TrainConfig()
+    p.add_argument("--model", default=defaults.backbone, help="backbone name (see `models`)")
+    p.add_argument("--weights", default=defaults.weights,
                    help="'pretrained' (offline ImageNet weights) or a .safetensors/.pth file")
     p.add_argument("--from-scratch", action="store_true", help="random initial weights (for comparison)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--freeze", default="head", help="head | all-but-last-N | none (default: head)")
-    p.add_argument("--recipe", default="single", choices=["single", "two-stage"],
-                   help="two-stage: train the head first, then unfreeze per --freeze at a lower rate")
-    p.add_argument("--image-size", type=int, default=None, help="input size in pixels (default: the model's)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=None, help="head learning rate (default 3e-3)")
-    p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
-    p.add_argument("--schedule", default="cosine", choices=["cosine", "onecycle", "constant"])
-    p.add_argument("--augmentation", default="light", choices=["none", "light", "strong"])
-    p.add_argument("--cached-views", type=int, default=1, metavar="N",
-                   help="versions of each image cached for head-only/last-blocks training: 1 = as it is "
-                        "(default, measured best); more are augmented, each costing one feature pass")
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--balance", default="none", choices=["none", "loss", "sampler"])
-    p.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE")
-    p.add_argument("--cache", default="auto", choices=["auto", "off"],
-                   help="reuse frozen-backbone features between epochs (auto) or not")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--freeze", default=defaults.freeze, help="head | all-but-last-N | none (default: head)")
+    for name, help_text in TRAIN_OPTIONS:
+        default = getattr(defaults, name)
+        kind = int if name == "image_size" else type(default)
+        shown = f"(default: {default})" if default is not None else ""
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, choices=CHOICES.get(name),
+                       help=" ".join(filter(None, (help_text, shown))))
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole CLI; imports no torch, so `--help` and `--version` answer at once."""
     parser = argparse.ArgumentParser(prog="transferlab", description="Transfer learning for image folders.")
     parser.add_argument("--version", action="version", version=f"TransferLab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -167,21 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(p)
     p.set_defaults(func=cmd_demo, epochs=5)
 
-    for register in _optional_commands():
-        register(sub)
+    outputs.register(sub)
     return parser
-
-
-def _optional_commands():
-    """Commands living in their own modules (export, predict), registered when present."""
-    registrars = []
-    for module_name in ("engine.cli.outputs",):
-        try:
-            module = __import__(module_name, fromlist=["register"])
-            registrars.append(module.register)
-        except ImportError:
-            continue
-    return registrars
 
 
 def main(argv: list[str] | None = None) -> int:

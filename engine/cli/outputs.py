@@ -9,6 +9,8 @@ import argparse
 import json
 import sys
 
+from engine.cli.progress import TerminalProgress
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("export", help="export a run to a verified ONNX file (and/or plain weights)",
@@ -45,8 +47,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ExportError("say what to write: --onnx OUT.onnx and/or --safetensors OUT.safetensors")
     summary = {}
     if args.onnx:
-        result = export_run(args.run, args.onnx, verify_images=args.verify_images, tolerance=args.tolerance,
-                            exporter=args.exporter, dynamic_size=args.dynamic_size, progress=_report_step)
+        with TerminalProgress() as progress:
+            result = export_run(args.run, args.onnx, verify_images=args.verify_images, tolerance=args.tolerance,
+                                exporter=args.exporter, dynamic_size=args.dynamic_size, progress=progress)
         for warning in result.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         summary.update(result.to_dict())
@@ -56,16 +59,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_step(step: str, done: int, total: int) -> None:
-    if sys.stderr.isatty():     # a log or a pipe gets only the outcome (one line for bad input)
-        print(f"export [{done + 1}/{total}]: {step}", file=sys.stderr)
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     from engine.outputs.predict import load_classifier, predict_images, write_csv
     classifier = load_classifier(args.model)
-    report = predict_images(classifier, args.images, top_k=args.top_k, threshold=args.threshold,
-                            batch_size=max(1, args.batch_size))
+    with TerminalProgress() as progress:
+        report = predict_images(classifier, args.images, top_k=args.top_k, threshold=args.threshold,
+                                batch_size=max(1, args.batch_size), progress=progress)
     for prediction in report.predictions:
         print(json.dumps(prediction.to_dict(), ensure_ascii=False))
     for skipped in report.skipped:

@@ -66,15 +66,19 @@ class StageClock:
         self.min_fraction = min_fraction
         self.min_seconds = min_seconds
         self._clock = clock
-        self._stage: str | None = None
+        self._pass: tuple[str, int] | None = None     # stage and total
         self._started = 0.0
         self._first_done = 0
+        self._last_done = 0
 
     def update(self, stage: str, done: int, total: int) -> float | None:
-        """Seconds left in `stage`; a new stage (or `done` going backwards) restarts the clock."""
+        """Seconds left in `stage`; a new stage, a new total or `done` going backwards (another pass of
+        the stage, such as the next split's features) restarts the clock."""
         now = self._clock()
-        if stage != self._stage or done < self._first_done:
-            self._stage, self._started, self._first_done = stage, now, done
+        restart = (stage, total) != self._pass or done < self._last_done
+        self._last_done = done
+        if restart:
+            self._pass, self._started, self._first_done = (stage, total), now, done
             return None
         elapsed, progressed = now - self._started, done - self._first_done
         if total <= 0 or progressed <= 0 or elapsed < self.min_seconds or progressed / total < self.min_fraction:

@@ -18,30 +18,12 @@ class RunFolder:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.path / CHECKPOINT
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / METRICS
-
-    @property
-    def predictions(self) -> Path:
-        return self.path / PREDICTIONS
-
-    @property
-    def history(self) -> Path:
-        return self.path / HISTORY
-
-    @property
-    def config(self) -> Path:
-        return self.path / CONFIG
-
-    @property
-    def dataset_report(self) -> Path:
-        return self.path / DATASET_REPORT
+        self.checkpoint = self.path / CHECKPOINT
+        self.metrics = self.path / METRICS
+        self.predictions = self.path / PREDICTIONS
+        self.history = self.path / HISTORY
+        self.config = self.path / CONFIG
+        self.dataset_report = self.path / DATASET_REPORT
 
     def has_checkpoint(self) -> bool:
         return self.checkpoint.is_file()

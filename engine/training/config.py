@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from engine.data.preprocessing import AUGMENTATIONS
-from engine.models.catalog import DEFAULT_BACKBONE
+from engine.models.catalog import DEFAULT_BACKBONE, get_spec
 from engine.models.presets import FREEZE_PRESETS
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -13,6 +13,9 @@ SCHEDULES = ("cosine", "onecycle", "constant")
 BALANCING = ("none", "loss", "sampler")
 RECIPES = ("single", "two-stage")
 CACHE_MODES = ("auto", "off")
+CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "balance": BALANCING, "recipe": RECIPES,
+           "augmentation": AUGMENTATIONS, "freeze": FREEZE_PRESETS, "cache": CACHE_MODES}
+"""The fields with a fixed set of values: validated here, offered as choices by the CLI and the window."""
 
 
 @dataclass
@@ -48,10 +51,8 @@ class TrainConfig:
     num_workers: int = 0
 
     def validate(self) -> None:
-        choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "balance": BALANCING,
-                   "recipe": RECIPES, "augmentation": AUGMENTATIONS, "freeze": FREEZE_PRESETS,
-                   "cache": CACHE_MODES}
-        for name, allowed in choices.items():
+        get_spec(self.backbone)          # an unknown backbone fails here, before any work starts
+        for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,

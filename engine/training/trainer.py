@@ -20,7 +20,7 @@ from engine.core.runfolder import RunFolder
 from engine.models.checkpoint import save_checkpoint
 from engine.core.control import Cancelled, RunControl
 from engine.data.transforms import ImageDataset, eval_transform, train_transform
-from engine.data.dataset import DatasetReport
+from engine.data.report import DatasetReport
 from engine.training.metrics import classification_metrics, predict_logits
 from engine.training.caches import (ActivationCache, CachePlan, FeatureCache, FeatureDataset, HeadOnFeatures,
                              SuffixOnActivations, plan_cache)
@@ -29,6 +29,7 @@ from engine.core.memory import MEMORY_FRACTION, format_bytes, memory_budget
 from engine.data.imagecache import DecodedImageCache, DecodedImages
 from engine.models.layers import LayerTree, frozen_batchnorm_to_eval
 from engine.models.catalog import ModelBundle, create_model
+from engine.training.callbacks import BestCheckpoint, EarlyStopping
 from engine.training.config import TrainConfig
 from engine.training.optim import class_weights, make_optimizer, make_schedule, param_groups, seed_everything
 from engine.core.runtime import release_freed_memory, tune_malloc
@@ -85,16 +86,19 @@ class Trainer:
         self.report = report
         self.config = config
         self.run_dir = Path(run_dir)
-        self.callbacks = CallbackList(callbacks or [])
+        self.checkpointer = BestCheckpoint(self._save_checkpoint)
+        self.early_stopping = EarlyStopping(config.early_stopping)
+        # the trainer's own callbacks first: they set logs["best"] before anyone else sees an epoch
+        self.callbacks = CallbackList([self.checkpointer, self.early_stopping, *(callbacks or [])])
         self.control = control or RunControl()
         self.bundle = bundle
         self.history: list[dict] = []
-        self.best: tuple[float, float] | None = None     # (val_accuracy, val_loss)
         self.files = RunFolder(self.run_dir)
         self.checkpoint_path = self.files.checkpoint
         self._epoch = 0
         self._step = 0
         self.feature_cache: FeatureCache | None = None   # the cache the current stage trains on
+        self._cache_kind = "features"                    # its progress stage: 'features' | 'activations'
         self._caches: dict[tuple, FeatureCache] = {}
         self._cached_net: nn.Module | None = None        # set while a stage trains on cached inputs
         self.decoded: DecodedImages | None = None        # every image decoded once, built on first use
@@ -189,7 +193,7 @@ class Trainer:
             self.path_notes.append(f"training on images: cached {plan.kind} would need {format_bytes(needed)}, "
                                    f"more than {MEMORY_FRACTION:.0%} of RAM")
             return None
-        self.feature_cache = cache
+        self.feature_cache, self._cache_kind = cache, plan.kind
         self._cached_net = HeadOnFeatures(self.model) if plan.kind == "features" else \
             SuffixOnActivations(self.model, plan.boundary)
         self.path_notes.append(f"training on cached {plan.kind} ({views} view{'s' * (views > 1)}, "
@@ -221,7 +225,7 @@ class Trainer:
         return self.feature_cache.features(
             [s.path for s in samples], [s.label for s in samples], self.report.content_hash, transforms,
             transform_id, self.config.seed, self.control,
-            lambda done, total: self.callbacks.on_progress("features", done, total), open_images)
+            lambda done, total: self.callbacks.on_progress(self._cache_kind, done, total), open_images)
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self) -> FitResult:
@@ -286,20 +290,17 @@ class Trainer:
             raise ValueError("every layer is frozen: choose at least one layer to train")
         optimizer = make_optimizer(groups, self.config)
         schedule = make_schedule(optimizer, self.config, len(train_loader), stage.epochs)
-        stale = 0
         for _ in range(stage.epochs):
             self._epoch += 1
             started = time.monotonic()
             loss, acc = self._train_epoch(net, train_loader, optimizer, schedule, stage)
             val_loss, val_acc = self._validate(net, val_loader)
-            improved = self._keep_if_best(val_acc, val_loss)
             logs = {"epoch": self._epoch, "loss": loss, "accuracy": acc, "val_loss": val_loss,
                     "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"],
-                    "epoch_time_s": time.monotonic() - started, "best": int(improved), "stage": stage.name}
+                    "epoch_time_s": time.monotonic() - started, "stage": stage.name}
+            self.callbacks.on_epoch_end(self._epoch, logs)       # BestCheckpoint adds logs["best"]
             self.history.append(logs)
-            self.callbacks.on_epoch_end(self._epoch, logs)
-            stale = 0 if improved else stale + 1
-            if self.config.early_stopping and stale >= self.config.early_stopping:
+            if self.early_stopping.should_stop:
                 return "stopped-early"
         return "completed"
 
@@ -310,7 +311,7 @@ class Trainer:
         if not self.config.train_frozen_bn:
             frozen_batchnorm_to_eval(net)
         total_loss, correct, seen = 0.0, 0, 0
-        started, last_report = time.monotonic(), 0.0
+        started = time.monotonic()
         params = [p for g in optimizer.param_groups for p in g["params"]]
         for batch, (inputs, targets) in enumerate(loader, start=1):
             self.control.checkpoint()
@@ -326,15 +327,12 @@ class Trainer:
             total_loss += float(loss.detach()) * len(targets)
             correct += int((outputs.argmax(1) == targets).sum())
             seen += len(targets)
-            now = time.monotonic()
-            if now - last_report >= 0.1 or batch == len(loader):
-                last_report = now
-                rate = seen / max(now - started, 1e-9)
-                remaining = len(loader.dataset) - seen
-                self.callbacks.on_batch_end(self._step, {
-                    "epoch": self._epoch, "batch": batch, "batches": len(loader), "loss": float(loss.detach()),
-                    "accuracy": correct / seen, "lr": optimizer.param_groups[0]["lr"],
-                    "images_per_s": rate, "eta_s": remaining / max(rate, 1e-9), "stage": stage.name})
+            rate = seen / max(time.monotonic() - started, 1e-9)
+            self.callbacks.on_batch_end(self._step, {
+                "epoch": self._epoch, "batch": batch, "batches": len(loader), "loss": float(loss.detach()),
+                "accuracy": correct / seen, "lr": optimizer.param_groups[0]["lr"],
+                "images_per_s": rate, "eta_s": (len(loader.dataset) - seen) / max(rate, 1e-9),
+                "stage": stage.name})
         return total_loss / max(seen, 1), correct / max(seen, 1)
 
     def _validate(self, net, loader) -> tuple[float, float]:
@@ -344,14 +342,10 @@ class Trainer:
         loss = float(self.eval_criterion(logits, labels))
         return loss, float((logits.argmax(1) == labels).float().mean())
 
-    def _keep_if_best(self, val_acc: float, val_loss: float) -> bool:
-        if self.best is not None and not _improves((val_acc, val_loss), self.best):
-            return False
-        self.best = (val_acc, val_loss)
+    def _save_checkpoint(self, epoch: int, logs: dict) -> None:
         save_checkpoint(self.checkpoint_path, self.model, self.bundle, self.report.classes,
-                        {"epoch": self._epoch, "val_accuracy": val_acc, "val_loss": val_loss,
+                        {"epoch": epoch, "val_accuracy": logs["val_accuracy"], "val_loss": logs["val_loss"],
                          "config": self.config.to_dict()})
-        return True
 
     # -- after training ---------------------------------------------------------------------------
     def _final_metrics(self) -> dict:
@@ -359,13 +353,15 @@ class Trainer:
         from safetensors.torch import load_file
         self.model.load_state_dict(load_file(str(self.checkpoint_path)))
         results, predictions = {}, {}
-        for split, samples in (("val", self.val_samples), ("test", self.test_samples)):
-            if not samples:
-                continue
+        splits = [(split, samples) for split, samples in (("val", self.val_samples), ("test", self.test_samples))
+                  if samples]
+        total, evaluated = sum(len(samples) for _, samples in splits), 0
+        for split, samples in splits:
             net, loader = self._eval_inputs(samples)
             logits, labels = predict_logits(
                 net, loader, self.control,
-                lambda done, total, split=split: self.callbacks.on_progress(f"evaluate {split}", done, total))
+                lambda done, _, before=evaluated: self.callbacks.on_progress("evaluate", before + done, total))
+            evaluated += len(samples)
             results[split] = classification_metrics(logits, labels, self.report.classes,
                                                     [s.path for s in samples])
             predictions[split] = results[split].pop("predictions")
@@ -406,12 +402,6 @@ def summarize_metrics(classes: list[str], results: dict, bundle: ModelBundle, co
         "splits": results,
         "config": config.to_dict(),
     }
-
-
-def _improves(candidate: tuple[float, float], best: tuple[float, float], min_delta: float = 1e-4) -> bool:
-    """Higher validation accuracy wins; at equal accuracy, a clearly lower validation loss."""
-    (acc, loss), (best_acc, best_loss) = candidate, best
-    return acc > best_acc or (acc == best_acc and loss < best_loss - min_delta)
 
 
 def train(report: DatasetReport, config: TrainConfig, run_dir: str | Path,

@@ -1,0 +1,27 @@
+"""Pictures of the user's images for the window, decoded exactly as training decodes them (EXIF rotation,
+any colour mode). Built on worker threads: a QImage may be made off the GUI thread, a QPixmap may not."""
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtGui import QImage
+
+
+def rgb_qimage(image) -> QImage:
+    """A QImage owning a copy of an RGB picture: a Pillow image or an H×W×3 uint8 array."""
+    pixels = np.ascontiguousarray(np.asarray(image.convert("RGB") if hasattr(image, "convert") else image,
+                                             dtype=np.uint8))
+    height, width = pixels.shape[:2]
+    return QImage(pixels.tobytes(), width, height, 3 * width, QImage.Format.Format_RGB888).copy()
+
+
+def thumbnail(path: str, size: int) -> QImage:
+    """The image fitted in a `size` square (small images grow to it); an empty QImage when the file cannot
+    be read, e.g. changed or deleted since it was scanned: a blank tile is enough, the scan reported it."""
+    from PIL import ImageOps
+
+    from engine.data.images import ImageError, load_image
+    try:
+        image = load_image(path)
+    except (ImageError, OSError):
+        return QImage()
+    return rgb_qimage(ImageOps.contain(image, (size, size)))
