@@ -39,12 +39,12 @@ class EngineInfo:
 
 
 def load_engine(progress) -> EngineInfo:
-    """Import torch, timm and the trainer (seconds), and check which weights are offline."""
-    from engine.data.preprocessing import AUGMENTATIONS
+    """Import torch, timm and the trainer (seconds, here rather than when the user starts a run), and check
+    which weights are offline."""
+    import engine.training.trainer  # noqa: F401 - the import is the point
     from engine.models.catalog import DEFAULT_BACKBONE, list_backbones
-    from engine.training.config import RECIPES, SCHEDULES, TrainConfig
-    return EngineInfo(list_backbones(), DEFAULT_BACKBONE, TrainConfig().to_dict(),
-                      {"schedule": SCHEDULES, "augmentation": AUGMENTATIONS, "recipe": RECIPES})
+    from engine.training.config import CHOICES, TrainConfig
+    return EngineInfo(list_backbones(), DEFAULT_BACKBONE, TrainConfig().to_dict(), CHOICES)
 
 
 # -- data ----------------------------------------------------------------------------------------

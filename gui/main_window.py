@@ -394,8 +394,7 @@ class MainWindow(QMainWindow):
         else:
             self.training_task.control.resume()
         self.pause_action.setChecked(paused)
-        if self.train_panel.pause_button.isChecked() != paused:
-            self.train_panel.pause_button.setChecked(paused)
+        self.train_panel.show_paused(paused)
         self.statusBar().showMessage("Training paused" if paused else "Training resumed", 3000)
 
     def toggle_pause(self) -> None:
@@ -405,16 +404,14 @@ class MainWindow(QMainWindow):
         """Ask the run to stop after the current batch; the best checkpoint so far stays on disk."""
         if self.training_task is not None:
             self.training_task.cancel()
-            self.train_panel.stage.setText("Stopping after this batch…")
+            self.train_panel.on_stopping()
 
     def _on_training_succeeded(self, result) -> None:
         self._record_active_run(result.status, result.metrics)
         self.results_panel.show_result(result)
         accuracy = result.metrics.get("val_accuracy")
         self.log(f"Training {result.status}" + (f": validation accuracy {accuracy:.3f}" if accuracy is not None else ""))
-        self.train_panel.stage.setText(f"Training {result.status}. See the Results step.")
-        if result.status != "cancelled":
-            self.train_panel.progress.setValue(self.train_panel.progress.maximum())
+        self.train_panel.on_run_finished(result.status)
         self.training_finished.emit(result)
 
     def _on_training_failed(self, message: str, details: str) -> None:
@@ -425,8 +422,7 @@ class MainWindow(QMainWindow):
 
     def _on_training_thread_done(self, _task: Task) -> None:
         self.training_task = None
-        self.state.active_run = None
-        self.train_panel.plots.stop()
+        self.state.active_run = None            # the panels show that nothing trains any more
 
     def record_correction(self, path: str, action: str, label: str = "") -> None:
         """Exclude, relabel or restore one image; the next run applies it (the project autosaves it)."""
@@ -479,7 +475,7 @@ class MainWindow(QMainWindow):
         if not training:
             self.pause_action.setChecked(False)
         self.train_panel.set_running(training, self._can_start())
-        self.results_panel.retrain_button.setEnabled(self._can_start())
+        self.results_panel.set_can_retrain(self._can_start())
         for action in (self.open_folder_action, self.open_file_action, self.demo_action):
             action.setEnabled(not training)
 

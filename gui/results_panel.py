@@ -189,6 +189,9 @@ class ResultsPanel(QWidget):
         layout.addWidget(self.views, 1)
 
     # -- showing a run -----------------------------------------------------------------------
+    def set_can_retrain(self, can: bool) -> None:
+        self.retrain_button.setEnabled(can)
+
     def show_result(self, result) -> None:
         """`result`: the engine's FitResult just finished, or None before any run."""
         if result is None:

@@ -189,6 +189,8 @@ def _edited_signal(widget: QWidget):
     if isinstance(widget, QComboBox):
         return widget.currentTextChanged if widget.isEditable() else widget.currentIndexChanged
     return widget.valueChanged
+
+
 def progress_text(what: str, done: int, total: int, seconds_left: float | None, unit: str = "") -> str:
     """'Computing backbone features · 448 / 675 · about 0:40 left'; no time until there is one to trust."""
     text = f"{what} · {unit}{done:,} / {total:,}"
@@ -301,10 +303,17 @@ class TrainPanel(QWidget):
         self.stop_button.setEnabled(running)
         self.settings.setEnabled(self.settings.loaded and not running)
         if not running:
+            if self.plots is not None:
+                self.plots.stop()                   # the last points drawn, no more redraws
             self.pause_button.blockSignals(True)
             self.pause_button.setChecked(False)
             self.pause_button.setText("Pause")
             self.pause_button.blockSignals(False)
+
+    def show_paused(self, paused: bool) -> None:
+        """Follow a pause asked elsewhere (menu, F6) without asking again."""
+        if self.pause_button.isChecked() != paused:
+            self.pause_button.setChecked(paused)
 
     def _on_pause_toggled(self, paused: bool) -> None:
         self.pause_button.setText("Resume" if paused else "Pause")
@@ -323,6 +332,15 @@ class TrainPanel(QWidget):
         box.open()
 
     # -- events from the run -----------------------------------------------------------------
+    def on_stopping(self) -> None:
+        self.stage.setText("Stopping after this batch…")
+
+    def on_run_finished(self, status: str) -> None:
+        """The fit's end: a full bar unless it was cancelled; the curves stop redrawing."""
+        self.stage.setText(f"Training {status}. See the Results step.")
+        if status != "cancelled":
+            self.progress.setValue(self.progress.maximum())
+
     def on_run_started(self) -> None:
         """Before the engine's first event: it builds the model first, which takes a moment."""
         self.show_error(None)

@@ -130,14 +130,14 @@ def test_predict_logits_runs_in_eval_mode_and_restores_the_mode(training):
 
 def test_predict_logits_reports_progress_in_images():
     calls = []
-    predict_logits(ModeRecorder(), five_samples(), progress=lambda done, total: calls.append((done, total)))
-    assert calls == [(2, 5), (4, 5), (5, 5)]
+    predict_logits(ModeRecorder(), five_samples(), progress=lambda *call: calls.append(call))
+    assert calls == [("evaluate", 2, 5), ("evaluate", 4, 5), ("evaluate", 5, 5)]
 
 
 def test_cancel_during_prediction_raises_and_restores_training_mode():
     model = ModeRecorder().train()
     control = RunControl()
     with pytest.raises(Cancelled):
-        predict_logits(model, five_samples(), control, progress=lambda done, total: control.cancel())
+        predict_logits(model, five_samples(), control, progress=lambda *_: control.cancel())
     assert len(model.modes) == 1, "stops before the next batch"
     assert model.training

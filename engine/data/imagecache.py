@@ -26,6 +26,7 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 
 from engine.core.control import RunControl
+from engine.core.progress import Progress
 from engine.data.transforms import interpolation_mode
 from engine.core.files import atomic_path
 from engine.core.memory import MEMORY_FRACTION, format_bytes, memory_budget
@@ -128,7 +129,7 @@ class DecodedImageCache:
 
     def build(self, paths: Sequence[str], content_hash: str, pre: Preprocessing,
               control: RunControl | None = None,
-              progress: Callable[[int, int], None] | None = None) -> tuple[DecodedImages | None, str]:
+              progress: Progress | None = None) -> tuple[DecodedImages | None, str]:
         """(cached images or None, a one-line note saying where they are or why there is no cache)."""
         paths = list(paths)
         key = self.key(paths, content_hash, pre)
@@ -160,7 +161,7 @@ class DecodedImageCache:
                 for array in pool.map(decode, paths[start:start + chunk]):
                     sink(array)
                 if progress:
-                    progress(min(start + chunk, len(paths)), len(paths))
+                    progress("images", min(start + chunk, len(paths)), len(paths))
 
     def _decode_to_memory(self, paths, decode, control, progress) -> DecodedImages:
         arrays: list[np.ndarray] = []

@@ -2,6 +2,11 @@
 
 A node's trainable state is read from its parameters' `requires_grad`, never stored twice, so the tree,
 the GUI checkboxes and what the optimizer trains cannot disagree.
+
+Groups come from timm (`group_matcher`, `group_parameters`). timm's `freeze`/`unfreeze` are not used:
+they swap BatchNorm layers for FrozenBatchNorm2d modules and back, which would replace the modules this
+tree (and the window's checkboxes) hold on every click; frozen BatchNorm is kept in eval mode instead
+(`frozen_batchnorm_to_eval`), which computes the same.
 """
 from __future__ import annotations
 

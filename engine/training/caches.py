@@ -20,6 +20,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset
 
 from engine.core.control import RunControl
+from engine.core.progress import Progress
 from engine.data.transforms import ImageDataset
 from engine.core.files import atomic_path
 from engine.models.layers import head_parameter_names
@@ -103,6 +104,7 @@ class FeatureCache:
     """
 
     max_disk_bytes = 512 * 2**20
+    stage = "features"                # what its progress reports
 
     def __init__(self, model: nn.Module, folder: Path | None = None, batch_size: int = FEATURE_BATCH):
         self.model = model
@@ -137,7 +139,7 @@ class FeatureCache:
     def features(self, paths: list[str], labels: list[int], content_hash: str,
                  transforms: list[Callable], transform_id: str, seed: int,
                  control: RunControl | None = None,
-                 progress: Callable[[int, int], None] | None = None,
+                 progress: Progress | None = None,
                  open_images: Callable[[], Callable[[int], object] | None] | None = None) -> torch.Tensor:
         """[len(transforms), N, ...] features, one view per transform, reused when already computed.
 
@@ -200,7 +202,7 @@ class FeatureCache:
             chunks.append(self._extract(images).float().contiguous())
             done += len(images)
             if progress:
-                progress(done, total)
+                progress(self.stage, done, total)
         return torch.cat(chunks)
 
 
@@ -292,6 +294,8 @@ class SuffixOnActivations(nn.Module):
 
 class ActivationCache(FeatureCache):
     """Activations after the first `boundary` stages of `feature_stages(model)`, which are frozen."""
+
+    stage = "activations"
 
     def __init__(self, model: nn.Module, boundary: int, folder: Path | None = None,
                  batch_size: int = FEATURE_BATCH):

@@ -2,19 +2,18 @@
 model got most confidently wrong (the first place a user should look)."""
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from engine.core.control import RunControl
+from engine.core.progress import Progress
 
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, loader: DataLoader, control: RunControl | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run `model` in eval mode over a loader of (input, label); returns (logits, labels)."""
     was_training = model.training
     model.eval()
@@ -27,7 +26,7 @@ def predict_logits(model: nn.Module, loader: DataLoader, control: RunControl | N
             labels.append(torch.as_tensor(targets))
             done += len(targets)
             if progress:
-                progress(done, total)
+                progress("evaluate", done, total)
     finally:
         model.train(was_training)
     if not logits:

@@ -98,7 +98,6 @@ class Trainer:
         self._epoch = 0
         self._step = 0
         self.feature_cache: FeatureCache | None = None   # the cache the current stage trains on
-        self._cache_kind = "features"                    # its progress stage: 'features' | 'activations'
         self._caches: dict[tuple, FeatureCache] = {}
         self._cached_net: nn.Module | None = None        # set while a stage trains on cached inputs
         self.decoded: DecodedImages | None = None        # every image decoded once, built on first use
@@ -150,7 +149,7 @@ class Trainer:
             paths = list(dict.fromkeys(s.path for s in every))
             self.decoded, note = DecodedImageCache().build(
                 paths, self.report.content_hash, self.bundle.preprocessing, self.control,
-                lambda done, total: self.callbacks.on_progress("images", done, total))
+                self.callbacks.on_progress)
             self._decoded_index = {path: index for index, path in enumerate(paths)}
             self.path_notes.append(note)
         if self.decoded is None:
@@ -193,7 +192,7 @@ class Trainer:
             self.path_notes.append(f"training on images: cached {plan.kind} would need {format_bytes(needed)}, "
                                    f"more than {MEMORY_FRACTION:.0%} of RAM")
             return None
-        self.feature_cache, self._cache_kind = cache, plan.kind
+        self.feature_cache = cache
         self._cached_net = HeadOnFeatures(self.model) if plan.kind == "features" else \
             SuffixOnActivations(self.model, plan.boundary)
         self.path_notes.append(f"training on cached {plan.kind} ({views} view{'s' * (views > 1)}, "
@@ -225,7 +224,7 @@ class Trainer:
         return self.feature_cache.features(
             [s.path for s in samples], [s.label for s in samples], self.report.content_hash, transforms,
             transform_id, self.config.seed, self.control,
-            lambda done, total: self.callbacks.on_progress(self._cache_kind, done, total), open_images)
+            self.callbacks.on_progress, open_images)
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self) -> FitResult:
@@ -360,7 +359,7 @@ class Trainer:
             net, loader = self._eval_inputs(samples)
             logits, labels = predict_logits(
                 net, loader, self.control,
-                lambda done, _, before=evaluated: self.callbacks.on_progress("evaluate", before + done, total))
+                lambda stage, done, _, before=evaluated: self.callbacks.on_progress(stage, before + done, total))
             evaluated += len(samples)
             results[split] = classification_metrics(logits, labels, self.report.classes,
                                                     [s.path for s in samples])
