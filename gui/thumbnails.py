@@ -2,16 +2,18 @@
 any colour mode). Built on worker threads: a QImage may be made off the GUI thread, a QPixmap may not."""
 from __future__ import annotations
 
-import numpy as np
 from PySide6.QtGui import QImage
 
 
 def rgb_qimage(image) -> QImage:
-    """A QImage owning a copy of an RGB picture: a Pillow image or an H×W×3 uint8 array."""
-    pixels = np.ascontiguousarray(np.asarray(image.convert("RGB") if hasattr(image, "convert") else image,
-                                             dtype=np.uint8))
-    height, width = pixels.shape[:2]
-    return QImage(pixels.tobytes(), width, height, 3 * width, QImage.Format.Format_RGB888).copy()
+    """A QImage owning a copy of an RGB picture: a Pillow image, or a C-contiguous H×W×3 uint8 array
+    (numpy is not imported here: the window imports this module before its first paint)."""
+    if hasattr(image, "convert"):
+        image = image.convert("RGB")
+        (width, height), pixels = image.size, image.tobytes()
+    else:
+        (height, width), pixels = image.shape[:2], image.tobytes()
+    return QImage(pixels, width, height, 3 * width, QImage.Format.Format_RGB888).copy()
 
 
 def thumbnail(path: str, size: int) -> QImage:

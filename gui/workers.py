@@ -3,8 +3,8 @@
 A job is a plain function `job(progress) -> result` that runs on the worker thread; it may call
 `progress(stage, done, total)` as often as it likes: the worker lets those calls through a `Throttle`
 before they become queued Qt signals (as `jobs.TrainingEvents` does with the engine's hooks), so a
-per-image loop never floods the event loop. Cancel and pause are `RunControl` flags the job checks between steps: a queued slot would
-never run while the worker is busy.
+per-image loop never floods the event loop. Cancel and pause are `RunControl` flags the job checks
+between steps: a queued slot would never run while the worker is busy.
 """
 from __future__ import annotations
 
