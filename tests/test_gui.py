@@ -30,10 +30,11 @@ def dataset(tmp_path) -> Path:
 
 # -- start-up -----------------------------------------------------------------------------------
 def test_window_is_shown_before_torch_and_pyqtgraph_are_imported():
+    """numpy too: it alone cost the first paint about 0.3 s (bench/RESULTS.md)."""
     code = ("import os, sys\n"
             "from gui.app import create_window\n"
             "app, window = create_window([])\n"
-            "print(window.isVisible(), [m for m in ('torch', 'timm', 'pyqtgraph') if m in sys.modules])\n"
+            "print(window.isVisible(), [m for m in ('torch', 'timm', 'pyqtgraph', 'numpy') if m in sys.modules])\n"
             "sys.stdout.flush(); os._exit(0)\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip().splitlines()[-1] == "True []", done.stdout + done.stderr
