@@ -191,10 +191,10 @@ def _edited_signal(widget: QWidget):
     return widget.valueChanged
 
 
-def progress_text(what: str, done: int, total: int, seconds_left: float | None, unit: str = "") -> str:
-    """'Computing backbone features · 448 / 675 · about 0:40 left'; no time until there is one to trust."""
-    text = f"{what} · {unit}{done:,} / {total:,}"
-    return text if seconds_left is None else f"{text} · about {format_duration(seconds_left)} left"
+def bar_format(seconds_left: float | None) -> str:
+    """'42 %  ·  about 0:40 left' inside the bar (the Train step must fit 800 px); no time until there is
+    one to trust."""
+    return "%p %" if seconds_left is None else f"%p %  ·  about {format_duration(seconds_left)} left"
 
 
 PATHS = {
@@ -303,6 +303,7 @@ class TrainPanel(QWidget):
         self.stop_button.setEnabled(running)
         self.settings.setEnabled(self.settings.loaded and not running)
         if not running:
+            self.progress.setFormat("%p %")          # no time left to estimate
             if self.plots is not None:
                 self.plots.stop()                   # the last points drawn, no more redraws
             self.pause_button.blockSignals(True)
@@ -361,13 +362,15 @@ class TrainPanel(QWidget):
     def on_stage_progress(self, stage: str, done: int, total: int) -> None:
         """Work outside the epochs (features, decoding, evaluation) is a stage of its own on the bar."""
         self.progress.setValue(round(self.progress.maximum() * done / max(1, total)))
-        self.stage.setText(progress_text(stage_title(stage), done, total, self.stage_clock.update(stage, done, total)))
+        self.progress.setFormat(bar_format(self.stage_clock.update(stage, done, total)))
+        self.stage.setText(f"{stage_title(stage)} · {done:,} / {total:,}")
 
     def on_batch_ended(self, _step: int, logs: dict) -> None:
         """During the epochs the bar is the whole fit's progress."""
         self.progress.setValue(round(self.progress.maximum() * self.fit_clock.fraction(logs)))
-        what = f"Epoch {logs['epoch']} / {self.fit_clock.epochs} ({logs.get('stage', 'train')})"
-        self.stage.setText(progress_text(what, logs["batch"], logs["batches"], self.fit_clock.eta(logs), "batch "))
+        self.progress.setFormat(bar_format(self.fit_clock.eta(logs)))
+        self.stage.setText(f"Epoch {logs['epoch']} / {self.fit_clock.epochs} ({logs.get('stage', 'train')})"
+                           f" · batch {logs['batch']} / {logs['batches']}")
         self.speed.setText(f"{logs['images_per_s']:.1f} images/s · loss {logs['loss']:.3f}")
         self.plots.add_batch(logs)
 
