@@ -13,6 +13,15 @@ from engine.models.catalog import CATALOG, ModelError, create_model, get_spec, l
 skimage_data = pytest.importorskip("skimage.data")
 
 
+OFFLINE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+
+
+@pytest.fixture(scope="module", params=OFFLINE_BACKBONES)
+def imagenet_model(request):
+    """Each backbone whose ImageNet weights are a dependency, built from those weights."""
+    return create_model(request.param)
+
+
 @pytest.fixture(scope="module")
 def imagenet_lite0():
     return create_model("efficientnet_lite0")
@@ -28,16 +37,21 @@ def _top5(bundle, photo) -> list[tuple[str, float]]:
     return [(info.index_to_description(int(i)), float(s)) for s, i in zip(scores, indices)]
 
 
-def test_offline_weights_classify_a_cat(imagenet_lite0):
-    top1, score = _top5(imagenet_lite0, skimage_data.chelsea())[0]
+def test_offline_weights_classify_a_cat(imagenet_model):
+    top1, score = _top5(imagenet_model, skimage_data.chelsea())[0]
     assert top1 in ("tiger cat", "Egyptian cat", "tabby, tabby cat")
     assert score > 0.3
 
 
-def test_offline_weights_classify_an_espresso(imagenet_lite0):
-    top1, score = _top5(imagenet_lite0, skimage_data.coffee())[0]
+def test_offline_weights_classify_an_espresso(imagenet_model):
+    top1, score = _top5(imagenet_model, skimage_data.coffee())[0]
     assert top1 == "espresso"
-    assert score == pytest.approx(0.95, abs=0.03)
+    assert score > 0.5          # measured: Lite0 0.95, Lite1 0.54, Lite2 0.89
+
+
+def test_espresso_score_of_lite0_matches_its_reference(imagenet_lite0):
+    """Lite0's weights reproduce the published model (timm's tf_efficientnet_lite0) to the score."""
+    assert _top5(imagenet_lite0, skimage_data.coffee())[0][1] == pytest.approx(0.95, abs=0.03)
 
 
 def test_preprocessing_comes_from_the_pretrained_config(imagenet_lite0):
@@ -55,7 +69,7 @@ def test_head_is_replaced_for_the_users_classes():
 
 def test_catalog_reports_offline_availability_honestly():
     rows = {r["name"]: r for r in list_backbones()}
-    assert rows["efficientnet_lite0"]["weights_available"] is True
+    assert all(rows[name]["weights_available"] is True for name in OFFLINE_BACKBONES)
     for spec in CATALOG:
         assert rows[spec.name]["weights_available"] == weights_status(spec).available
 
