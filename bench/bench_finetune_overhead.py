@@ -26,9 +26,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from common import Table, fashion_dataset, fresh_cache_dir, interleave, median, ratio
-from engine.data.transforms import ImageDataset, eval_transform, train_transform
-from engine.data.scan import scan_dataset
 from engine.data.imagecache import DecodedImageCache
+from engine.data.scan import scan_dataset
+from engine.data.transforms import ImageDataset, eval_transform, train_transform
 from engine.models.catalog import create_model
 from engine.training.config import TrainConfig
 from engine.training.trainer import Trainer

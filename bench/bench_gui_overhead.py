@@ -86,8 +86,8 @@ def main() -> None:
     # A stuck window (a deadlock between threads) must end the benchmark with its stacks, not hang it.
     faulthandler.dump_traceback_later(args.watchdog_s, exit=True)
     app = QApplication.instance() or QApplication([])
-    from gui.main_window import MainWindow
     from engine.training.trainer import Trainer
+    from gui.main_window import MainWindow
     with tempfile.TemporaryDirectory() as tmp, fresh_cache_dir():
         os.environ["TRANSFERLAB_DATA_DIR"] = str(Path(tmp) / "data")
         window = MainWindow(QSettings(str(Path(tmp) / "settings.ini"), QSettings.Format.IniFormat))

@@ -23,10 +23,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from common import Table, fashion_dataset, fresh_cache_dir, interleave, median, ratio
-from engine.data.transforms import ImageDataset, eval_transform
 from engine.data.scan import scan_dataset
-from engine.training.caches import FEATURE_BATCH
+from engine.data.transforms import ImageDataset, eval_transform
 from engine.models.catalog import create_model
+from engine.training.caches import FEATURE_BATCH
 from engine.training.config import TrainConfig
 from engine.training.optim import seed_everything
 from engine.training.trainer import Trainer

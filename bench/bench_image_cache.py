@@ -18,8 +18,8 @@ import time
 from torch.utils.data import DataLoader
 
 from common import Table, fashion_dataset, interleave, median, photo_dataset, ratio
-from engine.data.transforms import ImageDataset, train_transform
 from engine.data.imagecache import DecodedImageCache
+from engine.data.transforms import ImageDataset, train_transform
 from engine.models.catalog import create_model
 
 

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from common import Table, fashion_dataset, fresh_cache_dir, interleave, median, ratio
+from engine.data.images import load_image
 from engine.data.scan import scan_dataset
 from engine.outputs.export import export_run
-from engine.data.images import load_image
 from engine.outputs.predict import OnnxClassifier, TorchClassifier
 from engine.training.config import TrainConfig
 from engine.training.trainer import Trainer

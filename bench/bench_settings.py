@@ -53,9 +53,9 @@ PROCESSES = _processes()
 
 def real_batch(batch: int, image_size: int):
     import torch
-    from engine.data.transforms import eval_transform
     from engine.data.images import load_image
     from engine.data.preprocessing import Preprocessing
+    from engine.data.transforms import eval_transform
     folder = fashion_dataset(10, 96)
     paths = sorted(p for p in folder.rglob("*.png"))[:batch]
     transform = eval_transform(Preprocessing(image_size, (0.5,) * 3, (0.5,) * 3, "bicubic"))

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from engine.data.report import DatasetReport, Problem, Sample
 from engine.core.files import write_json
+from engine.data.report import DatasetReport, Problem, Sample
 
 PROJECT_FORMAT = "transferlab-project/1"
 PROJECT_SUFFIX = ".tlproj"

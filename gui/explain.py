@@ -52,8 +52,8 @@ class ModelCache:
 
 def explain(cache: ModelCache, checkpoint: str, path: str, class_index: int | None, progress) -> Explanation:
     """Worker job: Grad-CAM of `path` for `class_index` (None: the predicted class)."""
-    from engine.outputs.gradcam import grad_cam, overlay
     from engine.data.images import load_image
+    from engine.outputs.gradcam import grad_cam, overlay
     image = load_image(path)
     with cache.lock:
         progress("Loading the model", 0, 2)

@@ -98,8 +98,8 @@ class ModelInfo:
 
 
 def build_model(backbone: str, num_classes: int, progress) -> ModelInfo:
-    from engine.models.layers import LayerTree, block_groups
     from engine.models.catalog import create_model
+    from engine.models.layers import LayerTree, block_groups
     bundle = create_model(backbone, num_classes, weights="random")
     return ModelInfo(backbone, num_classes, LayerTree(bundle.model), bundle.preprocessing.input_size,
                      max(1, len(block_groups(bundle.model)) - 2))

@@ -14,12 +14,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from engine.models.checkpoint import load_checkpoint
-from engine.data.transforms import eval_transform
-from engine.outputs.export import (ExportError, accepts_other_sizes, compare_logits, export_run, export_weights,
-                           read_metadata)
 from engine.data.images import load_image
+from engine.data.transforms import eval_transform
 from engine.models.catalog import build_architecture
+from engine.models.checkpoint import load_checkpoint
+from engine.outputs.export import (ExportError, accepts_other_sizes, compare_logits, export_run, export_weights,
+                                   read_metadata)
 from engine.outputs.predict import ModelFileError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,11 +6,11 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from engine.core.callbacks import Callback
-from engine.data.transforms import eval_transform
 from engine.data.scan import scan_dataset
-from engine.training.caches import ActivationCache, FeatureCache, SuffixOnActivations, feature_stages, plan_cache
-from engine.models.layers import LayerTree
+from engine.data.transforms import eval_transform
 from engine.models.catalog import create_model
+from engine.models.layers import LayerTree
+from engine.training.caches import ActivationCache, FeatureCache, SuffixOnActivations, feature_stages, plan_cache
 from engine.training.config import TrainConfig
 from engine.training.trainer import Trainer
 

@@ -80,8 +80,8 @@ def test_dropping_a_plain_file_is_refused_and_an_unusable_folder_explains_why(qt
 
 # -- layer tree ---------------------------------------------------------------------------------
 def test_layer_tree_model_passes_qtmodeltester(qtmodeltester):
-    from engine.models.layers import LayerTree
     from engine.models.catalog import create_model
+    from engine.models.layers import LayerTree
     model = LayerTreeModel()
     model.set_tree(LayerTree(create_model("resnet18", 3, weights="random").model))
     qtmodeltester.check(model)

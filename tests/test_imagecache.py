@@ -9,11 +9,11 @@ from torch.utils.data import DataLoader
 
 import engine.data.imagecache as imagecache
 from engine.core.control import Cancelled, RunControl
-from engine.data.transforms import ImageDataset, eval_transform, train_transform
-from engine.data.scan import scan_dataset
 from engine.data.imagecache import DecodedImageCache, estimate_bytes
 from engine.data.images import load_image
 from engine.data.preprocessing import Preprocessing
+from engine.data.scan import scan_dataset
+from engine.data.transforms import ImageDataset, eval_transform, train_transform
 from engine.training.config import TrainConfig
 from engine.training.trainer import Trainer
 

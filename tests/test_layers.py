@@ -2,9 +2,9 @@
 import pytest
 import torch
 
+from engine.models.catalog import create_model
 from engine.models.layers import LayerTree, block_groups, frozen_batchnorm_to_eval
 from engine.models.presets import parse_freeze
-from engine.models.catalog import create_model
 
 
 @pytest.fixture

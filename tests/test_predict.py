@@ -13,12 +13,12 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from engine.models.checkpoint import CheckpointError
-from engine.data.transforms import eval_transform
 from engine.data.images import load_image
 from engine.data.preprocessing import Preprocessing
+from engine.data.transforms import eval_transform
+from engine.models.checkpoint import CheckpointError
 from engine.outputs.predict import (UNKNOWN, ModelFileError, OnnxClassifier, TorchClassifier, load_classifier,
-                            predict_images, preprocess_image, write_csv)
+                                    predict_images, preprocess_image, write_csv)
 from test_export import DEMO, ROOT, exported, run_cli, trained_run, val_paths
 
 EXAMPLE = ROOT / "examples" / "onnx_predict.py"

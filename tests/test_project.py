@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from engine.data.scan import scan_dataset
-from engine.outputs.gradcam import grad_cam, overlay
 from engine.models.catalog import create_model
+from engine.outputs.gradcam import grad_cam, overlay
 from engine.project import Project, ProjectError, RunRecord, apply_corrections, load_project
 
 

@@ -10,11 +10,11 @@ from conftest import COLOURS, write_colour_dataset
 from safetensors.torch import load_file
 
 from engine.core.callbacks import Callback
-from engine.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta
 from engine.core.control import RunControl
 from engine.data.scan import scan_dataset
-from engine.models.layers import LayerTree
 from engine.models.catalog import create_model
+from engine.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta
+from engine.models.layers import LayerTree
 from engine.training.config import TrainConfig
 from engine.training.optim import param_groups
 from engine.training.trainer import Trainer, plan_stages

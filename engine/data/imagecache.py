@@ -26,13 +26,13 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 
 from engine.core.control import RunControl
-from engine.core.progress import Progress
-from engine.data.transforms import interpolation_mode
 from engine.core.files import atomic_path
 from engine.core.memory import MEMORY_FRACTION, format_bytes, memory_budget
+from engine.core.paths import cache_dir
+from engine.core.progress import Progress
 from engine.data.images import load_image
 from engine.data.preprocessing import Preprocessing
-from engine.core.paths import cache_dir
+from engine.data.transforms import interpolation_mode
 
 FORMAT_VERSION = 1
 DISK_CACHES_KEPT = 2            # on-disk image caches kept besides the one in use

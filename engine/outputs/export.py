@@ -33,18 +33,18 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from engine import __version__
-from engine.models.checkpoint import load_checkpoint
 from engine.core.control import RunControl
-from engine.data.transforms import eval_transform
 from engine.core.errors import first_line
 from engine.core.files import atomic_path, write_json
+from engine.core.paths import demo_dataset
 from engine.core.runfolder import RunFolder
 from engine.data.images import ImageError, load_image
 from engine.data.preprocessing import Preprocessing
+from engine.data.transforms import eval_transform
 from engine.models.catalog import build_architecture
-from engine.core.paths import demo_dataset
+from engine.models.checkpoint import load_checkpoint
 from engine.outputs.predict import (ONNX_FORMAT, OnnxClassifier, collect_images, preprocess_image, read_onnx_metadata,
-                            resolve_checkpoint)
+                                    resolve_checkpoint)
 
 EXPORTERS = ("dynamo", "legacy")
 OPSET = 18

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from engine.data.transforms import eval_transform
 from engine.data.preprocessing import Preprocessing
+from engine.data.transforms import eval_transform
 
 
 def _as_spatial(features: torch.Tensor, model: nn.Module) -> torch.Tensor:

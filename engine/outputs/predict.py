@@ -90,8 +90,8 @@ class TorchClassifier:
 
     def __init__(self, checkpoint_path: str | os.PathLike):
         _refuse_pickle(checkpoint_path)
-        from engine.models.checkpoint import load_checkpoint
         from engine.data.transforms import eval_transform
+        from engine.models.checkpoint import load_checkpoint
         self.path = str(checkpoint_path)
         self.model, checkpoint = load_checkpoint(checkpoint_path)
         self.meta = checkpoint.meta

@@ -20,11 +20,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset
 
 from engine.core.control import RunControl
+from engine.core.files import atomic_path
+from engine.core.paths import cache_dir
 from engine.core.progress import Progress
 from engine.data.transforms import ImageDataset
-from engine.core.files import atomic_path
 from engine.models.layers import head_parameter_names
-from engine.core.paths import cache_dir
 
 log = logging.getLogger("transferlab")
 

@@ -15,24 +15,25 @@ from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from engine.core.callbacks import Callback, CallbackList
-from engine.core.errors import readable_error
-from engine.core.runfolder import RunFolder
-from engine.models.checkpoint import save_checkpoint
 from engine.core.control import Cancelled, RunControl
-from engine.data.transforms import ImageDataset, eval_transform, train_transform
-from engine.data.report import DatasetReport
-from engine.training.metrics import classification_metrics, predict_logits
-from engine.training.caches import (ActivationCache, CachePlan, FeatureCache, FeatureDataset, HeadOnFeatures,
-                             SuffixOnActivations, plan_cache)
+from engine.core.errors import readable_error
 from engine.core.files import write_json
 from engine.core.memory import MEMORY_FRACTION, format_bytes, memory_budget
+from engine.core.runfolder import RunFolder
+from engine.core.runtime import release_freed_memory, tune_malloc
 from engine.data.imagecache import DecodedImageCache, DecodedImages
-from engine.models.layers import LayerTree, frozen_batchnorm_to_eval
+from engine.data.report import DatasetReport
+from engine.data.transforms import ImageDataset, eval_transform, train_transform
 from engine.models.catalog import ModelBundle, create_model
+from engine.models.checkpoint import save_checkpoint
+from engine.models.layers import LayerTree, frozen_batchnorm_to_eval
+from engine.training.caches import (ActivationCache, CachePlan, FeatureCache, FeatureDataset, HeadOnFeatures,
+                                    SuffixOnActivations, plan_cache)
 from engine.training.callbacks import BestCheckpoint, EarlyStopping
 from engine.training.config import TrainConfig
+from engine.training.metrics import classification_metrics, predict_logits
 from engine.training.optim import class_weights, make_optimizer, make_schedule, param_groups, seed_everything
-from engine.core.runtime import release_freed_memory, tune_malloc
+
 
 @dataclass
 class Stage:
