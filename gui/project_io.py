@@ -106,7 +106,7 @@ class ProjectController(QObject):
         self.message_box: QMessageBox | None = None      # the last message shown (tests read it)
         self._before_engine: Project | None = None        # opened before the engine loaded
         self._opening: str | None = None                  # path until the opened state has settled
-        self._loading = False
+        self._autosave_paused = False
         self._make_actions()
         for signal in (state.runs.events.inserted, state.runs.events.changed, state.runs.events.removed,
                        state.corrections.events.added, state.corrections.events.changed,
@@ -247,16 +247,16 @@ class ProjectController(QObject):
     def _on_work_recorded(self) -> None:
         """A run's progress or a correction is on disk at once: a crash loses at most the epoch under
         way (its best checkpoint is already in its folder)."""
-        if not self._loading:
+        if not self._autosave_paused:
             self.autosave()
 
     @contextlib.contextmanager
     def _not_autosaving(self):
-        self._loading = True
+        self._autosave_paused = True
         try:
             yield
         finally:
-            self._loading = False
+            self._autosave_paused = False
 
     # -- open --------------------------------------------------------------------------------------
     def open_dialog(self) -> None:

@@ -82,8 +82,7 @@ def read_run(run_dir: str, metrics: dict | None = None) -> RunView:
         return data if isinstance(data, dict) else {}
 
     files = RunFolder(folder)
-    checkpoint = files.checkpoint
-    return RunView(str(folder), str(checkpoint) if checkpoint.is_file() else None,
+    return RunView(str(folder), str(files.checkpoint) if files.has_checkpoint() else None,
                    metrics if metrics is not None else load(files.metrics), load(files.predictions))
 
 

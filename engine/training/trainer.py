@@ -95,7 +95,6 @@ class Trainer:
         self.bundle = bundle
         self.history: list[dict] = []
         self.files = RunFolder(self.run_dir)
-        self.checkpoint_path = self.files.checkpoint
         self._epoch = 0
         self._step = 0
         self.feature_cache: FeatureCache | None = None   # the cache the current stage trains on
@@ -253,11 +252,11 @@ class Trainer:
         except Cancelled:
             status = "cancelled"
         metrics = {}
-        if status != "cancelled" and self.checkpoint_path.exists():
+        if status != "cancelled" and self.files.has_checkpoint():
             metrics = self._final_metrics()
         self._release_caches()
         result = FitResult(status, str(self.run_dir),
-                           str(self.checkpoint_path) if self.checkpoint_path.exists() else None,
+                           str(self.files.checkpoint) if self.files.has_checkpoint() else None,
                            metrics, self.history)
         write_json(self.files.history, self.history)
         self.callbacks.on_fit_end({"status": status, "run_dir": str(self.run_dir),
@@ -343,7 +342,7 @@ class Trainer:
         return loss, float((logits.argmax(1) == labels).float().mean())
 
     def _save_checkpoint(self, epoch: int, logs: dict) -> None:
-        save_checkpoint(self.checkpoint_path, self.model, self.bundle, self.report.classes,
+        save_checkpoint(self.files.checkpoint, self.model, self.bundle, self.report.classes,
                         {"epoch": epoch, "val_accuracy": logs["val_accuracy"], "val_loss": logs["val_loss"],
                          "config": self.config.to_dict()})
 
@@ -351,7 +350,7 @@ class Trainer:
     def _final_metrics(self) -> dict:
         """Reload the best checkpoint and evaluate it on val and test; write metrics.json."""
         from safetensors.torch import load_file
-        self.model.load_state_dict(load_file(str(self.checkpoint_path)))
+        self.model.load_state_dict(load_file(str(self.files.checkpoint)))
         results, predictions = {}, {}
         splits = [(split, samples) for split, samples in (("val", self.val_samples), ("test", self.test_samples))
                   if samples]
