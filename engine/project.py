@@ -1,8 +1,9 @@
 """Project files (`*.tlproj`, JSON): everything needed to pick the work up again.
 
 Dataset locations, label corrections (never applied to the user's files: the project records them and
-`apply_corrections` uses them when the dataset is read), backbone, freeze state, hyper-parameters and
-the runs with their metrics. Saved atomically; a corrupt or foreign file is refused, never rewritten.
+`apply_corrections` uses them when the dataset is read), backbone, freeze state, hyper-parameters, the
+training mode (manual, or an automatic search and its minutes) and the runs with their metrics. Saved
+atomically; a corrupt or foreign file is refused, never rewritten.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from engine.data.report import DatasetReport, Problem, Sample
 PROJECT_FORMAT = "transferlab-project/1"
 PROJECT_SUFFIX = ".tlproj"
 CORRECTION_ACTIONS = ("exclude", "relabel")
+TRAINING_MODES = ("manual", "automatic")      # one fit of the settings, or a recipe search within a time
 
 
 class ProjectError(ValueError):
@@ -45,6 +47,8 @@ class Project:
     frozen_parameters: list[str] | None = None
     config: dict = field(default_factory=dict)
     runs: list[RunRecord] = field(default_factory=list)
+    training_mode: str = "manual"
+    search_minutes: float = 10.0     # the automatic mode's time budget
     path: str | None = None          # where it was loaded from / saved to; not stored in the file
 
     # -- label corrections ------------------------------------------------------------------------
@@ -111,6 +115,8 @@ def load_project(path: str | os.PathLike) -> Project:
             else _str_list(data["frozen_parameters"]),
             config=dict(data.get("config") or {}),
             runs=[RunRecord(**r) for r in data.get("runs", [])],
+            training_mode=_training_mode(data.get("training_mode", "manual")),
+            search_minutes=_minutes(data.get("search_minutes", 10.0)),
             path=str(path))
     except (TypeError, ValueError) as exc:
         raise ProjectError(f"{path.name} is damaged: {exc}") from None
@@ -121,6 +127,18 @@ def _str_list(value) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError("expected a list of strings")
     return list(value)
+
+
+def _training_mode(value) -> str:
+    if value not in TRAINING_MODES:
+        raise ValueError(f"training_mode must be one of {', '.join(TRAINING_MODES)}")
+    return value
+
+
+def _minutes(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError("search_minutes must be a positive number")
+    return float(value)
 
 
 def _corrections(value) -> dict[str, dict]:

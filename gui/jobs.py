@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from engine.data.report import DatasetReport
     from engine.models.layers import LayerTree
     from engine.training.config import TrainConfig
+    from engine.search.auto import RecipeSearch, SearchResult
     from engine.training.trainer import FitResult, Trainer
 
 THUMBNAIL_PX = 44
@@ -105,12 +106,43 @@ def build_model(backbone: str, num_classes: int, progress) -> ModelInfo:
                      max(1, len(block_groups(bundle.model)) - 2))
 
 
+@dataclass
+class AssessmentResult:
+    rows: list[dict]                     # engine.search.assess.Assessment.to_dict(), best first
+    summary: str                         # what they mean, in plain words
+
+
+def short_title(title: str) -> str:
+    """'EfficientNet-Lite0 (4.7M params, 224 px)' -> 'EfficientNet-Lite0'."""
+    return title.split(" (")[0]
+
+
+def assess(report: "DatasetReport", backbones: list[str] | None, input_size: int | None, control: RunControl,
+           progress) -> AssessmentResult:
+    """Score how well each backbone's frozen features fit the dataset; one backbone at a time, so the
+    progress names the one being assessed."""
+    from engine.models.catalog import get_spec
+    from engine.search.assess import assess_backbones, available_backbones, ranked, summary
+    names = backbones or available_backbones()
+    results = []
+    for index, name in enumerate(names):
+        stage = f"{short_title(get_spec(name).title)} ({index + 1} of {len(names)})"
+        progress(stage, 0, 0)                 # busy: the model loads before its first image is counted
+
+        def named(_stage, done, total, stage=stage):
+            progress(stage, done, total)
+        results += assess_backbones(report, [name], control=control, progress=named, input_size=input_size)
+    results = ranked(results)
+    return AssessmentResult([a.to_dict() for a in results], summary(results))
+
+
 # -- training --------------------------------------------------------------------------------------
 class TrainingEvents(QObject, Callback):
     """Engine callback hooks re-emitted as Qt signals; emitted on the worker, delivered queued.
 
-    Stage progress and batches pass a `Throttle` each, as every worker's progress does; epochs and
-    errors always pass. The end of a fit is not forwarded: the task's `succeeded` carries the FitResult.
+    Stage progress and batches pass a `Throttle` each, as every worker's progress does; epochs, errors
+    and a search's leaderboard rows always pass. The end of a fit is not forwarded: the task's `succeeded`
+    carries the FitResult (or the SearchResult).
     """
 
     fit_started = Signal(object)         # info dict
@@ -118,6 +150,7 @@ class TrainingEvents(QObject, Callback):
     batch_ended = Signal(int, object)    # step, logs dict
     epoch_ended = Signal(int, object)    # epoch, logs dict
     fit_failed = Signal(str)             # the engine's one-line reason
+    candidate = Signal(object)           # a recipe search's leaderboard row (dict)
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
@@ -141,6 +174,9 @@ class TrainingEvents(QObject, Callback):
     def on_error(self, message):
         self.fit_failed.emit(message)
 
+    def on_candidate(self, entry):
+        self.candidate.emit(dict(entry))
+
 
 class TrainingRun:
     """One fit. The worker builds its own model from `config` (incl. the tree's frozen names), so
@@ -158,3 +194,22 @@ class TrainingRun:
         from engine.training.trainer import Trainer
         self.trainer = Trainer(self.report, self.config, self.run_dir, [self.events], self.control)
         return self.trainer.fit()
+
+
+class SearchRun(TrainingRun):
+    """An automatic recipe search (engine.search.auto) within `budget_s`, starting from `config`; it trains
+    its candidates with the usual Trainer, so `events` sees every candidate's fit, plus a leaderboard row
+    per candidate. Cancelling keeps the best model so far."""
+
+    def __init__(self, report: "DatasetReport", config: "TrainConfig", run_dir: Path, events: TrainingEvents,
+                 budget_s: float, backbones: list[str] | None = None):
+        super().__init__(report, config, run_dir, events)
+        self.budget_s = budget_s
+        self.backbones = backbones
+        self.search: "RecipeSearch | None" = None
+
+    def __call__(self, progress) -> "SearchResult":
+        from engine.search.auto import RecipeSearch
+        self.search = RecipeSearch(self.report, self.run_dir, self.budget_s, self.config, [self.events],
+                                   self.control, self.backbones)
+        return self.search.run()

@@ -25,11 +25,12 @@ from engine.project import apply_corrections
 from gui.data_panel import DataPanel
 from gui.export_dialog import ExportDialog
 from gui.gc_guard import GuiThreadGarbageCollector
-from gui.jobs import TrainingEvents, TrainingRun, build_model, load_engine, scan
+from gui.jobs import SearchRun, TrainingEvents, TrainingRun, assess, build_model, load_engine, scan
 from gui.model_panel import ModelPanel
 from gui.predict_panel import PredictPanel
 from gui.project_io import ProjectController
 from gui.results_panel import ResultsPanel
+from gui.search_board import score_text
 from gui.state import AppState
 from gui.train_panel import TrainPanel
 from gui.workers import Task, TaskGroup
@@ -49,8 +50,10 @@ class MainWindow(QMainWindow):
     model_ready = Signal(object)          # gui.jobs.ModelInfo
     training_started = Signal(object)     # gui.jobs.TrainingRun, just before its thread starts
     epoch_ended = Signal(int, object)     # epoch, logs (relayed from the run)
-    training_finished = Signal(object)    # engine FitResult
+    training_finished = Signal(object)    # engine FitResult (SearchResult for an automatic search)
     training_failed = Signal(str)
+    assessment_finished = Signal(object)  # the assessment rows (dicts), best first
+    assessment_failed = Signal(str)
 
     def __init__(self, settings: QSettings | None = None):
         super().__init__()
@@ -62,6 +65,8 @@ class MainWindow(QMainWindow):
         self._scan_task: Task | None = None
         self._scan_sources: list[str] = []
         self._model_task: Task | None = None
+        self._assess_task: Task | None = None
+        self.search_backbones: list[str] | None = None   # None: every backbone with offline weights (tests narrow it)
         self._run_config: dict = {}           # the active run's record: its config and parameter counts
         self._best_accuracy: float | None = None
         self._loading_started = False
@@ -157,6 +162,8 @@ class MainWindow(QMainWindow):
         data.cancel_scan_requested.connect(self.cancel_scan)
         data.next_requested.connect(self.next_step)
         self.model_panel.next_requested.connect(self.next_step)
+        self.model_panel.assessment.assess_requested.connect(self.assess_backbones)
+        self.model_panel.assessment.cancel_requested.connect(self.cancel_assessment)
         train.start_requested.connect(self.start_training)
         train.pause_requested.connect(self.set_paused)
         train.stop_requested.connect(self.stop_training)
@@ -172,6 +179,7 @@ class MainWindow(QMainWindow):
         state = self.state
         state.events.dataset_sources.connect(self._scan_opened_sources)
         state.events.backbone.connect(self._on_backbone_changed)
+        state.events.report.connect(self._abandon_assessment)
         for signal in (state.events.report, state.events.scanning):
             signal.connect(self._request_model)
         for signal in (state.events.engine, state.events.report, state.events.backbone, state.events.model,
@@ -313,6 +321,60 @@ class MainWindow(QMainWindow):
         self.state.use_model(info)
         self.model_ready.emit(info)
 
+    # -- backbone assessment -------------------------------------------------------------------
+    def assess_backbones(self) -> Task | None:
+        """Score every backbone with offline weights on this dataset (as corrected), at the Train step's image
+        size; `assessment_finished` or `assessment_failed` follows (None: no dataset, or busy)."""
+        state = self.state
+        if state.report is None or state.engine is None or state.active_run is not None or self._assess_task:
+            return None
+        report = apply_corrections(state.report, dict(state.corrections))
+        control = RunControl()
+        job = partial(assess, report, self.search_backbones, state.settings.get("image_size"), control)
+        task = self._assess_task = self.tasks.start(job, control)
+        panel = self.model_panel.assessment
+        panel.set_running(True)
+        task.progress.connect(panel.set_progress)
+        task.succeeded.connect(self._on_assessed)
+        task.failed.connect(self._on_assessment_failed)
+        task.cancelled.connect(self._on_assessment_cancelled)
+        self.log("Assessing the backbones on this dataset…")
+        self._update_actions()
+        return task
+
+    def cancel_assessment(self) -> None:
+        if self._assess_task is not None:
+            self._assess_task.cancel()
+
+    def _abandon_assessment(self) -> None:
+        """Another dataset: an assessment of the previous one must not land."""
+        if self._assess_task is not None:
+            self._assess_task.abandon()          # it reports nothing more
+            self._assessment_ended()
+
+    def _on_assessed(self, result) -> None:
+        self._assessment_ended()
+        self.state.assessment_summary = result.summary
+        self.state.assessments = result.rows
+        self.log(f"Backbone assessment: {result.summary}")
+        self.assessment_finished.emit(result.rows)
+
+    def _on_assessment_failed(self, message: str, _details: str) -> None:
+        self._assessment_ended()
+        self.model_panel.assessment.show_error(message)
+        self.log(f"Backbone assessment failed: {message}")
+        self.assessment_failed.emit(message)
+
+    def _on_assessment_cancelled(self) -> None:
+        self._assessment_ended()
+        self.model_panel.assessment.show_cancelled()
+
+    def _assessment_ended(self) -> None:
+        """Training may start again (the task group joins the thread, which is only returning)."""
+        self._assess_task = None
+        self.model_panel.assessment.set_running(False)
+        self._update_actions()
+
     # -- training ----------------------------------------------------------------------------
     def training_config(self):
         """The run as set up (settings, weights, the tree's exact freeze state), validated."""
@@ -336,18 +398,27 @@ class MainWindow(QMainWindow):
             return None
         run_dir = user_data_dir() / "runs" / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         report = apply_corrections(self.state.report, dict(self.state.corrections))   # never touches the files
-        run = TrainingRun(report, config, run_dir, TrainingEvents())
+        budget_s = self.state.search_minutes * 60 if self.state.training_mode == "automatic" else None
+        if budget_s is None:
+            run = TrainingRun(report, config, run_dir, TrainingEvents())
+        else:                                    # the form's settings are the search's starting point
+            run = SearchRun(report, config, run_dir, TrainingEvents(), budget_s, self.search_backbones)
         self._connect_run(run.events)
         task = self.training_task = self.tasks.prepare(run, run.control)
         run.events.setParent(task)               # goes with the task once its thread has ended
         task.succeeded.connect(self._on_training_succeeded)
         task.failed.connect(self._on_training_failed)
+        if budget_s is not None:
+            task.cancelled.connect(self._on_search_stopped_empty)
         task.done.connect(self._on_training_thread_done)
         self._run_config, self._best_accuracy = config.to_dict(), None
+        if budget_s is not None:
+            self._run_config["search_minutes"] = self.state.search_minutes
         self.state.active_run = run
-        self.train_panel.on_run_started()
+        self.train_panel.on_run_started(budget_s)
         self.tabs.setCurrentWidget(self.train_panel)
-        self.log(f"Training {config.backbone} for {config.epochs} epochs into {run_dir}")
+        self.log(f"Training {config.backbone} for {config.epochs} epochs into {run_dir}" if budget_s is None else
+                 f"Searching for the best model in {self.state.search_minutes:g} minutes into {run_dir}")
         self.training_started.emit(run)
         task.start()
         return run
@@ -363,11 +434,18 @@ class MainWindow(QMainWindow):
         events.epoch_ended.connect(self._log_epoch)
         events.epoch_ended.connect(self.epoch_ended)
         events.epoch_ended.connect(self._on_epoch_ended)
+        events.candidate.connect(self.train_panel.on_candidate)
+        events.candidate.connect(self._log_candidate)
 
     def _log_epoch(self, epoch: int, logs: dict) -> None:
         self.log(f"epoch {epoch}: loss {logs['loss']:.4f}, accuracy {logs['accuracy']:.3f}, "
                  f"val_loss {logs['val_loss']:.4f}, val_accuracy {logs['val_accuracy']:.3f}"
                  f"{' (best so far)' if logs['best'] else ''}")
+
+    def _log_candidate(self, entry: dict) -> None:
+        self.log(f"Search: {entry['name']} ({entry['backbone']}) {entry['status']}"
+                 + (f", {score_text(entry)}" if entry.get("score") is not None else "")
+                 + (f" – {entry['note']}" if entry.get("note") else ""))
 
     def _on_fit_started(self, info: dict) -> None:
         """Compare runs shows how much of the model a run trained."""
@@ -407,12 +485,36 @@ class MainWindow(QMainWindow):
             self.train_panel.on_stopping()
 
     def _on_training_succeeded(self, result) -> None:
+        searched = isinstance(self.state.active_run, SearchRun)
+        if searched:                             # the run is the winner's: its config, and the search's minutes
+            self._run_config = {**result.config, "search_minutes": self._run_config.get("search_minutes"),
+                                "search_winner": result.winner}
         self._record_active_run(result.status, result.metrics)
         self.results_panel.show_result(result)
         accuracy = result.metrics.get("val_accuracy")
         self.log(f"Training {result.status}" + (f": validation accuracy {accuracy:.3f}" if accuracy is not None else ""))
         self.train_panel.on_run_finished(result.status)
+        if searched:
+            self._announce_winner(result)
         self.training_finished.emit(result)
+
+    def _announce_winner(self, result) -> None:
+        """The status line and the Train step say which candidate won, with its score."""
+        self.train_panel.on_search_finished(result.status, result.leaderboard)
+        winner = next((row for row in result.leaderboard if row.get("chosen")), None)
+        test = result.metrics.get("test_accuracy")
+        message = (f"Automatic search {result.status}: {result.winner} won"
+                   + (f" ({score_text(winner)})" if winner and winner.get("score") is not None else "")
+                   + (f", {100 * test:.1f} % on the test images" if test is not None else ""))
+        self.log(message)
+        self.statusBar().showMessage(message, 30_000)
+
+    def _on_search_stopped_empty(self) -> None:
+        """A search stopped before its first model was trained: nothing to keep."""
+        self._record_active_run("cancelled", {})
+        self.train_panel.on_run_finished("cancelled")
+        self.train_panel.on_search_finished("cancelled", [])
+        self.log("Search stopped before its first model was trained")
 
     def _on_training_failed(self, message: str, details: str) -> None:
         self._record_active_run("failed", {"val_accuracy": self._best_accuracy})
@@ -465,7 +567,7 @@ class MainWindow(QMainWindow):
     def _can_start(self) -> bool:
         state = self.state
         return (state.active_run is None and state.report is not None and state.engine is not None
-                and state.model_is_current())
+                and state.model_is_current() and self._assess_task is None)
 
     def _update_actions(self) -> None:
         training = self.state.active_run is not None

@@ -12,8 +12,9 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView,
                                QLabel, QListWidget, QListWidgetItem, QPushButton, QSpinBox, QSplitter,
-                               QTreeView, QVBoxLayout, QWidget)
+                               QTabWidget, QTreeView, QVBoxLayout, QWidget)
 
+from gui.assess_view import AssessmentView
 from gui.layer_model import LayerTreeModel
 
 if TYPE_CHECKING:
@@ -28,7 +29,8 @@ def format_count(n: int) -> str:
 
 
 class ModelPanel(QWidget):
-    """Backbone list and details on the left, the layer tree with presets and live counts on the right."""
+    """Backbone list and details on the left; on the right the layer tree with presets and live counts, and
+    the backbone assessment (which backbone fits these images) on a second tab."""
 
     next_requested = Signal()
 
@@ -69,6 +71,7 @@ class ModelPanel(QWidget):
         self.everything_button.clicked.connect(self.train_everything)
         self.next_button = QPushButton("Next: train  →")
         self.next_button.clicked.connect(self.next_requested)
+        self.assessment = AssessmentView(state)      # its assess/cancel signals are the window's to answer
         self._layout()
         state.events.engine.connect(self._show_backbones)
         state.events.backbone.connect(self._show_backbone)
@@ -102,9 +105,13 @@ class ModelPanel(QWidget):
         right_layout.addLayout(presets)
         right_layout.addWidget(self.tree, 1)
         right_layout.addWidget(self.counts)
+        self.right_tabs = QTabWidget()
+        self.right_tabs.addTab(right, "Layers")
+        self.right_tabs.addTab(self.assessment, "Compare backbones")
+        self.right_tabs.setTabToolTip(1, "Which backbone fits your images best, measured before any training")
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(left)
-        self.splitter.addWidget(right)
+        self.splitter.addWidget(self.right_tabs)
         self.splitter.setStretchFactor(1, 3)
         self.splitter.setSizes([340, 940])
         footer = QHBoxLayout()

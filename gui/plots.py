@@ -90,6 +90,19 @@ class TrainingPlots(QWidget):
         markers = dict(symbol="o", symbolSize=5, symbolBrush=colour, symbolPen=None) if name in EPOCH_SERIES else {}
         return self.plots[plot].plot([], [], pen=pen, name=label, connect="finite", **markers)
 
+    def set_side_by_side(self, side_by_side: bool) -> None:
+        """The plots stacked (the default) or in one row, where the height is short (an automatic search's
+        leaderboard above them)."""
+        layout = self.canvas.ci
+        placed = [(layout.getItem(0, i) is plot if side_by_side else layout.getItem(i, 0) is plot)
+                  for i, plot in enumerate(self.plots.values())]
+        if all(placed):
+            return
+        for plot in self.plots.values():
+            layout.removeItem(plot)
+        for index, plot in enumerate(self.plots.values()):
+            layout.addItem(plot, row=0 if side_by_side else index, col=index if side_by_side else 0)
+
     # -- feeding -----------------------------------------------------------------------------
     def add_batch(self, logs: dict) -> None:
         x = logs["epoch"] - 1 + logs["batch"] / max(1, logs["batches"])
@@ -127,3 +140,57 @@ class TrainingPlots(QWidget):
         """How many points a curve shows now (tests, and the 'no data yet' hint)."""
         x, _ = self.curves[name].getData()
         return 0 if x is None else len(x)
+
+
+# kind of candidate -> colour; trained runs are drawn larger than head trials scored on cached features
+KIND_COLOURS = {"head": TRAIN, "last-blocks": LR, "assessment": (150, 150, 150)}
+TRAINED_SIZE, TRIAL_SIZE, BEST_SIZE = 12, 8, 18
+
+
+class SearchScatter(QWidget):
+    """A recipe search's candidates: score (%) against seconds since the search started; pruned ones hollow,
+    the best (or the winner, once chosen) a star."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.canvas = pg.PlotWidget()
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.canvas)
+        plot = self.plot = self.canvas.getPlotItem()
+        plot.setTitle("Score against time")
+        plot.setLabel("bottom", "seconds since the start")
+        plot.setLabel("left", "score (%)")
+        plot.showGrid(x=True, y=True, alpha=0.2)
+        plot.setMenuEnabled(False)
+        self.spots = pg.ScatterPlotItem(hoverable=True, tip=self._tip)
+        self.star = pg.ScatterPlotItem()
+        plot.addItem(self.spots)
+        plot.addItem(self.star)
+
+    @staticmethod
+    def _tip(x: float, y: float, data) -> str:
+        return f"{data}\n{y:.0f} % at {x:.0f} s" if data else f"{y:.0f} % at {x:.0f} s"
+
+    def show_candidates(self, rows: list[dict], best: dict | None) -> None:
+        """`rows`: leaderboard entries with `at_s`; those without a score (skipped) are not drawn."""
+        spots = []
+        for row in rows:
+            if row.get("score") is None:
+                continue
+            colour = KIND_COLOURS.get(row.get("kind"), TRAIN)
+            hollow = row.get("status") == "pruned"
+            spots.append({"pos": (row["at_s"], 100 * row["score"]), "data": row["name"],
+                          "size": TRAINED_SIZE if row.get("run_dir") else TRIAL_SIZE, "symbol": "o",
+                          "brush": pg.mkBrush(255, 255, 255, 0) if hollow else pg.mkBrush(*colour, 200),
+                          "pen": pg.mkPen(colour, width=1.5)})
+        self.spots.setData(spots)
+        if best is not None and best.get("score") is not None:
+            self.star.setData([best["at_s"]], [100 * best["score"]], symbol="star", size=BEST_SIZE,
+                              brush=pg.mkBrush(250, 200, 30), pen=pg.mkPen(120, 90, 0))
+        else:
+            self.star.setData([], [])
+
+    def count(self) -> int:
+        """How many candidates are drawn (tests)."""
+        return len(self.spots.data)

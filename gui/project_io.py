@@ -41,11 +41,13 @@ def autosave_path() -> Path:
 # -- the state as a project file ----------------------------------------------------------------------
 def project_from_state(state: AppState) -> Project:
     """What a project file keeps of the state: where the dataset is (not its scan), the corrections,
-    the backbone with its weights and freeze state, the settings as a TrainConfig dict, and the runs."""
+    the backbone with its weights and freeze state, the settings as a TrainConfig dict, the training mode
+    (manual or automatic, with the search's minutes), and the runs."""
     config = state.training_config().to_dict()
     config.pop("frozen_parameters")                # stored once, as the project's frozen_parameters
     project = Project(dataset_sources=list(state.dataset_sources), corrections=dict(state.corrections),
                       frozen_parameters=state.frozen_parameters, config=config, runs=list(state.runs),
+                      training_mode=state.training_mode, search_minutes=state.search_minutes,
                       path=state.project_path)
     if state.backbone is not None:                 # chosen once the engine has loaded
         project.backbone = state.backbone
@@ -63,6 +65,7 @@ def load_into_state(project: Project, state: AppState) -> list[str]:
     for key, _label in FIELDS:
         if key in project.config:
             state.settings[key] = project.config[key]
+    state.training_mode, state.search_minutes = project.training_mode, project.search_minutes
     row = state.backbone_row(project.backbone)
     if row is None:
         notes.append(f"The project's backbone {project.backbone} is not available here; keeping {state.backbone}")

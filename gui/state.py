@@ -51,11 +51,16 @@ class AppState:
     active_run: TrainingRun | None = None
     latest_run: RunRecord | None = None           # newest finished run whose checkpoint is on disk
     project_path: str | None = None               # None: unsaved
+    assessments: list[dict] = field(default_factory=list)   # this dataset's backbone assessments, best first
+    assessment_summary: str = ""                  # what they mean, in plain words
+    training_mode: str = "manual"                 # 'manual': one fit of the settings; 'automatic': a recipe search
+    search_minutes: float = 10.0                  # the automatic mode's time (engine.search.auto.DEFAULT_BUDGET_S)
 
     def __post_init__(self) -> None:
         for signal in (self.runs.events.inserted, self.runs.events.removed, self.runs.events.changed):
             signal.connect(self._update_latest_run)
         self.events.frozen_parameters.connect(self._freeze_model)
+        self.events.report.connect(self._forget_assessments)
 
     # -- model ---------------------------------------------------------------------------------
     def backbone_row(self, name: str) -> dict | None:
@@ -67,6 +72,11 @@ class AppState:
         self.backbone = name
         self.weights = "pretrained" if self.backbone_row(name)["weights_available"] else "random"
         self.frozen_parameters = None
+
+    def _forget_assessments(self) -> None:
+        """Assessments describe one dataset: another one (or a rescan) starts without them."""
+        self.assessments = []
+        self.assessment_summary = ""
 
     def use_model(self, info: ModelInfo) -> None:
         """Show a freshly built model: its tree takes the freeze state, then reports every change to it."""

@@ -14,6 +14,7 @@ from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox
                                QVBoxLayout, QWidget)
 
 from engine.core.progress import EpochClock, StageClock, format_duration, stage_title
+from gui.search_board import ModeChoice, SearchBoard, score_text
 
 if TYPE_CHECKING:
     from gui.state import AppState
@@ -22,12 +23,17 @@ IMAGE_SIZES = (64, 96, 128, 160, 192, 224, 256, 288, 320, 384)
 LEARNING_RATES = ("1e-2", "3e-3", "1e-3", "3e-4", "1e-4", "3e-5", "1e-5")
 CHOICE_LABELS = {
     "cosine": "Cosine decay", "onecycle": "One-cycle", "constant": "Constant",
-    "none": "None", "light": "Light (flips, crops)", "strong": "Strong (plus colour, rotation)",
+    "none": "None", "flip": "Flip only (mirror images)", "light": "Light (flips, crops)",
+    "strong": "Strong (plus colour, rotation)",
     "single": "Single stage", "two-stage": "Two-stage: head first, then the chosen layers",
+    "linear": "Linear", "mlp": "Small MLP (one hidden layer)",
+    ("tta", "none"): "Off", ("tta", "flip"): "Average with the mirror image",
 }
+"""Combo labels by value; a (setting, value) key names a value whose meaning depends on the setting."""
+CHOICE_FIELDS = ("schedule", "augmentation", "head", "tta", "recipe")
 FIELDS = (("epochs", "Epochs"), ("batch_size", "Batch size"), ("image_size", "Image size"),
           ("lr", "Learning rate"), ("schedule", "Schedule"), ("augmentation", "Augmentation"),
-          ("cached_views", "Cached views"),
+          ("cached_views", "Cached views"), ("head", "Head"), ("tta", "Test-time flip"),
           ("label_smoothing", "Label smoothing"), ("early_stopping", "Early stopping"),
           ("recipe", "Recipe"), ("head_epochs", "Head-only epochs"))
 TOOLTIPS = {
@@ -41,7 +47,8 @@ TOOLTIPS = {
     "schedule": "How the learning rate changes over the run (after a one-epoch warm-up).",
     "augmentation": "Random changes to training images so the model sees more variety; helps small datasets. "
                     "Head-only and last-blocks training compute their inputs once per image: augmentation "
-                    "reaches them only through extra cached views.",
+                    "reaches them only through extra cached views. Flip only: each image and its mirror "
+                    "image, both computed once, so it also works there.",
     "cached_views": "Head-only and last-blocks training: versions of each image computed once and reused every "
                     "epoch. 1 = the image as it is (default); each extra view is augmented and costs one more "
                     "pass of the frozen layers. Measured on Fashion-MNIST photos: 4 views took 4× the "
@@ -49,6 +56,10 @@ TOOLTIPS = {
     "label_smoothing": "Softens the targets so the model is less over-confident; 0.1 is a good default.",
     "early_stopping": "Stop when validation accuracy has not improved for this many epochs. "
                       "The best checkpoint is always kept.",
+    "head": "The classifier on top of the backbone. Linear: one layer, the usual choice. Small MLP: one hidden "
+            "layer in between, which can separate classes a single layer cannot; it may over-fit small datasets.",
+    "tta": "Predict each image twice, as it is and mirrored left-right, and average the two: often a little "
+           "more accurate, twice the prediction time. Kept in the exported model.",
     "recipe": "Two-stage trains only the classifier first, then the layers checked in the Model step "
               "at a lower learning rate: steadier when fine-tuning deep layers.",
     "head_epochs": "Epochs of the first, classifier-only stage of the two-stage recipe.",
@@ -76,6 +87,8 @@ class HyperParameters(QGroupBox):
         self.augmentation = QComboBox()
         self.cached_views = QSpinBox(minimum=1, maximum=16)
         self.cached_views.setSpecialValueText("1 (as it is)")
+        self.head = QComboBox()
+        self.tta = QComboBox()
         self.label_smoothing = QDoubleSpinBox(minimum=0.0, maximum=0.5, singleStep=0.05, decimals=2)
         self.early_stopping = QSpinBox(minimum=0, maximum=100, suffix=" epochs")
         self.early_stopping.setSpecialValueText("Off")
@@ -99,12 +112,12 @@ class HyperParameters(QGroupBox):
     def _offer_choices(self) -> None:
         """Once the engine has loaded: its choices in the combos, its defaults for every setting not set."""
         engine = self.state.engine
-        for key in ("schedule", "augmentation", "recipe"):
+        for key in CHOICE_FIELDS:
             combo = getattr(self, key)
             combo.blockSignals(True)
             combo.clear()
             for value in engine.choices[key]:
-                combo.addItem(CHOICE_LABELS.get(value, value), value)
+                combo.addItem(CHOICE_LABELS.get((key, value), CHOICE_LABELS.get(value, value)), value)
             combo.blockSignals(False)
         self._fill_image_sizes()
         self.loaded = True
@@ -230,6 +243,11 @@ class TrainPanel(QWidget):
         self.stage_clock = StageClock()
         self._error_details = ""
         self.settings = HyperParameters(state)
+        self.state = state
+        self.mode = ModeChoice(state)                # manual, or the best model in N minutes
+        self.board = SearchBoard(state)              # an automatic search's live leaderboard
+        self.searching = False
+        self._search_fits = 0
         self.start_button = QPushButton("Start training")
         self.start_button.setDefault(True)
         self.pause_button = QPushButton("Pause")
@@ -252,10 +270,12 @@ class TrainPanel(QWidget):
                                  " border-radius: 4px; padding: 6px; }")
         self.error_details_button = QPushButton("Details…")
         self.error_details_button.clicked.connect(self._show_error_details)
-        self.plot_area = QVBoxLayout()
+        self.plot_area = QHBoxLayout()               # a search's scatter (automatic mode), then the curves
         self._layout()
         self.set_running(False, can_start=False)
         self.show_error(None)
+        state.events.training_mode.connect(self._show_mode)
+        self._show_mode()
 
     def _layout(self) -> None:
         buttons = QHBoxLayout()
@@ -265,25 +285,39 @@ class TrainPanel(QWidget):
         status_layout = QVBoxLayout(status)
         for widget in (self.progress, self.stage, self.speed, self.path):
             status_layout.addWidget(widget)
+        form = QWidget()
+        form_layout = QVBoxLayout(form)
+        form_layout.setContentsMargins(0, 0, 0, 0)
+        form_layout.addWidget(self.mode)
+        form_layout.addWidget(self.settings)
+        form_layout.addStretch()
+        scroll = QScrollArea()                    # the settings scroll; the run controls stay in view
+        scroll.setWidget(form)
+        scroll.setWidgetResizable(True)
+        scroll.setMinimumWidth(340)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
         left = QWidget()
         left_layout = QVBoxLayout(left)
-        left_layout.addWidget(self.settings)
+        left_layout.setContentsMargins(0, 0, 0, 0)
+        left_layout.addWidget(scroll, 1)
         left_layout.addLayout(buttons)
         left_layout.addWidget(status)
         left_layout.addWidget(self.error)
         left_layout.addWidget(self.error_details_button, 0, Qt.AlignmentFlag.AlignRight)
-        left_layout.addStretch()
-        scroll = QScrollArea()
-        scroll.setWidget(left)
-        scroll.setWidgetResizable(True)
-        scroll.setMinimumWidth(340)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         right = QWidget()
         right.setLayout(self.plot_area)
         self.plot_area.setContentsMargins(0, 0, 0, 0)
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
-        self.splitter.addWidget(scroll)
-        self.splitter.addWidget(right)
+        self.right_splitter = QSplitter(Qt.Orientation.Vertical)   # the leaderboard above the curves
+        self.right_splitter.addWidget(self.board)
+        self.right_splitter.addWidget(right)
+        self.right_splitter.setStretchFactor(0, 4)
+        self.right_splitter.setStretchFactor(1, 5)
+        self.right_splitter.setSizes([240, 300])     # about seven leaderboard rows at 800 px
+        self.right_splitter.setChildrenCollapsible(False)
+        self.splitter.addWidget(left)
+        self.splitter.addWidget(self.right_splitter)
         self.splitter.setStretchFactor(1, 3)
         self.splitter.setCollapsible(0, False)
         layout = QVBoxLayout(self)
@@ -294,7 +328,10 @@ class TrainPanel(QWidget):
         the engine loads (so before any run can start)."""
         from gui.plots import TrainingPlots
         self.plots = TrainingPlots()
-        self.plot_area.addWidget(self.plots)
+        self.board.create_plot()
+        self.plot_area.addWidget(self.board.scatter, 2)
+        self.plot_area.addWidget(self.plots, 5)
+        self._show_mode()
 
     # -- run state ---------------------------------------------------------------------------
     def set_running(self, running: bool, can_start: bool) -> None:
@@ -302,7 +339,10 @@ class TrainPanel(QWidget):
         self.pause_button.setEnabled(running)
         self.stop_button.setEnabled(running)
         self.settings.setEnabled(self.settings.loaded and not running)
+        self.mode.setEnabled(not running)
         if not running:
+            self.searching = False
+            self.board.stop_clock()
             self.progress.setFormat("%p %")          # no time left to estimate
             if self.plots is not None:
                 self.plots.stop()                   # the last points drawn, no more redraws
@@ -334,7 +374,8 @@ class TrainPanel(QWidget):
 
     # -- events from the run -----------------------------------------------------------------
     def on_stopping(self) -> None:
-        self.stage.setText("Stopping after this batch…")
+        self.stage.setText("Stopping: keeping the best model so far…" if self.searching
+                           else "Stopping after this batch…")
 
     def on_run_finished(self, status: str) -> None:
         """The fit's end: a full bar unless it was cancelled; the curves stop redrawing."""
@@ -342,8 +383,13 @@ class TrainPanel(QWidget):
         if status != "cancelled":
             self.progress.setValue(self.progress.maximum())
 
-    def on_run_started(self) -> None:
-        """Before the engine's first event: it builds the model first, which takes a moment."""
+    def on_run_started(self, search_budget_s: float | None = None) -> None:
+        """Before the engine's first event: it builds the model first, which takes a moment. With a budget,
+        the run is an automatic search: its leaderboard starts empty."""
+        self.searching, self._search_fits = search_budget_s is not None, 0
+        if self.searching:
+            self.board.start(search_budget_s)
+            self._show_mode()
         self.show_error(None)
         self.progress.setValue(0)
         self.stage_clock = StageClock()
@@ -354,8 +400,14 @@ class TrainPanel(QWidget):
 
     def on_fit_started(self, info: dict) -> None:
         self.fit_clock = EpochClock(info["epochs"])
-        self.stage.setText(f"Training {info['n_train']:,} images, {len(info['classes'])} classes, "
-                           f"{info['epochs']} epochs")
+        what = f"{info['n_train']:,} images, {len(info['classes'])} classes, {info['epochs']} epochs"
+        if self.searching:                          # each candidate's fit starts its curves afresh
+            self._search_fits += 1
+            if self._search_fits > 1:
+                self.plots.start()
+            self.stage.setText(f"Search, fit {self._search_fits}: training {what}")
+        else:
+            self.stage.setText(f"Training {what}")
         self.path.setText(describe_path(info))
         self.path.setToolTip(info.get("path_note", ""))
 
@@ -382,3 +434,30 @@ class TrainPanel(QWidget):
         """The engine's own reason, as soon as it gives up (the task's traceback follows for Details)."""
         self.stage.setText("Training failed.")
         self.show_error(message)
+
+    # -- an automatic search ----------------------------------------------------------------------
+    def _show_mode(self) -> None:
+        """Automatic mode shows the leaderboard and the scatter, with the curves in one row below; manual mode
+        the stacked curves alone."""
+        automatic = self.state.training_mode == "automatic" or self.searching
+        self.start_button.setText("Start search" if self.state.training_mode == "automatic" else "Start training")
+        self.board.setVisible(automatic)
+        if self.plots is not None:
+            self.board.scatter.setVisible(automatic)
+            self.plots.set_side_by_side(automatic)
+
+    def on_candidate(self, entry: dict) -> None:
+        """A leaderboard row from the search (a scored, pruned or skipped candidate)."""
+        self.board.add(entry)
+        self.stage.setText(f"Search: {entry['name']} {entry['status']}"
+                           + (f" · {score_text(entry)}" if entry.get("score") is not None else ""))
+
+    def on_search_finished(self, status: str, leaderboard: list[dict]) -> None:
+        """The final leaderboard, the winner marked; the status line says who won."""
+        self.board.finish(leaderboard, status)
+        winner = self.board.winner()
+        if winner is not None:
+            self.stage.setText(f"Search {status}: {winner['name']} won ({score_text(winner)}). See the Results step.")
+        else:
+            self.stage.setText("Search stopped before its first model was trained: nothing was kept."
+                               if status == "cancelled" else f"Search {status}.")

@@ -1,4 +1,4 @@
-"""Headless command line: `inspect`, `models`, `train`, `demo`, `predict`, `export`.
+"""Headless command line: `inspect`, `models`, `assess`, `train` (also `--auto`), `demo`, `predict`, `export`.
 
 Exit status: 0 success, 2 bad input (one line on stderr, no traceback), 1 anything else.
 """
@@ -70,21 +70,73 @@ def _config_from_args(args) -> TrainConfig:
     return config
 
 
+def _config_from_file(path: str) -> TrainConfig:
+    """A run's config.json (e.g. the winner of `--auto`): every training choice, the flags' ignored."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BadInput(f"cannot read the config {path}: {first_line(exc)}") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"{path} is not a training config (a JSON object)")
+    config = TrainConfig.from_dict(data)
+    config.validate()
+    return config
+
+
 def cmd_train(args) -> int:
     from engine.data.scan import scan_dataset
-    from engine.training.trainer import Trainer
-    config = _config_from_args(args)
+    config = _config_from_file(args.config) if args.config else _config_from_args(args)
+    budget = _budget(args)
     out = Path(args.out)
     with TerminalProgress() as progress:
-        report = scan_dataset(args.data, seed=args.seed, progress=progress)
+        report = scan_dataset(args.data, seed=config.seed, progress=progress)
         _print_problem_summary(report)
-        result = Trainer(report, config, out, [progress]).fit()
+        summary = _search(report, config, out, budget, progress) if args.auto else _fit(report, config, out, progress)
     RunFolder(out).dataset_report.write_text(report.format_text() + "\n", encoding="utf-8")
-    metrics = result.metrics
-    summary = {"status": result.status, "run_dir": str(out), "checkpoint": result.checkpoint,
-               "val_accuracy": metrics.get("val_accuracy"), "test_accuracy": metrics.get("test_accuracy")}
     print(json.dumps(summary))
-    return EXIT_OK if result.status != "cancelled" else EXIT_FAILURE
+    return EXIT_OK if summary["status"] != "cancelled" else EXIT_FAILURE
+
+
+def _budget(args) -> float | None:
+    if not args.auto:
+        if args.budget is not None:
+            raise BadInput("--budget is for --auto: add --auto to search for a recipe")
+        return None
+    from engine.search.auto import DEFAULT_BUDGET_S, parse_budget
+    return parse_budget(args.budget) if args.budget is not None else DEFAULT_BUDGET_S
+
+
+def _fit(report, config: TrainConfig, out: Path, progress: TerminalProgress) -> dict:
+    from engine.training.trainer import Trainer
+    result = Trainer(report, config, out, [progress]).fit()
+    metrics = result.metrics
+    return {"status": result.status, "run_dir": str(out), "checkpoint": result.checkpoint,
+            "val_accuracy": metrics.get("val_accuracy"), "test_accuracy": metrics.get("test_accuracy")}
+
+
+def _search(report, config: TrainConfig, out: Path, budget: float, progress: TerminalProgress) -> dict:
+    from engine.search.auto import RecipeSearch
+    result = RecipeSearch(report, out, budget, config, [progress]).run()
+    metrics = result.metrics
+    return {"status": result.status, "run_dir": str(out), "checkpoint": str(RunFolder(out).checkpoint),
+            "val_accuracy": metrics.get("val_accuracy"), "test_accuracy": metrics.get("test_accuracy"),
+            "winner": result.winner, "seconds": round(result.seconds, 1)}
+
+
+def cmd_assess(args) -> int:
+    from engine.data.scan import scan_dataset
+    from engine.search.assess import assess_backbones, format_table, summary
+    backbones = [name.strip() for name in args.models.split(",")] if args.models else None
+    with TerminalProgress() as progress:
+        report = scan_dataset(args.data, seed=args.seed, progress=progress)
+        results = assess_backbones(report, backbones, args.seed, progress=progress)
+    if args.json:
+        print(json.dumps({"assessments": [a.to_dict() for a in results], "summary": summary(results)}, indent=2))
+    else:
+        print(format_table(results))
+        print()
+        print(summary(results))
+    return EXIT_OK
 
 
 def _print_problem_summary(report) -> None:
@@ -110,13 +162,19 @@ TRAIN_OPTIONS = (
     ("optimizer", None),
     ("schedule", "learning-rate schedule after a one-epoch warm-up"),
     ("recipe", "two-stage: train the head first, then unfreeze per --freeze at a lower rate"),
-    ("augmentation", None),
+    ("augmentation", "flip: each image or its mirror image (on cached features: both, computed once); "
+                     "light/strong: random crops, flips and colour changes"),
+    ("head", "mlp: a hidden layer of up to 512 units between the backbone's features and the classes"),
+    ("tta", "flip: predict with the mean of the image's and its mirror image's logits (twice the compute; "
+            "kept in the exported model)"),
     ("cached_views", "versions of each image cached for head-only/last-blocks training: 1 = as it is "
                      "(measured best); more are augmented, each costing one pass of the frozen layers"),
     ("label_smoothing", None),
     ("balance", "counter class imbalance by weighting the loss or resampling"),
     ("early_stopping", "stop after this many epochs without a better validation accuracy (0: off)"),
     ("cache", "reuse the frozen layers' output between epochs (auto) or not (off)"),
+    ("frozen_runtime", "engine of the frozen layers' single pass: auto = ONNX Runtime (1.3-1.5x PyTorch's "
+                       "speed) on a CPU when the fit has enough images to pay for its export, pytorch = never"),
     ("seed", None),
 )
 """TrainConfig fields offered as `--field-name`: type, default and choices come from TrainConfig itself."""
@@ -156,13 +214,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fine-tune a backbone on a dataset")
     p.add_argument("data")
     p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--auto", action="store_true",
+                   help="search for the best recipe (backbone, head, regularisation, flips, last blocks) within "
+                        "--budget; the training flags set its starting point")
+    p.add_argument("--budget", default=None, help="time for --auto, e.g. 90s, 10m, 1h (default: 10m)")
+    p.add_argument("--config", default=None,
+                   help="a run's config.json (e.g. an --auto winner's): train exactly that recipe; other "
+                        "training flags are ignored")
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("assess", help="how well each pretrained backbone fits a dataset, before training")
+    p.add_argument("data")
+    p.add_argument("--models", default=None, help="comma-separated backbones (default: all with offline weights)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_assess)
 
     p = sub.add_parser("demo", help="train on the bundled demo dataset")
     p.add_argument("--out", default=None)
     _add_train_options(p)
-    p.set_defaults(func=cmd_demo, epochs=5)
+    p.set_defaults(func=cmd_demo, epochs=5, auto=False, budget=None, config=None)
 
     outputs.register(sub)
     return parser

@@ -94,5 +94,30 @@ class TerminalProgress(Callback):
         self._close_bar()
         self._line(f"{result['status']}: best checkpoint {result.get('checkpoint')}")
 
+    def on_candidate(self, entry: dict) -> None:
+        self._close_bar()
+        self._stage = None
+        self._line(format_candidate(entry))
+
     def on_error(self, message: str) -> None:
         self._close_bar()
+
+
+def format_candidate(entry: dict) -> str:
+    """One leaderboard row as a terminal line: name, backbone, the recipe's main choices, score, time."""
+    recipe = entry.get("recipe") or {}
+    choices = " ".join(f"{key}={_short(recipe[key])}" for key in ("head", "lr", "weight_decay", "label_smoothing",
+                                                                  "epochs", "augmentation", "tta", "freeze")
+                       if recipe.get(key) is not None)
+    score = f"{entry['score']:.1%}" if entry.get("score") is not None else "-"
+    if entry.get("score_std") is not None:
+        score += f" ±{entry['score_std']:.1%}"
+    scored = f" ({entry['scored_by']})" if entry.get("scored_by") else ""
+    note = f"  [{entry['status']}: {entry['note']}]" if entry.get("status") != "done" and entry.get("note") else \
+        f"  [{entry['status']}]" if entry.get("status") != "done" else ""
+    return f"[search] {entry['name']:<18} {entry['backbone']:<18} {score}{scored}  {entry.get('seconds', 0):.1f} s" \
+           f"  {choices}{note}"
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -30,6 +30,11 @@ class Callback:
     def on_error(self, message: str) -> None:
         """A one-line, human-readable reason the fit failed."""
 
+    def on_candidate(self, entry: dict) -> None:
+        """A recipe search scored (or skipped) a candidate: a leaderboard row (engine.search.auto.Candidate
+        as a dict: name, kind, backbone, recipe, score, scored_by, seconds, status, note, chosen). A row whose
+        name was seen before replaces it (a later score, or chosen=True for the winner at the end)."""
+
 
 class CallbackList(Callback):
     """Fans each event out to several callbacks."""
@@ -60,3 +65,7 @@ class CallbackList(Callback):
     def on_error(self, message):
         for c in self.callbacks:
             c.on_error(message)
+
+    def on_candidate(self, entry):
+        for c in self.callbacks:
+            c.on_candidate(entry)

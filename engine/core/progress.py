@@ -22,6 +22,8 @@ STAGE_TITLES = {
     "features": "Computing backbone features",
     "activations": "Computing frozen-block activations",
     "evaluate": "Evaluating",
+    "assess": "Assessing backbones",
+    "search": "Searching recipes",
     "export": "Exporting",
     "predict": "Predicting",
 }

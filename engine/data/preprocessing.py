@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-AUGMENTATIONS = ("none", "light", "strong")
+AUGMENTATIONS = ("none", "flip", "light", "strong")
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,21 @@ def eval_transform(pre: Preprocessing) -> Callable:
                       T.CenterCrop(pre.input_size), *_to_normalized_tensor(pre)])
 
 
+def mirrored_eval_transform(pre: Preprocessing) -> Callable:
+    """The eval transform, then a left-right mirror of the result: exactly the input test-time flip
+    feeds the model second (`x.flip(3)` of the eval batch), and the cached 'mirrored' view."""
+    return T.Compose([eval_transform(pre), T.Lambda(T.functional.horizontal_flip)])
+
+
 def train_transform(pre: Preprocessing, augmentation: str = "light") -> Callable:
-    """Augmentation presets: 'none' (= eval transform), 'light' (crop, flip, mild colour), 'strong'."""
+    """Augmentation presets: 'none' (= eval transform), 'flip' (the eval transform, mirrored half the
+    time: the two inputs the cached path trains on), 'light' (crop, flip, mild colour), 'strong'."""
     if augmentation not in AUGMENTATIONS:
         raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, not {augmentation!r}")
     if augmentation == "none":
         return eval_transform(pre)
+    if augmentation == "flip":
+        return T.Compose([eval_transform(pre), T.RandomHorizontalFlip()])
     mode = interpolation_mode(pre)
     if augmentation == "light":
         steps = [T.RandomResizedCrop(pre.input_size, scale=(0.6, 1.0), interpolation=mode, antialias=True),

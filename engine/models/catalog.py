@@ -143,12 +143,17 @@ def preprocessing_for(model: nn.Module, input_size: int | None = None) -> Prepro
 
 
 def create_model(name: str = DEFAULT_BACKBONE, num_classes: int | None = None, *,
-                 weights: str = "pretrained", input_size: int | None = None) -> ModelBundle:
+                 weights: str = "pretrained", input_size: int | None = None, head: str = "linear") -> ModelBundle:
     """Build a backbone with ImageNet weights (or `weights='random'`, or a path to a weights file).
 
-    `num_classes=None` keeps the ImageNet head; any number replaces the head with a fresh one.
+    `num_classes=None` keeps the ImageNet head; any number replaces the head with a fresh one of kind
+    `head` ('linear' or 'mlp', see engine.models.heads).
     """
     import timm
+
+    from engine.models.heads import set_head
+    if head != "linear" and num_classes is None:
+        raise ModelError(f"a {head} head needs the number of classes")
     spec = get_spec(name)
     model = timm.create_model(spec.arch, pretrained=False)
     if weights == "pretrained":
@@ -164,15 +169,18 @@ def create_model(name: str = DEFAULT_BACKBONE, num_classes: int | None = None, *
         described = str(weights)
     if num_classes is not None:
         model.reset_classifier(num_classes)
+        set_head(model, head)
     model.eval()
     return ModelBundle(model, spec, preprocessing_for(model, input_size), described)
 
 
-def build_architecture(name: str, num_classes: int) -> nn.Module:
-    """The bare architecture with a head for `num_classes`: checkpoints fill in every weight."""
+def build_architecture(name: str, num_classes: int, head: str = "linear") -> nn.Module:
+    """The bare architecture with a `head` for `num_classes`: checkpoints fill in every weight."""
     import timm
+
+    from engine.models.heads import set_head
     model = timm.create_model(get_spec(name).arch, pretrained=False, num_classes=num_classes)
-    return model.eval()
+    return set_head(model, head).eval()
 
 
 def _load_weights(model: nn.Module, path: str) -> None:

@@ -14,6 +14,8 @@ from torch import nn
 from engine.core.files import atomic_path
 from engine.data.preprocessing import Preprocessing
 from engine.models.catalog import ModelBundle, build_architecture, get_spec
+from engine.models.heads import HEADS, head_kind
+from engine.models.predictor import tta_setting
 
 FORMAT = "transferlab-checkpoint/1"
 META_KEY = "transferlab"
@@ -37,11 +39,15 @@ class Checkpoint:
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, bundle: ModelBundle, classes: list[str],
-                    extra: dict | None = None) -> dict:
-    """Write weights plus metadata atomically; returns the metadata written."""
+                    extra: dict | None = None, tta: str = "none") -> dict:
+    """Write weights plus metadata atomically; returns the metadata written.
+
+    "head" (read from the model) lets `load_checkpoint` rebuild the same classifier; "tta" says what the
+    model predicts with (engine.models.predictor), for `predict` and the ONNX export.
+    """
     meta = {"format": FORMAT, "backbone": bundle.spec.name, "arch": bundle.spec.arch,
             "classes": list(classes), "preprocessing": bundle.preprocessing.to_dict(),
-            "weights_origin": bundle.weights,
+            "head": head_kind(model), "tta": tta_setting({"tta": tta}), "weights_origin": bundle.weights,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra or {})}
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
@@ -67,11 +73,15 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict:
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, Checkpoint]:
-    """Rebuild the architecture from metadata and fill in every weight (strictly)."""
+    """Rebuild the architecture from metadata (a checkpoint without "head" has the linear one) and fill in
+    every weight (strictly). The bare model: `engine.models.predictor.predictor` adds test-time flip."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     meta = read_checkpoint_meta(path)
-    model = build_architecture(get_spec(meta["backbone"]).name, len(meta["classes"]))
+    head = meta.get("head", "linear")
+    if head not in HEADS:
+        raise CheckpointError(f"{os.path.basename(path)}: unknown head {head!r}")
+    model = build_architecture(get_spec(meta["backbone"]).name, len(meta["classes"]), head)
     try:
         model.load_state_dict(load_file(os.fspath(path), device="cpu"))
     except Exception as exc:  # noqa: BLE001

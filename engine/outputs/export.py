@@ -9,6 +9,9 @@ Why each step is there:
   verified at two input sizes either way). Opset 18 keeps files loadable by onnxruntime back to 1.14.
 - Metadata: classes, preprocessing, backbone, training date and metrics go into the ONNX
   metadata_props (each value JSON) and into a JSON sidecar, so the `.onnx` alone is enough.
+- Predictor: what is exported is what the run evaluated and `predict` runs, `predictor(model, meta)`; with
+  test-time flip the mirror and the mean are inside the graph, so the file still has one input and one
+  output and its users need nothing extra.
 - Verification: real images (the run's validation split) go through both paths the way users run them:
   `eval_transform` + PyTorch, and `preprocess_image` + onnxruntime with the preprocessing read back from
   the file's own metadata. Logits must agree within `tolerance` and top-1 must agree (except exact ties);
@@ -43,6 +46,7 @@ from engine.data.preprocessing import Preprocessing
 from engine.data.transforms import eval_transform
 from engine.models.catalog import build_architecture
 from engine.models.checkpoint import load_checkpoint
+from engine.models.predictor import predictor
 from engine.outputs.predict import (ONNX_FORMAT, OnnxClassifier, collect_images, preprocess_image, read_onnx_metadata,
                                     resolve_checkpoint)
 
@@ -121,7 +125,8 @@ def export_run(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.PathLik
     step = _Steps(progress, control)
     step("load model")
     checkpoint_path, run_dir = resolve_checkpoint(run_or_checkpoint)
-    model, checkpoint = load_checkpoint(checkpoint_path)
+    bare, checkpoint = load_checkpoint(checkpoint_path)
+    model = predictor(bare, checkpoint.meta)
     pre = checkpoint.preprocessing
     images, notes = _verification_images(run_dir, verify_images)
     if dynamic_size and not accepts_other_sizes(model, pre):
@@ -278,7 +283,11 @@ def model_card(meta: dict, run_dir: Path | None, dynamic_size: bool) -> dict:
         "input": {"name": INPUT_NAME, "shape": ["batch", 3, height, width], "dtype": "float32",
                   "layout": "NCHW, RGB"},
         "output": {"name": OUTPUT_NAME, "shape": ["batch", len(meta["classes"])],
-                   "meaning": "logits: apply softmax for probabilities"},
+                   "meaning": "logits: apply softmax for probabilities" + (
+                       "; already the mean over the image and its mirror image (test-time flip)"
+                       if meta.get("tta", "none") == "flip" else "")},
+        "head": meta.get("head", "linear"),
+        "tta": meta.get("tta", "none"),
         "preprocessing": {**pre.to_dict(), "resize_size": pre.resize_size,
                           "steps": "RGB (EXIF-upright, transparency on white); resize the shorter side to "
                                    "resize_size with `interpolation`; centre-crop input_size x input_size; "
@@ -381,7 +390,9 @@ def _spread(paths: list[str], limit: int) -> list[str]:
 # -- weights for PyTorch users --------------------------------------------------------------------------
 def export_weights(run_or_checkpoint: str | os.PathLike, out_path: str | os.PathLike) -> str:
     """A plain `.safetensors` state dict for timm users, with flat string metadata (arch, num_classes,
-    classes, preprocessing as JSON). Checked by rebuilding the timm model from it strictly."""
+    classes, preprocessing as JSON, head, tta). Checked by rebuilding the timm model from it strictly.
+    With head 'mlp' the classifier is `engine.models.heads.MlpHead`; with tta 'flip' the run's predictions
+    are the mean of the logits of each image and its mirror image."""
     out = Path(out_path)
     if out.suffix.lower() != ".safetensors":
         raise ExportError(f"the weights file must end in .safetensors, not {out.name!r}")
@@ -390,11 +401,12 @@ def export_weights(run_or_checkpoint: str | os.PathLike, out_path: str | os.Path
     meta = checkpoint.meta
     flat = {"arch": meta["arch"], "num_classes": str(len(meta["classes"])),
             "classes": json.dumps(meta["classes"]), "preprocessing": json.dumps(meta["preprocessing"]),
-            "backbone": meta["backbone"], "trained": str(meta.get("created", ""))}
+            "backbone": meta["backbone"], "trained": str(meta.get("created", "")),
+            "head": meta.get("head", "linear"), "tta": meta.get("tta", "none")}
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(out) as tmp:
         save_file(state, str(tmp), metadata=flat)
-        rebuilt = build_architecture(meta["backbone"], len(meta["classes"]))
+        rebuilt = build_architecture(meta["backbone"], len(meta["classes"]), flat["head"])
         rebuilt.load_state_dict(load_file(str(tmp)), strict=True)
     return str(out)
 

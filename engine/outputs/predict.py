@@ -84,7 +84,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 # -- classifiers --------------------------------------------------------------------------------------
 class TorchClassifier:
-    """A checkpoint run in PyTorch with the training's own evaluation transform."""
+    """A checkpoint run in PyTorch with the training's own evaluation transform, predicting as the run
+    evaluated it (test-time flip from the checkpoint's "tta", engine.models.predictor)."""
 
     kind = "torch"
 
@@ -92,8 +93,10 @@ class TorchClassifier:
         _refuse_pickle(checkpoint_path)
         from engine.data.transforms import eval_transform
         from engine.models.checkpoint import load_checkpoint
+        from engine.models.predictor import predictor
         self.path = str(checkpoint_path)
-        self.model, checkpoint = load_checkpoint(checkpoint_path)
+        model, checkpoint = load_checkpoint(checkpoint_path)
+        self.model = predictor(model, checkpoint.meta)
         self.meta = checkpoint.meta
         self.classes = checkpoint.classes
         self.preprocessing = checkpoint.preprocessing.to_dict()

@@ -23,8 +23,10 @@ from engine.core.control import RunControl
 from engine.core.files import atomic_path
 from engine.core.paths import cache_dir
 from engine.core.progress import Progress
-from engine.data.transforms import ImageDataset
+from engine.data.preprocessing import Preprocessing
+from engine.data.transforms import ImageDataset, eval_transform, mirrored_eval_transform
 from engine.models.layers import head_parameter_names
+from engine.training.frozen_runtime import FrozenRunner
 
 log = logging.getLogger("transferlab")
 
@@ -82,19 +84,73 @@ def pooled_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return model.forward_head(model.forward_features(images), pre_logits=True)
 
 
-class FeatureDataset(Dataset):
-    """(feature, label) pairs drawn from one of several cached views; `view` is set per epoch."""
+class PooledFeatures(nn.Module):
+    """`pooled_features` as a module: the frozen part a feature pass exports to ONNX Runtime."""
 
-    def __init__(self, views: torch.Tensor, labels: list[int]):
-        self.views = views           # [V, N, D]
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+
+
+VIEWS = ("plain", "mirrored")
+"""The deterministic views of an image: as evaluation sees it, and its left-right mirror image."""
+
+
+def view_transform(pre: Preprocessing, view: str) -> Callable:
+    """The eval transform, or (mirrored) the eval transform then a left-right mirror: the second input of
+    test-time flip, and the extra training view of augmentation 'flip'."""
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {', '.join(VIEWS)}, not {view!r}")
+    return eval_transform(pre) if view == "plain" else mirrored_eval_transform(pre)
+
+
+def view_id(pre: Preprocessing, view: str) -> str:
+    """The transform id of a view in the cache key. The plain view keeps the id evaluation always used,
+    so every fit, whatever its augmentation, and a recipe search share one entry per split."""
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {', '.join(VIEWS)}, not {view!r}")
+    return f"{pre.to_dict()}|eval" + ("" if view == "plain" else f"|{view}")
+
+
+class FeatureDataset(Dataset):
+    """(feature, label) pairs drawn from one of several cached views; `view` is set per epoch. With
+    `view = None` an item holds all its views, [V, ...], for `ViewAveraged`.
+
+    Views are kept as a list of [N, ...] tensors, so views cached apart are never copied into one tensor
+    (cached activations can take a quarter of RAM); a [V, N, ...] tensor is accepted as well.
+    """
+
+    def __init__(self, views: torch.Tensor | list[torch.Tensor], labels: list[int]):
+        self.views = list(views)
         self.labels = torch.as_tensor(labels, dtype=torch.long)
-        self.view = 0
+        self.view: int | None = 0
 
     def __len__(self) -> int:
-        return self.views.shape[1]
+        return len(self.labels)
 
     def __getitem__(self, index: int):
-        return self.views[self.view, index], self.labels[index]
+        if self.view is None:
+            return torch.stack([view[index] for view in self.views]), self.labels[index]
+        return self.views[self.view][index], self.labels[index]
+
+
+class ViewAveraged(nn.Module):
+    """The cached-input twin of `engine.models.predictor.MirrorAveraged`: the mean of `net`'s logits over
+    the views of each input ([B, V, ...] batches), summed in view order and divided as it does."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.train(net.training)        # wrapping changes no mode (predict_logits restores the wrapper's)
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        total = self.net(views[:, 0])
+        for index in range(1, views.shape[1]):
+            total = total + self.net(views[:, index])
+        return total / views.shape[1]
 
 
 class FeatureCache:
@@ -106,7 +162,8 @@ class FeatureCache:
     max_disk_bytes = 512 * 2**20
     stage = "features"                # what its progress reports
 
-    def __init__(self, model: nn.Module, folder: Path | None = None, batch_size: int = FEATURE_BATCH):
+    def __init__(self, model: nn.Module, folder: Path | None = None, batch_size: int = FEATURE_BATCH,
+                 frozen_runtime: str = "auto"):
         self.model = model
         self.folder = Path(folder) if folder else cache_dir() / "features"
         self.batch_size = batch_size
@@ -114,12 +171,19 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
         self._memory: dict[str, torch.Tensor] = {}
+        self.runner = FrozenRunner(frozen_runtime)   # the engine of the frozen pass: ONNX Runtime or PyTorch
+        self.planned_images = 0         # images the whole fit will compute: the break-even looks at all
+        self.runtime_used: str | None = None          # 'onnxruntime' | 'pytorch': the latest pass's engine
+        self.runtime_note = ""                        # and why, for the fit's path notes
 
     def _fingerprint(self) -> str:
         return backbone_fingerprint(self.model)
 
     def _extract(self, images: torch.Tensor) -> torch.Tensor:
         return pooled_features(self.model, images)
+
+    def _frozen_module(self) -> nn.Module:
+        return PooledFeatures(self.model)
 
     @torch.inference_mode()
     def item_bytes(self, input_size: int) -> int:
@@ -182,6 +246,11 @@ class FeatureCache:
     def _compute(self, paths, labels, transforms, seed, control, progress, image_source=None) -> torch.Tensor:
         was_training = self.model.training
         self.model.eval()
+        # Either engine may compute a pass and the cache key does not name it: ONNX Runtime is used only
+        # after its output agreed with PyTorch's on real images within 1e-4 (of the largest value, when
+        # above 1; float32 rounding), so the results interchange.
+        self.runner.begin_pass(self._frozen_module(), self.stage, self.fingerprint,
+                               max(len(transforms) * len(paths), self.planned_images))
         try:
             with torch.random.fork_rng():  # the fit's own random stream stays untouched
                 return torch.stack([self._view(paths, labels, transform, seed * 1000 + index, control,
@@ -190,6 +259,7 @@ class FeatureCache:
                                     for index, transform in enumerate(transforms)])
         finally:
             self.model.train(was_training)
+            self.runtime_used, self.runtime_note = self.runner.runtime_used, self.runner.note
 
     def _view(self, paths, labels, transform, seed, control, progress, done, total,
               image_source=None) -> torch.Tensor:
@@ -199,7 +269,7 @@ class FeatureCache:
         for images, _ in loader:
             if control is not None:
                 control.checkpoint()
-            chunks.append(self._extract(images).float().contiguous())
+            chunks.append(self.runner.run(images, self._extract).float().contiguous())
             done += len(images)
             if progress:
                 progress(self.stage, done, total)
@@ -241,8 +311,10 @@ def plan_cache(model: nn.Module, train_frozen_bn: bool = False) -> CachePlan:
     if not any(p.requires_grad for p in model.parameters()):
         return CachePlan("images", reason="nothing trains")
     classifier = set(classifier_parameter_names(model)) if hasattr(model, "get_classifier") else set()
+    # the classifier's own parameter-free layers (an MLP head's GELU and dropout) train with it
+    in_classifier = {id(m) for m in model.get_classifier().modules()} if classifier else set()
     frozen_modules = [m for n, m in model.named_modules()
-                      if n and not any(p.requires_grad for p in m.parameters())]
+                      if n and id(m) not in in_classifier and not any(p.requires_grad for p in m.parameters())]
     if feature_cache_applies(model):
         unstable = _changes_in_training(frozen_modules, train_frozen_bn)
         return CachePlan("images", reason=unstable) if unstable else CachePlan("features")
@@ -298,10 +370,10 @@ class ActivationCache(FeatureCache):
     stage = "activations"
 
     def __init__(self, model: nn.Module, boundary: int, folder: Path | None = None,
-                 batch_size: int = FEATURE_BATCH):
+                 batch_size: int = FEATURE_BATCH, frozen_runtime: str = "auto"):
         self.prefix = nn.Sequential(*feature_stages(model)[:boundary])
         self.boundary = boundary
-        super().__init__(model, folder or cache_dir() / "activations", batch_size)
+        super().__init__(model, folder or cache_dir() / "activations", batch_size, frozen_runtime)
 
     def _fingerprint(self) -> str:
         return _state_digest(self.prefix, salt=f"{type(self.model).__name__}|{self.boundary}")
@@ -309,3 +381,6 @@ class ActivationCache(FeatureCache):
     @torch.inference_mode()
     def _extract(self, images: torch.Tensor) -> torch.Tensor:
         return self.prefix(images)
+
+    def _frozen_module(self) -> nn.Module:
+        return self.prefix

@@ -13,8 +13,12 @@ SCHEDULES = ("cosine", "onecycle", "constant")
 BALANCING = ("none", "loss", "sampler")
 RECIPES = ("single", "two-stage")
 CACHE_MODES = ("auto", "off")
+HEADS = ("linear", "mlp")
+TEST_TIME_AUGMENTATIONS = ("none", "flip")
+FROZEN_RUNTIMES = ("auto", "pytorch")
 CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "balance": BALANCING, "recipe": RECIPES,
-           "augmentation": AUGMENTATIONS, "freeze": FREEZE_PRESETS, "cache": CACHE_MODES}
+           "augmentation": AUGMENTATIONS, "freeze": FREEZE_PRESETS, "cache": CACHE_MODES, "head": HEADS,
+           "tta": TEST_TIME_AUGMENTATIONS, "frozen_runtime": FROZEN_RUNTIMES}
 """The fields with a fixed set of values: validated here, offered as choices by the CLI and the window."""
 
 
@@ -48,6 +52,9 @@ class TrainConfig:
     train_frozen_bn: bool = False        # let frozen BatchNorm layers update running statistics
     cache: str = "auto"                  # 'auto': reuse frozen-backbone features when possible
     cached_views: int = 1                # feature-cache views per image: 1 = un-augmented only (measured best)
+    head: str = "linear"                 # 'mlp': a hidden layer between pooled features and the classes
+    tta: str = "none"                    # 'flip': average the logits of each image and its mirror image
+    frozen_runtime: str = "auto"         # 'auto': the frozen pass runs in ONNX Runtime on a CPU when it pays
     num_workers: int = 0
 
     def validate(self) -> None:

@@ -1,0 +1,184 @@
+"""How well each pretrained backbone fits this dataset, before any fine-tuning.
+
+For every backbone with offline weights: one pass of the frozen network over train + val (through the
+feature cache, so a later head-only fit or search starts at once), the LogME score (engine.search.logme)
+and a cross-validated linear-probe accuracy, with the model's cost. The test split is never read.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from engine.core.control import RunControl
+from engine.core.progress import Progress
+from engine.data.report import DatasetReport, Sample
+from engine.models.catalog import ModelBundle, create_model, get_spec, list_backbones
+from engine.search.crossval import FeatureViews, linear_probe_accuracy, stratified_folds, usable_folds
+from engine.search.logme import logme_score
+from engine.training.caches import FeatureCache, view_id, view_transform
+
+STRONG, FAIR = 0.8, 0.5
+"""Share of the errors of always answering the largest class that a linear probe removes: at least STRONG
+means the frozen features already separate the classes well, below FAIR that they barely do."""
+
+
+@dataclass
+class Assessment:
+    """One backbone's fit to the data; accuracies are fractions, `fit` is 'strong' | 'fair' | 'weak'."""
+
+    backbone: str
+    title: str
+    logme: float
+    probe_accuracy: float
+    probe_std: float
+    folds: int
+    majority: float                   # accuracy of always answering the most frequent class
+    fit: str
+    ms_per_image: float               # PyTorch forward, one image at a time, on this machine
+    params_millions: float
+    input_size: int
+    feature_dim: int
+    seconds: float                    # feature pass (or cache hit) + scores
+    features: FeatureViews | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.pop("features")
+        return data
+
+
+def available_backbones() -> list[str]:
+    """Backbones whose weights are on this machine, in catalog order (cheapest first)."""
+    return [row["name"] for row in list_backbones() if row["weights_available"]]
+
+
+def search_samples(report: DatasetReport) -> tuple[list[Sample], list[Sample]]:
+    """The samples a search may learn from and score on: train and val (val may be empty); never test."""
+    return report.split("train"), report.split("val")
+
+
+def split_views(cache: FeatureCache, samples: list[Sample], report: DatasetReport, bundle: ModelBundle,
+                views: tuple[str, ...], seed: int, control: RunControl | None,
+                progress: Progress | None) -> torch.Tensor:
+    """[V, N, D] features of `samples`, one cache entry per view: the same entries the Trainer reads, so a
+    fit after the search computes nothing again."""
+    if not samples:
+        return torch.empty(len(views), 0, 0)
+    pre = bundle.preprocessing
+    paths, labels = [s.path for s in samples], [s.label for s in samples]
+    return torch.cat([cache.features(paths, labels, report.content_hash, [view_transform(pre, view)],
+                                     view_id(pre, view), seed, control, progress) for view in views])
+
+
+def pretrained(report: DatasetReport, backbone: str, input_size: int | None = None) -> ModelBundle:
+    """The backbone with its offline ImageNet weights, a fresh head for the classes, channels_last (as the
+    Trainer runs it)."""
+    bundle = create_model(backbone, len(report.classes), weights="pretrained", input_size=input_size)
+    bundle.model.to(memory_format=torch.channels_last)
+    return bundle
+
+
+def backbone_features(report: DatasetReport, bundle: ModelBundle, views: tuple[str, ...] = ("plain",),
+                      seed: int = 0, control: RunControl | None = None,
+                      progress: Progress | None = None) -> FeatureViews:
+    """Frozen features of train + val (in that order) through `bundle`'s backbone."""
+    cache = FeatureCache(bundle.model)
+    train, val = search_samples(report)
+    cache.planned_images = len(views) * (len(train) + len(val))     # the break-even sees the whole pass
+    parts = [split_views(cache, samples, report, bundle, views, seed, control, progress)
+             for samples in (train, val) if samples]
+    labels = np.array([s.label for s in train + val], dtype=np.int64)
+    return FeatureViews(torch.cat(parts, dim=1), labels)
+
+
+def assess_backbone(report: DatasetReport, backbone: str, seed: int = 0, control: RunControl | None = None,
+                    progress: Progress | None = None, input_size: int | None = None) -> Assessment:
+    """One backbone's scores; `input_size` None is the backbone's own (as in TrainConfig.image_size)."""
+    started = time.monotonic()
+    bundle = pretrained(report, backbone, input_size)
+    data = backbone_features(report, bundle, ("plain",), seed, control, progress)
+    features = data.views[0]
+    folds = stratified_folds(data.labels, usable_folds(data.labels), seed)
+    accuracy, spread = linear_probe_accuracy(features, data.labels, folds, control)
+    majority = float(np.bincount(data.labels).max() / len(data.labels))
+    return Assessment(
+        backbone=backbone, title=get_spec(backbone).title, logme=logme_score(features.numpy(), data.labels),
+        probe_accuracy=accuracy, probe_std=spread, folds=int(folds.max()) + 1, majority=majority,
+        fit=fit_level(accuracy, majority), ms_per_image=forward_ms(bundle),
+        params_millions=sum(p.numel() for p in bundle.model.parameters()) / 1e6,
+        input_size=bundle.preprocessing.input_size, feature_dim=int(features.shape[1]),
+        seconds=time.monotonic() - started, features=data)
+
+
+def assess_backbones(report: DatasetReport, backbones: list[str] | None = None, seed: int = 0,
+                     control: RunControl | None = None, progress: Progress | None = None,
+                     input_size: int | None = None) -> list[Assessment]:
+    """Every available backbone (or those named), best first."""
+    if len(report.split("train")) < 2:
+        raise ValueError("assessing backbones needs at least two training images")
+    for name in backbones or []:
+        get_spec(name)                 # an unknown name fails before any work
+    results = [assess_backbone(report, name, seed, control, progress, input_size)
+               for name in (backbones or available_backbones())]
+    return ranked(results)
+
+
+def ranked(results: list[Assessment]) -> list[Assessment]:
+    """Best first: by cross-validated probe accuracy (what a head will reach), LogME breaking ties."""
+    return sorted(results, key=lambda a: (-round(a.probe_accuracy, 3), -a.logme))
+
+
+def fit_level(accuracy: float, majority: float) -> str:
+    removed = (accuracy - majority) / max(1.0 - majority, 1e-9)
+    return "strong" if removed >= STRONG else "fair" if removed >= FAIR else "weak"
+
+
+@torch.inference_mode()
+def forward_ms(bundle: ModelBundle, repeats: int = 5) -> float:
+    """Milliseconds for one image through the whole network (batch 1, one thread), the best of a few runs:
+    a cost to compare backbones by. One thread because two gave 33 to 2,480 ms for the same network when
+    other work shared the 2 cores, one thread a stable figure."""
+    from engine.search.crossval import one_thread
+    model = bundle.model.eval()
+    size = bundle.preprocessing.input_size
+    image = torch.zeros(1, 3, size, size).contiguous(memory_format=torch.channels_last)
+    best = float("inf")
+    with one_thread():
+        model(image)
+        for _ in range(repeats):
+            began = time.perf_counter()
+            model(image)
+            best = min(best, time.perf_counter() - began)
+    return best * 1000
+
+
+def summary(results: list[Assessment], classes: list[str] | None = None) -> str:
+    """Plain words: which backbone knows this kind of image best, and what that means for training."""
+    if not results:
+        return "No backbone with offline weights to assess."
+    best = results[0]
+    line = (f"{best.title} fits these images best: a linear probe on its frozen features reaches "
+            f"{best.probe_accuracy:.0%} (±{best.probe_std:.0%}, {best.folds}-fold cross-validation), against "
+            f"{best.majority:.0%} for always answering the largest class.")
+    if best.fit == "strong":
+        advice = "Its features already separate the classes well: head-only training should do well."
+    elif best.fit == "fair":
+        advice = ("The features separate the classes only in part: training the last blocks as well is "
+                  "likely to pay off.")
+    else:
+        advice = ("None of the backbones knows this kind of image well: train deeper layers (the last blocks "
+                  "or everything) and add more images if you can.")
+    return f"{line} {advice}"
+
+
+def format_table(results: list[Assessment]) -> str:
+    """The table `main.py assess` prints."""
+    header = f"{'backbone':<20} {'LogME':>7} {'probe (CV)':>12} {'fit':>7} {'ms/image':>9} {'params':>8} {'size':>5}"
+    rows = [header, "-" * len(header)]
+    for a in results:
+        rows.append(f"{a.backbone:<20} {a.logme:>7.3f} {a.probe_accuracy:>7.1%} ±{a.probe_std:>3.0%} "
+                    f"{a.fit:>7} {a.ms_per_image:>9.1f} {a.params_millions:>7.1f}M {a.input_size:>5}")
+    return "\n".join(rows)

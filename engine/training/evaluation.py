@@ -1,0 +1,47 @@
+"""The test split, evaluated once for a finished run: what a recipe search does after it has chosen, so
+the test images never take part in the choice."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from engine.core.control import RunControl
+from engine.core.files import write_json
+from engine.core.progress import Progress
+from engine.core.runfolder import RunFolder
+from engine.data.report import DatasetReport
+from engine.data.transforms import ImageDataset, eval_transform
+from engine.models.checkpoint import load_checkpoint
+from engine.models.predictor import predictor
+from engine.training.metrics import classification_metrics, predict_logits
+
+EVAL_BATCH = 32
+
+
+def evaluate_test_split(run_dir: str | Path, report: DatasetReport, control: RunControl | None = None,
+                        progress: Progress | None = None) -> dict:
+    """Evaluate the run's checkpoint (with its test-time augmentation) on `report`'s test split and add the
+    results to metrics.json and predictions.json; returns the metrics. Without a test split they stay as
+    they are (evaluated on val)."""
+    files = RunFolder(run_dir)
+    metrics = json.loads(files.metrics.read_text(encoding="utf-8")) if files.metrics.exists() else {}
+    samples = report.split("test")
+    if not samples:
+        return metrics
+    model, checkpoint = load_checkpoint(files.checkpoint)
+    net = predictor(model.to(memory_format=torch.channels_last), checkpoint.meta)
+    dataset = ImageDataset([s.path for s in samples], [s.label for s in samples],
+                           eval_transform(checkpoint.preprocessing))
+    logits, labels = predict_logits(net, DataLoader(dataset, batch_size=EVAL_BATCH), control, progress)
+    test = classification_metrics(logits, labels, checkpoint.classes, [s.path for s in samples])
+    predictions = json.loads(files.predictions.read_text(encoding="utf-8")) if files.predictions.exists() else {}
+    predictions["test"] = test.pop("predictions")
+    metrics.setdefault("splits", {})["test"] = test
+    metrics.update(test_accuracy=test["accuracy"], evaluated_on="test", per_class=test["per_class"],
+                   confusion_matrix=test["confusion_matrix"], most_confident_wrong=test["most_confident_wrong"])
+    write_json(files.predictions, predictions)
+    write_json(files.metrics, metrics)
+    return metrics
