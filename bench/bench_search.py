@@ -101,6 +101,7 @@ def main() -> None:
                                                         "weight_decay", "label_smoothing", "epochs", "augmentation",
                                                         "tta", "freeze", "freeze_blocks")},
                                              "phases_s": search["phases_s"]}
+            rows["assessments"] = search["assessments"]
             rows["leaderboard"] = [{k: c[k] for k in ("name", "backbone", "score", "scored_by", "val_accuracy",
                                                       "seconds", "status", "note")}
                                    for c in result.leaderboard if not c["name"].startswith("head trial")]

@@ -209,6 +209,10 @@ def test_search_within_budget_writes_a_reproducible_winner(colours, tmp_path):
     # every candidate trained without the test split; only the winner's run was evaluated on it, after
     for folder in (run / "candidates").iterdir():
         assert json.loads((folder / "metrics.json").read_text())["test_accuracy"] is None
+    # the winner exports to a verified ONNX file (whatever the search chose is inside the graph)
+    from engine.outputs.export import export_run
+    exported = export_run(run, tmp_path / "auto.onnx", exporter="legacy")
+    assert exported.top1_agreement == 1.0 and exported.max_abs_diff < 1e-3
     # the winner's config.json alone reproduces the winner (same seed, no search)
     config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
     again = Trainer(colours, config, tmp_path / "again").fit()
