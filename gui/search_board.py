@@ -153,6 +153,7 @@ class SearchBoard(QWidget):
         self.title = QLabel("<b>Automatic search</b>: not started.")
         self.time_bar = QProgressBar(maximum=1000)
         self.time_bar.setFormat("Search time")
+        self.time_bar.setMinimumWidth(160)             # room for "10:00 of 15:00" beside a long title
         self.time_bar.setMaximumWidth(320)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)

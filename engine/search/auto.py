@@ -86,7 +86,7 @@ class SearchResult:
 
 
 class Budget:
-    """Wall-clock seconds for the whole search; phases ask whether a predicted cost still fits."""
+    """Wall-clock seconds for the whole search; phases ask how much is left."""
 
     def __init__(self, seconds: float):
         self.seconds = float(seconds)
@@ -99,9 +99,6 @@ class Budget:
     @property
     def left(self) -> float:
         return max(0.0, self.seconds - self.elapsed)
-
-    def fits(self, predicted_s: float) -> bool:
-        return predicted_s <= self.left
 
 
 def parse_budget(text: str | float) -> float:
@@ -391,10 +388,11 @@ class RecipeSearch:
             return
         config = replace(config, epochs=epochs)
         control = CandidateControl(self.control)
-        guard = FallingBehind(control, head.val_accuracy or 0.0, epochs, self.budget, epoch_s)
+        guard = FallingBehind(control, head.val_accuracy or 0.0, epochs, self.budget)
         self._fit_candidate(name, "last-blocks", config, [guard], control)
         if guard.reason:
             self.candidates[-1].note = guard.reason
+            self.callbacks.on_candidate(self.candidates[-1].to_dict())
 
     def _best_head_run(self) -> Candidate | None:
         runs = [c for c in self.candidates if c.kind == "head" and c.run_dir and c.score is not None]
@@ -466,7 +464,7 @@ class FallingBehind(Callback):
     than `margin` below the head recipe's (successive halving's rule with one rung), and at any time when
     its measured epochs predict it would overrun the budget."""
 
-    def __init__(self, control: RunControl, to_beat: float, epochs: int, budget: Budget, predicted_epoch_s: float,
+    def __init__(self, control: RunControl, to_beat: float, epochs: int, budget: Budget,
                  margin: float = 0.02):
         self.control, self.to_beat, self.epochs, self.budget = control, to_beat, epochs, budget
         self.margin, self.best, self.reason = margin, 0.0, ""
