@@ -12,7 +12,8 @@ from collections import OrderedDict
 
 from torch import nn
 
-HEADS = ("linear", "mlp")
+from engine.models.presets import HEADS
+
 HIDDEN_FEATURES = 512
 DEFAULT_DROPOUT = 0.2
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-TEST_TIME_AUGMENTATIONS = ("none", "flip")
+from engine.models.presets import TEST_TIME_AUGMENTATIONS
+
 
 
 class MirrorAveraged(nn.Module):

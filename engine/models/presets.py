@@ -1,9 +1,12 @@
-"""The freeze presets the Model step, the CLI and the trainer share, and their command-line spelling. No torch."""
+"""The freeze presets, head kinds and test-time augmentations the Model step, the CLI, the trainer and the
+checkpoint share, and the presets' command-line spelling. No torch, so the config can import them."""
 from __future__ import annotations
 
 import re
 
 FREEZE_PRESETS = ("head", "last-n", "none")
+HEADS = ("linear", "mlp")
+TEST_TIME_AUGMENTATIONS = ("none", "flip")
 
 
 def parse_freeze(text: str) -> tuple[str, int]:

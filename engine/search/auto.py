@@ -14,7 +14,6 @@ plain TrainConfig: `main.py train DATA --config RUN/config.json` reproduces the 
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -32,8 +31,6 @@ from engine.search.crossval import FeatureViews, head_recipe_accuracy, stratifie
 from engine.training.config import TrainConfig
 from engine.training.evaluation import evaluate_test_split
 from engine.training.trainer import Trainer
-
-log = logging.getLogger("transferlab")
 
 DEFAULT_BUDGET_S = 600.0
 ASSESS_SHARE = 0.3              # a backbone is assessed when its feature pass takes at most this share of the rest

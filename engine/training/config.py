@@ -6,15 +6,13 @@ from dataclasses import asdict, dataclass, fields
 
 from engine.data.preprocessing import AUGMENTATIONS
 from engine.models.catalog import DEFAULT_BACKBONE, get_spec
-from engine.models.presets import FREEZE_PRESETS
+from engine.models.presets import FREEZE_PRESETS, HEADS, TEST_TIME_AUGMENTATIONS
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "onecycle", "constant")
 BALANCING = ("none", "loss", "sampler")
 RECIPES = ("single", "two-stage")
 CACHE_MODES = ("auto", "off")
-HEADS = ("linear", "mlp")
-TEST_TIME_AUGMENTATIONS = ("none", "flip")
 FROZEN_RUNTIMES = ("auto", "pytorch")
 CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "balance": BALANCING, "recipe": RECIPES,
            "augmentation": AUGMENTATIONS, "freeze": FREEZE_PRESETS, "cache": CACHE_MODES, "head": HEADS,

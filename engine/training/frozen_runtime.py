@@ -39,10 +39,10 @@ from torch import nn
 from engine.core.errors import first_line
 from engine.core.files import atomic_path
 from engine.core.paths import cache_dir
+from engine.training.config import FROZEN_RUNTIMES
 
 log = logging.getLogger("transferlab")
 
-SETTINGS = ("auto", "pytorch")
 # Largest accepted |ONNX Runtime - PyTorch| on the first batch, relative to its largest |value| when that
 # is above 1. Float32 rounding differs by about 3e-6 of the largest value (EfficientNet-Lite0: 1e-5 on
 # pooled features up to 6, 1e-4 to 2e-4 on activations up to 60); a wrong export differs by whole units.
@@ -105,8 +105,8 @@ class FrozenRunner:
     """
 
     def __init__(self, setting: str = "auto", folder: Path | None = None):
-        if setting not in SETTINGS:
-            raise ValueError(f"frozen_runtime must be one of {', '.join(SETTINGS)}, not {setting!r}")
+        if setting not in FROZEN_RUNTIMES:
+            raise ValueError(f"frozen_runtime must be one of {', '.join(FROZEN_RUNTIMES)}, not {setting!r}")
         self.setting = setting
         self.folder = Path(folder) if folder else cache_dir() / "frozen-onnx"
         self.runtime_used: str | None = None       # 'onnxruntime' | 'pytorch' for the latest pass
