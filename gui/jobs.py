@@ -182,17 +182,20 @@ class TrainingRun:
     """One fit. The worker builds its own model from `config` (incl. the tree's frozen names), so
     the GUI thread never touches a torch object the worker uses; `trainer` is kept for inspection."""
 
-    def __init__(self, report: "DatasetReport", config: "TrainConfig", run_dir: Path, events: TrainingEvents):
+    def __init__(self, report: "DatasetReport", config: "TrainConfig", run_dir: Path, events: TrainingEvents,
+                 resume: bool = False):
         self.report = report
         self.config = config
         self.run_dir = run_dir
         self.events = events
+        self.resume = resume               # continue run_dir's last training state (engine.training.runstate)
         self.control = RunControl()
         self.trainer: "Trainer | None" = None
 
     def __call__(self, progress) -> "FitResult":
         from engine.training.trainer import Trainer
-        self.trainer = Trainer(self.report, self.config, self.run_dir, [self.events], self.control)
+        self.trainer = Trainer(self.report, self.config, self.run_dir, [self.events], self.control,
+                               resume=self.resume)
         return self.trainer.fit()
 
 

@@ -68,6 +68,7 @@ class MainWindow(QMainWindow):
         self._assess_task: Task | None = None
         self.search_backbones: list[str] | None = None   # None: every backbone with offline weights (tests narrow it)
         self._run_config: dict = {}           # the active run's record: its config and parameter counts
+        self._closing = False                 # set once the window is closing: no more offers
         self._best_accuracy: float | None = None
         self._loading_started = False
         self.setWindowTitle(APP_NAME)
@@ -167,6 +168,7 @@ class MainWindow(QMainWindow):
         train.start_requested.connect(self.start_training)
         train.pause_requested.connect(self.set_paused)
         train.stop_requested.connect(self.stop_training)
+        train.resume_offer.resume_requested.connect(self.resume_training)
         train.settings.refused.connect(self.log)
         self.results_panel.correction_requested.connect(self.record_correction)
         self.results_panel.retrain_requested.connect(self.start_training)
@@ -403,6 +405,37 @@ class MainWindow(QMainWindow):
             run = TrainingRun(report, config, run_dir, TrainingEvents())
         else:                                    # the form's settings are the search's starting point
             run = SearchRun(report, config, run_dir, TrainingEvents(), budget_s, self.search_backbones)
+        self._launch(run, budget_s)
+        self.log(f"Training {config.backbone} for {config.epochs} epochs into {run_dir}" if budget_s is None else
+                 f"Searching for the best model in {self.state.search_minutes:g} minutes into {run_dir}")
+        self.training_started.emit(run)
+        self.training_task.start()
+        return run
+
+    def resume_training(self, run_dir: str) -> TrainingRun | None:
+        """Continue a run that stopped before its end, with its own settings, on the dataset as loaded now
+        (with the same corrections); a refusal (the dataset changed, nothing to resume) is explained."""
+        from engine.training.runstate import ResumeRefused, check_resume, load_run_config, resume_summary
+        if not self._can_start():
+            return None
+        report = apply_corrections(self.state.report, dict(self.state.corrections))
+        try:
+            config = load_run_config(run_dir)
+            check_resume(run_dir, report)
+        except ResumeRefused as exc:
+            self.train_panel.show_error(str(exc), heading="Cannot resume:")
+            return None
+        best = resume_summary(run_dir).get("best_val_accuracy")
+        run = TrainingRun(report, config, Path(run_dir), TrainingEvents(), resume=True)
+        self._launch(run, None)
+        self._best_accuracy = best
+        self.log(f"Resuming the run in {run_dir}")
+        self.training_started.emit(run)
+        self.training_task.start()
+        return run
+
+    def _launch(self, run: TrainingRun, budget_s: float | None) -> None:
+        """Wire a run to the window and prepare its task (started by the caller once announced)."""
         self._connect_run(run.events)
         task = self.training_task = self.tasks.prepare(run, run.control)
         run.events.setParent(task)               # goes with the task once its thread has ended
@@ -411,17 +444,21 @@ class MainWindow(QMainWindow):
         if budget_s is not None:
             task.cancelled.connect(self._on_search_stopped_empty)
         task.done.connect(self._on_training_thread_done)
-        self._run_config, self._best_accuracy = config.to_dict(), None
+        self._run_config, self._best_accuracy = run.config.to_dict(), None
         if budget_s is not None:
             self._run_config["search_minutes"] = self.state.search_minutes
         self.state.active_run = run
         self.train_panel.on_run_started(budget_s)
         self.tabs.setCurrentWidget(self.train_panel)
-        self.log(f"Training {config.backbone} for {config.epochs} epochs into {run_dir}" if budget_s is None else
-                 f"Searching for the best model in {self.state.search_minutes:g} minutes into {run_dir}")
-        self.training_started.emit(run)
-        task.start()
-        return run
+
+    def offer_resume(self, run_dir: str) -> bool:
+        """Show the Train step's offer to continue `run_dir` when it can (interrupted, stopped or failed
+        with a training state kept); True when offered."""
+        from engine.training.runstate import can_resume, resume_summary
+        if self.training_task is not None or not can_resume(run_dir):
+            return False
+        self.train_panel.resume_offer.offer(run_dir, resume_summary(run_dir))
+        return True
 
     def _connect_run(self, events: TrainingEvents) -> None:
         panel = self.train_panel
@@ -522,9 +559,12 @@ class MainWindow(QMainWindow):
         self.log(f"Training failed: {message}")
         self.training_failed.emit(message)
 
-    def _on_training_thread_done(self, _task: Task) -> None:
+    def _on_training_thread_done(self, task: Task) -> None:
+        run = self.state.active_run
         self.training_task = None
         self.state.active_run = None            # the panels show that nothing trains any more
+        if run is not None and not isinstance(run, SearchRun) and not self._closing:
+            self.offer_resume(str(run.run_dir))
 
     def record_correction(self, path: str, action: str, label: str = "") -> None:
         """Exclude, relabel or restore one image; the next run applies it (the project autosaves it)."""
@@ -542,6 +582,8 @@ class MainWindow(QMainWindow):
 
     def _on_project_opened(self, path: str) -> None:
         self.statusBar().showMessage(f"Project {Path(path).name} opened", 5000)
+        if self.state.runs and self.offer_resume(self.state.runs[-1].run_dir):
+            self.tabs.setCurrentWidget(self.train_panel)
 
     def _on_latest_run_changed(self, record) -> None:
         self.export_action.setEnabled(record is not None)
@@ -632,6 +674,7 @@ class MainWindow(QMainWindow):
         if self.training_task is not None and not self._confirm_stop():
             event.ignore()
             return
+        self._closing = True
         QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
         try:
             self.shutdown()
@@ -644,7 +687,8 @@ class MainWindow(QMainWindow):
 
     def _confirm_stop(self) -> bool:
         answer = QMessageBox.question(
-            self, "Stop training?", "A model is training. Stop it and quit?\n\n"
-            "The best checkpoint saved so far is kept in the run folder.",
+            self, "Stop training?", "A model is training. Stop it and keep it for later?\n\n"
+            "The best checkpoint and the training state are kept in the run folder: reopen this project "
+            "and the Train step offers to resume where it stopped.",
             QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
         return answer == QMessageBox.StandardButton.Yes

@@ -275,8 +275,9 @@ class ProjectController(QObject):
             return False
         try:
             loaded = load_project(path)
-        except ProjectError as exc:
-            message = str(exc)
+        except (ProjectError, OSError) as exc:   # OSError: a folder, no permission, a failing disk
+            message = str(exc) if isinstance(exc, ProjectError) else \
+                f"{Path(path).name} cannot be read: {exc.strerror or exc}"
             self._show(QMessageBox.Icon.Warning, "This project cannot be opened",
                        f"{message}\n\nThe file was left as it is.")
             self.open_failed.emit(message)

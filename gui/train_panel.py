@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QDoubleValidator
-from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QFrame, QGroupBox, QHBoxLayout, QLabel,
                                QMessageBox, QProgressBar, QPushButton, QScrollArea, QSpinBox, QSplitter,
                                QVBoxLayout, QWidget)
 
@@ -229,6 +229,58 @@ def describe_path(info: dict) -> str:
     return text
 
 
+def resume_text(summary: dict) -> str:
+    """One sentence about a run that stopped before its end: where, how, and what it had reached."""
+    how = {"interrupted": "was interrupted (the app or the computer stopped)", "cancelled": "was stopped",
+           "failed": "failed"}.get(summary.get("status"), "stopped")
+    where = f" after epoch {summary['epochs_done']} of {summary['epochs']}" if summary.get("epochs") else ""
+    best = summary.get("best_val_accuracy")
+    reached = f"; its best validation accuracy so far is {best:.1%}" if best is not None else ""
+    return f"The last run {how}{where}{reached}. Resume it where it stopped, or keep its best checkpoint as it is."
+
+
+class ResumeOffer(QFrame):
+    """A banner on the Train step for a run that can continue: Resume, or keep its best checkpoint."""
+
+    resume_requested = Signal(str)       # run folder
+    kept = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.run_dir = ""
+        self.setObjectName("resumeOffer")
+        self.setStyleSheet("#resumeOffer { background: #e8f0fe; border: 1px solid #a8c1f0; border-radius: 4px; }")
+        self.text = QLabel()
+        self.text.setWordWrap(True)
+        self.resume_button = QPushButton("Resume")
+        self.keep_button = QPushButton("Keep best checkpoint")
+        self.resume_button.clicked.connect(lambda: self.resume_requested.emit(self.run_dir))
+        self.keep_button.clicked.connect(self._keep)
+        buttons = QHBoxLayout()
+        buttons.addStretch()
+        buttons.addWidget(self.keep_button)
+        buttons.addWidget(self.resume_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.text)
+        layout.addLayout(buttons)
+        self.hide()
+
+    def offer(self, run_dir: str, summary: dict) -> None:
+        self.run_dir = run_dir
+        self.text.setText(resume_text(summary))
+        self.setToolTip(run_dir)
+        self.show()
+
+    def withdraw(self) -> None:
+        self.run_dir = ""
+        self.hide()
+
+    def _keep(self) -> None:
+        run_dir = self.run_dir
+        self.withdraw()
+        self.kept.emit(run_dir)
+
+
 class TrainPanel(QWidget):
     """Settings and run controls on the left, live curves on the right."""
 
@@ -270,6 +322,7 @@ class TrainPanel(QWidget):
                                  " border-radius: 4px; padding: 6px; }")
         self.error_details_button = QPushButton("Details…")
         self.error_details_button.clicked.connect(self._show_error_details)
+        self.resume_offer = ResumeOffer()            # a run that stopped before its end can continue
         self.plot_area = QHBoxLayout()               # a search's scatter (automatic mode), then the curves
         self._layout()
         self.set_running(False, can_start=False)
@@ -301,6 +354,7 @@ class TrainPanel(QWidget):
         left_layout = QVBoxLayout(left)
         left_layout.setContentsMargins(0, 0, 0, 0)
         left_layout.addWidget(scroll, 1)
+        left_layout.addWidget(self.resume_offer)
         left_layout.addLayout(buttons)
         left_layout.addWidget(status)
         left_layout.addWidget(self.error)
@@ -391,6 +445,7 @@ class TrainPanel(QWidget):
             self.board.start(search_budget_s)
             self._show_mode()
         self.show_error(None)
+        self.resume_offer.withdraw()
         self.progress.setValue(0)
         self.stage_clock = StageClock()
         self.stage.setText("Building the model…")
@@ -406,8 +461,12 @@ class TrainPanel(QWidget):
             if self._search_fits > 1:
                 self.plots.start()
             self.stage.setText(f"Search, fit {self._search_fits}: training {what}")
+        elif info.get("resumed_from_epoch"):
+            self.stage.setText(f"Resumed after epoch {info['resumed_from_epoch']}: training {what}")
         else:
             self.stage.setText(f"Training {what}")
+        for logs in info.get("history", []):         # a resumed fit's curves continue where they were
+            self.plots.add_epoch(logs["epoch"], logs)
         self.path.setText(describe_path(info))
         self.path.setToolTip(info.get("path_note", ""))
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from engine import __version__
 from engine.cli import outputs
 from engine.cli.progress import TerminalProgress
-from engine.core.errors import first_line
+from engine.core.errors import first_line, readable_error
+from engine.core.files import write_text
 from engine.core.runfolder import DATASET_REPORT, RunFolder
 from engine.models.presets import parse_freeze
 from engine.training.config import CHOICES, TrainConfig
@@ -85,6 +86,10 @@ def _config_from_file(path: str) -> TrainConfig:
 
 def cmd_train(args) -> int:
     from engine.data.scan import scan_dataset
+    if args.resume:
+        return _resume(args)
+    if not args.data or not args.out:
+        raise BadInput("train needs DATA and --out RUN (or --resume RUN to continue a run)")
     config = _config_from_file(args.config) if args.config else _config_from_args(args)
     budget = _budget(args)
     out = Path(args.out)
@@ -92,9 +97,41 @@ def cmd_train(args) -> int:
         report = scan_dataset(args.data, seed=config.seed, progress=progress)
         _print_problem_summary(report)
         summary = _search(report, config, out, budget, progress) if args.auto else _fit(report, config, out, progress)
-    RunFolder(out).dataset_report.write_text(report.format_text() + "\n", encoding="utf-8")
+    write_text(RunFolder(out).dataset_report, report.format_text() + "\n")
     print(json.dumps(summary))
     return EXIT_OK if summary["status"] != "cancelled" else EXIT_FAILURE
+
+
+def _resume(args) -> int:
+    """`train --resume RUN [DATA]`: continue RUN with its own settings on its own data (DATA when the
+    images moved); the end is as for a normal train."""
+    from engine.data.scan import scan_dataset
+    from engine.training.runstate import check_resume, load_run_config, recorded_data_path
+    _refuse_options_with_resume(args)
+    run = Path(args.resume)
+    check_resume(run)                              # a finished or running run is refused before any work
+    config = load_run_config(run)
+    data = args.data or recorded_data_path(run)
+    if not data:
+        raise BadInput(f"{run} does not record where its images are: give DATA after --resume RUN")
+    with TerminalProgress() as progress:
+        report = scan_dataset(data, seed=config.seed, progress=progress)
+        _print_problem_summary(report)
+        summary = _fit(report, config, run, progress, resume=True)
+    write_text(RunFolder(run).dataset_report, report.format_text() + "\n")
+    print(json.dumps(summary))
+    return EXIT_OK if summary["status"] != "cancelled" else EXIT_FAILURE
+
+
+def _refuse_options_with_resume(args) -> None:
+    """A resumed run keeps its own settings: options that would change them are a mistake, said so."""
+    defaults = build_parser().parse_args(["train", "--resume", "RUN"])
+    given = [f"--{name.replace('_', '-')}" for name in (*(n for n, _ in TRAIN_OPTIONS), "model", "weights",
+                                                         "from_scratch", "freeze", "out", "auto", "budget",
+                                                         "config")
+             if getattr(args, name) != getattr(defaults, name)]
+    if given:
+        raise BadInput(f"--resume continues the run with its own settings: leave out {', '.join(given)}")
 
 
 def _budget(args) -> float | None:
@@ -106,9 +143,9 @@ def _budget(args) -> float | None:
     return parse_budget(args.budget) if args.budget is not None else DEFAULT_BUDGET_S
 
 
-def _fit(report, config: TrainConfig, out: Path, progress: TerminalProgress) -> dict:
+def _fit(report, config: TrainConfig, out: Path, progress: TerminalProgress, resume: bool = False) -> dict:
     from engine.training.trainer import Trainer
-    result = Trainer(report, config, out, [progress]).fit()
+    result = Trainer(report, config, out, [progress], resume=resume).fit()
     metrics = result.metrics
     return {"status": result.status, "run_dir": str(out), "checkpoint": result.checkpoint,
             "val_accuracy": metrics.get("val_accuracy"), "test_accuracy": metrics.get("test_accuracy")}
@@ -212,8 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("train", help="fine-tune a backbone on a dataset")
-    p.add_argument("data")
-    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("data", nargs="?", help="the dataset (with --resume: only when its images moved)")
+    p.add_argument("--out", help="run folder to write")
+    p.add_argument("--resume", metavar="RUN", default=None,
+                   help="continue the interrupted, cancelled or failed run in RUN where it stopped, with its "
+                        "own settings and data (no training options)")
     p.add_argument("--auto", action="store_true",
                    help="search for the best recipe (backbone, head, regularisation, flips, last blocks) within "
                         "--budget; the training flags set its starting point")
@@ -234,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train on the bundled demo dataset")
     p.add_argument("--out", default=None)
     _add_train_options(p)
-    p.set_defaults(func=cmd_demo, epochs=5, auto=False, budget=None, config=None)
+    p.set_defaults(func=cmd_demo, epochs=5, auto=False, budget=None, config=None, resume=None)
 
     outputs.register(sub)
     return parser
@@ -253,5 +293,5 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {first_line(exc)}", file=sys.stderr)
             return EXIT_BAD_INPUT
         logging.getLogger("transferlab").exception("command %s failed", args.command)
-        print(f"failed: {type(exc).__name__}: {first_line(exc)}", file=sys.stderr)
+        print(f"failed: {readable_error(exc)}", file=sys.stderr)
         return EXIT_FAILURE

@@ -11,7 +11,9 @@ class Callback:
 
     def on_fit_start(self, info: dict) -> None:
         """`info`: epochs, steps_per_epoch, n_train, n_val, n_test, classes, path ('features' | 'activations'
-        | 'images'), path_note, augmented, images_decoded_once, params_total, params_trainable, stages."""
+        | 'images'), path_note, augmented, images_decoded_once, params_total, params_trainable, stages,
+        resumed_from_epoch (epochs done before this start: 0 for a fresh fit) and history (those epochs' logs,
+        so live curves continue)."""
 
     def on_progress(self, stage: str, done: int, total: int) -> None:
         """Work outside training batches, as `engine.core.progress.Progress`: 'features' or 'activations'

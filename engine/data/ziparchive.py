@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
+from engine.core.errors import STORAGE_ERRNOS
 from engine.core.paths import cache_dir
 from engine.data.checks import file_digest
 from engine.data.report import DatasetError
@@ -113,5 +114,7 @@ def _extract_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, destinati
             shutil.copyfileobj(source, sink, _COPY_CHUNK)
     except (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, OSError, ValueError) as exc:
         out_path.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+            raise          # the disk, not the member: no half extraction is kept as if it were complete
         return f"cannot be extracted from zip ({exc})"
     return None

@@ -16,7 +16,7 @@ from engine.core.control import RunControl
 from engine.core.progress import Progress
 from engine.data.report import DatasetReport, Sample
 from engine.models.catalog import ModelBundle, create_model, get_spec, list_backbones
-from engine.search.crossval import FeatureViews, linear_probe_accuracy, stratified_folds, usable_folds
+from engine.search.crossval import FOLDS, FeatureViews, linear_probe_accuracy, stratified_folds, usable_folds
 from engine.search.logme import logme_score
 from engine.training.caches import FeatureCache, view_id, view_transform
 
@@ -82,24 +82,41 @@ def pretrained(report: DatasetReport, backbone: str, input_size: int | None = No
 
 
 def backbone_features(report: DatasetReport, bundle: ModelBundle, views: tuple[str, ...] = ("plain",),
-                      seed: int = 0, control: RunControl | None = None,
-                      progress: Progress | None = None) -> FeatureViews:
-    """Frozen features of train + val (in that order) through `bundle`'s backbone."""
+                      seed: int = 0, control: RunControl | None = None, progress: Progress | None = None,
+                      limit: int | None = None) -> FeatureViews:
+    """Frozen features of train + val (in that order) through `bundle`'s backbone; with `limit`, of a
+    seeded stratified sample of at most that many of those images instead (the same sample every time)."""
     cache = FeatureCache(bundle.model)
     train, val = search_samples(report)
-    cache.planned_images = len(views) * (len(train) + len(val))     # the break-even sees the whole pass
+    groups = [train, val] if limit is None or len(train) + len(val) <= limit else \
+        [assessment_sample(train + val, limit, seed)]
+    cache.planned_images = len(views) * sum(map(len, groups))      # the break-even sees the whole pass
     parts = [split_views(cache, samples, report, bundle, views, seed, control, progress)
-             for samples in (train, val) if samples]
-    labels = np.array([s.label for s in train + val], dtype=np.int64)
+             for samples in groups if samples]
+    labels = np.array([s.label for samples in groups for s in samples], dtype=np.int64)
     return FeatureViews(torch.cat(parts, dim=1), labels)
 
 
+def assessment_sample(samples: list[Sample], limit: int, seed: int = 0) -> list[Sample]:
+    """At most `limit` samples in the class proportions of `samples` (every class kept), in their order."""
+    labels = np.array([s.label for s in samples])
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        keep = max(min(len(members), FOLDS), round(limit * len(members) / len(samples)))
+        chosen.extend(rng.permutation(members)[:keep])
+    return [samples[i] for i in sorted(chosen)]
+
+
 def assess_backbone(report: DatasetReport, backbone: str, seed: int = 0, control: RunControl | None = None,
-                    progress: Progress | None = None, input_size: int | None = None) -> Assessment:
-    """One backbone's scores; `input_size` None is the backbone's own (as in TrainConfig.image_size)."""
+                    progress: Progress | None = None, input_size: int | None = None,
+                    limit: int | None = None) -> Assessment:
+    """One backbone's scores; `input_size` None is the backbone's own (as in TrainConfig.image_size);
+    `limit` scores a stratified sample of at most that many train + val images (see backbone_features)."""
     started = time.monotonic()
     bundle = pretrained(report, backbone, input_size)
-    data = backbone_features(report, bundle, ("plain",), seed, control, progress)
+    data = backbone_features(report, bundle, ("plain",), seed, control, progress, limit)
     features = data.views[0]
     folds = stratified_folds(data.labels, usable_folds(data.labels), seed)
     accuracy, spread = linear_probe_accuracy(features, data.labels, folds, control)

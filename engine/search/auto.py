@@ -7,13 +7,15 @@ The order is chosen so that each phase is cheap before the next is tried, and a 
    pruning over folds, SQLite storage in the run folder so a restarted search keeps its trials), each
    scored by k-fold cross-validation over train + val;
 4. when the predicted time fits what is left, the last blocks trained on cached activations with the best
-   head recipe, pruned when it falls behind.
+   head recipe, pruned when it falls behind;
+5. whatever time the last blocks leave goes back to head recipes.
 The winner's run folder becomes RUN, and only then is the test split evaluated, once. `config.json` is a
 plain TrainConfig: `main.py train DATA --config RUN/config.json` reproduces the model without a search.
 """
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -23,7 +25,7 @@ import numpy as np
 
 from engine.core.callbacks import Callback, CallbackList
 from engine.core.control import Cancelled, RunControl
-from engine.core.files import write_json
+from engine.core.files import atomic_path, write_json
 from engine.core.runfolder import RunFolder
 from engine.data.report import DatasetReport
 from engine.search.assess import Assessment, assess_backbone, available_backbones, backbone_features, pretrained
@@ -34,12 +36,14 @@ from engine.training.trainer import Trainer
 
 DEFAULT_BUDGET_S = 600.0
 ASSESS_SHARE = 0.3              # a backbone is assessed when its feature pass takes at most this share of the rest
-HEAD_SHARE = {"fair": 0.45, "weak": 0.25}
+ASSESS_IMAGES = 600             # backbones are compared on a stratified sample of this many train + val images
+HEAD_MIN_SHARE = 0.15          # head recipes get at least this share of what is left after the assessment
 SEARCHED_BACKBONES = 2          # head recipes are searched on the features of the best two backbones
 MAX_HEAD_TRIALS = 100
 DEEP_BLOCKS = 2                 # the last-blocks candidate: measured best depth on ELPV (README)
 DEEP_LR = 1e-3
 DEEP_EPOCHS = (4, 12)           # fewest worth starting, most it gets
+DEEP_PLANNED_EPOCHS = 10        # the time kept for the last blocks before head recipes are searched
 LEADERBOARD = "leaderboard.json"
 SEARCH_REPORT = "search.json"
 STUDY_FILE = "search.db"
@@ -139,6 +143,7 @@ class RecipeSearch:
         self.run_dir = Path(run_dir)
         # head-only on cached features: with one view 'light' augmentation is not applied, so 'none' says
         # the same plainly and lets the default recipe and the search's first trial be one recipe
+        self._augment = (base or TrainConfig()).augmentation != "none"     # the user's choice, for the blocks
         self.base = replace(base or TrainConfig(), freeze="head", recipe="single", frozen_parameters=None,
                             augmentation="none", cached_views=1)
         self.base.validate()
@@ -152,6 +157,7 @@ class RecipeSearch:
         self.timings: dict[str, float] = {}
         self._architectures: dict = {}
         self._forward: dict[str, float] = {}
+        self._study = None                 # the Optuna study of head recipes, once opened
 
     # -- the whole search -------------------------------------------------------------------------
     def run(self) -> SearchResult:
@@ -162,6 +168,7 @@ class RecipeSearch:
             self._phase("assessment", self._assess)
             self._phase("head search", self._head_search)
             self._phase("deeper", self._deeper)
+            self._phase("more head recipes", self._more_heads)
         except Cancelled:
             status = "cancelled"
         return self._finish(status)
@@ -203,19 +210,20 @@ class RecipeSearch:
 
     # -- 2. which backbone knows these images -----------------------------------------------------------
     def _assess(self) -> None:
-        """Each backbone in turn, while its predicted feature pass takes at most ASSESS_SHARE of what is left
-        (the rest is for the search and deeper candidates)."""
+        """Each backbone in turn on a stratified sample of ASSESS_IMAGES, while its predicted feature pass
+        takes at most ASSESS_SHARE of what is left (the rest is for the search and deeper candidates)."""
         for index, backbone in enumerate(self.backbones):
             self.callbacks.on_progress("assess", index, len(self.backbones))
-            predicted = self._predicted_pass_s(backbone)
+            predicted = self._predicted_pass_s(backbone) * min(1.0, ASSESS_IMAGES / self._search_images())
             if self.assessments and predicted > ASSESS_SHARE * self.budget.left:
                 self._add(Candidate(f"assess {backbone}", "assessment", backbone, {}, status="skipped",
                                     note=f"its feature pass (about {predicted:.0f} s) would take more than "
                                          f"{ASSESS_SHARE:.0%} of the {self.budget.left:.0f} s left"))
                 continue
             assessment = assess_backbone(self.report, backbone, self.base.seed, self.control,
-                                         self.callbacks.on_progress, self.base.image_size)
-            self.features[backbone] = assessment.features
+                                         self.callbacks.on_progress, self.base.image_size, ASSESS_IMAGES)
+            if len(assessment.features.labels) == self._search_images():
+                self.features[backbone] = assessment.features
             self.assessments.append(assessment)
         self.callbacks.on_progress("assess", len(self.backbones), len(self.backbones))
         self.assessments.sort(key=lambda a: (-round(a.probe_accuracy, 3), -a.logme))
@@ -224,9 +232,12 @@ class RecipeSearch:
         """Seconds for a feature pass of `backbone` over train + val: the first model's measured time per
         image (its feature pass dominates it), scaled by the ratio of single-image forward times."""
         first = self.candidates[0]
-        images = len(self.report.split("train")) + len(self.report.split("val"))
+        images = self._search_images()
         per_image = first.seconds / max(images, 1)
         return views * images * per_image * self._forward_ms(backbone) / self._forward_ms(first.backbone)
+
+    def _search_images(self) -> int:
+        return len(self.report.split("train")) + len(self.report.split("val"))
 
     def _forward_ms(self, backbone: str) -> float:
         if backbone not in self._forward:
@@ -238,25 +249,44 @@ class RecipeSearch:
 
     # -- 3. head recipes, cross-validated -------------------------------------------------------------
     def _head_search(self) -> None:
+        """Head recipes until the deadline `_head_search_seconds` sets (their feature passes included); the
+        best one is then trained as a run."""
+        deadline = time.monotonic() + self._head_search_seconds()
+        self._open_study()
+        self._search_heads(max(5.0, deadline - time.monotonic() - self._reserve_s()))
+
+    def _more_heads(self) -> None:
+        """What the deeper candidate left (pruned early, or not worth starting) goes back to head recipes,
+        keeping time to train a new best one and to finish."""
+        seconds = self.budget.left - 2 * self._reserve_s()
+        if self._study is not None and seconds > 5:
+            self._search_heads(seconds)
+
+    def _open_study(self) -> None:
         import optuna
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        searched = [a.backbone for a in self.assessments[:SEARCHED_BACKBONES]]
+        searched = self._searched_backbones()
+        self._full_features(searched)
         mirrored = self._add_mirrored_views(searched)
         labels = self.features[searched[0]].labels
-        folds = stratified_folds(labels, usable_folds(labels), self.base.seed)
-        k = int(folds.max()) + 1
-        imbalanced = np.bincount(labels).max() > 1.5 * np.bincount(labels).min()
-        study = optuna.create_study(
+        self._folds = stratified_folds(labels, usable_folds(labels), self.base.seed)
+        self._searched, self._mirrored = searched, mirrored
+        self._imbalanced = bool(np.bincount(labels).max() > 1.5 * np.bincount(labels).min())
+        self._study = optuna.create_study(
             study_name=f"heads-{self.report.content_hash[:16]}-{self.base.seed}-{'+'.join(searched)}-{mirrored}",
             storage=f"sqlite:///{self.run_dir / STUDY_FILE}", load_if_exists=True, direction="maximize",
             sampler=optuna.samplers.TPESampler(seed=self.base.seed),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=8, n_warmup_steps=1))
-        if not study.trials:
+        if not self._study.trials:
             first = self.candidates[0].backbone
-            study.enqueue_trial(self._default_params(first if first in searched else searched[0], mirrored))
+            self._study.enqueue_trial(self._default_params(first if first in searched else searched[0], mirrored))
+
+    def _search_heads(self, seconds: float) -> None:
+        import optuna
+        folds, k = self._folds, int(self._folds.max()) + 1
 
         def objective(trial):
-            config = self._suggest(trial, searched, mirrored, imbalanced)
+            config = self._suggest(trial, self._searched, self._mirrored, self._imbalanced)
             began = time.monotonic()
             scores = head_recipe_accuracy(
                 self.features[config.backbone], config, folds, self._head_factory(config),
@@ -269,31 +299,66 @@ class RecipeSearch:
                 raise optuna.TrialPruned()
             return scores.mean
 
-        head_time = self._head_search_seconds()
-        study.optimize(objective, n_trials=MAX_HEAD_TRIALS, timeout=head_time, catch=())
-        scored_by = f"{int(folds.max()) + 1}-fold CV"
+        self._study.optimize(objective, n_trials=MAX_HEAD_TRIALS, timeout=max(1.0, seconds), catch=())
+        self._score_default(f"{k}-fold CV")
+        self._fit_best_head(f"{k}-fold CV")
+
+    def _score_default(self, scored_by: str) -> None:
+        """The default recipe, scored the same way as every other (its trial was enqueued first)."""
         default = self.candidates[0]
-        for trial in study.trials:      # the default recipe, scored the same way as every other
+        if default.scored_by == scored_by:
+            return
+        for trial in self._study.trials:
             if trial.value is not None and recipe_of(self._config_from_params(trial.params)) == default.recipe:
                 default.score, default.scored_by = trial.value, scored_by
                 self.callbacks.on_candidate(default.to_dict())
-                break
-        best = study.best_trial
+                return
+
+    def _fit_best_head(self, scored_by: str) -> None:
+        """Trains the best recipe so far as a run, unless it already is one (the default, or fitted before)."""
+        if not any(t.value is not None for t in self._study.trials):
+            return
+        best = self._study.best_trial
         config = self._config_from_params(best.params)
-        if recipe_of(config) != default.recipe:
-            self._fit_candidate("best head recipe", "head", config, score=(best.value, None), scored_by=scored_by)
+        trained = [c.recipe for c in self.candidates if c.kind == "head" and c.run_dir]
+        if recipe_of(config) not in trained:
+            name = "best head recipe" if len(trained) < 2 else f"best head recipe ({len(trained)})"
+            self._fit_candidate(name, "head", config, score=(best.value, None), scored_by=scored_by)
 
     def _head_search_seconds(self) -> float:
-        """The share of what is left that head recipes get: all but a minute (for the final fit) when the
-        frozen features fit strongly and no deeper candidate follows; HEAD_SHARE otherwise, smaller when
-        they fit weakly (far from ImageNet: training the blocks pays more than tuning the head)."""
+        """What is left after keeping the predicted time of DEEP_PLANNED_EPOCHS of the last blocks (pass
+        included) on the best backbone, and at least HEAD_MIN_SHARE of it: the last blocks beat the best
+        head on both real sets measured (README), so they are planned first; what they do not use comes
+        back to head recipes (_more_heads)."""
         left = self.budget.left
-        if not self._deeper_possible():
-            return max(10.0, left - 60)
-        return max(10.0, left * HEAD_SHARE[self.assessments[0].fit])
+        config = self._deep_config(replace(self.base, backbone=self.assessments[0].backbone))
+        pass_s, epoch_s = self._predict_deep_costs(config)
+        deep_s = pass_s + DEEP_PLANNED_EPOCHS * epoch_s + self._reserve_s()
+        return max(HEAD_MIN_SHARE * left, left - deep_s)
 
-    def _deeper_possible(self) -> bool:
-        return bool(self.assessments) and self.assessments[0].fit != "strong"
+    def _reserve_s(self) -> float:
+        """Kept for training a chosen head recipe as a run, and at the end for the winner's test evaluation."""
+        return min(30.0, 0.1 * self.budget.seconds)
+
+    def _searched_backbones(self) -> list[str]:
+        """The best SEARCHED_BACKBONES assessed backbones whose full feature pass is cached or takes at most
+        ASSESS_SHARE of what is left (the best one always)."""
+        searched = []
+        for assessment in self.assessments:
+            backbone = assessment.backbone
+            cached = backbone in self.features or backbone == self.candidates[0].backbone
+            if not searched or cached or self._predicted_pass_s(backbone) <= ASSESS_SHARE * self.budget.left:
+                searched.append(backbone)
+            if len(searched) == SEARCHED_BACKBONES:
+                break
+        return searched
+
+    def _full_features(self, backbones: list[str]) -> None:
+        for backbone in backbones:
+            if backbone not in self.features:
+                bundle = pretrained(self.report, backbone, self.base.image_size)
+                self.features[backbone] = backbone_features(self.report, bundle, ("plain",), self.base.seed,
+                                                            self.control, self.callbacks.on_progress)
 
     def _add_mirrored_views(self, searched: list[str]) -> bool:
         """Mirrored-image features (for flip training and flip TTA) when their pass takes at most a fifth of
@@ -367,17 +432,10 @@ class RecipeSearch:
         head = self._best_head_run()
         if head is None:
             return
-        config = replace(self.base, **{k: v for k, v in head.recipe.items() if k in TUNED})
-        config = replace(config, freeze="last-n", freeze_blocks=DEEP_BLOCKS, lr=DEEP_LR,
-                         cached_views=2 if config.augmentation == "flip" else 1)
+        config = self._deep_config(replace(self.base, **{k: v for k, v in head.recipe.items() if k in TUNED}))
         name = f"last {DEEP_BLOCKS} blocks"
-        if not self._deeper_possible():
-            self._add(Candidate(name, "last-blocks", config.backbone, recipe_of(config), status="skipped",
-                                note="the frozen features already fit strongly: deeper training is unlikely "
-                                     "to pay"))
-            return
         pass_s, epoch_s = self._predict_deep_costs(config)
-        epochs = int(min(DEEP_EPOCHS[1], (self.budget.left - pass_s - 30) // max(epoch_s, 1e-3)))
+        epochs = int(min(DEEP_EPOCHS[1], (self.budget.left - pass_s - self._reserve_s()) // max(epoch_s, 1e-3)))
         if epochs < DEEP_EPOCHS[0]:
             self._add(Candidate(name, "last-blocks", config.backbone, recipe_of(config), status="skipped",
                                 note=f"predicted {pass_s + DEEP_EPOCHS[0] * epoch_s:.0f} s for "
@@ -385,11 +443,20 @@ class RecipeSearch:
             return
         config = replace(config, epochs=epochs)
         control = CandidateControl(self.control)
-        guard = FallingBehind(control, head.val_accuracy or 0.0, epochs, self.budget)
+        guard = FallingBehind(control, head.val_accuracy or 0.0, epochs, self.budget,
+                              noise_margin(head.val_accuracy or 0.0, len(self.report.split("val"))))
         self._fit_candidate(name, "last-blocks", config, [guard], control)
         if guard.reason:
             self.candidates[-1].note = guard.reason
             self.callbacks.on_candidate(self.candidates[-1].to_dict())
+
+    def _deep_config(self, head_recipe: TrainConfig) -> TrainConfig:
+        """The last blocks with a head recipe, trained on plain and mirrored activations in turn unless the
+        user turned augmentation off: horizontal flips are the standard augmentation when fine-tuning
+        (timm's default), and the blocks have far more weights to overfit with than a head."""
+        flip = self._augment or head_recipe.augmentation == "flip"
+        return replace(head_recipe, freeze="last-n", freeze_blocks=DEEP_BLOCKS, lr=DEEP_LR,
+                       augmentation="flip" if flip else "none", cached_views=2 if flip else 1)
 
     def _best_head_run(self) -> Candidate | None:
         runs = [c for c in self.candidates if c.kind == "head" and c.run_dir and c.score is not None]
@@ -451,9 +518,15 @@ def adopt_run(candidate: Path, run_dir: Path) -> None:
     for name in ("checkpoint", "metrics", "predictions", "history", "config"):
         path = getattr(source, name)
         if path.exists():
-            tmp = getattr(target, name).with_suffix(".adopting")
-            shutil.copyfile(path, tmp)
-            tmp.replace(getattr(target, name))
+            with atomic_path(getattr(target, name)) as tmp:
+                shutil.copyfile(path, tmp)
+
+
+def noise_margin(accuracy: float, images: int, floor: float = 0.02) -> float:
+    """How far below `accuracy` a candidate may be on `images` validation images before it counts as behind:
+    one standard error of that accuracy (sqrt(p(1-p)/n): 3.9 points on 90 images, 2.1 on 393), at least
+    `floor`. A fixed 2 points pruned the last blocks on a 90-image split where they went on to win."""
+    return max(floor, math.sqrt(accuracy * (1 - accuracy) / max(images, 1)))
 
 
 class FallingBehind(Callback):

@@ -3,17 +3,26 @@
 Training the head then costs milliseconds per epoch instead of a full forward pass. Features are keyed
 by everything that could change them (backbone weights, preprocessing, the images and their order,
 the augmentation view), kept in memory and on disk, so a stale cache is never used.
+
+An entry on disk carries its byte count and CRC-32 in its header, checked on every read: a truncated,
+damaged or unreadable entry is deleted and computed again, never trusted (CRC-32 of a 230 MB activation
+entry: about 75 ms, a tenth of writing it). A disk that refuses an entry (full, read-only) costs a later
+run the pass, never this one: the entry stays in memory and `notes` says it was not kept.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import os
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -24,7 +33,7 @@ from engine.core.files import atomic_path
 from engine.core.paths import cache_dir
 from engine.core.progress import Progress
 from engine.data.preprocessing import Preprocessing
-from engine.data.transforms import ImageDataset, eval_transform, mirrored_eval_transform
+from engine.data.transforms import ImageDataset, collate_readable, eval_transform, mirrored_eval_transform
 from engine.models.layers import head_parameter_names
 from engine.training.frozen_runtime import FrozenRunner
 
@@ -120,18 +129,24 @@ class FeatureDataset(Dataset):
     `view = None` an item holds all its views, [V, ...], for `ViewAveraged`.
 
     Views are kept as a list of [N, ...] tensors, so views cached apart are never copied into one tensor
-    (cached activations can take a quarter of RAM); a [V, N, ...] tensor is accepted as well.
+    (cached activations can take a quarter of RAM); a [V, N, ...] tensor is accepted as well. `skip`: rows
+    left out, e.g. images that could not be read in a feature pass (their rows hold NaN), by index, so
+    nothing is copied.
     """
 
-    def __init__(self, views: torch.Tensor | list[torch.Tensor], labels: list[int]):
+    def __init__(self, views: torch.Tensor | list[torch.Tensor], labels: list[int], skip=()):
         self.views = list(views)
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.view: int | None = 0
+        self.skip = frozenset(skip)
+        self.rows = [row for row in range(len(self.labels)) if row not in self.skip] if self.skip else None
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.rows) if self.rows is not None else len(self.labels)
 
     def __getitem__(self, index: int):
+        if self.rows is not None:
+            index = self.rows[index]
         if self.view is None:
             return torch.stack([view[index] for view in self.views]), self.labels[index]
         return self.views[self.view][index], self.labels[index]
@@ -156,7 +171,9 @@ class ViewAveraged(nn.Module):
 class FeatureCache:
     """Computes and stores pooled features; one instance per fit (memory) over a folder (disk).
 
-    Results up to `max_disk_bytes` are also written to disk, for the next run on the same data.
+    Results up to `max_disk_bytes` are also written to disk, for the next run on the same data. `notes`
+    collects what a fit's path notes should say about the disk (an entry damaged, or not kept), and
+    `unreadable` each image (path -> reason) a pass with `skip_unreadable` could not read.
     """
 
     max_disk_bytes = 512 * 2**20
@@ -175,6 +192,8 @@ class FeatureCache:
         self.planned_images = 0         # images the whole fit will compute: the break-even looks at all
         self.runtime_used: str | None = None          # 'onnxruntime' | 'pytorch': the latest pass's engine
         self.runtime_note = ""                        # and why, for the fit's path notes
+        self.notes: list[str] = []
+        self.unreadable: dict[str, str] = {}
 
     def _fingerprint(self) -> str:
         return backbone_fingerprint(self.model)
@@ -204,12 +223,17 @@ class FeatureCache:
                  transforms: list[Callable], transform_id: str, seed: int,
                  control: RunControl | None = None,
                  progress: Progress | None = None,
-                 open_images: Callable[[], Callable[[int], object] | None] | None = None) -> torch.Tensor:
+                 open_images: Callable[[], Callable[[int], object] | None] | None = None,
+                 skip_unreadable: bool = False) -> torch.Tensor:
         """[len(transforms), N, ...] features, one view per transform, reused when already computed.
 
         `open_images`, called only when the features must be computed, gives an image source (index ->
         image) that stands in for decoding `paths`, e.g. the decoded-image cache; building one is work
         a cache hit should not pay for.
+
+        `skip_unreadable`: an image that cannot be read any more (deleted or damaged since the scan) gets
+        NaN rows and is listed in `unreadable`, for the caller to leave out with its label; such a result
+        is kept nowhere, so the file is read again next time. Without it the ImageError is raised.
         """
         self.fingerprint = self._fingerprint()       # the frozen part may differ from the last call
         key = self.key(paths, content_hash, transform_id, seed, len(transforms))
@@ -217,33 +241,63 @@ class FeatureCache:
             self.hits += 1
             return self._memory[key]
         path = self.folder / f"{key}.safetensors"
-        if path.exists():
-            try:
-                views = load_file(str(path))["features"]
-                self.hits += 1
-                self._memory[key] = views
-                return views
-            except Exception:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
-                path.unlink(missing_ok=True)
+        views = self._read_from_disk(path)
+        if views is not None:
+            self.hits += 1
+            self._memory[key] = views
+            return views
         self.misses += 1
         image_source = open_images() if open_images is not None else None
-        views = self._compute(paths, labels, transforms, seed, control, progress, image_source)
+        views, missing = self._compute(paths, labels, transforms, seed, control, progress, image_source,
+                                       skip_unreadable)
+        if missing:
+            return views
         self._memory[key] = views
         if views.numel() * views.element_size() <= self.max_disk_bytes:
             self._keep_on_disk(path, views)
         return views
 
-    @staticmethod
-    def _keep_on_disk(path: Path, views: torch.Tensor) -> None:
+    def _read_from_disk(self, path: Path) -> torch.Tensor | None:
+        """The entry at `path` once its size and checksum are right; a damaged one is deleted and noted."""
+        if not path.exists():
+            return None
+        try:
+            return read_entry(path)
+        except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
+            self._note(f"a {self.stage} cache entry failed its check ({exc}): deleted and computed again")
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
+            return None
+
+    def _keep_on_disk(self, path: Path, views: torch.Tensor) -> None:
         """Best effort: a cache folder that cannot be written (full disk, read-only) costs a later run
         the feature pass, never this run its result."""
         try:
-            with atomic_path(path) as tmp:
-                save_file({"features": views.contiguous()}, str(tmp))
-        except OSError as exc:
-            log.warning("features not kept on disk in %s: %s", path.parent, exc)
+            write_entry(path, views)
+        except Exception as exc:  # noqa: BLE001 - whatever the disk says, this run keeps its result
+            why = getattr(exc, "strerror", None) or exc
+            self._note(f"{self.stage} not kept on disk in {path.parent} ({why}): this run keeps them in "
+                       "memory, the next run computes them again")
 
-    def _compute(self, paths, labels, transforms, seed, control, progress, image_source=None) -> torch.Tensor:
+    def _note(self, line: str) -> None:
+        if line not in self.notes:
+            log.warning(line)
+            self.notes.append(line)
+
+    def _compute(self, paths, labels, transforms, seed, control, progress, image_source=None,
+                 skip_unreadable=False) -> tuple[torch.Tensor, set[int]]:
+        """(the views, the indices of images that could not be read: NaN in every view)."""
+        missing: set[int] = set()
+        views = self._compute_views(paths, labels, transforms, seed, control, progress, image_source,
+                                    skip_unreadable, missing)
+        if missing:
+            views[:, sorted(missing)] = float("nan")   # a view read before the file went is not kept either
+        return views, missing
+
+    def _compute_views(self, paths, labels, transforms, seed, control, progress, image_source,
+                       skip_unreadable, missing: set[int]) -> torch.Tensor:
         was_training = self.model.training
         self.model.eval()
         # Either engine may compute a pass and the cache key does not name it: ONNX Runtime is used only
@@ -255,25 +309,37 @@ class FeatureCache:
             with torch.random.fork_rng():  # the fit's own random stream stays untouched
                 return torch.stack([self._view(paths, labels, transform, seed * 1000 + index, control,
                                                progress, index * len(paths), len(transforms) * len(paths),
-                                               image_source)
+                                               image_source, skip_unreadable, missing)
                                     for index, transform in enumerate(transforms)])
         finally:
             self.model.train(was_training)
             self.runtime_used, self.runtime_note = self.runner.runtime_used, self.runner.note
 
     def _view(self, paths, labels, transform, seed, control, progress, done, total,
-              image_source=None) -> torch.Tensor:
+              image_source=None, skip_unreadable=False, missing: set[int] | None = None) -> torch.Tensor:
+        """[N, ...] features of one view; the rows of images that cannot be read are added to `missing`
+        and hold zeros until `_compute` marks them."""
         torch.manual_seed(seed)            # augmented views are reproducible
-        loader = DataLoader(ImageDataset(paths, labels, transform, image_source), batch_size=self.batch_size)
-        chunks = []
-        for images, _ in loader:
+        dataset = ImageDataset(paths, labels, transform, image_source, skip_unreadable=skip_unreadable)
+        loader = DataLoader(dataset, batch_size=self.batch_size, collate_fn=collate_readable)
+        chunks, skipped = [], set()
+        for batch in loader:
             if control is not None:
                 control.checkpoint()
-            chunks.append(self.runner.run(images, self._extract).float().contiguous())
-            done += len(images)
+            images, _ = batch
+            if len(images):
+                chunks.append(self.runner.run(images, self._extract).float().contiguous())
+            for item in batch.skipped:
+                skipped.add(item.index)
+                self.unreadable[item.path] = item.reason
+                log.warning("%s: cannot be read any more (%s); left out of the %s pass", item.path,
+                            item.reason, self.stage)
+            done += len(images) + len(batch.skipped)
             if progress:
                 progress(self.stage, done, total)
-        return torch.cat(chunks)
+        if missing is not None:
+            missing |= skipped
+        return _with_rows_for(chunks, skipped, len(paths))
 
 
 # -- the freeze-boundary cache ------------------------------------------------------------------------
@@ -384,3 +450,53 @@ class ActivationCache(FeatureCache):
 
     def _frozen_module(self) -> nn.Module:
         return self.prefix
+
+
+def _with_rows_for(chunks: list[torch.Tensor], skipped: set[int], count: int) -> torch.Tensor:
+    """The computed rows in sample order, with a zero row at each skipped index."""
+    if not chunks:
+        raise ValueError(f"none of the {count} images of this pass could be read any more")
+    computed = torch.cat(chunks)
+    if not skipped:
+        return computed
+    rows = torch.zeros((count, *computed.shape[1:]), dtype=computed.dtype)
+    rows[[row for row in range(count) if row not in skipped]] = computed
+    return rows
+
+
+# -- entries on disk -------------------------------------------------------------------------------------
+
+def write_entry(path: Path, views: torch.Tensor) -> None:
+    """One cache entry, its byte count and CRC-32 in the safetensors header. Not flushed to disk: a torn
+    entry fails its check and is computed again (flushing 230 MB took about 0.5 s)."""
+    views = views.contiguous()
+    meta = {"bytes": str(_nbytes(views)), "crc32": str(_crc32(views))}
+    with atomic_path(path, durable=False) as tmp:
+        save_file({"features": views}, str(tmp), metadata=meta)
+
+
+def read_entry(path: Path) -> torch.Tensor:
+    """The entry's tensor, or ValueError when its size or checksum is not the one written (older entries,
+    without them, are refused too)."""
+    with safe_open(str(path), framework="pt") as entry:
+        meta = entry.metadata() or {}
+    if "bytes" not in meta or "crc32" not in meta:
+        raise ValueError("no size or checksum recorded")
+    with open(path, "rb") as f:
+        header = struct.unpack("<Q", f.read(8))[0]
+    expected = 8 + header + int(meta["bytes"])
+    if os.path.getsize(path) != expected:
+        raise ValueError(f"{os.path.getsize(path)} bytes instead of {expected}")
+    views = load_file(str(path))["features"]
+    if _nbytes(views) != int(meta["bytes"]) or _crc32(views) != int(meta["crc32"]):
+        raise ValueError("its checksum does not match")
+    return views
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def _crc32(tensor: torch.Tensor) -> int:
+    """CRC-32 of a contiguous CPU tensor's bytes, read in place."""
+    return zlib.crc32(tensor.reshape(-1).view(torch.uint8).numpy())

@@ -31,6 +31,13 @@ class BestCheckpoint(Callback):
             self.best = candidate
             self.save(epoch, logs)
 
+    def state(self) -> list[float] | None:
+        """What a resumed fit needs to judge its next epochs as this one would: the best so far."""
+        return list(self.best) if self.best is not None else None
+
+    def restore(self, state: list[float] | None) -> None:
+        self.best = tuple(state) if state is not None else None
+
 
 class EarlyStopping(Callback):
     """Asks the fit to stop after `patience` epochs without a new best (0: never); counts per stage, as a
@@ -47,3 +54,10 @@ class EarlyStopping(Callback):
             self._stage, self._stale = logs.get("stage"), 0
         self._stale = 0 if logs.get("best") else self._stale + 1
         self.should_stop = bool(self.patience) and self._stale >= self.patience
+
+    def state(self) -> dict:
+        """Epochs without a new best in the current stage, and whether the fit was asked to stop."""
+        return {"stale": self._stale, "stage": self._stage, "should_stop": self.should_stop}
+
+    def restore(self, state: dict) -> None:
+        self._stale, self._stage, self.should_stop = state["stale"], state["stage"], state["should_stop"]

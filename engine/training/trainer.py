@@ -2,10 +2,13 @@
 
 The loop is plain PyTorch. It reports through `Callback` hooks carrying plain values, checks
 `RunControl` between batches (pause/cancel), and writes the best checkpoint atomically whenever
-validation improves, so stopping at any moment never loses it.
+validation improves, so stopping at any moment never loses it. After every epoch, every few minutes within
+one and at a cancel it also keeps the last training state, from which `resume=True` continues the fit to
+exactly the end it would have reached (engine.training.runstate, engine.training.snapshot).
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +26,7 @@ from engine.core.runfolder import RunFolder
 from engine.core.runtime import release_freed_memory, tune_malloc
 from engine.data.imagecache import DecodedImageCache, DecodedImages
 from engine.data.report import DatasetReport
-from engine.data.transforms import ImageDataset, eval_transform, train_transform
+from engine.data.transforms import ImageDataset, ReadableLoader, eval_transform, train_transform
 from engine.models.catalog import ModelBundle, create_model
 from engine.models.checkpoint import save_checkpoint
 from engine.models.heads import set_head
@@ -35,6 +38,15 @@ from engine.training.callbacks import BestCheckpoint, EarlyStopping
 from engine.training.config import TrainConfig
 from engine.training.metrics import classification_metrics, predict_logits
 from engine.training.optim import class_weights, make_optimizer, make_schedule, param_groups, seed_everything
+from engine.training.runstate import (STATE_EVERY_S, ResumeRefused, SavedState, active_run, check_resume,
+                                      clear_state, data_path, dataset_identity, load_state, read_run_start,
+                                      remove_stale_state_files, running_status, save_state, write_run_start,
+                                      write_status)
+from engine.training.snapshot import (EpochProgress, RandomStreams, StateMismatch, model_tensors,
+                                      optimizer_state, restore_model, restore_optimizer, schedule_state,
+                                      skippable, weights_digest)
+
+log = logging.getLogger("transferlab")
 
 
 @dataclass
@@ -98,12 +110,20 @@ def apply_stage_freeze(tree: LayerTree, stage: Stage) -> None:
 
 
 class Trainer:
-    """Runs one fit. Construct, then call `fit()`; safe to run on a worker thread."""
+    """Runs one fit. Construct, then call `fit()`; safe to run on a worker thread.
+
+    `resume=True` continues the fit `run_dir` holds from its last state (engine.training.runstate) and ends
+    as that fit would have; it raises ResumeRefused here, before any work, when it cannot.
+    `state_every_s`: seconds between training states within an epoch (default STATE_EVERY_S).
+    """
 
     def __init__(self, report: DatasetReport, config: TrainConfig, run_dir: str | Path,
                  callbacks: list[Callback] | None = None, control: RunControl | None = None,
-                 bundle: ModelBundle | None = None, evaluate_test: bool = True):
+                 bundle: ModelBundle | None = None, evaluate_test: bool = True, resume: bool = False,
+                 state_every_s: float | None = None):
         config.validate()
+        if resume:
+            check_resume(run_dir, report, config)
         self.report = report
         self.config = config
         self.run_dir = Path(run_dir)
@@ -116,14 +136,29 @@ class Trainer:
         self.evaluate_test = evaluate_test  # a recipe search's candidates never see the test split
         self.history: list[dict] = []
         self.files = RunFolder(self.run_dir)
-        self._epoch = 0
-        self._step = 0
+        self._epoch = 0                                  # epochs begun (the one in progress included)
+        self._step = 0                                   # batches done, all epochs
+        self.resume = resume
+        self.state_every_s = STATE_EVERY_S if state_every_s is None else state_every_s
+        self._stages: list[Stage] = []
+        self._stage_index = 0
+        self._epoch_in_stage = 0                         # epochs done in the current stage
+        self._trained: set[str] = set()                  # parameters that trained in some stage so far
+        self._progress: EpochProgress | None = None      # the epoch in progress
+        self._resume_point: SavedState | None = None     # the state to continue from, until it is in place
+        self._resumed_from = 0
+        self._status: dict | None = None                 # status.json, once this fit has written it
+        self._cache_identity: dict | None = None
+        self._last_state_time = 0.0
+        self._saved_at: tuple[int, int] | None = None   # (step, batches) of the last state written
+        self._optimizer = self._schedule = self._sampler = None   # of the stage that trains now
         self.feature_cache: FeatureCache | None = None   # the cache the current stage trains on
         self._caches: dict[tuple, FeatureCache] = {}
         self._cached_net: nn.Module | None = None        # set while a stage trains on cached inputs
         self.decoded: DecodedImages | None = None        # every image decoded once, built on first use
         self._decoded_index: dict[str, int] | None = None
         self.path_notes: list[str] = []                  # where inputs come from, or why not cached
+        self.unreadable: dict[str, str] = {}             # images that could not be read mid-fit -> why
 
     # -- set-up ---------------------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -148,12 +183,34 @@ class Trainer:
         self.eval_criterion = nn.CrossEntropyLoss()
 
     def _image_loader(self, samples, transform, shuffle: bool) -> DataLoader:
+        """Images that can no longer be read (deleted or damaged since the scan) are left out and noted."""
         dataset = ImageDataset([s.path for s in samples], [s.label for s in samples], transform,
-                               self._image_source(samples))
+                               self._image_source(samples), skip_unreadable=True)
         sampler = self._balanced_sampler(samples) if shuffle else None
-        return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=shuffle and sampler is None,
-                          sampler=sampler, generator=self.generator if shuffle else None,
-                          num_workers=self.config.num_workers, drop_last=False)
+        return ReadableLoader(dataset, self._note_unreadable, batch_size=self.config.batch_size,
+                              shuffle=shuffle and sampler is None, sampler=sampler,
+                              generator=self.generator if shuffle else None,
+                              num_workers=self.config.num_workers, drop_last=False)
+
+    def _note_unreadable(self, path: str, reason: str) -> None:
+        """One path note for every image skipped so far: the fit goes on without them."""
+        if path in self.unreadable:
+            return
+        log.warning("%s: cannot be read any more (%s); skipped for the rest of this fit", path, reason)
+        before = skipped_images_note(self.unreadable)
+        self.unreadable[path] = reason
+        if before and before in self.path_notes:
+            self.path_notes.remove(before)
+        self.path_notes.append(skipped_images_note(self.unreadable))
+
+    def _unreadable_rows(self, samples) -> list[int]:
+        return [row for row, sample in enumerate(samples) if sample.path in self.unreadable]
+
+    def _note_cache(self, cache: FeatureCache) -> None:
+        """What a feature pass had to say: images it could not read, entries damaged or not kept on disk."""
+        for path, reason in cache.unreadable.items():
+            self._note_unreadable(path, reason)
+        self.path_notes.extend(note for note in cache.notes if note not in self.path_notes)
 
     def _balanced_sampler(self, samples) -> WeightedRandomSampler | None:
         if self.config.balance != "sampler":
@@ -226,7 +283,8 @@ class Trainer:
             self.path_notes.append(f"augmentation not applied: each image's {plan.kind} are computed once "
                                    "(cached_views=1; each extra view costs one more pass and did not "
                                    "improve accuracy in our measurements)")
-        train_set = FeatureDataset(self._train_views(views), [s.label for s in self.train_samples])
+        train_set = FeatureDataset(self._train_views(views), [s.label for s in self.train_samples],
+                                   skip=self._unreadable_rows(self.train_samples))
         val_set = self._eval_set(self.val_samples)
         if cache.runtime_note and cache.runtime_note not in self.path_notes:
             self.path_notes.append(cache.runtime_note)
@@ -255,7 +313,7 @@ class Trainer:
         `_evaluated` averages."""
         views = eval_views(self.config)
         dataset = FeatureDataset([self._view_features(samples, view, len(views)) for view in views],
-                                 [s.label for s in samples])
+                                 [s.label for s in samples], skip=self._unreadable_rows(samples))
         dataset.view = None if len(views) > 1 else 0
         return dataset
 
@@ -279,28 +337,38 @@ class Trainer:
             if max(len(transforms), views_of_split or 1) > 1 or self._decoded_index is not None:
                 return self._image_source(samples)
             return None
-        return self.feature_cache.features(
-            [s.path for s in samples], [s.label for s in samples], self.report.content_hash, transforms,
-            transform_id, self.config.seed, self.control,
-            self.callbacks.on_progress, open_images)
+        try:
+            return self.feature_cache.features(
+                [s.path for s in samples], [s.label for s in samples], self.report.content_hash, transforms,
+                transform_id, self.config.seed, self.control,
+                self.callbacks.on_progress, open_images, skip_unreadable=True)
+        finally:
+            self._note_cache(self.feature_cache)
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self) -> FitResult:
         try:
-            return self._fit()
+            with active_run(self.run_dir):
+                return self._fit()
         except Exception as exc:
+            self._mark_failed()
             self.callbacks.on_error(readable_error(exc))
             raise
 
     def _fit(self) -> FitResult:
         self._prepare()
-        stages = plan_stages(self.config)
+        stages = self._stages = plan_stages(self.config)
+        self._begin_run(stages)
         status = "completed"
         started = False
         try:
-            for stage in stages:
+            for index in range(self._stage_index, len(stages)):
+                stage, self._stage_index = stages[index], index
                 apply_stage_freeze(self.tree, stage)
+                self._trained |= {n for n, p in self.model.named_parameters() if p.requires_grad}
                 net, train_loader, val_loader, path = self._pipeline()
+                self._sampler = skippable(train_loader)
+                self._same_path_as_saved(path)
                 if not started:
                     self._announce(stages, len(train_loader), path)
                     started = True
@@ -309,6 +377,7 @@ class Trainer:
                     break
         except Cancelled:
             status = "cancelled"
+            self._keep_cancelled_position()
         metrics = {}
         if status != "cancelled" and self.files.has_checkpoint():
             metrics = self._final_metrics()
@@ -317,6 +386,9 @@ class Trainer:
                            str(self.files.checkpoint) if self.files.has_checkpoint() else None,
                            metrics, self.history)
         write_json(self.files.history, self.history)
+        self._write_status(status)
+        if status != "cancelled":
+            clear_state(self.files)          # a finished fit cannot resume: its state is only disk space
         self.callbacks.on_fit_end({"status": status, "run_dir": str(self.run_dir),
                                    "checkpoint": result.checkpoint,
                                    "val_accuracy": metrics.get("val_accuracy"),
@@ -332,7 +404,8 @@ class Trainer:
             "n_test": len(self.test_samples), "classes": list(self.report.classes), "path": path,
             "params_total": total, "params_trainable": trainable, "backbone": self.bundle.spec.name,
             "stages": [s.name for s in stages], "path_note": "; ".join(self.path_notes),
-            "augmented": self._augmented(path), "images_decoded_once": self.decoded is not None})
+            "augmented": self._augmented(path), "images_decoded_once": self.decoded is not None,
+            "resumed_from_epoch": self._resumed_from, "history": [dict(logs) for logs in self.history]})
 
     def _frozen_pass(self, path: str) -> str:
         """Which engine computed the frozen layers' output: 'onnxruntime' | 'pytorch', 'reused' (read from
@@ -354,30 +427,44 @@ class Trainer:
             raise ValueError("every layer is frozen: choose at least one layer to train")
         optimizer = make_optimizer(groups, self.config)
         schedule = make_schedule(optimizer, self.config, len(train_loader), stage.epochs)
-        for _ in range(stage.epochs):
+        first, progress = self._resume_stage(optimizer, schedule)
+        self._epoch_in_stage = first
+        if self.early_stopping.should_stop:          # a resumed fit that had stopped early
+            return "stopped-early"
+        for epoch_in_stage in range(first, stage.epochs):
             self._epoch += 1
             started = time.monotonic()
-            loss, acc = self._train_epoch(net, train_loader, optimizer, schedule, stage)
+            progress = progress or EpochProgress(self.generator.get_state())
+            loss, acc = self._train_epoch(net, train_loader, optimizer, schedule, stage, progress)
             val_loss, val_acc = self._validate(net, val_loader)
             logs = {"epoch": self._epoch, "loss": loss, "accuracy": acc, "val_loss": val_loss,
                     "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"],
                     "epoch_time_s": time.monotonic() - started, "stage": stage.name}
             self.callbacks.on_epoch_end(self._epoch, logs)       # BestCheckpoint adds logs["best"]
             self.history.append(logs)
+            self._epoch_in_stage, self._progress, progress = epoch_in_stage + 1, None, None
+            self._save_state(optimizer, schedule)
             if self.early_stopping.should_stop:
                 return "stopped-early"
         return "completed"
 
-    def _train_epoch(self, net, loader, optimizer, schedule, stage: Stage) -> tuple[float, float]:
+    def _train_epoch(self, net, loader, optimizer, schedule, stage: Stage,
+                     progress: EpochProgress) -> tuple[float, float]:
         if isinstance(loader.dataset, FeatureDataset):
             loader.dataset.view = (self._epoch - 1) % len(loader.dataset.views)
         net.train()
         if not self.config.train_frozen_bn:
             frozen_batchnorm_to_eval(net)
-        total_loss, correct, seen = 0.0, 0, 0
+        self._progress, self._optimizer, self._schedule = progress, optimizer, schedule
+        if progress.resumed:
+            # the epoch's order again from the generator state it began with, without the batches done,
+            # and every random stream as it was after the last of them
+            self.generator.set_state(progress.loader_start)
+            self._sampler.skip = progress.batches * loader.batch_size
+            progress.streams.restore()
         started = time.monotonic()
         params = [p for g in optimizer.param_groups for p in g["params"]]
-        for batch, (inputs, targets) in enumerate(loader, start=1):
+        for batch, (inputs, targets) in enumerate(loader, start=progress.batches + 1):
             self.control.checkpoint()
             outputs = net(inputs)
             loss = self.criterion(outputs, targets)
@@ -388,16 +475,131 @@ class Trainer:
             optimizer.step()
             schedule.step()
             self._step += 1
-            total_loss += float(loss.detach()) * len(targets)
-            correct += int((outputs.argmax(1) == targets).sum())
-            seen += len(targets)
-            rate = seen / max(time.monotonic() - started, 1e-9)
+            progress.add(float(loss.detach()) * len(targets), int((outputs.argmax(1) == targets).sum()),
+                         len(targets), RandomStreams.capture())
+            rate = progress.seen / max(time.monotonic() - started, 1e-9)
             self.callbacks.on_batch_end(self._step, {
                 "epoch": self._epoch, "batch": batch, "batches": len(loader), "loss": float(loss.detach()),
-                "accuracy": correct / seen, "lr": optimizer.param_groups[0]["lr"],
-                "images_per_s": rate, "eta_s": (len(loader.dataset) - seen) / max(rate, 1e-9),
+                "accuracy": progress.correct / progress.seen, "lr": optimizer.param_groups[0]["lr"],
+                "images_per_s": rate, "eta_s": (len(loader.dataset) - progress.seen) / max(rate, 1e-9),
                 "stage": stage.name})
-        return total_loss / max(seen, 1), correct / max(seen, 1)
+            if time.monotonic() - self._last_state_time >= self.state_every_s:
+                self._save_state(optimizer, schedule)
+        return progress.loss_sum / max(progress.seen, 1), progress.correct / max(progress.seen, 1)
+
+    # -- the training state: what a resumed fit continues from -----------------------------------------
+    def _begin_run(self, stages: list[Stage]) -> None:
+        """A fresh fit records how it starts (state/run.json); a resumed one checks it starts from the same
+        weights and puts its last state back in place. Then the status says 'running'."""
+        digest, data = weights_digest(self.model), data_path(self.report)
+        if not self.resume:
+            write_run_start(self.files, self.config, data, self.report, digest)
+        else:
+            if read_run_start(self.files)["weights_digest"] != digest:
+                raise ResumeRefused("the model's starting weights differ from this run's (another weights "
+                                    "file or version): resuming would mix them")
+            remove_stale_state_files(self.files)
+            saved = load_state(self.files)
+            if saved is not None:
+                self._restore(saved)
+        self._resumed_from = self._epoch
+        self._status = running_status(data, sum(s.epochs for s in stages))
+        self._write_status("running")
+        self._last_state_time = time.monotonic()
+
+    def _restore(self, saved: SavedState) -> None:
+        """The model, history, best and early-stopping state of `saved`; the optimizer, schedule and
+        epoch in progress follow when its stage is set up (`_resume_stage`)."""
+        meta, position = saved.meta, saved.position
+        try:
+            self._trained = restore_model(self.model, saved.tensors)
+        except StateMismatch as exc:
+            raise ResumeRefused(f"the saved training state does not fit this model: {exc}") from None
+        self.history = [dict(logs) for logs in meta["history"]]
+        self.checkpointer.restore(meta["best"])
+        self.early_stopping.restore(meta["early_stopping"])
+        self._epoch, self._step = position["epoch"], position["step"]
+        self._stage_index, self._epoch_in_stage = position["stage"], position["epoch_in_stage"]
+        self._resume_point = saved
+
+    def _resume_stage(self, optimizer, schedule) -> tuple[int, EpochProgress | None]:
+        """(epochs of this stage already done, the epoch in progress) from the state being resumed, whose
+        optimizer and schedule go into the freshly built ones; (0, None) for a stage that starts now."""
+        saved, self._resume_point = self._resume_point, None
+        if saved is None:
+            return 0, None
+        meta = saved.meta
+        if meta["optimizer"] is not None:
+            try:
+                restore_optimizer(optimizer, meta["optimizer"], saved.tensors, self._parameter_names())
+            except StateMismatch as exc:
+                raise ResumeRefused(f"the saved training state does not fit this recipe: {exc}") from None
+            schedule.load_state_dict(meta["schedule"])
+        return saved.position["epoch_in_stage"], EpochProgress.from_saved(saved.position, meta["rng"],
+                                                                           saved.tensors)
+
+    def _same_path_as_saved(self, path: str) -> None:
+        """A resumed stage must train on what it trained on before (cached features of the same frozen
+        layers, or images): memory or a changed backbone could choose otherwise, and change the run."""
+        identity = {"path": path, "fingerprint": None if path == "images" else self.feature_cache.fingerprint}
+        saved, self._cache_identity = self._resume_point, identity
+        if saved is None or saved.meta.get("cache") is None or saved.position["stage"] != self._stage_index:
+            return
+        before = saved.meta["cache"]
+        if before["path"] != path:
+            raise ResumeRefused(f"this run trained on {before['path']}, now it would train on {path} "
+                                f"({'; '.join(self.path_notes)}): resuming would change how it trains")
+        if before["fingerprint"] != identity["fingerprint"]:
+            raise ResumeRefused(f"the cached {path} differ from the ones this run trained on")
+
+    def _save_state(self, optimizer, schedule) -> None:
+        """Write the state to continue from: after every epoch, every `state_every_s` within one, and at a
+        cancel. A stage whose epochs are all done is saved as the next stage's start (no optimizer: the
+        next stage builds its own), unless it is the last or the fit stops early there."""
+        progress = self._progress
+        stage, epoch_in_stage = self._stage_index, self._epoch_in_stage
+        stage_over = progress is None and epoch_in_stage == self._stages[stage].epochs
+        if stage_over and stage + 1 < len(self._stages) and not self.early_stopping.should_stop:
+            stage, epoch_in_stage = stage + 1, 0
+        keep_optimizer = stage == self._stage_index and not stage_over
+        if progress is None:       # between epochs: the next one starts from the streams as they are now
+            progress = EpochProgress(self.generator.get_state(), streams=RandomStreams.capture())
+        position = {"stage": stage, "epoch_in_stage": epoch_in_stage, "epoch": self._epoch - (progress.batches > 0),
+                    "step": self._step, **progress.to_json()}
+        opt_json, opt_tensors = optimizer_state(optimizer, self._parameter_names()) if keep_optimizer else (None, {})
+        meta = {"position": position, "optimizer": opt_json,
+                "schedule": schedule_state(schedule) if keep_optimizer else None,
+                "rng": progress.streams.to_json(), "best": self.checkpointer.state(),
+                "early_stopping": self.early_stopping.state(), "history": self.history,
+                "cache": self._cache_identity if stage == self._stage_index else None,
+                "dataset": dataset_identity(self.report)}
+        save_state(self.files, meta, {**model_tensors(self.model, self._trained), **opt_tensors,
+                                      **progress.tensors()})
+        self._last_state_time, self._saved_at = time.monotonic(), (self._step, progress.batches)
+        self._write_status("running", durable=False)
+
+    def _keep_cancelled_position(self) -> None:
+        """A cancel inside an epoch keeps its batches: the state at the last batch done, unless written."""
+        progress = self._progress
+        if progress is not None and progress.batches and self._saved_at != (self._step, progress.batches):
+            self._save_state(self._optimizer, self._schedule)
+
+    def _parameter_names(self) -> dict[int, str]:
+        return {id(p): name for name, p in self.model.named_parameters()}
+
+    def _write_status(self, status: str, durable: bool = True) -> None:
+        if self._status is None:
+            return
+        best = self.checkpointer.best
+        self._status.update(status=status, epoch=len(self.history), best_val_accuracy=best[0] if best else None)
+        write_status(self.files, self._status, durable)
+
+    def _mark_failed(self) -> None:
+        """status.json says 'failed' (keeping the fit resumable), unless the disk refuses that too."""
+        try:
+            self._write_status("failed")
+        except OSError as exc:
+            log.warning("could not mark %s as failed: %s", self.run_dir, exc)
 
     def _validate(self, net, loader) -> tuple[float, float]:
         logits, labels = predict_logits(self._evaluated(net), loader, self.control)
@@ -427,7 +629,7 @@ class Trainer:
                 lambda stage, done, _, before=evaluated: self.callbacks.on_progress(stage, before + done, total))
             evaluated += len(samples)
             results[split] = classification_metrics(logits, labels, self.report.classes,
-                                                    [s.path for s in samples])
+                                                    evaluated_paths(samples, loader))
             predictions[split] = results[split].pop("predictions")
         metrics = summarize_metrics(self.report.classes, results, self.bundle, self.config)
         write_json(self.files.metrics, metrics)
@@ -447,6 +649,24 @@ class Trainer:
         """Cached images and activations can take a quarter of RAM each: free them with the fit."""
         self.decoded, self._decoded_index, self._caches, self._cached_net = None, None, {}, None
         release_freed_memory()
+
+
+def skipped_images_note(unreadable: dict[str, str], shown: int = 10) -> str:
+    """'skipped 2 images that could not be read during training: red/a.png, blue/b.png' ('' for none)."""
+    if not unreadable:
+        return ""
+    names = ["/".join(Path(path).parts[-2:]) for path in list(unreadable)[:shown]]
+    more = f" and {len(unreadable) - shown} more" if len(unreadable) > shown else ""
+    count = len(unreadable)
+    return (f"skipped {count} image{'s' * (count > 1)} that could not be read during training: "
+            f"{', '.join(names)}{more}")
+
+
+def evaluated_paths(samples, loader) -> list[str]:
+    """The paths of the samples an evaluation pass really scored, in order: without the images its loader
+    had to leave out (unreadable), so each prediction keeps its own file."""
+    left_out = set(getattr(loader, "skipped_rows", ())) | set(getattr(loader.dataset, "skip", ()))
+    return [s.path for row, s in enumerate(samples) if row not in left_out]
 
 
 def summarize_metrics(classes: list[str], results: dict, bundle: ModelBundle, config: TrainConfig) -> dict:
