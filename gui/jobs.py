@@ -37,6 +37,8 @@ class EngineInfo:
     default_backbone: str
     defaults: dict                       # TrainConfig() as a dict
     choices: dict[str, tuple[str, ...]]  # allowed values of the choice fields
+    devices: list[tuple[str, str]] = field(default_factory=lambda: [("auto", "Automatic"), ("cpu", "CPU")])
+    """(value, label) of the devices this machine has (engine.core.device.device_choices)"""
 
 
 def load_engine(progress) -> EngineInfo:
@@ -44,8 +46,9 @@ def load_engine(progress) -> EngineInfo:
     which weights are offline."""
     import engine.training.trainer  # noqa: F401 - the import is the point
     from engine.models.catalog import DEFAULT_BACKBONE, list_backbones
+    from engine.core.device import device_choices
     from engine.training.config import CHOICES, TrainConfig
-    return EngineInfo(list_backbones(), DEFAULT_BACKBONE, TrainConfig().to_dict(), CHOICES)
+    return EngineInfo(list_backbones(), DEFAULT_BACKBONE, TrainConfig().to_dict(), CHOICES, device_choices())
 
 
 # -- data ----------------------------------------------------------------------------------------

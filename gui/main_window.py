@@ -485,8 +485,10 @@ class MainWindow(QMainWindow):
                  + (f" – {entry['note']}" if entry.get("note") else ""))
 
     def _on_fit_started(self, info: dict) -> None:
-        """Compare runs shows how much of the model a run trained."""
+        """Compare runs shows how much of the model a run trained; the status bar, where it trains."""
         self._run_config.update(params_total=info["params_total"], params_trainable=info["params_trainable"])
+        if info.get("device_label"):
+            self.statusBar().showMessage(f"Training on {info['device_label']}")
 
     def _on_epoch_ended(self, _epoch: int, logs: dict) -> None:
         """The run is recorded as 'running' with its best accuracy so far after each epoch."""
@@ -530,10 +532,16 @@ class MainWindow(QMainWindow):
         self.results_panel.show_result(result)
         accuracy = result.metrics.get("val_accuracy")
         self.log(f"Training {result.status}" + (f": validation accuracy {accuracy:.3f}" if accuracy is not None else ""))
+        self._clear_device_message()
         self.train_panel.on_run_finished(result.status)
         if searched:
             self._announce_winner(result)
         self.training_finished.emit(result)
+
+    def _clear_device_message(self) -> None:
+        """'Training on …' holds while a run trains only."""
+        if self.statusBar().currentMessage().startswith("Training on "):
+            self.statusBar().clearMessage()
 
     def _announce_winner(self, result) -> None:
         """The status line and the Train step say which candidate won, with its score."""
@@ -555,6 +563,7 @@ class MainWindow(QMainWindow):
 
     def _on_training_failed(self, message: str, details: str) -> None:
         self._record_active_run("failed", {"val_accuracy": self._best_accuracy})
+        self._clear_device_message()
         self.train_panel.show_error(message, details)
         self.log(f"Training failed: {message}")
         self.training_failed.emit(message)

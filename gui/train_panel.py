@@ -35,7 +35,7 @@ FIELDS = (("epochs", "Epochs"), ("batch_size", "Batch size"), ("image_size", "Im
           ("lr", "Learning rate"), ("schedule", "Schedule"), ("augmentation", "Augmentation"),
           ("cached_views", "Cached views"), ("head", "Head"), ("tta", "Test-time flip"),
           ("label_smoothing", "Label smoothing"), ("early_stopping", "Early stopping"),
-          ("recipe", "Recipe"), ("head_epochs", "Head-only epochs"))
+          ("recipe", "Recipe"), ("head_epochs", "Head-only epochs"), ("device", "Device"))
 TOOLTIPS = {
     "epochs": "Passes over the training images. Early stopping may end the run sooner.",
     "batch_size": "Images per step. Larger is faster per image but needs more memory; 16–64 suits a CPU.",
@@ -63,6 +63,9 @@ TOOLTIPS = {
     "recipe": "Two-stage trains only the classifier first, then the layers checked in the Model step "
               "at a lower learning rate: steadier when fine-tuning deep layers.",
     "head_epochs": "Epochs of the first, classifier-only stage of the two-stage recipe.",
+    "device": "Where training runs. Automatic: a CUDA GPU if there is one, else an Apple GPU, else the CPU. "
+              "Only the devices this computer has are offered. On a CUDA GPU training uses mixed precision, "
+              "and a batch that does not fit in its memory is split in halves rather than failing.",
 }
 
 
@@ -94,6 +97,7 @@ class HyperParameters(QGroupBox):
         self.early_stopping.setSpecialValueText("Off")
         self.recipe = QComboBox()
         self.head_epochs = QSpinBox(minimum=1, maximum=999)
+        self.device = QComboBox()
         self.recipe.currentIndexChanged.connect(self._update_head_epochs)
         self.loaded = False
         form = QFormLayout(self)
@@ -119,6 +123,7 @@ class HyperParameters(QGroupBox):
             for value in engine.choices[key]:
                 combo.addItem(CHOICE_LABELS.get((key, value), CHOICE_LABELS.get(value, value)), value)
             combo.blockSignals(False)
+        self._fill_devices(engine.devices)
         self._fill_image_sizes()
         self.loaded = True
         for key, _ in FIELDS:
@@ -126,6 +131,14 @@ class HyperParameters(QGroupBox):
             self._show(key)
         self._update_head_epochs()
         self.setEnabled(True)
+
+    def _fill_devices(self, devices: list[tuple[str, str]]) -> None:
+        """Only the devices this machine has: a project's 'cuda:0' opened on a laptop is refused, not kept."""
+        self.device.blockSignals(True)
+        self.device.clear()
+        for value, label in devices:
+            self.device.addItem(label, value)
+        self.device.blockSignals(False)
 
     def _offer_image_sizes(self) -> None:
         self._fill_image_sizes()

@@ -57,6 +57,8 @@ def cmd_models(args) -> int:
         state = f"offline weights: yes ({r['weights_source']})" if r["weights_available"] else \
             f"offline weights: no  ({r['hint']})"
         print(f"{r['name']:<{width}}  {r['title']:<42}  {state}")
+    from engine.core.device import describe_device, resolve_device
+    print(f"\ndevice: --device auto runs on {describe_device(resolve_device('auto'))}")
     return EXIT_OK
 
 
@@ -85,12 +87,16 @@ def _config_from_file(path: str) -> TrainConfig:
 
 
 def cmd_train(args) -> int:
+    from engine.cli.torchrun import launched_by_torchrun, train_distributed
     from engine.data.scan import scan_dataset
+    if launched_by_torchrun():
+        return train_distributed(args)       # one of the processes `torchrun ... main.py train` started
     if args.resume:
         return _resume(args)
     if not args.data or not args.out:
         raise BadInput("train needs DATA and --out RUN (or --resume RUN to continue a run)")
     config = _config_from_file(args.config) if args.config else _config_from_args(args)
+    _check_device(config.device)
     budget = _budget(args)
     out = Path(args.out)
     with TerminalProgress() as progress:
@@ -100,6 +106,13 @@ def cmd_train(args) -> int:
     write_text(RunFolder(out).dataset_report, report.format_text() + "\n")
     print(json.dumps(summary))
     return EXIT_OK if summary["status"] != "cancelled" else EXIT_FAILURE
+
+
+def _check_device(name: str):
+    """The torch device `name` means here; DeviceUnavailable (bad input: one line, exit 2) before any work
+    when it is not on this machine."""
+    from engine.core.device import resolve_device
+    return resolve_device(name)
 
 
 def _resume(args) -> int:
@@ -145,7 +158,11 @@ def _budget(args) -> float | None:
 
 def _fit(report, config: TrainConfig, out: Path, progress: TerminalProgress, resume: bool = False) -> dict:
     from engine.training.trainer import Trainer
-    result = Trainer(report, config, out, [progress], resume=resume).fit()
+    return fit_summary(Trainer(report, config, out, [progress], resume=resume).fit(), out)
+
+
+def fit_summary(result, out: Path) -> dict:
+    """The one JSON line `train` prints at the end."""
     metrics = result.metrics
     return {"status": result.status, "run_dir": str(out), "checkpoint": result.checkpoint,
             "val_accuracy": metrics.get("val_accuracy"), "test_accuracy": metrics.get("test_accuracy")}
@@ -164,9 +181,10 @@ def cmd_assess(args) -> int:
     from engine.data.scan import scan_dataset
     from engine.search.assess import assess_backbones, format_table, summary
     backbones = [name.strip() for name in args.models.split(",")] if args.models else None
+    device = _check_device(args.device)
     with TerminalProgress() as progress:
         report = scan_dataset(args.data, seed=args.seed, progress=progress)
-        results = assess_backbones(report, backbones, args.seed, progress=progress)
+        results = assess_backbones(report, backbones, args.seed, progress=progress, device=device)
     if args.json:
         print(json.dumps({"assessments": [a.to_dict() for a in results], "summary": summary(results)}, indent=2))
     else:
@@ -191,6 +209,11 @@ def cmd_demo(args) -> int:
 
 
 # -- parser -----------------------------------------------------------------------------------------
+def add_device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
+                   help="where the model runs: auto = a CUDA GPU, else Apple MPS, else the CPU (default: auto)")
+
+
 TRAIN_OPTIONS = (
     ("epochs", "passes over the training images"),
     ("batch_size", "images per step"),
@@ -213,6 +236,8 @@ TRAIN_OPTIONS = (
     ("frozen_runtime", "engine of the frozen layers' single pass: auto = ONNX Runtime (1.3-1.5x PyTorch's "
                        "speed) on a CPU when the fit has enough images to pay for its export, pytorch = never"),
     ("seed", None),
+    ("device", "where the model runs: auto = a CUDA GPU, else Apple MPS, else the CPU; or cpu, cuda, "
+               "cuda:N, mps (a device that is not there is an error)"),
 )
 """TrainConfig fields offered as `--field-name`: type, default and choices come from TrainConfig itself."""
 
@@ -268,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data")
     p.add_argument("--models", default=None, help="comma-separated backbones (default: all with offline weights)")
     p.add_argument("--seed", type=int, default=0)
+    add_device_option(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_assess)
 

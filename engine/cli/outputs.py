@@ -38,6 +38,9 @@ def register(subparsers) -> None:
                    help="below this top-1 probability the label is 'unknown' (default 0: never)")
     p.add_argument("--csv", metavar="OUT.csv", help="also write the predictions as CSV")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
+                   help="where a checkpoint runs: auto = a CUDA GPU, else Apple MPS, else the CPU "
+                        "(an .onnx file runs on the CPU)")
     p.set_defaults(func=cmd_predict)
 
 
@@ -61,7 +64,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from engine.outputs.predict import load_classifier, predict_images, write_csv
-    classifier = load_classifier(args.model)
+    classifier = load_classifier(args.model, args.device)
     with TerminalProgress() as progress:
         report = predict_images(classifier, args.images, top_k=args.top_k, threshold=args.threshold,
                                 batch_size=max(1, args.batch_size), progress=progress)

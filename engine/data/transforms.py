@@ -103,6 +103,12 @@ class ReadableBatch(tuple):
 
     skipped: tuple[Unreadable, ...] = ()
 
+    def pin_memory(self) -> "ReadableBatch":
+        """Page-locked copies for a GPU (DataLoader(pin_memory=True) calls this), keeping `skipped`."""
+        pinned = ReadableBatch(tensor.pin_memory() for tensor in self)
+        pinned.skipped = self.skipped
+        return pinned
+
 
 def collate_readable(items: list) -> ReadableBatch:
     """`default_collate` of the readable items; an all-unreadable batch has empty images and labels."""

@@ -49,7 +49,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, bundle: ModelBund
             "classes": list(classes), "preprocessing": bundle.preprocessing.to_dict(),
             "head": head_kind(model), "tta": tta_setting({"tta": tta}), "weights_origin": bundle.weights,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra or {})}
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    # CPU tensors, so a checkpoint trained on a GPU loads anywhere (`to(copy=True)`: the clone as before)
+    state = {k: v.detach().contiguous().to("cpu", copy=True) for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={META_KEY: json.dumps(meta)})
     return meta

@@ -89,13 +89,17 @@ class TorchClassifier:
 
     kind = "torch"
 
-    def __init__(self, checkpoint_path: str | os.PathLike):
+    def __init__(self, checkpoint_path: str | os.PathLike, device: str = "cpu"):
         _refuse_pickle(checkpoint_path)
+        from engine.core.device import resolve_device
         from engine.data.transforms import eval_transform
         from engine.models.checkpoint import load_checkpoint
         from engine.models.predictor import predictor
         self.path = str(checkpoint_path)
+        self.device = resolve_device(device)
         model, checkpoint = load_checkpoint(checkpoint_path)
+        if self.device.type != "cpu":
+            model = model.to(self.device)
         self.model = predictor(model, checkpoint.meta)
         self.meta = checkpoint.meta
         self.classes = checkpoint.classes
@@ -109,7 +113,10 @@ class TorchClassifier:
     def logits(self, images: Sequence[Image.Image]) -> np.ndarray:
         import torch
         with torch.inference_mode():
-            return self.model(self.inputs(images)).float().numpy()
+            batch = self.inputs(images)
+            if self.device.type == "cpu":
+                return self.model(batch).float().numpy()
+            return self.model(batch.to(self.device)).float().cpu().numpy()
 
 
 class OnnxClassifier:
@@ -169,12 +176,15 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path | None]:
     return path, run_dir
 
 
-def load_classifier(path: str | os.PathLike) -> TorchClassifier | OnnxClassifier:
-    """A classifier for a run folder, a `.safetensors` checkpoint or an exported `.onnx` file."""
+def load_classifier(path: str | os.PathLike, device: str = "cpu") -> TorchClassifier | OnnxClassifier:
+    """A classifier for a run folder, a `.safetensors` checkpoint or an exported `.onnx` file. `device`
+    (auto | cpu | cuda | cuda:N | mps) runs a checkpoint; an `.onnx` file runs in ONNX Runtime on the CPU."""
+    from engine.core.device import resolve_device
+    resolve_device(device)              # a device that is not there is refused first, whatever the model
     if Path(path).suffix.lower() == ".onnx":
         return OnnxClassifier(path)
     checkpoint, _ = resolve_checkpoint(path)
-    return TorchClassifier(checkpoint)
+    return TorchClassifier(checkpoint, device)
 
 
 def _refuse_pickle(path: str | os.PathLike) -> None:

@@ -111,12 +111,16 @@ def assessment_sample(samples: list[Sample], limit: int, seed: int = 0) -> list[
 
 def assess_backbone(report: DatasetReport, backbone: str, seed: int = 0, control: RunControl | None = None,
                     progress: Progress | None = None, input_size: int | None = None,
-                    limit: int | None = None) -> Assessment:
+                    limit: int | None = None, device: torch.device | None = None) -> Assessment:
     """One backbone's scores; `input_size` None is the backbone's own (as in TrainConfig.image_size);
-    `limit` scores a stratified sample of at most that many train + val images (see backbone_features)."""
+    `limit` scores a stratified sample of at most that many train + val images (see backbone_features).
+    `device`: where the frozen pass runs (the CPU by default); the cost per image is always the CPU's."""
     started = time.monotonic()
     bundle = pretrained(report, backbone, input_size)
+    if device is not None and device.type != "cpu":
+        bundle.model.to(device)
     data = backbone_features(report, bundle, ("plain",), seed, control, progress, limit)
+    bundle.model.to("cpu")
     features = data.views[0]
     folds = stratified_folds(data.labels, usable_folds(data.labels), seed)
     accuracy, spread = linear_probe_accuracy(features, data.labels, folds, control)
@@ -132,13 +136,13 @@ def assess_backbone(report: DatasetReport, backbone: str, seed: int = 0, control
 
 def assess_backbones(report: DatasetReport, backbones: list[str] | None = None, seed: int = 0,
                      control: RunControl | None = None, progress: Progress | None = None,
-                     input_size: int | None = None) -> list[Assessment]:
-    """Every available backbone (or those named), best first."""
+                     input_size: int | None = None, device: torch.device | None = None) -> list[Assessment]:
+    """Every available backbone (or those named), best first; their frozen passes on `device`."""
     if len(report.split("train")) < 2:
         raise ValueError("assessing backbones needs at least two training images")
     for name in backbones or []:
         get_spec(name)                 # an unknown name fails before any work
-    results = [assess_backbone(report, name, seed, control, progress, input_size)
+    results = [assess_backbone(report, name, seed, control, progress, input_size, device=device)
                for name in (backbones or available_backbones())]
     return ranked(results)
 

@@ -199,7 +199,7 @@ class FeatureCache:
         return backbone_fingerprint(self.model)
 
     def _extract(self, images: torch.Tensor) -> torch.Tensor:
-        return pooled_features(self.model, images)
+        return on_model_device(self.model, images, lambda batch: pooled_features(self.model, batch))
 
     def _frozen_module(self) -> nn.Module:
         return PooledFeatures(self.model)
@@ -256,6 +256,35 @@ class FeatureCache:
         if views.numel() * views.element_size() <= self.max_disk_bytes:
             self._keep_on_disk(path, views)
         return views
+
+    # -- a pass shared by several processes (engine.training.distributed) ---------------------------------
+    def lookup(self, paths: list[str], content_hash: str, transform_id: str, seed: int,
+               views: int) -> tuple[str, torch.Tensor | None]:
+        """(key, the features already computed for these arguments, or None): every process asks before
+        any computes its share, so a pass cached on disk is never sharded again."""
+        self.fingerprint = self._fingerprint()
+        key = self.key(paths, content_hash, transform_id, seed, views)
+        found = self._memory.get(key)
+        if found is None:
+            found = self._read_from_disk(self.folder / f"{key}.safetensors")
+        if found is not None:
+            self.hits += 1
+            self._memory[key] = found
+        return key, found
+
+    def compute(self, paths: list[str], labels: list[int], transforms: list[Callable], seed: int,
+                control: RunControl | None = None, progress: Progress | None = None,
+                skip_unreadable: bool = False) -> tuple[torch.Tensor, set[int]]:
+        """(views, rows that could not be read) of one process's share of a pass, kept nowhere: only the
+        gathered whole is an entry."""
+        self.misses += 1
+        return self._compute(paths, labels, transforms, seed, control, progress, None, skip_unreadable)
+
+    def adopt(self, key: str, views: torch.Tensor, on_disk: bool) -> None:
+        """Keep `views` (the gathered shares of a pass) as `key`'s entry; on disk from one process only."""
+        self._memory[key] = views
+        if on_disk and views.numel() * views.element_size() <= self.max_disk_bytes:
+            self._keep_on_disk(self.folder / f"{key}.safetensors", views)
 
     def _read_from_disk(self, path: Path) -> torch.Tensor | None:
         """The entry at `path` once its size and checksum are right; a damaged one is deleted and noted."""
@@ -446,10 +475,19 @@ class ActivationCache(FeatureCache):
 
     @torch.inference_mode()
     def _extract(self, images: torch.Tensor) -> torch.Tensor:
-        return self.prefix(images)
+        return on_model_device(self.model, images, self.prefix)
 
     def _frozen_module(self) -> nn.Module:
         return self.prefix
+
+
+def on_model_device(model: nn.Module, images: torch.Tensor, compute: Callable) -> torch.Tensor:
+    """`compute(images)` where the model is (a GPU runs the frozen pass), the result back on the CPU, where
+    the cache keeps it. On the CPU both moves are no-ops: no copy."""
+    device = next(model.parameters(), images).device
+    if device.type == "cpu":
+        return compute(images)
+    return compute(images.to(device, non_blocking=True)).float().cpu()
 
 
 def _with_rows_for(chunks: list[torch.Tensor], skipped: set[int], count: int) -> torch.Tensor:

@@ -2,6 +2,7 @@
 project files all derive from it, so a setting is defined once. No torch here, so `--help` is instant."""
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
 
 from engine.data.preprocessing import AUGMENTATIONS
@@ -18,6 +19,8 @@ CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "balance": BALANCING,
            "augmentation": AUGMENTATIONS, "freeze": FREEZE_PRESETS, "cache": CACHE_MODES, "head": HEADS,
            "tta": TEST_TIME_AUGMENTATIONS, "frozen_runtime": FROZEN_RUNTIMES}
 """The fields with a fixed set of values: validated here, offered as choices by the CLI and the window."""
+DEVICE_NAMES = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+"""TrainConfig.device: which ones exist is engine.core.device's question (it needs torch)."""
 
 
 @dataclass
@@ -54,12 +57,15 @@ class TrainConfig:
     tta: str = "none"                    # 'flip': average the logits of each image and its mirror image
     frozen_runtime: str = "auto"         # 'auto': the frozen pass runs in ONNX Runtime on a CPU when it pays
     num_workers: int = 0
+    device: str = "auto"                 # auto | cpu | cuda | cuda:N | mps; 'auto': CUDA, then MPS, then CPU
 
     def validate(self) -> None:
         get_spec(self.backbone)          # an unknown backbone fails here, before any work starts
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        if not isinstance(self.device, str) or not DEVICE_NAMES.match(self.device):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, not {self.device!r}")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
                     "cached_views": self.cached_views}
         for name, value in positive.items():

@@ -8,21 +8,26 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from engine.core.control import RunControl
+from engine.core.device import AMP_OFF, AmpPolicy, to_device
 from engine.core.progress import Progress
 
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, loader: DataLoader, control: RunControl | None = None,
-                   progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run `model` in eval mode over a loader of (input, label); returns (logits, labels)."""
+                   progress: Progress | None = None, amp: AmpPolicy = AMP_OFF) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `model` in eval mode over a loader of (input, label) on the model's device (under `amp`'s
+    autocast); returns (logits, labels) on the CPU."""
     was_training = model.training
     model.eval()
+    device = model_device(model)
     logits, labels, total, done = [], [], len(loader.dataset), 0
     try:
         for inputs, targets in loader:
             if control is not None:
                 control.checkpoint()
-            logits.append(model(inputs).float())
+            with amp.autocast(device):
+                outputs = model(to_device(inputs, device))
+            logits.append(outputs.float() if device.type == "cpu" else outputs.float().cpu())
             labels.append(torch.as_tensor(targets))
             done += len(targets)
             if progress:
@@ -32,6 +37,12 @@ def predict_logits(model: nn.Module, loader: DataLoader, control: RunControl | N
     if not logits:
         return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
     return torch.cat(logits), torch.cat(labels)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where `model`'s weights are (the CPU for a model without any)."""
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str],

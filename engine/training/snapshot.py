@@ -35,6 +35,7 @@ class RandomStreams:
     python: list
     numpy: dict
     torch: torch.Tensor
+    cuda: list[torch.Tensor] | None = None   # each GPU's generator (dropout on a GPU), once CUDA is in use
 
     @classmethod
     def capture(cls) -> RandomStreams:
@@ -43,7 +44,8 @@ class RandomStreams:
         return cls([version, list(internal), gauss],
                    {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
                     "cached_gaussian": float(cached)},
-                   torch.get_rng_state())
+                   torch.get_rng_state(),
+                   torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
 
     def restore(self) -> None:
         version, internal, gauss = self.python
@@ -52,13 +54,22 @@ class RandomStreams:
         np.random.set_state((saved["name"], np.asarray(saved["keys"], dtype=np.uint32), saved["pos"],
                              saved["has_gauss"], saved["cached_gaussian"]))
         torch.set_rng_state(self.torch)
+        if self.cuda and torch.cuda.is_available() and len(self.cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(self.cuda)
 
     def to_json(self) -> dict:
         return {"python": self.python, "numpy": self.numpy}
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The tensor parts, CPU tensors as a training state saves them."""
+        cuda = {f"rng.cuda.{index}": state for index, state in enumerate(self.cuda or [])}
+        return {"rng.torch": self.torch, **cuda}
+
     @classmethod
-    def from_saved(cls, data: dict, torch_state: torch.Tensor) -> RandomStreams:
-        return cls(data["python"], data["numpy"], torch_state)
+    def from_saved(cls, data: dict, tensors: dict[str, torch.Tensor]) -> RandomStreams:
+        cuda = list(itertools.takewhile(lambda t: t is not None,
+                                        (tensors.get(f"rng.cuda.{index}") for index in itertools.count())))
+        return cls(data["python"], data["numpy"], tensors["rng.torch"], cuda or None)
 
 
 # -- the epoch in progress ------------------------------------------------------------------------------
@@ -88,12 +99,12 @@ class EpochProgress:
                 "seen": self.seen}
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"rng.torch": self.streams.torch, "rng.loader_epoch_start": self.loader_start}
+        return {**self.streams.tensors(), "rng.loader_epoch_start": self.loader_start}
 
     @classmethod
     def from_saved(cls, position: dict, rng: dict, tensors: dict[str, torch.Tensor]) -> EpochProgress:
         return cls(tensors["rng.loader_epoch_start"], position["batches_done"], position["loss_sum"],
-                   position["correct"], position["seen"], RandomStreams.from_saved(rng, tensors["rng.torch"]),
+                   position["correct"], position["seen"], RandomStreams.from_saved(rng, tensors),
                    resumed=True)
 
 
@@ -147,7 +158,8 @@ def model_tensors(model: nn.Module, trained: set[str]) -> dict[str, torch.Tensor
     """The tensors training may have changed: parameters that trained in some stage so far, and every
     buffer (BatchNorm statistics). Frozen parameters are the starting weights, rebuilt on resume."""
     parameters = {name for name, _ in model.named_parameters()}
-    return {MODEL_PREFIX + name: tensor.detach().clone(memory_format=torch.contiguous_format)
+    # saved as CPU tensors (`.to("cpu")` is no copy on a CPU), so a state resumes on any device
+    return {MODEL_PREFIX + name: tensor.detach().clone(memory_format=torch.contiguous_format).to("cpu")
             for name, tensor in model.state_dict().items() if name in trained or name not in parameters}
 
 
@@ -179,7 +191,7 @@ def optimizer_state(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> 
         for key, value in entry.items():
             if torch.is_tensor(value):
                 tensors[f"{OPTIMIZER_PREFIX}{index}.{key}"] = value.detach().clone(
-                    memory_format=torch.contiguous_format)
+                    memory_format=torch.contiguous_format).to("cpu")
             else:
                 values.setdefault(str(index), {})[key] = value
     groups = [{key: list(value) if isinstance(value, tuple) else value for key, value in group.items()}

@@ -19,6 +19,8 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from engine.core.callbacks import Callback, CallbackList
 from engine.core.control import Cancelled, RunControl
+from engine.core.device import (BatchSizeBackoff, amp_policy, device_label, grad_scaler, prepare_backends,
+                                release_device_memory, resolve_device, short_name, to_device)
 from engine.core.errors import readable_error
 from engine.core.files import write_json
 from engine.core.memory import MEMORY_FRACTION, format_bytes, memory_budget
@@ -122,6 +124,7 @@ class Trainer:
                  bundle: ModelBundle | None = None, evaluate_test: bool = True, resume: bool = False,
                  state_every_s: float | None = None):
         config.validate()
+        self.device = resolve_device(config.device)   # a device that is not there: refused before any work
         if resume:
             check_resume(run_dir, report, config)
         self.report = report
@@ -172,6 +175,7 @@ class Trainer:
         # channels_last: 1.4x inference and 1.7x training for EfficientNet-Lite0 on CPU, never slower
         # for the other backbones (bench/bench_settings.py, bench/RESULTS.md)
         self.model = self.bundle.model.to(memory_format=torch.channels_last)
+        self._use_device()
         self.tree = LayerTree(self.model)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.train_samples = self.report.split("train")
@@ -179,8 +183,24 @@ class Trainer:
         self.test_samples = self.report.split("test")
         labels = [s.label for s in self.train_samples]
         weights = class_weights(labels, len(classes)) if self.config.balance == "loss" else None
+        weights = to_device(weights, self.device)
         self.criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=self.config.label_smoothing)
         self.eval_criterion = nn.CrossEntropyLoss()
+
+    def _use_device(self) -> None:
+        """The model on the fit's device, with its mixed-precision policy; nothing changes on a CPU."""
+        prepare_backends(self.device)
+        if self.device.type != "cpu":
+            self.model = self.model.to(self.device)
+            log.info("training on %s", device_label(self.device))
+        self.amp = amp_policy(self.device)
+        self.scaler = grad_scaler(self.amp, self.device)
+        self._micro_batch = self.config.batch_size    # halved after running out of GPU memory
+
+    @property
+    def _pin_memory(self) -> bool:
+        """Page-locked batches copy to a GPU asynchronously; on a CPU they would only cost time."""
+        return self.device.type == "cuda"
 
     def _image_loader(self, samples, transform, shuffle: bool) -> DataLoader:
         """Images that can no longer be read (deleted or damaged since the scan) are left out and noted."""
@@ -190,7 +210,8 @@ class Trainer:
         return ReadableLoader(dataset, self._note_unreadable, batch_size=self.config.batch_size,
                               shuffle=shuffle and sampler is None, sampler=sampler,
                               generator=self.generator if shuffle else None,
-                              num_workers=self.config.num_workers, drop_last=False)
+                              num_workers=self.config.num_workers, drop_last=False,
+                              pin_memory=self._pin_memory)
 
     def _note_unreadable(self, path: str, reason: str) -> None:
         """One path note for every image skipped so far: the fit goes on without them."""
@@ -291,8 +312,9 @@ class Trainer:
         batch = max(config.batch_size, 1)
         sampler = self._balanced_sampler(self.train_samples)
         train = DataLoader(train_set, batch_size=batch, shuffle=sampler is None, sampler=sampler,
-                           generator=self.generator)
-        val = DataLoader(val_set, batch_size=256 if plan.kind == "features" else batch)
+                           generator=self.generator, pin_memory=self._pin_memory)
+        val = DataLoader(val_set, batch_size=256 if plan.kind == "features" else batch,
+                         pin_memory=self._pin_memory)
         return self._cached_net, train, val, plan.kind
 
     def _train_views(self, views: int) -> list[torch.Tensor]:
@@ -396,7 +418,8 @@ class Trainer:
         return result
 
     def _announce(self, stages: list[Stage], steps_per_epoch: int, path: str) -> None:
-        write_json(self.files.config, {**self.config.to_dict(), "frozen_pass": self._frozen_pass(path)})
+        write_json(self.files.config, {**self.config.to_dict(), "frozen_pass": self._frozen_pass(path),
+                                       "device_used": str(self.device)})
         total, trainable = self.tree.counts()
         self.callbacks.on_fit_start({
             "epochs": sum(s.epochs for s in stages), "steps_per_epoch": steps_per_epoch,
@@ -405,7 +428,8 @@ class Trainer:
             "params_total": total, "params_trainable": trainable, "backbone": self.bundle.spec.name,
             "stages": [s.name for s in stages], "path_note": "; ".join(self.path_notes),
             "augmented": self._augmented(path), "images_decoded_once": self.decoded is not None,
-            "resumed_from_epoch": self._resumed_from, "history": [dict(logs) for logs in self.history]})
+            "resumed_from_epoch": self._resumed_from, "history": [dict(logs) for logs in self.history],
+            "device": str(self.device), "device_label": device_label(self.device)})
 
     def _frozen_pass(self, path: str) -> str:
         """Which engine computed the frozen layers' output: 'onnxruntime' | 'pytorch', 'reused' (read from
@@ -466,13 +490,8 @@ class Trainer:
         params = [p for g in optimizer.param_groups for p in g["params"]]
         for batch, (inputs, targets) in enumerate(loader, start=progress.batches + 1):
             self.control.checkpoint()
-            outputs = net(inputs)
-            loss = self.criterion(outputs, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.config.grad_clip > 0:
-                nn.utils.clip_grad_norm_(params, self.config.grad_clip)
-            optimizer.step()
+            inputs, targets = to_device(inputs, self.device), to_device(targets, self.device)
+            outputs, loss = self._step_within_memory(net, inputs, targets, optimizer, params)
             schedule.step()
             self._step += 1
             progress.add(float(loss.detach()) * len(targets), int((outputs.argmax(1) == targets).sum()),
@@ -486,6 +505,55 @@ class Trainer:
             if time.monotonic() - self._last_state_time >= self.state_every_s:
                 self._save_state(optimizer, schedule)
         return progress.loss_sum / max(progress.seen, 1), progress.correct / max(progress.seen, 1)
+
+    def _step_within_memory(self, net, inputs, targets, optimizer, params) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on the batch. When the GPU runs out of memory the step is done again in
+        micro-batches of half the size (gradients accumulated, so the loader, the schedule and a saved
+        state stay as they are), down to 1; then OutOfMemory says so. The best checkpoint is on disk."""
+        backoff = BatchSizeBackoff(self._micro_batch)
+        while True:
+            try:
+                return self._optimizer_step(net, inputs, targets, optimizer, params, backoff.batch_size)
+            except torch.OutOfMemoryError:
+                optimizer.zero_grad(set_to_none=True)
+                self._micro_batch = backoff.next_after_oom(short_name(self.device))
+                release_device_memory()
+                self.path_notes.append(f"{short_name(self.device)} ran out of memory: steps run in "
+                                       f"micro-batches of {self._micro_batch} images")
+
+    def _optimizer_step(self, net, inputs, targets, optimizer, params, micro: int):
+        """Forward, backward (in micro-batches of `micro` when the batch is larger) and the step, under the
+        device's autocast and GradScaler. A batch within `micro` is exactly the plain step."""
+        optimizer.zero_grad(set_to_none=True)
+        if len(targets) <= micro:
+            with self.amp.autocast(self.device):
+                outputs = net(inputs)
+                loss = self.criterion(outputs, targets)
+            self._backward(loss)
+        else:
+            pieces, loss = [], 0.0
+            for start in range(0, len(targets), micro):
+                part = slice(start, start + micro)
+                with self.amp.autocast(self.device):
+                    out = net(inputs[part])
+                    share = self.criterion(out, targets[part]) * (len(targets[part]) / len(targets))
+                self._backward(share)
+                pieces.append(out.detach())
+                loss = loss + share.detach()
+            outputs = torch.cat(pieces)
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+        if self.config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+        return outputs, loss
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     # -- the training state: what a resumed fit continues from -----------------------------------------
     def _begin_run(self, stages: list[Stage]) -> None:
@@ -602,7 +670,7 @@ class Trainer:
             log.warning("could not mark %s as failed: %s", self.run_dir, exc)
 
     def _validate(self, net, loader) -> tuple[float, float]:
-        logits, labels = predict_logits(self._evaluated(net), loader, self.control)
+        logits, labels = predict_logits(self._evaluated(net), loader, self.control, amp=self.amp)
         if not len(labels):
             return float("nan"), float("nan")
         loss = float(self.eval_criterion(logits, labels))
@@ -626,7 +694,8 @@ class Trainer:
             net, loader = self._eval_inputs(samples)
             logits, labels = predict_logits(
                 net, loader, self.control,
-                lambda stage, done, _, before=evaluated: self.callbacks.on_progress(stage, before + done, total))
+                lambda stage, done, _, before=evaluated: self.callbacks.on_progress(stage, before + done, total),
+                amp=self.amp)
             evaluated += len(samples)
             results[split] = classification_metrics(logits, labels, self.report.classes,
                                                     evaluated_paths(samples, loader))
@@ -643,7 +712,8 @@ class Trainer:
             loader = self._image_loader(samples, eval_transform(self.bundle.preprocessing), False)
             return self._evaluated(self.model), loader
         return self._evaluated(self._cached_net), DataLoader(self._eval_set(samples),
-                                                             batch_size=self.config.batch_size)
+                                                             batch_size=self.config.batch_size,
+                                                             pin_memory=self._pin_memory)
 
     def _release_caches(self) -> None:
         """Cached images and activations can take a quarter of RAM each: free them with the fit."""
