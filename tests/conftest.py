@@ -93,3 +93,29 @@ def window(qtbot, tmp_path):
     win.shutdown()
     win.close()
     delete_now(win)
+
+
+@pytest.fixture
+def windows(qtbot, tmp_path):
+    """Opens main windows (engine and default layer tree loaded); closes whatever is left open."""
+    import shiboken6
+    from PySide6.QtCore import QSettings
+
+    from gui.main_window import MainWindow
+    from gui_support import delete_now
+    made = []
+
+    def open_window(settings_file: Path | None = None) -> MainWindow:
+        settings = QSettings(str(settings_file or tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+        window = MainWindow(settings)
+        made.append(window)
+        with qtbot.waitSignals([window.engine_ready, window.model_ready], timeout=60_000):
+            window.show()
+        return window
+
+    yield open_window
+    for window in made:
+        if shiboken6.isValid(window):
+            window.shutdown()
+            window.close()
+            delete_now(window)

@@ -13,7 +13,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import shiboken6
 from PySide6.QtCore import QObject, QSettings, Qt
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import QMessageBox
@@ -28,7 +27,7 @@ from gui.project_io import RECENT_KEY, autosave_path, project_from_state
 from gui.state import AppState
 from gui.train_panel import FIELDS
 from gui.workers import Task, TaskGroup
-from gui_support import changed_settings, delete_now, drop, load
+from gui_support import changed_settings, drop, load
 
 JOB_TIMEOUT_MS = 120_000
 
@@ -69,27 +68,6 @@ class Tasks(TaskGroup):
     def wait(self) -> None:
         for blocker in self.blockers:
             blocker.wait()
-
-
-@pytest.fixture
-def windows(qtbot, tmp_path):
-    """Opens main windows (engine and default layer tree loaded); closes whatever is left open."""
-    made = []
-
-    def open_window(settings_file: Path | None = None) -> MainWindow:
-        settings = QSettings(str(settings_file or tmp_path / "settings.ini"), QSettings.Format.IniFormat)
-        window = MainWindow(settings)
-        made.append(window)
-        with qtbot.waitSignals([window.engine_ready, window.model_ready], timeout=60_000):
-            window.show()
-        return window
-
-    yield open_window
-    for window in made:
-        if shiboken6.isValid(window):
-            window.shutdown()
-            window.close()
-            delete_now(window)
 
 
 # -- export ---------------------------------------------------------------------------------------

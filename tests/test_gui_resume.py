@@ -7,34 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import shiboken6
-from PySide6.QtCore import QSettings
-
 from engine.project import Project, RunRecord
-from gui.main_window import MainWindow
-from gui_support import TRAIN_TIMEOUT_MS, PauseAfterFirstEpoch, delete_now, load, start_run
+from gui_support import TRAIN_TIMEOUT_MS, PauseAfterFirstEpoch, load, start_run
 from tests.conftest import write_colour_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
-
-@pytest.fixture
-def windows(qtbot, tmp_path):
-    made = []
-
-    def open_window() -> MainWindow:
-        window = MainWindow(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
-        made.append(window)
-        with qtbot.waitSignals([window.engine_ready, window.model_ready], timeout=60_000):
-            window.show()
-        return window
-
-    yield open_window
-    for window in made:
-        if shiboken6.isValid(window):
-            window.shutdown()
-            window.close()
-            delete_now(window)
 
 
 def epochs_plotted(window) -> list[float]:
