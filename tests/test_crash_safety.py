@@ -252,6 +252,8 @@ def test_images_deleted_during_training_are_skipped_and_noted(colour_dataset, tm
     assert set(trainer.unreadable) == set(gone)
     names = ", ".join("/".join(Path(p).parts[-2:]) for p in gone)
     assert f"skipped 2 images that could not be read during training: {names}" in trainer.path_notes
+    assert set(json.loads((tmp_path / "run" / "metrics.json").read_text())["skipped_images"]) == set(gone), \
+        "the run's report keeps the skipped images after the fit"
     predicted = _predicted_paths(tmp_path / "run")
     assert predicted["val"] == [s.path for s in val[1:]], "each prediction keeps its own file"
 

@@ -701,6 +701,7 @@ class Trainer:
                                                     evaluated_paths(samples, loader))
             predictions[split] = results[split].pop("predictions")
         metrics = summarize_metrics(self.report.classes, results, self.bundle, self.config)
+        metrics["skipped_images"] = dict(self.unreadable)     # read at the scan, unreadable during the fit
         write_json(self.files.metrics, metrics)
         write_json(self.files.predictions, predictions)
         return metrics
