@@ -8,7 +8,6 @@ there is an error, never a silent fallback to the CPU: a user who asked for a GP
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -16,10 +15,10 @@ from typing import TypeVar
 
 import torch
 
+from engine.core.devicenames import DEVICE_NAMES
+
 log = logging.getLogger("transferlab")
 
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-"""The names `--device` and TrainConfig.device accept (TrainConfig checks them without importing torch)."""
 
 T = TypeVar("T")
 
@@ -42,7 +41,7 @@ def resolve_device(name: str = "auto", cuda_devices: int | None = None, has_mps:
     """The torch device for `name` (auto | cpu | cuda | cuda:N | mps). 'auto' takes CUDA, then Apple MPS,
     then the CPU. `cuda_devices` / `has_mps` default to what torch sees (tests pass them in)."""
     name = (name or "auto").strip().lower()
-    if not DEVICE_PATTERN.match(name):
+    if not DEVICE_NAMES.match(name):
         raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, not {name!r}")
     count = cuda_count() if cuda_devices is None else cuda_devices
     mps = mps_available() if has_mps is None else has_mps

@@ -2,9 +2,9 @@
 project files all derive from it, so a setting is defined once. No torch here, so `--help` is instant."""
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, fields
 
+from engine.core.devicenames import DEVICE_NAMES
 from engine.data.preprocessing import AUGMENTATIONS
 from engine.models.catalog import DEFAULT_BACKBONE, get_spec
 from engine.models.presets import FREEZE_PRESETS, HEADS, TEST_TIME_AUGMENTATIONS
@@ -19,8 +19,6 @@ CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "balance": BALANCING,
            "augmentation": AUGMENTATIONS, "freeze": FREEZE_PRESETS, "cache": CACHE_MODES, "head": HEADS,
            "tta": TEST_TIME_AUGMENTATIONS, "frozen_runtime": FROZEN_RUNTIMES}
 """The fields with a fixed set of values: validated here, offered as choices by the CLI and the window."""
-DEVICE_NAMES = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-"""TrainConfig.device: which ones exist is engine.core.device's question (it needs torch)."""
 
 
 @dataclass
