@@ -36,9 +36,8 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
 
 # -- commands ---------------------------------------------------------------------------------------
 def cmd_inspect(args) -> int:
-    from engine.data.scan import scan_dataset
     with TerminalProgress() as progress:
-        report = scan_dataset(args.data, seed=args.seed, progress=progress)
+        report = scan_any(args.data, TrainConfig(seed=args.seed), progress, args)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -88,7 +87,6 @@ def _config_from_file(path: str) -> TrainConfig:
 
 def cmd_train(args) -> int:
     from engine.cli.torchrun import launched_by_torchrun, train_distributed
-    from engine.data.scan import scan_dataset
     if launched_by_torchrun():
         return train_distributed(args)       # one of the processes `torchrun ... main.py train` started
     if args.resume:
@@ -96,11 +94,12 @@ def cmd_train(args) -> int:
     if not args.data or not args.out:
         raise BadInput("train needs DATA and --out RUN (or --resume RUN to continue a run)")
     config = _config_from_file(args.config) if args.config else _config_from_args(args)
+    config = _config_for_data(config, args)
     _check_device(config.device)
     budget = _budget(args)
     out = Path(args.out)
     with TerminalProgress() as progress:
-        report = scan_dataset(args.data, seed=config.seed, progress=progress)
+        report = scan_any(args.data, config, progress, args)
         _print_problem_summary(report)
         summary = _search(report, config, out, budget, progress) if args.auto else _fit(report, config, out, progress)
     write_text(RunFolder(out).dataset_report, report.format_text() + "\n")
@@ -118,7 +117,6 @@ def _check_device(name: str):
 def _resume(args) -> int:
     """`train --resume RUN [DATA]`: continue RUN with its own settings on its own data (DATA when the
     images moved); the end is as for a normal train."""
-    from engine.data.scan import scan_dataset
     from engine.training.runstate import check_resume, load_run_config, recorded_data_path
     _refuse_options_with_resume(args)
     run = Path(args.resume)
@@ -128,7 +126,7 @@ def _resume(args) -> int:
     if not data:
         raise BadInput(f"{run} does not record where its images are: give DATA after --resume RUN")
     with TerminalProgress() as progress:
-        report = scan_dataset(data, seed=config.seed, progress=progress)
+        report = scan_any(data, config, progress)
         _print_problem_summary(report)
         summary = _fit(report, config, run, progress, resume=True)
     write_text(RunFolder(run).dataset_report, report.format_text() + "\n")
@@ -157,8 +155,42 @@ def _budget(args) -> float | None:
 
 
 def _fit(report, config: TrainConfig, out: Path, progress: TerminalProgress, resume: bool = False) -> dict:
-    from engine.training.trainer import Trainer
+    from engine.training.datasets import trainer_class
+    Trainer = trainer_class(report)
     return fit_summary(Trainer(report, config, out, [progress], resume=resume).fit(), out)
+
+
+def _is_text_data(data) -> bool:
+    from engine.training.datasets import is_text_data
+    return is_text_data(data)
+
+
+def _config_for_data(config: TrainConfig, args) -> TrainConfig:
+    """A text dataset trains a text encoder: the default image backbone becomes the default encoder; an
+    image backbone asked for by name, or an encoder for images, is a mistake said in one line."""
+    from engine.models.catalog import DEFAULT_BACKBONE
+    from engine.models.text_catalog import DEFAULT_TEXT_ENCODER, TEXT_ENCODERS
+    text = _is_text_data(args.data)
+    if text and config.modality == "image":
+        if config.backbone != DEFAULT_BACKBONE:
+            names = ", ".join(spec.name for spec in TEXT_ENCODERS)
+            raise BadInput(f"{args.data} holds texts: --model must be a text encoder ({names}) or a Hugging "
+                           f"Face model folder, not the image backbone {config.backbone}")
+        config.backbone = DEFAULT_TEXT_ENCODER
+    elif not text and config.modality == "text":
+        raise BadInput(f"{config.backbone} encodes texts, but {args.data} holds images")
+    if text and args.auto:
+        raise BadInput("--auto searches image recipes; for texts choose --freeze (head trains in seconds on "
+                       "cached sentence vectors, all-but-last-N fine-tunes the last N layers)")
+    return config
+
+
+def scan_any(data, config: TrainConfig, progress, args=None):
+    """The dataset report of images or texts (engine.training.datasets), with the text column options."""
+    from engine.training.datasets import scan_any as scan
+    columns = {name: getattr(args, name, None) for name in ("text_column", "label_column", "split_column")}
+    return scan(data, seed=config.seed, encoder=config.backbone, max_tokens=config.max_tokens, progress=progress,
+                **columns)
 
 
 def fit_summary(result, out: Path) -> dict:
@@ -236,6 +268,7 @@ TRAIN_OPTIONS = (
     ("frozen_runtime", "engine of the frozen layers' single pass: auto = ONNX Runtime (1.3-1.5x PyTorch's "
                        "speed) on a CPU when the fit has enough images to pay for its export, pytorch = never"),
     ("seed", None),
+    ("max_tokens", "texts: tokens kept of each text (default: the encoder's own length, 256 for MiniLM)"),
     ("device", "where the model runs: auto = a CUDA GPU, else Apple MPS, else the CPU; or cpu, cuda, "
                "cuda:N, mps (a device that is not there is an error)"),
 )
@@ -244,17 +277,26 @@ TRAIN_OPTIONS = (
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
-    p.add_argument("--model", default=defaults.backbone, help="backbone name (see `models`)")
+    p.add_argument("--model", default=defaults.backbone,
+                   help="backbone name (see `models`); for texts a text encoder or a Hugging Face model folder "
+                        "(default for texts: all-minilm-l6-v2)")
     p.add_argument("--weights", default=defaults.weights,
                    help="'pretrained' (offline ImageNet weights) or a .safetensors/.pth file")
     p.add_argument("--from-scratch", action="store_true", help="random initial weights (for comparison)")
     p.add_argument("--freeze", default=defaults.freeze, help="head | all-but-last-N | none (default: head)")
     for name, help_text in TRAIN_OPTIONS:
         default = getattr(defaults, name)
-        kind = int if name == "image_size" else type(default)
+        kind = int if name in ("image_size", "max_tokens") else type(default)
         shown = f"(default: {default})" if default is not None else ""
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, choices=CHOICES.get(name),
                        help=" ".join(filter(None, (help_text, shown))))
+
+
+def _add_text_column_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-column", default=None, help="texts: the column holding the text (default: detected)")
+    p.add_argument("--label-column", default=None, help="texts: the column holding the label (default: detected)")
+    p.add_argument("--split-column", default=None,
+                   help="texts: a column of train/val/test (default: detected, else a seeded split)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("inspect", help="print the dataset report")
-    p.add_argument("data", help="folder, split folder, CSV of path,label, or .zip")
+    p.add_argument("data", help="folder, split folder, CSV of path,label, or .zip; or texts (CSV/TSV/JSONL with "
+                                "a text and a label column, folders of .txt files)")
+    _add_text_column_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
@@ -287,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a run's config.json (e.g. an --auto winner's): train exactly that recipe; other "
                         "training flags are ignored")
     _add_train_options(p)
+    _add_text_column_options(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("assess", help="how well each pretrained backbone fits a dataset, before training")

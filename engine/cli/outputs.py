@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from engine.cli.progress import TerminalProgress
 
@@ -21,7 +22,8 @@ def register(subparsers) -> None:
     p.add_argument("--safetensors", metavar="OUT.safetensors",
                    help="plain timm state dict with flat metadata, for PyTorch users")
     p.add_argument("--verify-images", nargs="+", metavar="PATH",
-                   help="images or folders to verify on (default: the run's validation images)")
+                   help="images or folders to verify on (default: the run's validation images); for a text "
+                        "model, texts")
     p.add_argument("--tolerance", type=float, default=1e-3, help="max |logit difference| (default 1e-3)")
     p.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "legacy"],
                    help="auto: torch.export-based, falling back to the TorchScript-based one")
@@ -29,10 +31,14 @@ def register(subparsers) -> None:
                    help="make height and width dynamic too (not only the batch)")
     p.set_defaults(func=cmd_export)
 
-    p = subparsers.add_parser("predict", help="top-k labels for images, from a run, checkpoint or .onnx",
-                              description="Print one JSON object per image: path, label, score, top_k.")
+    p = subparsers.add_parser("predict", help="top-k labels for images or texts, from a run, checkpoint or .onnx",
+                              description="Print one JSON object per image (or text): path, label, score, top_k. "
+                                          "For a text model each argument is a text, or a .txt file (one text "
+                                          "per line) or a .csv/.tsv file (its text column).")
     p.add_argument("model", help="run folder, .safetensors checkpoint or exported .onnx file")
-    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
+    p.add_argument("images", nargs="*", metavar="IMAGE_OR_FOLDER_OR_TEXT")
+    p.add_argument("--text-file", default=None, help="text models: a file of texts, one per line")
+    p.add_argument("--text-column", default=None, help="text models: the text column of a .csv/.tsv input")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--threshold", type=float, default=0.0,
                    help="below this top-1 probability the label is 'unknown' (default 0: never)")
@@ -46,9 +52,12 @@ def register(subparsers) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from engine.outputs.export import ExportError, export_run, export_weights
+    from engine.outputs.textpredict import is_text_model
     if not args.onnx and not args.safetensors:
         raise ExportError("say what to write: --onnx OUT.onnx and/or --safetensors OUT.safetensors")
     summary = {}
+    if is_text_model(args.run):
+        return _export_text(args)
     if args.onnx:
         with TerminalProgress() as progress:
             result = export_run(args.run, args.onnx, verify_images=args.verify_images, tolerance=args.tolerance,
@@ -62,8 +71,59 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_text(args: argparse.Namespace) -> int:
+    from engine.outputs.export import ExportError
+    from engine.outputs.text_export import export_text_run
+    if args.safetensors or not args.onnx:
+        raise ExportError("a text model exports to --onnx OUT.onnx (with OUT.tokenizer.json beside it)")
+    exporter = {"dynamo": "dynamo", "legacy": "legacy"}.get(args.exporter, "auto")
+    with TerminalProgress() as progress:
+        result = export_text_run(args.run, args.onnx, verify_texts=args.verify_images, tolerance=args.tolerance,
+                                 exporter=exporter, progress=progress)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(json.dumps(result.to_dict()))
+    return 0
+
+
+def _predict_texts(args: argparse.Namespace) -> int:
+    from engine.outputs.predict import write_csv
+    from engine.outputs.textpredict import load_text_classifier, predict_texts, prediction_line, read_text_inputs
+    classifier = load_text_classifier(args.model, args.device)
+    items = []
+    for arg in args.images:
+        suffix = Path(arg).suffix.lower()
+        if suffix in (".csv", ".tsv") and Path(arg).is_file():
+            items += read_text_inputs(csv_file=arg, column=args.text_column)
+        elif suffix == ".txt" and Path(arg).is_file():
+            items += read_text_inputs(text_file=arg)
+        else:
+            items += [(f"arg {len(items) + 1}", arg)]
+    items += read_text_inputs(text_file=args.text_file) if args.text_file else []
+    if not items:
+        raise ValueError("no texts given: add texts, a .txt file (one per line) or a .csv with a text column")
+    texts = dict(items)
+    with TerminalProgress() as progress:
+        report = predict_texts(classifier, items, top_k=args.top_k, threshold=args.threshold,
+                               batch_size=max(1, args.batch_size), progress=progress)
+    for prediction in report.predictions:
+        print(prediction_line(prediction, texts[prediction.path]))
+    for skipped in report.skipped:
+        print(f"skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
+    if args.csv:
+        write_csv(report, args.csv, args.top_k)
+    if not report.predictions:
+        raise ValueError("every text given was empty")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from engine.outputs.predict import load_classifier, predict_images, write_csv
+    from engine.outputs.textpredict import is_text_model
+    if is_text_model(args.model):
+        return _predict_texts(args)
+    if not args.images:
+        raise ValueError("give images or folders to predict")
     classifier = load_classifier(args.model, args.device)
     with TerminalProgress() as progress:
         report = predict_images(classifier, args.images, top_k=args.top_k, threshold=args.threshold,

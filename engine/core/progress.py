@@ -17,10 +17,12 @@ Progress = Callable[[str, int, int], None]
 
 STAGE_TITLES = {
     "scan": "Checking images",
+    "texts": "Reading texts",
     "thumbnails": "Drawing thumbnails",
     "images": "Decoding images",
     "features": "Computing backbone features",
     "activations": "Computing frozen-block activations",
+    "embeddings": "Encoding texts",
     "evaluate": "Evaluating",
     "assess": "Assessing backbones",
     "search": "Searching recipes",

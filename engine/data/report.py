@@ -15,9 +15,10 @@ SEVERITIES = ("error", "warning", "info")
 
 @dataclass(frozen=True)
 class Sample:
-    path: str  # absolute path to the image file
+    path: str  # absolute path to the image file; for a text, where it is ('reviews.csv:row 14')
     label: int  # index into report.classes
     split: str  # 'train' | 'val' | 'test'
+    text: str | None = None  # the text itself, for a text dataset (None for images)
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,8 @@ class DatasetReport:
     min_size: tuple[int, int] | None  # (w, h) of the smallest usable image (by area)
     max_size: tuple[int, int] | None  # (w, h) of the largest usable image (by area)
     content_hash: str  # digest of relative paths, file hashes, labels, splits
-    source_kind: str = "folder"  # 'folder' | 'csv' | 'zip' | 'multiple'
+    source_kind: str = "folder"  # 'folder' | 'csv' | 'zip' | 'multiple' | 'jsonl' | 'tsv'
+    modality: str = "image"  # 'image' | 'text'
 
     def split(self, name: str) -> list[Sample]:
         """Samples of one split, in report order."""
@@ -65,12 +67,13 @@ class DatasetReport:
             "layout": self.layout,
             "source_kind": self.source_kind,
             "classes": list(self.classes),
-            "samples": [asdict(s) for s in self.samples],
+            "samples": [_sample_dict(s) for s in self.samples],
             "problems": [asdict(p) for p in self.problems],
             "split_given": self.split_given,
             "min_size": list(self.min_size) if self.min_size else None,
             "max_size": list(self.max_size) if self.max_size else None,
             "content_hash": self.content_hash,
+            "modality": self.modality,
             "counts": self.counts(),
         }
 
@@ -88,6 +91,7 @@ class DatasetReport:
             max_size=tuple(data["max_size"]) if data.get("max_size") else None,
             content_hash=data["content_hash"],
             source_kind=data.get("source_kind", "folder"),
+            modality=data.get("modality", "image"),
         )
 
     def format_text(self, max_paths_per_group: int = 20) -> str:
@@ -109,6 +113,14 @@ class DatasetError(ValueError):
     def __init__(self, message: str, problems: Sequence[Problem] = ()):
         super().__init__(message)
         self.problems = list(problems)
+
+
+def _sample_dict(sample: Sample) -> dict:
+    """An image sample as before texts existed (no "text" key); a text sample with its text."""
+    data = asdict(sample)
+    if data["text"] is None:
+        del data["text"]
+    return data
 
 
 def sorted_problems(problems: list[Problem]) -> list[Problem]:
@@ -148,7 +160,8 @@ def _format_counts_table(report: DatasetReport) -> list[str]:
         lines.append(f"{name:<{width}}  " + "".join(f"{n:>7}" for n in per_split) + f"{sum(per_split):>8}")
     totals = [sum(counts[s].values()) for s in SPLITS]
     lines.append(f"{'total':<{width}}  " + "".join(f"{n:>7}" for n in totals) + f"{sum(totals):>8}")
-    lines.append(f"{len(report.classes)} classes, {len(report.samples)} images")
+    noun = "texts" if report.modality == "text" else "images"
+    lines.append(f"{len(report.classes)} classes, {len(report.samples)} {noun}")
     return lines
 
 

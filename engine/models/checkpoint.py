@@ -37,6 +37,15 @@ class Checkpoint:
     def preprocessing(self) -> Preprocessing:
         return Preprocessing.from_dict(self.meta["preprocessing"])
 
+    @property
+    def modality(self) -> str:
+        return self.meta.get("modality", "image")
+
+    def tokenizer(self):
+        """A text checkpoint's tokenizer (engine.models.text.TextTokenizer), carried in its metadata."""
+        from engine.models.text import TextTokenizer
+        return TextTokenizer(self.meta["tokenizer"], int(self.meta["max_tokens"]))
+
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, bundle: ModelBundle, classes: list[str],
                     extra: dict | None = None, tta: str = "none") -> dict:
@@ -45,10 +54,15 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, bundle: ModelBund
     "head" (read from the model) lets `load_checkpoint` rebuild the same classifier; "tta" says what the
     model predicts with (engine.models.predictor), for `predict` and the ONNX export.
     """
-    meta = {"format": FORMAT, "backbone": bundle.spec.name, "arch": bundle.spec.arch,
-            "classes": list(classes), "preprocessing": bundle.preprocessing.to_dict(),
-            "head": head_kind(model), "tta": tta_setting({"tta": tta}), "weights_origin": bundle.weights,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra or {})}
+    if getattr(bundle, "modality", "image") == "text":
+        from engine.models.text import text_checkpoint_meta
+        described = text_checkpoint_meta(bundle, model)
+    else:
+        described = {"backbone": bundle.spec.name, "arch": bundle.spec.arch,
+                     "preprocessing": bundle.preprocessing.to_dict(), "head": head_kind(model)}
+    meta = {"format": FORMAT, **described, "classes": list(classes), "tta": tta_setting({"tta": tta}),
+            "weights_origin": bundle.weights, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **(extra or {})}
     # CPU tensors, so a checkpoint trained on a GPU loads anywhere (`to(copy=True)`: the clone as before)
     state = {k: v.detach().contiguous().to("cpu", copy=True) for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
@@ -82,7 +96,11 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, Checkpoint]:
     head = meta.get("head", "linear")
     if head not in HEADS:
         raise CheckpointError(f"{os.path.basename(path)}: unknown head {head!r}")
-    model = build_architecture(get_spec(meta["backbone"]).name, len(meta["classes"]), head)
+    if meta.get("modality") == "text":
+        from engine.models.text import build_text_model
+        model, _ = build_text_model(meta)
+    else:
+        model = build_architecture(get_spec(meta["backbone"]).name, len(meta["classes"]), head)
     try:
         model.load_state_dict(load_file(os.fspath(path), device="cpu"))
     except Exception as exc:  # noqa: BLE001

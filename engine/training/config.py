@@ -8,6 +8,7 @@ from engine.core.devicenames import DEVICE_NAMES
 from engine.data.preprocessing import AUGMENTATIONS
 from engine.models.catalog import DEFAULT_BACKBONE, get_spec
 from engine.models.presets import FREEZE_PRESETS, HEADS, TEST_TIME_AUGMENTATIONS
+from engine.models.text_catalog import is_text_backbone
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "onecycle", "constant")
@@ -56,9 +57,16 @@ class TrainConfig:
     frozen_runtime: str = "auto"         # 'auto': the frozen pass runs in ONNX Runtime on a CPU when it pays
     num_workers: int = 0
     device: str = "auto"                 # auto | cpu | cuda | cuda:N | mps; 'auto': CUDA, then MPS, then CPU
+    max_tokens: int | None = None        # texts: tokens kept per text (None: the encoder's own, 256 for MiniLM)
+
+    @property
+    def modality(self) -> str:
+        """'text' when the backbone is a text encoder (a catalog name or a Hugging Face folder)."""
+        return "text" if is_text_backbone(self.backbone) else "image"
 
     def validate(self) -> None:
-        get_spec(self.backbone)          # an unknown backbone fails here, before any work starts
+        if self.modality == "image":
+            get_spec(self.backbone)      # an unknown backbone fails here, before any work starts
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
@@ -71,6 +79,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, not {value}")
         if self.image_size is not None and not 32 <= self.image_size <= 1024:
             raise ValueError(f"image_size must be between 32 and 1024, not {self.image_size}")
+        if self.max_tokens is not None and not 8 <= self.max_tokens <= 8192:
+            raise ValueError(f"max_tokens must be between 8 and 8192, not {self.max_tokens}")
         if self.recipe == "two-stage" and not 0 < self.head_epochs < self.epochs:
             raise ValueError("two-stage needs 0 < head_epochs < epochs")
 

@@ -609,7 +609,7 @@ class Trainer:
     def _same_path_as_saved(self, path: str) -> None:
         """A resumed stage must train on what it trained on before (cached features of the same frozen
         layers, or images): memory or a changed backbone could choose otherwise, and change the run."""
-        identity = {"path": path, "fingerprint": None if path == "images" else self.feature_cache.fingerprint}
+        identity = {"path": path, "fingerprint": self._cache_fingerprint(path)}
         saved, self._cache_identity = self._resume_point, identity
         if saved is None or saved.meta.get("cache") is None or saved.position["stage"] != self._stage_index:
             return
@@ -619,6 +619,10 @@ class Trainer:
                                 f"({'; '.join(self.path_notes)}): resuming would change how it trains")
         if before["fingerprint"] != identity["fingerprint"]:
             raise ResumeRefused(f"the cached {path} differ from the ones this run trained on")
+
+    def _cache_fingerprint(self, path: str) -> str | None:
+        """What identifies the cached inputs a stage trains on (None when it trains on images)."""
+        return None if path == "images" else self.feature_cache.fingerprint
 
     def _save_state(self, optimizer, schedule) -> None:
         """Write the state to continue from: after every epoch, every `state_every_s` within one, and at a

@@ -1,0 +1,199 @@
+"""Predictions on new texts from a text run folder, its checkpoint or an exported `.onnx` file.
+
+`OnnxTextClassifier` needs only onnxruntime, numpy and the `tokenizers` library: the tokenizer travels
+inside the exported file's metadata (and beside it as `OUT.tokenizer.json`), so `predict model.onnx "some
+text"` never imports torch. `TorchTextClassifier` runs a checkpoint with the tokenizer its metadata holds.
+Both return logits for a list of texts; `predict_texts` turns them into the same `Prediction` records the
+image path writes (the "path" being the text's origin: the command line, `FILE:line N`, `FILE:row N`).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from engine.core.control import RunControl
+from engine.core.errors import first_line
+from engine.outputs.predict import (ModelFileError, PredictionReport, _prediction, read_onnx_metadata,
+                                    resolve_checkpoint, softmax)
+
+TEXT_BATCH = 32
+
+
+class _Tokens:
+    """The torch-free twin of engine.models.text.TextTokenizer.encode: [B, 2, L] int64, padded to the longest."""
+
+    def __init__(self, tokenizer_json: str, max_tokens: int):
+        from tokenizers import Tokenizer
+        self.tokenizer = Tokenizer.from_str(tokenizer_json)
+        pad = self.tokenizer.padding or {}
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(int(max_tokens))
+        self.tokenizer.enable_padding(pad_id=int(pad.get("pad_id", 0)), pad_token=str(pad.get("pad_token", "[PAD]")))
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        encodings = self.tokenizer.encode_batch(list(texts))
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        return np.stack([ids, mask], axis=1)
+
+
+class OnnxTextClassifier:
+    """An exported text model run with onnxruntime; classes and tokenizer come from its metadata."""
+
+    kind = "onnx"
+    modality = "text"
+
+    def __init__(self, onnx_path: str | os.PathLike):
+        import onnxruntime as ort
+        self.path = str(onnx_path)
+        name = os.path.basename(self.path)
+        if not os.path.isfile(self.path):
+            raise ModelFileError(f"model file not found: {self.path}")
+        try:
+            self.session = ort.InferenceSession(self.path, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for damaged files
+            raise ModelFileError(f"{name} is not a valid ONNX model ({first_line(exc, 200)})") from None
+        self.meta = read_onnx_metadata(self.session.get_modelmeta().custom_metadata_map, name)
+        if self.meta.get("modality") != "text":
+            raise ModelFileError(f"{name} classifies images, not texts")
+        self.classes = list(self.meta["classes"])
+        self.tokens = _Tokens(self.meta["tokenizer"], int(self.meta["preprocessing"]["max_tokens"]))
+        self.input_name = self.session.get_inputs()[0].name
+
+    def logits(self, texts: list[str]) -> np.ndarray:
+        return self.run(self.tokens.encode(texts))
+
+    def run(self, tokens: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: tokens})[0].astype(np.float32)
+
+
+class TorchTextClassifier:
+    """A text checkpoint run in PyTorch with the tokenizer its metadata carries."""
+
+    kind = "torch"
+    modality = "text"
+
+    def __init__(self, checkpoint_path: str | os.PathLike, device: str = "cpu"):
+        from engine.core.device import resolve_device
+        from engine.models.checkpoint import load_checkpoint
+        self.path = str(checkpoint_path)
+        self.device = resolve_device(device)
+        model, checkpoint = load_checkpoint(checkpoint_path)
+        if checkpoint.modality != "text":
+            raise ModelFileError(f"{os.path.basename(self.path)} classifies images, not texts")
+        self.model = model.to(self.device) if self.device.type != "cpu" else model
+        self.meta = checkpoint.meta
+        self.classes = checkpoint.classes
+        self.tokenizer = checkpoint.tokenizer()
+
+    def logits(self, texts: list[str]) -> np.ndarray:
+        import torch
+        with torch.inference_mode():
+            tokens = torch.from_numpy(self.tokenizer.encode(texts)).to(self.device)
+            return self.model(tokens).float().cpu().numpy()
+
+
+def is_text_model(path: str | os.PathLike) -> bool:
+    """Whether a run folder, checkpoint or .onnx file holds a text classifier (reads metadata only)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".onnx":
+            import onnx                  # not engine.outputs.export: predicting from an .onnx stays torch-free
+            proto = onnx.load(str(path), load_external_data=False)
+            return read_onnx_metadata({p.key: p.value for p in proto.metadata_props}).get("modality") == "text"
+        from engine.models.checkpoint import read_checkpoint_meta
+        checkpoint, _ = resolve_checkpoint(path)
+        return read_checkpoint_meta(checkpoint).get("modality") == "text"
+    except Exception:  # noqa: BLE001 - unreadable or not ours: not a text model (the image path says why)
+        return False
+
+
+def load_text_classifier(path: str | os.PathLike, device: str = "cpu") -> OnnxTextClassifier | TorchTextClassifier:
+    if Path(path).suffix.lower() == ".onnx":
+        return OnnxTextClassifier(path)
+    checkpoint, _ = resolve_checkpoint(path)
+    return TorchTextClassifier(checkpoint, device)
+
+
+def read_text_inputs(texts: Iterable[str] = (), text_file: str | os.PathLike | None = None,
+                     csv_file: str | os.PathLike | None = None, column: str | None = None) -> list[tuple[str, str]]:
+    """(origin, text) pairs: texts given as they are ("arg 1"), a text file's non-empty lines
+    ("FILE:line N"), a CSV's text column ("FILE:row N"; `column` or a column named text/sentence/...,
+    else the first)."""
+    items = [(f"arg {i}", text) for i, text in enumerate(texts, start=1)]
+    if text_file:
+        lines = _read_lines(Path(text_file))
+        items += [(f"{Path(text_file).name}:line {n}", line) for n, line in lines]
+    if csv_file:
+        items += _csv_texts(Path(csv_file), column)
+    return items
+
+
+def _read_lines(path: Path) -> list[tuple[int, str]]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ModelFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    text = raw.decode("utf-8-sig", errors="replace")
+    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+_TEXT_COLUMNS = ("text", "sentence", "content", "body", "review", "message", "comment", "document")
+
+
+def _csv_texts(path: Path, column: str | None) -> list[tuple[str, str]]:
+    try:
+        text = path.read_bytes().decode("utf-8-sig", errors="replace")
+    except OSError as exc:
+        raise ModelFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    rows = list(csv.reader(text.splitlines(), delimiter=delimiter))
+    if not rows:
+        return []
+    header = [cell.strip().lower() for cell in rows[0]]
+    if column is not None:
+        if column.lower() not in header:
+            raise ModelFileError(f"{path.name} has no column {column!r} (columns: {', '.join(rows[0])})")
+        index = header.index(column.lower())
+    else:
+        index = next((header.index(name) for name in _TEXT_COLUMNS if name in header), 0)
+    return [(f"{path.name}:row {n}", row[index].strip()) for n, row in enumerate(rows[1:], start=2)
+            if index < len(row) and row[index].strip()]
+
+
+def predict_texts(classifier, items: list[tuple[str, str]], *, top_k: int = 5, threshold: float = 0.0,
+                  batch_size: int = TEXT_BATCH, progress: Callable[[str, int, int], None] | None = None,
+                  control: RunControl | None = None) -> PredictionReport:
+    """Top-k labels with probabilities for each (origin, text); empty texts are listed as skipped."""
+    if top_k < 1:
+        raise ValueError(f"top-k must be at least 1, not {top_k}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be between 0 and 1, not {threshold}")
+    report = PredictionReport()
+    usable = []
+    for origin, text in items:
+        if text and text.strip():
+            usable.append((origin, text))
+        else:
+            report.skipped.append({"path": origin, "reason": "empty text"})
+    for start in range(0, len(usable), batch_size):
+        if control is not None:
+            control.checkpoint()
+        chunk = usable[start:start + batch_size]
+        probs = softmax(classifier.logits([text for _, text in chunk]))
+        report.predictions.extend(_prediction(origin, row, classifier.classes, top_k, threshold)
+                                  for (origin, _), row in zip(chunk, probs))
+        if progress:
+            progress("predict", min(start + batch_size, len(usable)), len(usable))
+    return report
+
+
+def prediction_line(prediction, text: str) -> str:
+    """One JSON object per text for the command line: its origin, the text, label, score and top k."""
+    return json.dumps({"path": prediction.path, "text": text, **{k: v for k, v in prediction.to_dict().items()
+                                                               if k != "path"}}, ensure_ascii=False)

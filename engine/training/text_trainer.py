@@ -1,0 +1,237 @@
+"""Training on texts: the image Trainer's loop, callbacks, checkpoints and resumable state, with texts as
+its inputs. Only what a modality changes is here: the model (engine.models.text), the loaders (tokens, or
+sentence vectors cached once when only the head trains) and evaluation's inputs.
+
+Head-only training runs on the frozen encoder's pooled sentence vectors, computed once per (encoder,
+tokenizer, texts) and kept on disk like the image feature cache, so a head trains in seconds and a second
+fit on the same texts starts at once. Deeper presets train on tokens, through the frozen layers too.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from engine.core.control import RunControl
+from engine.core.files import write_json
+from engine.core.paths import cache_dir
+from engine.data.report import DatasetReport
+from engine.models.text import SORT_BATCH, TextBundle, TextClassifier, TextTokenizer, collate_texts, create_text_model
+from engine.training.caches import FeatureDataset, HeadOnFeatures, classifier_parameter_names, read_entry, write_entry
+from engine.training.config import TrainConfig
+from engine.training.trainer import FitResult, Trainer
+
+log = logging.getLogger("transferlab")
+
+
+class TextDataset(Dataset):
+    """(text, label) pairs; the loader's collate turns a batch into tokens."""
+
+    def __init__(self, texts: list[str], labels: list[int]):
+        self.texts, self.labels = list(texts), list(labels)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, index: int):
+        return self.texts[index], self.labels[index]
+
+
+class EmbeddingCache:
+    """Pooled sentence vectors of the frozen encoder, [N, D], kept in memory and on disk (size + CRC-32
+    checked, recomputed when damaged). Texts go through in batches of similar length, so padding stays
+    short: on fortunes' texts that is about 2x faster than in file order."""
+
+    stage = "embeddings"
+
+    def __init__(self, model: TextClassifier, tokenizer: TextTokenizer, folder: Path | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.folder = Path(folder) if folder else cache_dir() / "text-embeddings"
+        self.fingerprint = _encoder_digest(model, tokenizer)
+        self.runtime_used: str | None = None        # 'pytorch' once a pass ran, None when all was read back
+        self.notes: list[str] = []
+        self._memory: dict[str, torch.Tensor] = {}
+
+    def embeddings(self, texts: list[str], control: RunControl, progress) -> torch.Tensor:
+        key = self._key(texts)
+        if key in self._memory:
+            return self._memory[key]
+        path = self.folder / f"{key}.safetensors"
+        vectors = self._read(path)
+        if vectors is None:
+            vectors = self._compute(texts, control, progress)
+            self.runtime_used = "pytorch"
+            self._keep(path, vectors)
+        self._memory[key] = vectors
+        return vectors
+
+    def _key(self, texts: list[str]) -> str:
+        digest = hashlib.sha256(self.fingerprint.encode())
+        for text in texts:
+            digest.update(text.encode("utf-8", "surrogatepass"))
+            digest.update(b"\0")
+        return digest.hexdigest()[:32]
+
+    def _read(self, path: Path) -> torch.Tensor | None:
+        if not path.is_file():
+            return None
+        try:
+            return read_entry(path)
+        except (OSError, ValueError) as exc:
+            self.notes.append(f"cached sentence vectors were damaged ({exc}): computed again")
+            path.unlink(missing_ok=True)
+            return None
+
+    def _keep(self, path: Path, vectors: torch.Tensor) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_entry(path, vectors)
+        except OSError as exc:
+            self.notes.append(f"sentence vectors kept in memory only: {exc.strerror or exc}")
+
+    @torch.inference_mode()
+    def _compute(self, texts: list[str], control: RunControl, progress) -> torch.Tensor:
+        model = self.model
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = torch.zeros((len(texts), model.num_features))
+        try:
+            for start in range(0, len(order), SORT_BATCH):
+                control.checkpoint()
+                rows = order[start:start + SORT_BATCH]
+                tokens = torch.from_numpy(self.tokenizer.encode([texts[i] for i in rows])).to(device)
+                out[rows] = model.forward_features(tokens).float().cpu()
+                progress(self.stage, min(start + SORT_BATCH, len(order)), len(order))
+        finally:
+            model.train(was_training)
+        return out
+
+
+def _encoder_digest(model: TextClassifier, tokenizer: TextTokenizer) -> str:
+    """Changes whenever the frozen encoder's output would: its weights, pooling, tokenizer and length."""
+    digest = hashlib.sha256(f"{tokenizer.digest()}|normalize={model.normalize}".encode())
+    for name, tensor in model.encoder.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def prepare_text_config(config: TrainConfig) -> TrainConfig:
+    """Image-only settings do not apply to texts: no image augmentation, no mirror test-time
+    augmentation, no ONNX frozen pass (the tokens path runs in PyTorch)."""
+    config.augmentation = "none"
+    config.tta = "none"
+    config.cached_views = 1
+    return config
+
+
+class TextTrainer(Trainer):
+    """The Trainer for a text dataset (report.modality == 'text') and a text encoder (config.backbone)."""
+
+    def __init__(self, report: DatasetReport, config: TrainConfig, run_dir, callbacks=None, control=None,
+                 bundle: TextBundle | None = None, evaluate_test: bool = True, resume: bool = False,
+                 state_every_s: float | None = None):
+        if report.modality != "text":
+            raise ValueError("TextTrainer trains on a text dataset; this one holds images")
+        super().__init__(report, prepare_text_config(config), run_dir, callbacks, control, bundle,
+                         evaluate_test, resume, state_every_s)
+        self._embeddings: EmbeddingCache | None = None
+
+    def _prepare(self) -> None:
+        if self.bundle is None:
+            self.bundle = create_text_model(self.config.backbone, len(self.report.classes), head=self.config.head,
+                                            max_tokens=self.config.max_tokens, weights=self.config.weights)
+        super()._prepare()
+
+    # -- inputs ---------------------------------------------------------------------------------------
+    def _head_only(self) -> bool:
+        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        return trainable == classifier_parameter_names(self.model)
+
+    def _pipeline(self):
+        """(network, train loader, val loader, path): cached sentence vectors when only the head trains
+        ('embeddings'), else tokens through the encoder ('tokens')."""
+        self._cached_net = None
+        if self.config.cache == "auto" and self._head_only():
+            self.path_notes.append("training on cached sentence vectors (the encoder is frozen)")
+            self._cached_net = HeadOnFeatures(self.model)
+            train = self._vector_loader(self.train_samples, shuffle=True)
+            val = self._vector_loader(self.val_samples, shuffle=False)
+            return self._cached_net, train, val, "embeddings"
+        self.path_notes.append("training on tokens" + ("" if self.config.cache == "auto" else " (cache off)"))
+        train = self._token_loader(self.train_samples, shuffle=True)
+        val = self._token_loader(self.val_samples, shuffle=False)
+        return self.model, train, val, "tokens"
+
+    def _token_loader(self, samples, shuffle: bool) -> DataLoader:
+        dataset = TextDataset([s.text for s in samples], [s.label for s in samples])
+        sampler = self._balanced_sampler(samples) if shuffle else None
+        return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=shuffle and sampler is None,
+                          sampler=sampler, generator=self.generator if shuffle else None,
+                          collate_fn=collate_texts(self.bundle.tokenizer), pin_memory=self._pin_memory)
+
+    def _vector_loader(self, samples, shuffle: bool) -> DataLoader:
+        vectors = self._vectors(samples)
+        dataset = FeatureDataset([vectors], [s.label for s in samples])
+        if not shuffle:
+            return DataLoader(dataset, batch_size=256, pin_memory=self._pin_memory)
+        sampler = self._balanced_sampler(samples)
+        return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=sampler is None, sampler=sampler,
+                          generator=self.generator, pin_memory=self._pin_memory)
+
+    def _vectors(self, samples) -> torch.Tensor:
+        if self._embeddings is None:
+            self._embeddings = EmbeddingCache(self.model, self.bundle.tokenizer)
+            self.feature_cache = self._embeddings
+        try:
+            return self._embeddings.embeddings([s.text for s in samples], self.control, self.callbacks.on_progress)
+        finally:
+            self.path_notes.extend(n for n in self._embeddings.notes if n not in self.path_notes)
+
+    def _eval_inputs(self, samples) -> tuple[nn.Module, DataLoader]:
+        if self._cached_net is None:
+            return self._evaluated(self.model), self._token_loader(samples, shuffle=False)
+        return self._cached_net, self._vector_loader(samples, shuffle=False)
+
+    def _cache_fingerprint(self, path: str) -> str | None:
+        return self._embeddings.fingerprint if path == "embeddings" and self._embeddings else None
+
+    def _frozen_pass(self, path: str) -> str:
+        if path != "embeddings" or self._embeddings is None:
+            return "none"
+        return self._embeddings.runtime_used or "reused"
+
+    def _final_metrics(self) -> dict:
+        """The image metrics, with each text beside its row in the most-confidently-wrong list and in
+        predictions.json (the results view shows them; the export verifies on them)."""
+        metrics = super()._final_metrics()
+        texts = {s.path: s.text for s in self.report.samples}
+        for item in metrics.get("most_confident_wrong", []):
+            item["text"] = texts.get(item["path"], "")
+        write_json(self.files.metrics, metrics)
+        predictions = json.loads(self.files.predictions.read_text(encoding="utf-8"))
+        for rows in predictions.values():
+            for row in rows:
+                row["text"] = texts.get(row["path"], "")
+        write_json(self.files.predictions, predictions)
+        return metrics
+
+    def _release_caches(self) -> None:
+        super()._release_caches()
+        self._embeddings = None
+
+
+def train_texts(report: DatasetReport, config: TrainConfig, run_dir, callbacks=None,
+                control: RunControl | None = None) -> FitResult:
+    started = time.monotonic()
+    result = TextTrainer(report, config, run_dir, callbacks, control).fit()
+    log.info("text fit finished in %.1f s", time.monotonic() - started)
+    return result
