@@ -35,6 +35,7 @@ class ConfusionModel(QAbstractTableModel):
         self.classes: list[str] = []
         self.counts: list[list[int]] = []
         self.normalised = False
+        self.noun = "image"
 
     def set_matrix(self, classes: list[str], counts: list[list[int]]) -> None:
         self.beginResetModel()
@@ -73,7 +74,7 @@ class ConfusionModel(QAbstractTableModel):
         if role in (Qt.ItemDataRole.ToolTipRole, Qt.ItemDataRole.AccessibleTextRole):
             true, predicted = self.classes[row], self.classes[column]
             what = "correct" if row == column else f"predicted as {predicted}"
-            return (f"{count} {true} image{'s' if count != 1 else ''} {what} "
+            return (f"{count} {true} {self.noun}{'s' if count != 1 else ''} {what} "
                     f"({100 * self.share(row, column):.0f} % of {true}). Click to see them.")
         return None
 
@@ -146,12 +147,13 @@ class ConfusionView(QWidget):
         layout.addLayout(top)
         layout.addWidget(self.table, 1)
 
-    def set_matrix(self, classes: list[str], counts: list[list[int]], split: str = "") -> None:
+    def set_matrix(self, classes: list[str], counts: list[list[int]], split: str = "", noun: str = "images") -> None:
+        self.model.noun = noun.rstrip("s")
         self.model.set_matrix(classes, counts)
         self._fit_table()
-        on = f" on the {'test' if split == 'test' else 'validation'} images" if split else ""
+        on = f" on the {'test' if split == 'test' else 'validation'} {noun}" if split else ""
         self.title.setText(f"Confusion matrix{on}: rows are the true class, columns the prediction. "
-                           "Click a cell to see its images.")
+                           f"Click a cell to see its {noun}.")
         self.title.setToolTip(self.title.text())
 
     def _fit_table(self) -> None:

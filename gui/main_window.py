@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, Q
 from engine import __version__
 from engine.core.control import RunControl
 from engine.core.paths import APP_NAME, demo_dataset, user_data_dir
+from engine.models.text_catalog import is_text_backbone
 from engine.project import apply_corrections
 from gui.data_panel import DataPanel
 from gui.export_dialog import ExportDialog
@@ -64,6 +65,7 @@ class MainWindow(QMainWindow):
         self.training_task: Task | None = None
         self._scan_task: Task | None = None
         self._scan_sources: list[str] = []
+        self._text_columns: dict | None = None  # the Data step's text/label columns of a table of texts (None: guessed)
         self._model_task: Task | None = None
         self._assess_task: Task | None = None
         self.search_backbones: list[str] | None = None   # None: every backbone with offline weights (tests narrow it)
@@ -161,6 +163,7 @@ class MainWindow(QMainWindow):
         data.open_file_requested.connect(self.open_file_dialog)
         data.demo_requested.connect(self.open_demo)
         data.cancel_scan_requested.connect(self.cancel_scan)
+        data.columns_chosen.connect(self.rescan_with_columns)
         data.next_requested.connect(self.next_step)
         self.model_panel.next_requested.connect(self.next_step)
         self.model_panel.assessment.assess_requested.connect(self.assess_backbones)
@@ -220,7 +223,25 @@ class MainWindow(QMainWindow):
         if self.state.backbone is None:
             saved = str(self.settings.value("model/backbone", engine.default_backbone))
             self.state.choose_backbone(saved if self.state.backbone_row(saved) else engine.default_backbone)
+        self._match_backbone_to_data()
         self.engine_ready.emit()
+
+    def _match_backbone_to_data(self) -> None:
+        """Texts train a text encoder and images an image backbone: a dataset of the other kind brings back
+        the last one of its kind used (else the default). Texts train in manual mode: the automatic
+        recipe search covers images."""
+        state, engine = self.state, self.state.engine
+        if engine is None or state.report is None or state.is_text == is_text_backbone(state.backbone):
+            return
+        if state.is_text:
+            saved = str(self.settings.value("model/text_encoder", engine.default_text_encoder))
+            state.choose_backbone(saved if state.backbone_row(saved) else engine.default_text_encoder)
+            if state.training_mode == "automatic":
+                state.training_mode = "manual"
+                self.log("Texts train in manual mode: the automatic search covers images")
+        else:
+            saved = str(self.settings.value("model/backbone", engine.default_backbone))
+            state.choose_backbone(saved if state.backbone_row(saved) else engine.default_backbone)
 
     def shutdown(self) -> None:
         """Cancel every job and wait for its thread: nothing may outlive the window."""
@@ -234,7 +255,9 @@ class MainWindow(QMainWindow):
 
     def open_file_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open a dataset file", self._last_folder(),
-                                              "Datasets (*.zip *.csv)")
+                                              "Datasets (*.zip *.csv *.tsv *.jsonl *.ndjson);;"
+                                              "Images: .zip or CSV of path,label (*.zip *.csv);;"
+                                              "Texts: CSV, TSV or JSONL of text,label (*.csv *.tsv *.jsonl *.ndjson)")
         if path:
             self.load_dataset([path])
 
@@ -244,8 +267,9 @@ class MainWindow(QMainWindow):
     def _last_folder(self) -> str:
         return str(self.settings.value("data/last_folder", str(Path.home())))
 
-    def load_dataset(self, paths: list[str]) -> Task:
-        """Scan folders, zips or CSVs on a worker; `scan_finished` or `scan_failed` follows."""
+    def load_dataset(self, paths: list[str], text_columns: dict | None = None) -> Task:
+        """Scan folders, zips or CSVs of images, or a table or folder of texts, on a worker; `scan_finished`
+        or `scan_failed` follows. `text_columns`: a table of texts' columns as the user chose them."""
         if self._scan_task is not None:
             self._scan_task.abandon()
         self.settings.setValue("data/last_folder", str(Path(paths[0]).parent))
@@ -253,8 +277,11 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"Scanning {', '.join(Path(p).name for p in paths)}…")
         control = RunControl()
         self._scan_sources = [str(p) for p in paths]      # the dataset's sources, once the scan succeeds
+        self._text_columns = text_columns
         self.state.scanning = True
-        task = self._scan_task = self.tasks.start(partial(scan, list(self._scan_sources), control), control)
+        encoder = self.state.backbone if is_text_backbone(self.state.backbone) else None
+        task = self._scan_task = self.tasks.start(partial(scan, list(self._scan_sources), control,
+                                                          encoder=encoder, text_columns=text_columns), control)
         task.progress.connect(self.data_panel.set_progress)
         task.succeeded.connect(self._on_scan_succeeded)
         task.failed.connect(self._on_scan_failed)
@@ -268,17 +295,31 @@ class MainWindow(QMainWindow):
             if existing:
                 self.load_dataset(existing)
 
+    def rescan_with_columns(self, columns: dict) -> Task | None:
+        """The user chose other text/label columns of the table of texts: scan it again with them."""
+        sources = self._scan_sources or list(self.state.dataset_sources)   # the table just scanned, even if it failed
+        if not sources or self.state.active_run is not None:
+            return None
+        return self.load_dataset(list(sources), columns)
+
     def cancel_scan(self) -> None:
         if self._scan_task is not None:
             self._scan_task.cancel()
 
     def _on_scan_succeeded(self, result) -> None:
         """The report, then its sources, then the end of scanning (which builds the model for its classes)."""
+        if result.report is None:                # a table of texts read with unusable columns: choose others
+            self.data_panel.show_columns(result.columns, self._text_columns)
+            self._on_scan_failed(result.error, "")
+            return
         self._scan_task = None
         report = self.state.report = result.report
+        self._match_backbone_to_data()
         self.state.dataset_sources = self._scan_sources
         self.data_panel.show_thumbnails(result.thumbnails)
-        self.log(f"Dataset: {len(report.samples):,} images, {len(report.classes)} classes, "
+        self.data_panel.show_columns(result.columns, self._text_columns)
+        noun = "texts" if report.modality == "text" else "images"
+        self.log(f"Dataset: {len(report.samples):,} {noun}, {len(report.classes)} classes, "
                  f"{len(report.problems)} problem(s) from {report.root}")
         self.statusBar().showMessage("Dataset ready", 5000)
         self.state.scanning = False
@@ -298,7 +339,7 @@ class MainWindow(QMainWindow):
 
     # -- model -------------------------------------------------------------------------------
     def _on_backbone_changed(self, backbone: str) -> None:
-        self.settings.setValue("model/backbone", backbone)
+        self.settings.setValue("model/text_encoder" if is_text_backbone(backbone) else "model/backbone", backbone)
         self._request_model()
 
     def _request_model(self) -> None:
@@ -328,7 +369,8 @@ class MainWindow(QMainWindow):
         """Score every backbone with offline weights on this dataset (as corrected), at the Train step's image
         size; `assessment_finished` or `assessment_failed` follows (None: no dataset, or busy)."""
         state = self.state
-        if state.report is None or state.engine is None or state.active_run is not None or self._assess_task:
+        if (state.report is None or state.engine is None or state.active_run is not None or self._assess_task
+                or state.is_text):           # the assessment scores image backbones
             return None
         report = apply_corrections(state.report, dict(state.corrections))
         control = RunControl()
@@ -397,6 +439,10 @@ class MainWindow(QMainWindow):
             config = self.training_config()
         except ValueError as exc:
             self.train_panel.show_error(str(exc), heading="Cannot start training:")
+            return None
+        if self.state.is_text and self.state.training_mode == "automatic":
+            self.train_panel.show_error("the automatic search covers images: train texts in manual mode",
+                                        heading="Cannot start training:")
             return None
         run_dir = user_data_dir() / "runs" / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         report = apply_corrections(self.state.report, dict(self.state.corrections))   # never touches the files
@@ -603,8 +649,9 @@ class MainWindow(QMainWindow):
         if run is None:
             return None
         folder = Path(str(self.settings.value("export/last_folder", str(Path.home()))))
-        dialog = ExportDialog(run.run_dir, str(folder / f"{run.backbone}-{Path(run.run_dir).name}.onnx"),
-                              self.tasks, self)
+        name = Path(run.backbone).name if is_text_backbone(run.backbone) else run.backbone
+        dialog = ExportDialog(run.run_dir, str(folder / f"{name}-{Path(run.run_dir).name}.onnx"),
+                              self.tasks, self, text=is_text_backbone(run.backbone))
         dialog.export_finished.connect(self._remember_export_folder)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.show()

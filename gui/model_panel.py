@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 WEIGHT_CHOICES = (("pretrained", "ImageNet (offline)"), ("random", "Random (train from scratch)"),
                   ("file", "From a file…"))
+TEXT_PRETRAINED = "Pretrained (offline)"
+NO_TEXT_ASSESSMENT = ("The comparison scores image backbones on images; for texts choose the text encoder on the "
+                      "left (head-only training takes seconds, so trying one is the comparison).")
 
 
 def format_count(n: int) -> str:
@@ -72,8 +75,14 @@ class ModelPanel(QWidget):
         self.next_button = QPushButton("Next: train  →")
         self.next_button.clicked.connect(self.next_requested)
         self.assessment = AssessmentView(state)      # its assess/cancel signals are the window's to answer
+        self.list_title = QLabel("<b>Pretrained backbone</b>")
+        self.text_note = QLabel()
+        self.text_note.setWordWrap(True)
+        self.text_note.setVisible(False)
+        self._listed_text: bool | None = None        # which kind the list shows: text encoders or backbones
         self._layout()
         state.events.engine.connect(self._show_backbones)
+        state.events.report.connect(self._show_backbones_for_data)
         state.events.backbone.connect(self._show_backbone)
         state.events.weights.connect(self._show_weights)
         state.events.model.connect(self._show_model)
@@ -81,7 +90,7 @@ class ModelPanel(QWidget):
         self._show_model()
 
     def _layout(self) -> None:
-        details = QGroupBox("Backbone")
+        details = self.details = QGroupBox("Backbone")
         form = QFormLayout(details)
         form.addRow("Weights:", self.weights)
         form.addRow("", self.weights_note)
@@ -90,8 +99,9 @@ class ModelPanel(QWidget):
         left = QWidget()
         left_layout = QVBoxLayout(left)
         left_layout.setContentsMargins(0, 0, 0, 0)
-        left_layout.addWidget(QLabel("<b>Pretrained backbone</b>"))
+        left_layout.addWidget(self.list_title)
         left_layout.addWidget(self.backbone_list, 1)
+        left_layout.addWidget(self.text_note)
         left_layout.addWidget(details)
         presets = QHBoxLayout()
         presets.addWidget(QLabel("Train:"))
@@ -122,11 +132,33 @@ class ModelPanel(QWidget):
         layout.addLayout(footer)
 
     # -- backbones ---------------------------------------------------------------------------
+    def _show_backbones_for_data(self) -> None:
+        """Texts list the text encoders, images the image backbones; the assessment is for images only."""
+        text = self.state.is_text
+        self.right_tabs.setTabEnabled(1, not text)
+        self.right_tabs.setTabToolTip(1, NO_TEXT_ASSESSMENT if text else
+                                      "Which backbone fits your images best, measured before any training")
+        if text and self.right_tabs.currentIndex() == 1:
+            self.right_tabs.setCurrentIndex(0)
+        self.text_note.setText("<i>Comparing backbones scores image backbones; it is off for texts.</i>"
+                               if text else "")
+        self.text_note.setToolTip(NO_TEXT_ASSESSMENT)
+        self.text_note.setVisible(text)
+        if self.state.engine is not None and text != self._listed_text:
+            self._show_backbones()
+
     def _show_backbones(self) -> None:
-        """The engine's list; each row says whether its ImageNet weights are on this machine."""
+        """The engine's list; each row says whether its ImageNet weights are on this machine. A text dataset
+        lists the text encoders instead."""
+        text = self.state.is_text
+        self._listed_text = text
+        self.list_title.setText("<b>Text encoder</b>" if text else "<b>Pretrained backbone</b>")
+        self.details.setTitle("Encoder" if text else "Backbone")
+        self.weights.setItemText(0, TEXT_PRETRAINED if text else WEIGHT_CHOICES[0][1])
+        self.weights.model().item(2).setEnabled(not text)      # a text encoder's weights come with it
         self.backbone_list.blockSignals(True)
         self.backbone_list.clear()
-        for row in self.state.engine.backbones:
+        for row in self.state.engine.text_encoders if text else self.state.engine.backbones:
             offline = row["weights_available"]
             item = QListWidgetItem(f"{row['title']}\n    {'✓ weights offline' if offline else '✗ no offline weights'}")
             item.setData(Qt.ItemDataRole.UserRole, row["name"])
@@ -184,7 +216,8 @@ class ModelPanel(QWidget):
             self.layer_model.set_tree(None)
             return
         self.n_blocks.setRange(1, info.n_blocks)      # clamps the user's N to this backbone
-        self.input_size.setText(f"{info.input_size} × {info.input_size} px")
+        self.input_size.setText(f"{info.input_size} tokens per text" if info.modality == "text"
+                                else f"{info.input_size} × {info.input_size} px")
         self.layer_model.set_tree(info.tree)
         self.tree.expand(self.layer_model.index(0, 0))
         for column in range(1, self.layer_model.columnCount()):
@@ -229,6 +262,8 @@ class ModelPanel(QWidget):
 
     def _speed_hint(self) -> str:
         """What these layers train on: the frozen part computed once is what makes training fast."""
+        if self.state.model.modality == "text":
+            return self._text_speed_hint()
         from engine.training.caches import plan_cache      # torch is loaded by now: the model is
         plan = plan_cache(self.state.model.tree.model)
         if plan.kind == "features":
@@ -236,3 +271,13 @@ class ModelPanel(QWidget):
         if plan.kind == "activations":
             return "Faster: the frozen blocks run once per image; the rest trains on their output."
         return f"Every epoch runs the whole network ({plan.reason})."
+
+    def _text_speed_hint(self) -> str:
+        """Head only trains on sentence vectors computed once (engine.training.text_trainer); anything deeper
+        runs the encoder on every text every epoch."""
+        from engine.training.caches import classifier_parameter_names
+        model = self.state.model.tree.model
+        head = set(classifier_parameter_names(model))
+        if all(name in head for name, p in model.named_parameters() if p.requires_grad):
+            return "Fast: the encoder reads each text once, then only the head trains (seconds)."
+        return "Every epoch runs the encoder on every text: minutes per epoch on a CPU."

@@ -1,4 +1,5 @@
-"""Step 5, Try it: drop photos (or a folder) and see what the model says, with probabilities.
+"""Step 5, Try it: drop photos (or a folder) and see what the model says, with probabilities; for a text
+model, type or paste a text and press Predict.
 
 The model is the project's latest usable run (from the application state), an exported `.onnx` file or
 any checkpoint/run folder; prediction runs the engine's `predict_images` on a worker of the window's
@@ -15,12 +16,14 @@ from typing import TYPE_CHECKING
 from PySide6.QtCore import QRect, QSize, Qt, QUrl, Signal
 from PySide6.QtGui import QColor, QImage, QPainter, QPixmap
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QHBoxLayout, QHeaderView,
-                               QLabel, QProgressBar, QPushButton, QSpinBox, QStyle, QStyledItemDelegate,
+                               QLabel, QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QStyle,
+                               QStyledItemDelegate,
                                QStyleOptionViewItem, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from engine.core.control import RunControl
 from engine.core.runfolder import RunFolder
 from engine.data.images import IMAGE_EXTENSIONS, has_image_extension
+from engine.models.text_catalog import is_text_backbone
 from gui.drop_zone import DropZone
 from gui.thumbnails import thumbnail
 
@@ -34,6 +37,7 @@ TOPK_ROLE = Qt.ItemDataRole.UserRole + 1
 SOURCES = (("latest", "Latest training run"), ("onnx", "An exported ONNX file…"),
            ("checkpoint", "A checkpoint or run folder…"))
 COLUMNS = ("Image", "File", "Top classes")
+TEXT_COLUMNS = ("", "Text", "Top classes")
 
 
 # -- the worker job -------------------------------------------------------------------------------
@@ -67,6 +71,27 @@ def predict_job(model_path: str, cached: PredictOutcome | None, inputs: list[str
         control.checkpoint()
         thumbnails[prediction.path] = thumbnail(prediction.path, THUMBNAIL_PX)
     return PredictOutcome(key, classifier, report, thumbnails)
+
+
+def predict_text_job(model_path: str, cached: PredictOutcome | None, items: list[tuple[str, str]], top_k: int,
+                     control: RunControl, progress) -> PredictOutcome:
+    """Load the text classifier (unless the cached one is for the same file) and predict each (origin, text)."""
+    from engine.outputs.textpredict import load_text_classifier, predict_texts
+    key = model_key(model_path)
+    if cached is not None and cached.model_key == key:
+        classifier = cached.classifier
+    else:
+        progress("Loading the model", 0, 0)
+        classifier = load_text_classifier(model_path)
+    report = predict_texts(classifier, items, top_k=top_k, progress=lambda _s, d, t: progress("Predicting", d, t),
+                           control=control)
+    return PredictOutcome(key, classifier, report)
+
+
+def model_is_text(path: str) -> bool:
+    """Whether a checkpoint, run folder or .onnx file classifies texts (reads its metadata only)."""
+    from engine.outputs.textpredict import is_text_model
+    return is_text_model(path)
 
 
 def short_name(path: str) -> str:
@@ -139,6 +164,8 @@ class PredictPanel(QWidget):
         self.ask_images = self._ask_images
         self.ask_folder = self._ask_folder
         self.chosen_model: str | None = None       # for the 'onnx' and 'checkpoint' sources
+        self.chosen_is_text = False                 # whether chosen_model classifies texts
+        self._texts: dict[str, str] = {}            # origin -> text of the texts last predicted
         self.task: Task | None = None
         self._cached: PredictOutcome | None = None
         self._last_inputs: list[str] = []
@@ -160,6 +187,14 @@ class PredictPanel(QWidget):
         self.progress = QProgressBar()
         self.summary = QLabel()
         self.summary.setWordWrap(True)
+        self.text_box = QPlainTextEdit()
+        self.text_box.setPlaceholderText("Type or paste a text here, then press Predict (Ctrl+Enter).")
+        self.text_box.setMaximumHeight(140)
+        self.predict_button = QPushButton("Predict")
+        self.predict_button.setDefault(True)
+        self.predict_button.setShortcut("Ctrl+Return")
+        self.predict_button.clicked.connect(self.predict_typed_text)
+        self.text_input = QWidget()                 # shown instead of the drop zone for a text model
         self.table = self._make_table()
         self._layout()
         self._set_running(False)
@@ -195,10 +230,18 @@ class PredictPanel(QWidget):
         buttons.addWidget(self.progress, 1)
         buttons.addWidget(self.cancel_button)
         buttons.addStretch()
+        text_row = QHBoxLayout(self.text_input)
+        text_row.setContentsMargins(0, 0, 0, 0)
+        text_row.addWidget(self.text_box, 1)
+        text_row.addWidget(self.predict_button, 0, Qt.AlignmentFlag.AlignBottom)
+        self.image_buttons = QWidget()
+        self.image_buttons.setLayout(buttons)
+        buttons.setContentsMargins(0, 0, 0, 0)
         layout = QVBoxLayout(self)
         layout.addLayout(model_row)
         layout.addWidget(self.drop_zone)
-        layout.addLayout(buttons)
+        layout.addWidget(self.text_input)
+        layout.addWidget(self.image_buttons)
         layout.addWidget(self.summary)
         layout.addWidget(self.table, 1)
 
@@ -212,6 +255,7 @@ class PredictPanel(QWidget):
     def set_model(self, path: str) -> None:
         """Use an `.onnx` file, a checkpoint or a run folder (what the source menu asks for)."""
         self.chosen_model = str(path)
+        self.chosen_is_text = model_is_text(path)
         self.source.setCurrentIndex(self.source.findData("onnx" if str(path).lower().endswith(".onnx") else "checkpoint"))
         self._show_model()
 
@@ -235,7 +279,21 @@ class PredictPanel(QWidget):
             path = path or QFileDialog.getExistingDirectory(self, "Choose a run folder")
         return path or None
 
+    @property
+    def text_model(self) -> bool:
+        """The chosen model classifies texts: the panel takes typed texts instead of photos."""
+        if self.source.currentData() != "latest":
+            return self.chosen_model is not None and self.chosen_is_text
+        return self.state.latest_run is not None and is_text_backbone(self.state.latest_run.backbone)
+
     def _show_model(self) -> None:
+        text = self.text_model
+        self.drop_zone.setVisible(not text)
+        self.text_input.setVisible(text)
+        for button in (self.open_images_button, self.open_folder_button):
+            button.setVisible(not text)
+        self.table.setHorizontalHeaderLabels(TEXT_COLUMNS if text else COLUMNS)
+        self.table.setColumnHidden(0, text)
         path = self.model_path
         if path:
             kind = "ONNX, onnxruntime" if path.lower().endswith(".onnx") else "PyTorch"
@@ -266,12 +324,59 @@ class PredictPanel(QWidget):
             self.predict([folder])
 
     # -- prediction ----------------------------------------------------------------------------------
+    def predict_typed_text(self) -> Task | None:
+        """Classify the text in the box (the whole box is one text) with the chosen text model."""
+        text = self.text_box.toPlainText().strip()
+        if not text:
+            self._show_failure("Type or paste a text first.")
+            return None
+        return self.predict_texts([text])
+
+    def predict_texts(self, texts: list[str]) -> Task | None:
+        """Classify texts with the chosen text model on a worker; one table row per text."""
+        path = self._usable_model_path()
+        if path is None:
+            return None
+        if not self.text_model:
+            self._show_failure(f"{Path(path).name} classifies images: drop photos, or choose a text model above.")
+            return None
+        items = [(f"text {i + 1}", text) for i, text in enumerate(texts)]
+        self._texts = dict(items)
+        control = RunControl()
+        return self._start(partial(predict_text_job, path, self._cached, items, self.top_k.value(), control), control,
+                           f"Classifying {'the text' if len(items) == 1 else f'{len(items)} texts'} with "
+                           f"{Path(path).name}…")
+
+    def _usable_model_path(self) -> str | None:
+        path = self.model_path
+        if not path:
+            self._show_failure("There is no model yet: train one first, or choose an exported .onnx file "
+                               "or a checkpoint above.")
+        return path or None
+
+    def _start(self, job, control: RunControl, message: str) -> Task:
+        if self.task is not None:
+            self.task.abandon()      # the user asked again: the old answer no longer matters
+        self.task = self.tasks.start(job, control)
+        self.task.progress.connect(self._on_progress)
+        self.task.succeeded.connect(self._on_succeeded)
+        self.task.failed.connect(self._on_failed)
+        self.task.cancelled.connect(self._on_cancelled)
+        self.task.done.connect(self._on_task_done)
+        self._set_running(True)
+        self.summary.setStyleSheet("")
+        self.summary.setText(message)
+        return self.task
+
     def predict(self, inputs: list[str]) -> Task | None:
         """Classify image files and folders with the chosen model on a worker."""
         path = self.model_path
         if not path:
             self._show_failure("There is no model yet: train one first, or choose an exported .onnx file "
                                "or a checkpoint above.")
+            return None
+        if self.text_model:
+            self._show_failure(f"{Path(path).name} classifies texts: type one in the box above.")
             return None
         if self.task is not None:
             self.task.abandon()      # the user dropped something new: the old answer no longer matters
@@ -298,6 +403,7 @@ class PredictPanel(QWidget):
         return Path(inputs[0]).name if len(inputs) == 1 else f"{len(inputs)} items"
 
     def _set_running(self, running: bool) -> None:
+        self.predict_button.setEnabled(not running)
         self.progress.setVisible(running)
         self.progress.setRange(0, 0)
         self.cancel_button.setVisible(running)
@@ -331,14 +437,20 @@ class PredictPanel(QWidget):
     def show_report(self, report: "PredictionReport", thumbnails: dict[str, QImage]) -> None:
         """One row per image, most likely class first; unreadable files follow with the reason."""
         table = self.table
+        texts = self._texts if self.text_model else {}
         table.setRowCount(len(report.predictions) + len(report.skipped))
         for row, prediction in enumerate(report.predictions):
             image = QTableWidgetItem()
             if prediction.path in thumbnails:
                 image.setData(Qt.ItemDataRole.DecorationRole, QPixmap.fromImage(thumbnails[prediction.path]))
             table.setItem(row, 0, image)
-            name = QTableWidgetItem(short_name(prediction.path))
-            name.setToolTip(prediction.path)
+            if prediction.path in texts:
+                text = texts[prediction.path]
+                name = QTableWidgetItem(" ".join(text.split())[:300])
+                name.setToolTip(text[:2000])
+            else:
+                name = QTableWidgetItem(short_name(prediction.path))
+                name.setToolTip(prediction.path)
             table.setItem(row, 1, name)
             best = QTableWidgetItem(f"{prediction.label} {100 * prediction.score:.1f} %")
             best.setData(TOPK_ROLE, prediction.top_k)
@@ -355,7 +467,8 @@ class PredictPanel(QWidget):
             table.setItem(row, 2, reason)
         table.resizeRowsToContents()
         n, skipped = len(report.predictions), len(report.skipped)
-        text = f"{n} image{'s' if n != 1 else ''} classified by {Path(self._cached.model_key[0]).name if self._cached else 'the model'}"
+        noun = "text" if texts else "image"
+        text = f"{n} {noun}{'s' if n != 1 else ''} classified by {Path(self._cached.model_key[0]).name if self._cached else 'the model'}"
         self.summary.setStyleSheet("")
         self.summary.setText(text + (f"; {skipped} could not be read (listed last)." if skipped else "."))
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from PySide6.QtCore import Qt, QUrl, Signal
 from PySide6.QtGui import QDesktopServices, QImage, QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QPushButton, QSplitter,
-                               QTableView, QTabWidget, QVBoxLayout, QWidget)
+                               QStackedWidget, QTableView, QTabWidget, QVBoxLayout, QWidget)
 
 from engine.core.control import RunControl
 from engine.core.runfolder import RunFolder
@@ -26,6 +26,7 @@ from gui.compare_runs import CompareRuns
 from gui.confusion_view import ConfusionView
 from gui.explain import ImageDialog, ModelCache, explain
 from gui.gallery import Gallery, GalleryItem, load_thumbnails
+from gui.text_views import TextTable
 
 if TYPE_CHECKING:
     from gui.state import AppState
@@ -35,6 +36,7 @@ STATUS_TEXT = {"completed": "Training finished.", "stopped-early": "Training sto
                "cancelled": "Training was stopped; the best checkpoint so far is kept."}
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 MAX_CACHED_THUMBNAILS = 3000
+TEXT_COLUMNS = ["Where", "True", "Predicted", "Score", "Text"]
 
 
 def percent(value: float | None) -> str:
@@ -64,6 +66,26 @@ class RunView:
         rows = [p for p in self.predictions.get(self.split, []) if p["true"] == true and p["predicted"] == predicted]
         rows.sort(key=lambda p: -p["score"])
         return [GalleryItem(p["path"], self.classes[true], self.classes[predicted], p["score"]) for p in rows]
+
+    @property
+    def is_text(self) -> bool:
+        """A text run: its predictions carry the texts (engine.training.text_trainer)."""
+        rows = [*self.metrics.get("most_confident_wrong", []), *(r for rows in self.predictions.values() for r in rows[:1])]
+        if rows:
+            return any("text" in row for row in rows)
+        from engine.models.text_catalog import is_text_backbone
+        return is_text_backbone(self.metrics.get("backbone") or self.metrics.get("config", {}).get("backbone"))
+
+    def cell_texts(self, true: int, predicted: int) -> list[tuple]:
+        """The texts of one confusion-matrix cell, most confident first: (where, true, predicted, score, text)."""
+        rows = [p for p in self.predictions.get(self.split, []) if p["true"] == true and p["predicted"] == predicted]
+        rows.sort(key=lambda p: -p["score"])
+        return [(p["path"], self.classes[true], self.classes[predicted], float(p["score"]), p.get("text", ""))
+                for p in rows]
+
+    def most_confident_wrong_texts(self) -> list[tuple]:
+        return [(w["path"], w["true"], w["predicted"], float(w["score"]), w.get("text", ""))
+                for w in self.metrics.get("most_confident_wrong", [])]
 
     def most_confident_wrong(self) -> list[GalleryItem]:
         return [GalleryItem(w["path"], w["true"], w["predicted"], w["score"], w.get("loss"))
@@ -144,6 +166,10 @@ class ResultsPanel(QWidget):
         self.gallery.correction_requested.connect(self.correction_requested)
         self.gallery.image_opened.connect(self.open_image)
         self.gallery.thumbnails_wanted.connect(self._load_thumbnails)
+        self.text_list = TextTable()                 # a text run's texts, where an image run has its gallery
+        self.examples = QStackedWidget()
+        self.examples.addWidget(self.gallery)
+        self.examples.addWidget(self.text_list)
         self.wrong_button = QPushButton("Most confidently wrong")
         self.wrong_button.setToolTip("The images the model got wrong with the highest loss, worst first")
         self.wrong_button.clicked.connect(self.show_most_confident_wrong)
@@ -172,7 +198,7 @@ class ResultsPanel(QWidget):
         gallery_row.addWidget(self.corrections_note)
         gallery_row.addWidget(self.retrain_button)
         gallery_layout.addLayout(gallery_row)
-        gallery_layout.addWidget(self.gallery, 1)
+        gallery_layout.addWidget(self.examples, 1)
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(scores)
         self.splitter.addWidget(gallery_box)
@@ -218,8 +244,17 @@ class ResultsPanel(QWidget):
                               if metrics else "")
         self.checkpoint.setText("" if view is None else f"Model: {view.checkpoint}" if view.checkpoint
                                 else "No checkpoint was saved.")
+        text = view is not None and view.is_text
+        self.examples.setCurrentWidget(self.text_list if text else self.gallery)
+        self.class_model.setHorizontalHeaderItem(4, QStandardItem("Texts" if text else "Images"))
+        self.retrain_button.setText("Retrain" if text else "Retrain with corrections")
+        self.retrain_button.setToolTip("Start a new run with the same settings" if text else
+                                       "Start a new run with the same settings, leaving out excluded images "
+                                       "and using the classes you chose")
+        self.wrong_button.setToolTip(f"The {'texts' if text else 'images'} the model got wrong with the highest "
+                                     "loss, worst first")
         self.confusion.set_matrix(view.classes if view else [], metrics.get("confusion_matrix", []),
-                                  view.split if view else "")
+                                  view.split if view else "", noun="texts" if text else "images")
         self._fill_class_table(metrics.get("per_class", []))
         self.show_most_confident_wrong()
         self._update_corrections_note()
@@ -241,11 +276,16 @@ class ResultsPanel(QWidget):
     def show_cell(self, true: int, predicted: int) -> None:
         if self.run is None:
             return
-        items = self.run.cell_items(true, predicted)
         classes = self.run.classes
         split = "test" if self.run.split == "test" else "validation"
         what = (f"{classes[true]} correctly recognised" if true == predicted
                 else f"true class {classes[true]}, predicted as {classes[predicted]}")
+        if self.run.is_text:
+            rows = self.run.cell_texts(true, predicted)
+            self.text_list.show_rows(f"<b>{what}</b>: {len(rows)} {split} text{'s' if len(rows) != 1 else ''}",
+                                     TEXT_COLUMNS, rows)
+            return
+        items = self.run.cell_items(true, predicted)
         self.gallery.show_items(f"<b>{what}</b>: {len(items)} {split} image{'s' if len(items) != 1 else ''}",
                                 items, classes)
 
@@ -253,6 +293,13 @@ class ResultsPanel(QWidget):
         self.confusion.table.clearSelection()
         if self.run is None:
             self.gallery.show_items("No run yet.", [], [])
+            return
+        if self.run.is_text:
+            rows = self.run.most_confident_wrong_texts()
+            self.text_list.show_rows(
+                f"<b>Most confidently wrong</b>: the {len(rows)} worst mistakes, highest loss first. Select one to "
+                "read it whole." if rows else "<b>No mistakes</b> on the evaluated texts. Click a matrix cell to "
+                "read its texts.", TEXT_COLUMNS, rows, self.run.classes, filter_column=1)
             return
         items = self.run.most_confident_wrong()
         title = (f"<b>Most confidently wrong</b>: the {len(items)} worst mistakes, highest loss first. "

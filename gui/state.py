@@ -64,8 +64,21 @@ class AppState:
 
     # -- model ---------------------------------------------------------------------------------
     def backbone_row(self, name: str) -> dict | None:
-        """The engine's catalogue entry for a backbone (None when unknown or before torch loaded)."""
-        return next((row for row in self.engine.backbones if row["name"] == name), None) if self.engine else None
+        """The engine's catalogue entry for a backbone or a text encoder (None when unknown or before torch
+        loaded)."""
+        if self.engine is None:
+            return None
+        return next((row for row in [*self.engine.backbones, *self.engine.text_encoders] if row["name"] == name),
+                    None)
+
+    @property
+    def is_text(self) -> bool:
+        """The dataset holds texts: a text encoder trains, image-only settings do not apply."""
+        return self.report is not None and self.report.modality == "text"
+
+    def backbone_is_text(self) -> bool:
+        row = self.backbone_row(self.backbone) if self.backbone else None
+        return row is not None and row.get("modality") == "text"
 
     def choose_backbone(self, name: str) -> None:
         """A new backbone starts from ImageNet weights when they are on this machine, training its head only."""

@@ -68,6 +68,10 @@ TOOLTIPS = {
               "and a batch that does not fit in its memory is split in halves rather than failing.",
 }
 
+IMAGE_ONLY = ("image_size", "augmentation", "cached_views", "tta")
+"""Settings that change images only: off for a text dataset (the text trainer ignores them)."""
+TEXT_TOOLTIP = "Images only: texts are not resized, augmented or mirrored."
+
 
 class HyperParameters(QGroupBox):
     """The training form over `state.settings`, one widget per FIELDS entry: a widget writes what the
@@ -109,6 +113,7 @@ class HyperParameters(QGroupBox):
             _edited_signal(widget).connect(self._store)
         state.events.engine.connect(self._offer_choices)
         state.events.model.connect(self._offer_image_sizes)
+        state.events.report.connect(self._show_modality)
         state.settings.events.added.connect(self._show)
         state.settings.events.changed.connect(self._show)
         self.setEnabled(False)
@@ -132,6 +137,14 @@ class HyperParameters(QGroupBox):
         self._update_head_epochs()
         self.setEnabled(True)
 
+    def _show_modality(self) -> None:
+        """Image-only settings are greyed out for texts, with a tooltip saying why."""
+        text = self.state.is_text
+        for key in IMAGE_ONLY:
+            widget = getattr(self, key)
+            widget.setEnabled(not text)
+            widget.setToolTip(TEXT_TOOLTIP if text else TOOLTIPS[key])
+
     def _fill_devices(self, devices: list[tuple[str, str]]) -> None:
         """Only the devices this machine has: a project's 'cuda:0' opened on a laptop is refused, not kept."""
         self.device.blockSignals(True)
@@ -146,10 +159,12 @@ class HyperParameters(QGroupBox):
 
     def _fill_image_sizes(self) -> None:
         """The built backbone's own size first; which size is selected is the state's to say."""
-        model_size = self.state.model.input_size if self.state.model else None
+        model = self.state.model
+        model_size = model.input_size if model and model.modality == "image" else None
         self.image_size.blockSignals(True)
         self.image_size.clear()
-        self.image_size.addItem(f"Backbone default ({model_size} px)" if model_size else "Backbone default", None)
+        self.image_size.addItem("Not used for texts" if model and model.modality == "text" else
+                                f"Backbone default ({model_size} px)" if model_size else "Backbone default", None)
         for size in IMAGE_SIZES:
             self.image_size.addItem(f"{size} px", size)
         self.image_size.blockSignals(False)
@@ -227,6 +242,8 @@ PATHS = {
     "features": "Fast path: the backbone ran once per image; the head trains on cached features.",
     "activations": "Fast path: the frozen blocks ran once per image; the rest trains on their output.",
     "images": "Full path: every batch runs through the whole network",
+    "embeddings": "Fast path: the encoder read each text once; the head trains on the cached sentence vectors.",
+    "tokens": "Full path: every batch of texts runs through the whole encoder.",
 }
 
 
@@ -237,6 +254,8 @@ def describe_path(info: dict) -> str:
         decoded = " (images decoded once)." if info.get("images_decoded_once") else " (images decoded every epoch)."
         return PATHS["images"] + decoded
     text = PATHS.get(path, f"Training on cached {path}.")
+    if path in ("embeddings", "tokens"):         # texts: nothing to augment
+        return text
     if not info.get("augmented", True):
         text += " Augmentation does not apply (Cached views: 1)."
     return text
@@ -495,7 +514,8 @@ class TrainPanel(QWidget):
         self.progress.setFormat(bar_format(self.fit_clock.eta(logs)))
         self.stage.setText(f"Epoch {logs['epoch']} / {self.fit_clock.epochs} ({logs.get('stage', 'train')})"
                            f" · batch {logs['batch']} / {logs['batches']}")
-        self.speed.setText(f"{logs['images_per_s']:.1f} images/s · loss {logs['loss']:.3f}")
+        noun = "texts" if self.state.is_text else "images"
+        self.speed.setText(f"{logs['images_per_s']:.1f} {noun}/s · loss {logs['loss']:.3f}")
         self.plots.add_batch(logs)
 
     def on_epoch_ended(self, epoch: int, logs: dict) -> None:

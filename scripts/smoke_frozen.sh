@@ -3,18 +3,30 @@
 # generated images, export and predict (when the CLI has them), and the window (Qt offscreen, then X11
 # on Xvfb when xvfb-run is installed).
 #
-#   bash scripts/smoke_frozen.sh              # build into $TL_DIST (default /tmp/tl-dist), then test it
-#   bash scripts/smoke_frozen.sh --no-build   # test the bundle already there
+#   bash scripts/smoke_frozen.sh --cpu        # build the CPU flavour into $TL_DIST (default /tmp/tl-dist), test it
+#   bash scripts/smoke_frozen.sh [--cuda]     # the same with the CUDA flavour (the default)
+#   bash scripts/smoke_frozen.sh --no-build [--cpu|--cuda]   # test the bundle already there (of that flavour)
 #
-# Minutes and ~5 GB of disk with a CUDA torch: run it as its own command, not in every CI run.
+# Minutes, and ~1 GB (CPU) or ~5 GB (CUDA) of disk: run it as its own command, not in every CI run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+FLAVOUR="" BUILD=1
+for arg in "$@"; do
+  case $arg in
+    --cpu) FLAVOUR=cpu ;;
+    --cuda) FLAVOUR=cuda ;;
+    --no-build) BUILD=0 ;;
+    *) echo "usage: bash scripts/smoke_frozen.sh [--cpu | --cuda] [--no-build]" >&2; exit 2 ;;
+  esac
+done
 export TL_DIST=${TL_DIST:-/tmp/tl-dist} TL_BUILD=${TL_BUILD:-/tmp/tl-build}
-[ "${1:-}" = "--no-build" ] || bash scripts/build.sh
+[ "$BUILD" = 0 ] || bash scripts/build.sh "--${FLAVOUR:-cuda}"
 APP=$TL_DIST/TransferLab
 EXE=$APP/TransferLab
-PY=${TL_PYTHON:-.venv/bin/python}   # only to write the test images and read JSON, never to run the app
+# Only to write the test images and read JSON (numpy, Pillow), never to run the app.
+PY=${TL_PYTHON:-.venv/bin/python}
+[ -x "$PY" ] || PY=${TL_CPU_VENV:-$HOME/.venvs/transferlab-cpu}/bin/python
 [ -x "$EXE" ] || { echo "smoke: no executable at $EXE" >&2; exit 1; }
 
 TMP=$(mktemp -d)
@@ -46,6 +58,17 @@ step() {
 }
 
 check_version() { frozen "$EXE" --version | grep TransferLab; }
+
+# Which flavour the bundle is, from what it carries: a CPU bundle has no CUDA library at all.
+check_flavour() {
+  local cuda
+  cuda=$(find "$APP" \( -name 'libtorch_cuda*' -o -name 'libcudart*' -o -name 'libcublas*' -o -name 'libcudnn*' \
+    -o -name 'libnccl*' -o -name 'libnvjpeg*' \) | head -n 5)
+  local found=cpu
+  [ -z "$cuda" ] || found=cuda
+  echo "bundle flavour: $found, $(du -sh "$APP" | cut -f1)${cuda:+ (}$(echo $cuda | xargs -r -n1 basename | tr '\n' ' ')${cuda:+)}"
+  [ -z "$FLAVOUR" ] || [ "$found" = "$FLAVOUR" ] || { echo "expected the $FLAVOUR flavour"; return 1; }
+}
 
 check_models() {
   frozen "$EXE" models --json > "$TMP/models.json" &&
@@ -114,6 +137,7 @@ check_user_data() {
 }
 
 step "--version" check_version
+step "flavour" check_flavour
 step "models (weights from the bundle)" check_models
 step "generate images" make_images
 step "train (1 epoch, 64 px)" check_train

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,8 @@ BAD_INPUT_GRACE_S = 10.0     # how long another process waits for process 0 to r
 
 
 def launched_by_torchrun() -> bool:
+    if "WORLD_SIZE" not in os.environ:       # a plain run: answer without importing torch
+        return False
     from engine.training.distributed import DistributedContext
     return DistributedContext.from_env(uses_cuda=False) is not None
 

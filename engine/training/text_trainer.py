@@ -25,6 +25,7 @@ from engine.data.report import DatasetReport
 from engine.models.text import SORT_BATCH, TextBundle, TextClassifier, TextTokenizer, collate_texts, create_text_model
 from engine.training.caches import FeatureDataset, HeadOnFeatures, classifier_parameter_names, read_entry, write_entry
 from engine.training.config import TrainConfig
+from engine.training.optim import seed_everything
 from engine.training.trainer import FitResult, Trainer
 
 log = logging.getLogger("transferlab")
@@ -147,6 +148,7 @@ class TextTrainer(Trainer):
 
     def _prepare(self) -> None:
         if self.bundle is None:
+            seed_everything(self.config.seed)     # the fresh head's weights: the same for a resumed fit
             self.bundle = create_text_model(self.config.backbone, len(self.report.classes), head=self.config.head,
                                             max_tokens=self.config.max_tokens, weights=self.config.weights)
         super()._prepare()

@@ -1,0 +1,174 @@
+"""Texts through the real window: drop a CSV of fortunes, read its report and texts, get the text encoder's
+layer tree, train the head, open the misclassified texts of a confusion-matrix cell, type a text in Try it.
+
+Real widgets, the real engine (MiniLM from its PyPI package), no mocks; every wait arms a signal before the
+action that triggers it.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from gui_support import TRAIN_TIMEOUT_MS, drop, load
+
+FORTUNES = Path("/usr/share/games/fortunes")
+TOPICS = ("computers", "food", "science")
+
+pytestmark = pytest.mark.skipif(not all((FORTUNES / t).is_file() for t in TOPICS),
+                                reason="needs the Debian fortunes (fortunes-min/fortunes)")
+
+
+def fortunes(topic: str, count: int = 20, longest: int = 200) -> list[str]:
+    """The first `count` short fortunes of a topic (fortunes are separated by lines holding only '%')."""
+    raw = (FORTUNES / topic).read_text(encoding="utf-8", errors="replace")
+    texts, current = [], []
+    for line in raw.splitlines():
+        if line.strip() == "%":
+            text = "\n".join(current).strip()
+            if text and len(text) <= longest:
+                texts.append(text)
+            current = []
+        else:
+            current.append(line)
+    return texts[:count]
+
+
+def write_fortunes_csv(path: Path) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        for topic in TOPICS:
+            writer.writerows((text, topic) for text in fortunes(topic))
+    return path
+
+
+@pytest.fixture
+def fortunes_csv(tmp_path) -> Path:
+    return write_fortunes_csv(tmp_path / "fortunes.csv")
+
+
+def test_a_text_dataset_from_drop_to_try_it(qtbot, windows, fortunes_csv, tmp_path):
+    win = windows(tmp_path / "settings.ini")
+    image_backbone = win.state.backbone
+    thumbnails_asked = []
+    win.data_panel.show_thumbnails = lambda strips: thumbnails_asked.append(strips)   # images only
+
+    # 1. Data: the report of 60 texts, the texts table, the column choosers; no thumbnail work
+    report = load(qtbot, win, [fortunes_csv])
+    assert report.modality == "text" and report.classes == list(TOPICS) and len(report.samples) == 60
+    panel = win.data_panel
+    assert "60 texts in 3 classes" in panel.summary.text()
+    assert panel.texts.isVisible() and panel.texts.row_count() == 60
+    assert all(strips == {} for strips in thumbnails_asked)
+    panel.texts.set_class("food")
+    assert panel.texts.row_count() == 20 and set(panel.texts.texts()) == set(fortunes("food"))
+    assert panel.columns_row.isVisible()
+    assert panel.text_column.currentData() == "text" and panel.label_column.currentData() == "label"
+
+    # 2. Model: the text encoder, its layer tree (embeddings, 6 encoder layers, classifier), presets
+    assert win.state.backbone == "all-minilm-l6-v2" != image_backbone
+    model = win.model_panel
+    assert model.backbone_list.count() == 1 and "MiniLM" in model.backbone_list.item(0).text()
+    assert win.state.model.modality == "text" and win.state.model.num_classes == 3
+    assert not model.right_tabs.isTabEnabled(1), "the backbone comparison is for images"
+    assert "tokens per text" in model.input_size.text()
+    model.train_last_blocks()
+    assert any(name.startswith("encoder.encoder.layer.5.") for name, p in
+               win.state.model.tree.model.named_parameters() if p.requires_grad)
+    model.train_head_only()
+    assert "only the head trains" in model.counts.text()
+    form = win.train_panel.settings
+    assert not form.augmentation.isEnabled() and not form.image_size.isEnabled() and not form.tta.isEnabled()
+    mode = win.train_panel.mode.choice
+    assert not mode.model().item(mode.findData("automatic")).isEnabled()
+
+    # 3. Train: three epochs of the head on the cached sentence vectors
+    form.set_values(epochs=3, batch_size=16)
+    epochs = []
+    win.epoch_ended.connect(lambda epoch, _logs: epochs.append(epoch))
+    with qtbot.waitSignal(win.training_finished, timeout=TRAIN_TIMEOUT_MS) as finished:
+        win.train_panel.start_button.click()
+    result = finished.args[0]
+    assert result.status == "completed" and epochs == [1, 2, 3]
+    qtbot.waitUntil(lambda: win.state.active_run is None, timeout=30_000)
+
+    # 4. Results: the confusion matrix; a cell lists its texts, and the worst mistakes are texts
+    results = win.results_panel
+    assert results.run.is_text and results.examples.currentWidget() is results.text_list
+    matrix = results.confusion.model
+    assert matrix.rowCount() == 3
+    row, column = next((r, c) for r in range(3) for c in range(3) if matrix.counts[r][c])
+    results.confusion.table.clicked.emit(matrix.index(row, column))
+    listed = results.text_list.texts()
+    assert len(listed) == matrix.counts[row][column]
+    assert set(listed) <= {s.text for s in report.samples}
+    results.show_most_confident_wrong()
+    wrong = results.run.metrics["most_confident_wrong"]
+    assert results.text_list.row_count() == len(wrong)
+    assert results.text_list.texts() == [w["text"] for w in wrong]
+
+    # 5. Export: a verified ONNX file with its tokenizer and sidecar beside it
+    dialog = win.show_export_dialog()
+    assert dialog.text and not dialog.with_weights.isVisibleTo(dialog)
+    dialog.path.setText(str(tmp_path / "exported" / "fortunes"))
+    with qtbot.waitSignal(dialog.export_finished, timeout=120_000) as exported:
+        dialog.export_button.click()
+    onnx = exported.args[0].onnx
+    assert onnx.top1_agreement == 1.0 and "Verified</b> on" in dialog.result.text() and "texts" in dialog.result.text()
+    for suffix in (".onnx", ".json", ".tokenizer.json"):
+        assert (tmp_path / "exported" / f"fortunes{suffix}").is_file()
+    qtbot.waitUntil(lambda: dialog.task is None, timeout=10_000)
+    dialog.close()
+
+    # 6. Try it: a typed text gets a label of the dataset with a probability
+    tryit = win.predict_panel
+    assert tryit.text_model and tryit.text_input.isVisibleTo(tryit) and not tryit.drop_zone.isVisibleTo(tryit)
+    tryit.text_box.setPlainText("The compiler crashed and the program has a segmentation fault.")
+    with qtbot.waitSignal(tryit.predictions_shown, timeout=60_000):
+        tryit.predict_button.click()
+    [(shown, label, score)] = tryit.predicted_labels()
+    assert label in TOPICS and 0 < score <= 1 and shown.startswith("The compiler")
+    qtbot.waitUntil(lambda: tryit.task is None, timeout=10_000)
+    tryit.text_box.setPlainText("   ")
+    tryit.predict_button.click()
+    assert "Type or paste a text" in tryit.summary.text()
+
+    # 7. The project saves and opens again: the texts rescanned, the encoder, the run and Try it
+    win.projects.ask_save_path = lambda: str(tmp_path / "work" / "fortunes")
+    saved = win.projects.save()
+    assert win.close()
+    again = windows(tmp_path / "settings.ini")
+    assert again.state.backbone == image_backbone, "images keep their backbone in the settings"
+    with qtbot.waitSignal(again.projects.opened, timeout=60_000):
+        assert again.projects.open(saved)
+    qtbot.waitUntil(lambda: again.state.report is not None and again.state.model_is_current(), timeout=60_000)
+    assert again.state.report.modality == "text" and len(again.state.report.samples) == 60
+    assert again.state.backbone == "all-minilm-l6-v2" and again.state.model.modality == "text"
+    assert again.predict_panel.text_model and again.state.latest_run.run_dir == str(result.run_dir)
+
+
+def test_choosing_another_label_column_rescans_and_bad_columns_explain(qtbot, windows, tmp_path):
+    """A table whose guessed columns are wrong: the user picks others; a column that cannot be a label
+    gives a message in the window, never a traceback."""
+    path = tmp_path / "notes.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label", "topic"])
+        for topic in TOPICS:
+            writer.writerows((text, "x", topic) for text in fortunes(topic, 8))
+    win = windows()
+    assert drop(win.data_panel.drop_zone, [path])
+    qtbot.waitUntil(lambda: not win.state.scanning, timeout=60_000)
+    panel = win.data_panel
+    assert panel.columns_row.isVisible(), "offered whether the guess gave a dataset or not"
+    with qtbot.waitSignal(win.scan_finished, timeout=60_000) as rescanned:
+        panel.label_column.setCurrentIndex(panel.label_column.findData("topic"))
+        panel.label_column.activated.emit(panel.label_column.currentIndex())
+    assert rescanned.args[0].classes == list(TOPICS)
+    assert panel.label_column.currentData() == "topic"
+    with qtbot.waitSignal(win.scan_failed, timeout=60_000) as failed:
+        panel.label_column.setCurrentIndex(panel.label_column.findData("label"))
+        panel.label_column.activated.emit(panel.label_column.currentIndex())
+    assert failed.args[0] in panel.summary.text() and "Traceback" not in panel.summary.text()
