@@ -48,6 +48,7 @@ def test_models_lists_offline_weights():
     done = run_cli("models", "--json")
     rows = {r["name"]: r for r in json.loads(done.stdout)}
     assert rows["efficientnet_lite0"]["weights_available"] is True
+    assert rows["all-minilm-l6-v2"]["available"] is True and rows["all-minilm-l6-v2"]["modality"] == "text"
 
 
 def test_inspect_prints_the_report(colour_dataset):

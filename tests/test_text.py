@@ -151,6 +151,14 @@ def test_export_is_verified_on_validation_texts_and_predicts_without_torch(head_
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() in CATEGORIES
+    # the standalone example (onnxruntime + tokenizers only) gives the engine's probabilities
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "onnx_predict_text.py"), str(onnx_path),
+                           *sample, "--top-k", "3"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    engine_rows = predict_texts(OnnxTextClassifier(onnx_path), list(enumerate(sample)), top_k=3).predictions
+    assert [r["label"] for r in rows] == [p.label for p in engine_rows]
+    assert np.allclose([r["score"] for r in rows], [p.score for p in engine_rows], atol=1e-5)
 
 
 def test_predict_skips_empty_texts_and_ranks_every_class(head_run):
@@ -228,3 +236,21 @@ def test_cli_refuses_an_image_backbone_and_auto_for_texts_in_one_line(texts_csv,
     assert done.returncode == 2 and "text encoder" in done.stderr and "Traceback" not in done.stderr
     done = run_cli("train", str(texts_csv), "--out", str(tmp_path / "r"), "--auto")
     assert done.returncode == 2 and "--auto" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_users_hugging_face_folder_is_an_encoder_and_a_broken_one_is_refused(tmp_path):
+    from engine.models.text_catalog import TextEncoderError, encoder_folder, is_text_backbone
+    folder = tmp_path / "my-encoder"
+    folder.mkdir()
+    for item in encoder_folder("all-minilm-l6-v2").iterdir():
+        (folder / item.name).symlink_to(item)
+    assert is_text_backbone(str(folder))
+    TrainConfig(backbone=str(folder)).validate()
+    bundle = create_text_model(str(folder), 2)
+    assert bundle.spec.name == str(folder) and bundle.spec.arch == "bert"
+    with torch.inference_mode():
+        assert bundle.model(torch.from_numpy(bundle.tokenizer.encode(["hello there"]))).shape == (1, 2)
+    (folder / "tokenizer.json").unlink()
+    assert not is_text_backbone(str(folder))
+    with pytest.raises(TextEncoderError, match="no tokenizer.json"):
+        encoder_folder(str(folder))

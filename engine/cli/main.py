@@ -49,12 +49,18 @@ def cmd_models(args) -> int:
     from engine.models.catalog import list_backbones
     rows = list_backbones()
     if args.json:
-        print(json.dumps(rows, indent=2))
+        from engine.models.text_catalog import list_text_encoders
+        print(json.dumps(rows + [{**r, "modality": "text"} for r in list_text_encoders()], indent=2))
         return EXIT_OK
     width = max(len(r["name"]) for r in rows)
     for r in rows:
         state = f"offline weights: yes ({r['weights_source']})" if r["weights_available"] else \
             f"offline weights: no  ({r['hint']})"
+        print(f"{r['name']:<{width}}  {r['title']:<42}  {state}")
+    from engine.models.text_catalog import list_text_encoders
+    print("\ntext encoders (for a CSV/TSV/JSONL of texts, or folders of .txt; or any Hugging Face model folder):")
+    for r in list_text_encoders():
+        state = "installed" if r["available"] else f"not installed ({r['hint']})"
         print(f"{r['name']:<{width}}  {r['title']:<42}  {state}")
     from engine.core.device import describe_device, resolve_device
     print(f"\ndevice: --device auto runs on {describe_device(resolve_device('auto'))}")

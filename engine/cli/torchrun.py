@@ -56,6 +56,9 @@ def _train(args) -> int:
         raise BadInput(f"--{'resume' if args.resume else 'auto'} runs in one process: start it without torchrun")
     if not args.data or not args.out:
         raise BadInput("train needs DATA and --out RUN")
+    from engine.training.datasets import is_text_data
+    if is_text_data(args.data):
+        raise BadInput("texts train in one process: start it without torchrun")
     config = _config_from_file(args.config) if args.config else _config_from_args(args)
     device = _check_device(config.device)
     context = DistributedContext.from_env(uses_cuda=device.type == "cuda")
