@@ -231,11 +231,9 @@ def test_cli_trains_exports_and_predicts_a_text_csv(tmp_path):
     assert rows[0]["text"] == "Quantum physics is strange" and all(r["label"] in CATEGORIES for r in rows)
 
 
-def test_cli_refuses_an_image_backbone_and_auto_for_texts_in_one_line(texts_csv, tmp_path):
+def test_cli_refuses_an_image_backbone_for_texts_in_one_line(texts_csv, tmp_path):
     done = run_cli("train", str(texts_csv), "--out", str(tmp_path / "r"), "--model", "resnet18")
     assert done.returncode == 2 and "text encoder" in done.stderr and "Traceback" not in done.stderr
-    done = run_cli("train", str(texts_csv), "--out", str(tmp_path / "r"), "--auto")
-    assert done.returncode == 2 and "--auto" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_a_users_hugging_face_folder_is_an_encoder_and_a_broken_one_is_refused(tmp_path):
@@ -254,3 +252,18 @@ def test_a_users_hugging_face_folder_is_an_encoder_and_a_broken_one_is_refused(t
     assert not is_text_backbone(str(folder))
     with pytest.raises(TextEncoderError, match="no tokenizer.json"):
         encoder_folder(str(folder))
+
+
+def test_auto_searches_head_recipes_by_cross_validation_and_tests_the_winner_once(report, tmp_path):
+    from engine.search.text_search import TextRecipeSearch
+    result = TextRecipeSearch(report, tmp_path / "auto", budget_s=25).run()
+    assert result.status == "completed" and result.seconds < 25 + 15
+    board = json.loads((tmp_path / "auto" / "leaderboard.json").read_text())
+    assert board[0]["name"] == "default recipe" and board[0]["scored_by"].endswith("fold CV")
+    assert sum(1 for c in board if c["name"].startswith("head trial") and c["status"] == "done") >= 2
+    assert sum(1 for c in board if c["chosen"]) == 1
+    metrics = json.loads((tmp_path / "auto" / "metrics.json").read_text())
+    assert metrics["test_accuracy"] is not None and metrics["evaluated_on"] == "test"
+    predictions = json.loads((tmp_path / "auto" / "predictions.json").read_text())
+    assert len(predictions["test"]) == len(report.split("test")) and all(r["text"] for r in predictions["test"])
+    assert json.loads((tmp_path / "auto" / "config.json").read_text())["backbone"] == "all-minilm-l6-v2"

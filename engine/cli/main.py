@@ -185,9 +185,6 @@ def _config_for_data(config: TrainConfig, args) -> TrainConfig:
         config.backbone = DEFAULT_TEXT_ENCODER
     elif not text and config.modality == "text":
         raise BadInput(f"{config.backbone} encodes texts, but {args.data} holds images")
-    if text and args.auto:
-        raise BadInput("--auto searches image recipes; for texts choose --freeze (head trains in seconds on "
-                       "cached sentence vectors, all-but-last-N fine-tunes the last N layers)")
     return config
 
 
@@ -207,7 +204,10 @@ def fit_summary(result, out: Path) -> dict:
 
 
 def _search(report, config: TrainConfig, out: Path, budget: float, progress: TerminalProgress) -> dict:
-    from engine.search.auto import RecipeSearch
+    if report.modality == "text":
+        from engine.search.text_search import TextRecipeSearch as RecipeSearch
+    else:
+        from engine.search.auto import RecipeSearch
     result = RecipeSearch(report, out, budget, config, [progress]).run()
     metrics = result.metrics
     return {"status": result.status, "run_dir": str(out), "checkpoint": str(RunFolder(out).checkpoint),

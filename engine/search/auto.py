@@ -32,7 +32,7 @@ from engine.search.assess import Assessment, assess_backbone, available_backbone
 from engine.search.crossval import FeatureViews, head_recipe_accuracy, stratified_folds, usable_folds
 from engine.training.config import TrainConfig
 from engine.training.evaluation import evaluate_test_split
-from engine.training.trainer import Trainer
+from engine.training.datasets import trainer_class
 
 DEFAULT_BUDGET_S = 600.0
 ASSESS_SHARE = 0.3              # a backbone is assessed when its feature pass takes at most this share of the rest
@@ -136,6 +136,8 @@ class CandidateControl(RunControl):
 class RecipeSearch:
     """Runs one search into `run_dir`. Construct, then `run()`; safe on a worker thread."""
 
+    deep_name = f"last {DEEP_BLOCKS} blocks"        # the deeper candidate's leaderboard name
+
     def __init__(self, report: DatasetReport, run_dir: str | Path, budget_s: float = DEFAULT_BUDGET_S,
                  base: TrainConfig | None = None, callbacks: list[Callback] | None = None,
                  control: RunControl | None = None, backbones: list[str] | None = None):
@@ -196,8 +198,8 @@ class RecipeSearch:
         """Train `config` as a run in candidates/NAME (no test split); its validation accuracy is kept."""
         began = time.monotonic()
         folder = self.run_dir / "candidates" / name.replace(" ", "-")
-        trainer = Trainer(self.report, config, folder, [*self.callbacks.callbacks, *callbacks],
-                          control or self.control, evaluate_test=False)
+        trainer = trainer_class(self.report)(self.report, config, folder, [*self.callbacks.callbacks, *callbacks],
+                                             control or self.control, evaluate_test=False)
         result = trainer.fit()
         if result.status == "cancelled" and self.control.cancelled:
             raise Cancelled()
@@ -433,7 +435,7 @@ class RecipeSearch:
         if head is None:
             return
         config = self._deep_config(replace(self.base, **{k: v for k, v in head.recipe.items() if k in TUNED}))
-        name = f"last {DEEP_BLOCKS} blocks"
+        name = self.deep_name
         pass_s, epoch_s = self._predict_deep_costs(config)
         epochs = int(min(DEEP_EPOCHS[1], (self.budget.left - pass_s - self._reserve_s()) // max(epoch_s, 1e-3)))
         if epochs < DEEP_EPOCHS[0]:

@@ -32,16 +32,32 @@ def evaluate_test_split(run_dir: str | Path, report: DatasetReport, control: Run
     if not samples:
         return metrics
     model, checkpoint = load_checkpoint(files.checkpoint)
-    net = predictor(model.to(memory_format=torch.channels_last), checkpoint.meta)
-    dataset = ImageDataset([s.path for s in samples], [s.label for s in samples],
-                           eval_transform(checkpoint.preprocessing))
-    logits, labels = predict_logits(net, DataLoader(dataset, batch_size=EVAL_BATCH), control, progress)
+    net, loader = _test_inputs(model, checkpoint, samples)
+    logits, labels = predict_logits(net, loader, control, progress)
     test = classification_metrics(logits, labels, checkpoint.classes, [s.path for s in samples])
     predictions = json.loads(files.predictions.read_text(encoding="utf-8")) if files.predictions.exists() else {}
     predictions["test"] = test.pop("predictions")
+    if checkpoint.modality == "text":
+        texts = {s.path: s.text for s in samples}
+        for row in predictions["test"] + test["most_confident_wrong"]:
+            row["text"] = texts.get(row["path"], "")
     metrics.setdefault("splits", {})["test"] = test
     metrics.update(test_accuracy=test["accuracy"], evaluated_on="test", per_class=test["per_class"],
                    confusion_matrix=test["confusion_matrix"], most_confident_wrong=test["most_confident_wrong"])
     write_json(files.predictions, predictions)
     write_json(files.metrics, metrics)
     return metrics
+
+
+def _test_inputs(model, checkpoint, samples) -> tuple[torch.nn.Module, DataLoader]:
+    """The network and loader that score `samples` as the run evaluated: images through the evaluation
+    transform and the model's predictor, texts through the checkpoint's own tokenizer."""
+    labels = [s.label for s in samples]
+    if checkpoint.modality == "text":
+        from engine.models.text import collate_texts
+        from engine.training.text_trainer import TextDataset
+        dataset = TextDataset([s.text for s in samples], labels)
+        return model, DataLoader(dataset, batch_size=EVAL_BATCH, collate_fn=collate_texts(checkpoint.tokenizer()))
+    net = predictor(model.to(memory_format=torch.channels_last), checkpoint.meta)
+    dataset = ImageDataset([s.path for s in samples], labels, eval_transform(checkpoint.preprocessing))
+    return net, DataLoader(dataset, batch_size=EVAL_BATCH)
