@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QUrl, Qt, Signal
+from PySide6.QtCore import QTimer, QUrl, Qt, Signal
 from PySide6.QtGui import QDesktopServices, QPixmap
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDialog, QDialogButtonBox, QHBoxLayout,
                                QHeaderView, QLabel, QPlainTextEdit, QProgressBar, QPushButton,
@@ -155,12 +155,15 @@ class DataPanel(QWidget):
         problem_buttons.addStretch()
         problems_layout.addLayout(problem_buttons)
         self.splitter = QSplitter(Qt.Orientation.Vertical)
-        self.splitter.addWidget(self.class_table)
-        self.splitter.addWidget(self.texts)
+        self.upper = QSplitter(Qt.Orientation.Horizontal)   # the classes, and a text dataset's texts beside them
+        self.upper.addWidget(self.class_table)
+        self.upper.addWidget(self.texts)
+        self.upper.setStretchFactor(1, 1)
+        self.upper.setChildrenCollapsible(False)
+        self.splitter.addWidget(self.upper)
         self.splitter.addWidget(problems)
         self.splitter.setStretchFactor(0, 3)
-        self.splitter.setStretchFactor(1, 3)
-        self.splitter.setStretchFactor(2, 1)
+        self.splitter.setStretchFactor(1, 1)
         footer = QHBoxLayout()
         footer.addStretch()
         footer.addWidget(self.next_button)
@@ -236,14 +239,23 @@ class DataPanel(QWidget):
         if text:
             self._show_texts(report)
         self._show_problems(report.problems)
-        if text:                     # the class table as tall as its rows; the texts take the room
-            table = self.class_table
-            rows_px = min(220, table.horizontalHeader().sizeHint().height() + 2 * table.frameWidth() + 4
-                          + sum(table.rowHeight(r) for r in range(table.rowCount())))
-            problems_px = 160 if report.problems else self.problems_title.sizeHint().height() + \
-                self.report_button.sizeHint().height() + 12
-            total = max(sum(self.splitter.sizes()), rows_px + problems_px + 200)
-            self.splitter.setSizes([rows_px, total - rows_px - problems_px, problems_px])
+        if text:
+            QTimer.singleShot(0, self._give_texts_room)
+
+    def _give_texts_room(self) -> None:
+        """The class table as wide as its columns, the texts beside it; the problems only as tall as needed."""
+        report = self.state.report
+        if report is None or report.modality != "text":
+            return
+        table = self.class_table
+        width = table.verticalHeader().width() + 2 * table.frameWidth() + 24 + \
+            sum(table.columnWidth(c) for c in range(5))
+        total = max(sum(self.upper.sizes()), width + 300)
+        self.upper.setSizes([width, total - width])
+        problems_px = 160 if report.problems else self.problems_title.sizeHint().height() + \
+            self.report_button.sizeHint().height() + 12
+        height = max(sum(self.splitter.sizes()), problems_px + 200)
+        self.splitter.setSizes([height - problems_px, problems_px])
 
     def _show_texts(self, report) -> None:
         """Every text with where it is (row or file), its class and split; filterable by class."""

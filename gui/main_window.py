@@ -228,17 +228,13 @@ class MainWindow(QMainWindow):
 
     def _match_backbone_to_data(self) -> None:
         """Texts train a text encoder and images an image backbone: a dataset of the other kind brings back
-        the last one of its kind used (else the default). Texts train in manual mode: the automatic
-        recipe search covers images."""
+        the last one of its kind used (else the default)."""
         state, engine = self.state, self.state.engine
         if engine is None or state.report is None or state.is_text == is_text_backbone(state.backbone):
             return
         if state.is_text:
             saved = str(self.settings.value("model/text_encoder", engine.default_text_encoder))
             state.choose_backbone(saved if state.backbone_row(saved) else engine.default_text_encoder)
-            if state.training_mode == "automatic":
-                state.training_mode = "manual"
-                self.log("Texts train in manual mode: the automatic search covers images")
         else:
             saved = str(self.settings.value("model/backbone", engine.default_backbone))
             state.choose_backbone(saved if state.backbone_row(saved) else engine.default_backbone)
@@ -439,10 +435,6 @@ class MainWindow(QMainWindow):
             config = self.training_config()
         except ValueError as exc:
             self.train_panel.show_error(str(exc), heading="Cannot start training:")
-            return None
-        if self.state.is_text and self.state.training_mode == "automatic":
-            self.train_panel.show_error("the automatic search covers images: train texts in manual mode",
-                                        heading="Cannot start training:")
             return None
         run_dir = user_data_dir() / "runs" / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         report = apply_corrections(self.state.report, dict(self.state.corrections))   # never touches the files

@@ -220,6 +220,8 @@ class ModelPanel(QWidget):
                                 else f"{info.input_size} × {info.input_size} px")
         self.layer_model.set_tree(info.tree)
         self.tree.expand(self.layer_model.index(0, 0))
+        if info.modality == "text":          # down to the encoder's layers, which "Last N blocks" counts
+            self.tree.expandToDepth(3)
         for column in range(1, self.layer_model.columnCount()):
             self.tree.resizeColumnToContents(column)
 

@@ -113,16 +113,7 @@ class ModeChoice(QGroupBox):
         self.minutes.valueChanged.connect(self._store_minutes)
         state.events.training_mode.connect(self._show)
         state.events.search_minutes.connect(self._show)
-        state.events.report.connect(self._show_modality)
         self._show()
-
-    def _show_modality(self) -> None:
-        """The recipe search covers images: for texts the automatic mode is offered greyed out, saying so."""
-        text = self.state.is_text
-        self.choice.model().item(self.choice.findData("automatic")).setEnabled(not text)
-        self.choice.setItemData(self.choice.findData("automatic"),
-                                "The automatic recipe search covers images only; texts train in manual mode "
-                                "(head only takes seconds)." if text else None, Qt.ItemDataRole.ToolTipRole)
 
     def _store_mode(self) -> None:
         self.state.training_mode = self.choice.currentData()

@@ -98,6 +98,7 @@ class TextTable(QWidget):
         self.proxy.setFilterCaseSensitivity(Qt.CaseSensitivity.CaseSensitive)
         self.title = QLabel()
         self.title.setWordWrap(True)
+        self.shown = QLabel()                    # "20 of 60 shown" while the class filter hides some
         self.class_filter = QComboBox()
         self.class_filter.setToolTip("Show the texts of one class only")
         self.class_filter.currentIndexChanged.connect(self._filter)
@@ -120,6 +121,7 @@ class TextTable(QWidget):
         self.full_text.setMaximumHeight(90)
         top = QHBoxLayout()
         top.addWidget(self.title, 1)
+        top.addWidget(self.shown)
         top.addWidget(self.class_filter)
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(self.table)
@@ -163,9 +165,11 @@ class TextTable(QWidget):
         if name is None or self._filter_column < 0:
             self.proxy.setFilterFixedString("")
             self.proxy.setFilterKeyColumn(0)
-            return
-        self.proxy.setFilterKeyColumn(self._filter_column)
-        self.proxy.setFilterRegularExpression(f"^{_escape(name)}$")
+        else:
+            self.proxy.setFilterKeyColumn(self._filter_column)
+            self.proxy.setFilterRegularExpression(f"^{_escape(name)}$")
+        shown, total = self.proxy.rowCount(), self.model.rowCount()
+        self.shown.setText(f"{shown:,} of {total:,} shown" if shown != total else "")
 
     def row_count(self) -> int:
         """Rows shown (after the class filter)."""

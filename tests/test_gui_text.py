@@ -82,7 +82,7 @@ def test_a_text_dataset_from_drop_to_try_it(qtbot, windows, fortunes_csv, tmp_pa
     form = win.train_panel.settings
     assert not form.augmentation.isEnabled() and not form.image_size.isEnabled() and not form.tta.isEnabled()
     mode = win.train_panel.mode.choice
-    assert not mode.model().item(mode.findData("automatic")).isEnabled()
+    assert mode.model().item(mode.findData("automatic")).isEnabled(), "texts have a recipe search too"
 
     # 3. Train: three epochs of the head on the cached sentence vectors
     form.set_values(epochs=3, batch_size=16)
@@ -172,3 +172,74 @@ def test_choosing_another_label_column_rescans_and_bad_columns_explain(qtbot, wi
         panel.label_column.setCurrentIndex(panel.label_column.findData("label"))
         panel.label_column.activated.emit(panel.label_column.currentIndex())
     assert failed.args[0] in panel.summary.text() and "Traceback" not in panel.summary.text()
+
+
+def test_a_text_run_pauses_stops_and_resumes_to_its_last_epoch(qtbot, windows, fortunes_csv):
+    """The Train step's controls work for texts as for images: pause after epoch 1, stop, resume the run."""
+    from gui_support import PauseAfterFirstEpoch
+    win = windows()
+    load(qtbot, win, [fortunes_csv])
+    win.train_panel.settings.set_values(epochs=3, batch_size=16)
+    pauser, armed = PauseAfterFirstEpoch(), {}
+
+    def arm(run):
+        task = win.training_task
+        armed.update(run=run, stopped=qtbot.waitSignals([task.worker.finished, task.thread.finished],
+                                                        timeout=TRAIN_TIMEOUT_MS))
+        pauser.attach(run)
+
+    win.training_started.connect(arm)
+    with qtbot.waitSignal(win.training_finished, timeout=TRAIN_TIMEOUT_MS) as finished:
+        with qtbot.waitSignal(pauser.paused, timeout=TRAIN_TIMEOUT_MS):
+            win.train_panel.start_button.click()
+        win.training_started.disconnect(arm)
+        assert win.train_panel.stop_button.isEnabled() and not win.train_panel.start_button.isEnabled()
+        win.train_panel.stop_button.click()
+        armed["stopped"].wait()
+    assert finished.args[0].status == "cancelled"
+    offer = win.train_panel.resume_offer
+    qtbot.waitUntil(lambda: offer.isVisibleTo(win))
+    assert offer.run_dir == str(armed["run"].run_dir) and "after epoch 1 of 3" in offer.text.text()
+    with qtbot.waitSignal(win.training_finished, timeout=TRAIN_TIMEOUT_MS) as finished:
+        offer.resume_button.click()
+    result = finished.args[0]
+    assert result.status == "completed" and [h["epoch"] for h in result.history] == [1, 2, 3]
+    qtbot.waitUntil(lambda: win.state.active_run is None, timeout=30_000)
+
+
+def test_a_folder_of_text_files_is_a_text_dataset_without_column_choosers(qtbot, windows, tmp_path):
+    root = tmp_path / "notes"
+    for topic in TOPICS:
+        (root / topic).mkdir(parents=True)
+        for i, text in enumerate(fortunes(topic, 6)):
+            (root / topic / f"{i}.txt").write_text(text, encoding="utf-8")
+    win = windows()
+    report = load(qtbot, win, [root])
+    panel = win.data_panel
+    assert report.modality == "text" and panel.texts.row_count() == 18
+    assert not panel.columns_row.isVisible() and panel.class_table.isColumnHidden(5)
+    assert win.state.model.modality == "text"
+    with qtbot.waitSignal(win.scan_failed, timeout=30_000) as failed:
+        assert drop(panel.drop_zone, [root, write_fortunes_csv(tmp_path / "more.csv")])
+    assert "one file or folder at a time" in failed.args[0] and "one file or folder" in panel.summary.text()
+    assert win.state.report is report, "the dataset before stays"
+
+
+def test_the_automatic_search_runs_on_texts_and_records_its_winner(qtbot, windows, fortunes_csv, tmp_path):
+    win = windows(tmp_path / "settings.ini")
+    load(qtbot, win, [fortunes_csv])
+    panel = win.train_panel
+    panel.mode.set_mode("automatic", minutes=0.5)
+    win.state.search_minutes = 0.25          # below what the spin box offers: a quicker test
+    assert panel.start_button.text() == "Start search"
+    with qtbot.waitSignal(win.training_finished, timeout=TRAIN_TIMEOUT_MS) as finished:
+        panel.start_button.click()
+    result = finished.args[0]
+    assert result.status == "completed" and result.config["backbone"] == "all-minilm-l6-v2"
+    board = panel.board
+    names = [board.table.item(row, 0).text() for row in range(board.table.rowCount())]
+    assert names[0] == "default recipe" and any(name.startswith("head trial") for name in names)
+    assert any("fold CV" in board.table.item(row, 3).text() for row in range(board.table.rowCount()))
+    assert board.winner()["name"] == result.winner
+    assert win.state.runs[-1].test_accuracy == result.metrics["test_accuracy"] is not None
+    qtbot.waitUntil(lambda: win.training_task is None, timeout=30_000)
