@@ -57,8 +57,6 @@ def export_text_model(source: str, out_path: str, exporter: str, control: RunCon
     """Worker job for a text run: the verified ONNX export with its tokenizer (OUT.tokenizer.json) and
     sidecar (OUT.json) beside it (engine.outputs.text_export)."""
     from engine.outputs.text_export import export_text_run
-    from gui.jobs import import_transformers
-    import_transformers()
     return ExportOutcome(export_text_run(source, out_path, exporter=exporter, progress=progress, control=control),
                          None)
 

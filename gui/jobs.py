@@ -5,7 +5,6 @@ imports the engine lazily, so the window can appear before torch is loaded.
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,17 +26,6 @@ if TYPE_CHECKING:
 
 THUMBNAIL_PX = 44
 THUMBNAILS_PER_CLASS = 6
-
-
-_TRANSFORMERS_LOCK = threading.Lock()
-
-
-def import_transformers() -> None:
-    """Import transformers' models once, one thread at a time: its lazy module resolves names on first use,
-    and two workers doing that at once (a layer tree still building when the next dataset's starts, a
-    prediction meanwhile) fail with "cannot import name 'AutoModel'". Every text job calls this first."""
-    with _TRANSFORMERS_LOCK:
-        from transformers import AutoModel  # noqa: F401 - the import is the point
 
 
 # -- start-up ----------------------------------------------------------------------------------
@@ -164,7 +152,6 @@ def build_model(backbone: str, num_classes: int, progress) -> ModelInfo:
     if is_text_backbone(backbone):        # a text encoder: input_size is the tokens kept per text
         from engine.models.text import create_text_model
         progress("Loading the text encoder", 0, 0)
-        import_transformers()
         bundle = create_text_model(backbone, num_classes)
         return ModelInfo(backbone, num_classes, LayerTree(bundle.model), bundle.tokenizer.max_tokens,
                          max(1, len(block_groups(bundle.model)) - 2), modality="text")
@@ -261,8 +248,6 @@ class TrainingRun:
 
     def __call__(self, progress) -> "FitResult":
         from engine.training.datasets import trainer_class
-        if self.report.modality == "text":
-            import_transformers()
         trainer = trainer_class(self.report)          # Trainer, or TextTrainer for texts
         self.trainer = trainer(self.report, self.config, self.run_dir, [self.events], self.control,
                                resume=self.resume)

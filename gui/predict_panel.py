@@ -77,14 +77,11 @@ def predict_text_job(model_path: str, cached: PredictOutcome | None, items: list
                      control: RunControl, progress) -> PredictOutcome:
     """Load the text classifier (unless the cached one is for the same file) and predict each (origin, text)."""
     from engine.outputs.textpredict import load_text_classifier, predict_texts
-    from gui.jobs import import_transformers
     key = model_key(model_path)
     if cached is not None and cached.model_key == key:
         classifier = cached.classifier
     else:
         progress("Loading the model", 0, 0)
-        if not model_path.lower().endswith(".onnx"):
-            import_transformers()
         classifier = load_text_classifier(model_path)
     report = predict_texts(classifier, items, top_k=top_k, progress=lambda _s, d, t: progress("Predicting", d, t),
                            control=control)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from engine.models.catalog import BackboneSpec, ModelBundle
 from engine.models.heads import make_head
 from engine.models.text_catalog import TEXT_ENCODERS, TextEncoderError, encoder_folder, encoder_max_tokens
 
+_TRANSFORMERS_LOCK = threading.Lock()
 HEAD_DROPOUT = 0.1          # BERT's own classifier dropout (hidden_dropout_prob)
 SORT_BATCH = 64             # texts per batch in the frozen pass, sorted by length so padding stays short
 
@@ -134,8 +136,18 @@ class TextBundle(ModelBundle):
     modality: str = "text"
 
 
+def _transformers():
+    """transformers' AutoConfig and AutoModel, imported one thread at a time: its lazy module resolves names
+    on first use, and two threads doing that at once (a layer tree building while a fit starts) fail with
+    "cannot import name 'AutoModel'"."""
+    with _TRANSFORMERS_LOCK:
+        from transformers import AutoConfig, AutoModel
+        from transformers.utils import logging as hf_logging
+    return AutoConfig, AutoModel, hf_logging
+
+
 def _encoder_from_config(config_dict: dict) -> nn.Module:
-    from transformers import AutoConfig, AutoModel
+    AutoConfig, AutoModel, _ = _transformers()
     config = AutoConfig.for_model(**config_dict)
     encoder = AutoModel.from_config(config)
     _drop_pooler(encoder)
@@ -159,8 +171,7 @@ def _encoder_config_dict(encoder: nn.Module) -> dict:
 def create_text_model(name: str, num_classes: int, *, head: str = "linear", max_tokens: int | None = None,
                       weights: str = "pretrained") -> TextBundle:
     """The encoder `name` (catalog name or model folder) with its pretrained weights, and a fresh head."""
-    from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
+    _, AutoModel, hf_logging = _transformers()
     folder = encoder_folder(name)
     hf_logging.set_verbosity_error()          # "some weights of the model were not used": the pooler
     hf_logging.disable_progress_bar()
