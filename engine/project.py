@@ -49,6 +49,7 @@ class Project:
     runs: list[RunRecord] = field(default_factory=list)
     training_mode: str = "manual"
     search_minutes: float = 10.0     # the automatic mode's time budget
+    text_columns: dict | None = None  # a table of texts: {"text_column", "label_column"} as the user chose them
     path: str | None = None          # where it was loaded from / saved to; not stored in the file
 
     # -- label corrections ------------------------------------------------------------------------
@@ -117,10 +118,20 @@ def load_project(path: str | os.PathLike) -> Project:
             runs=[RunRecord(**r) for r in data.get("runs", [])],
             training_mode=_training_mode(data.get("training_mode", "manual")),
             search_minutes=_minutes(data.get("search_minutes", 10.0)),
+            text_columns=_text_columns(data.get("text_columns")),
             path=str(path))
     except (TypeError, ValueError) as exc:
         raise ProjectError(f"{path.name} is damaged: {exc}") from None
     return project
+
+
+def _text_columns(value) -> dict | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and (v is None or isinstance(v, str))
+                                              for k, v in value.items()):
+        raise ValueError("text_columns must map column roles to names")
+    return dict(value)
 
 
 def _str_list(value) -> list[str]:

@@ -65,7 +65,6 @@ class MainWindow(QMainWindow):
         self.training_task: Task | None = None
         self._scan_task: Task | None = None
         self._scan_sources: list[str] = []
-        self._text_columns: dict | None = None  # the Data step's text/label columns of a table of texts (None: guessed)
         self._model_task: Task | None = None
         self._assess_task: Task | None = None
         self.search_backbones: list[str] | None = None   # None: every backbone with offline weights (tests narrow it)
@@ -273,7 +272,7 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"Scanning {', '.join(Path(p).name for p in paths)}…")
         control = RunControl()
         self._scan_sources = [str(p) for p in paths]      # the dataset's sources, once the scan succeeds
-        self._text_columns = text_columns
+        self.state.text_columns = text_columns
         self.state.scanning = True
         encoder = self.state.backbone if is_text_backbone(self.state.backbone) else None
         task = self._scan_task = self.tasks.start(partial(scan, list(self._scan_sources), control,
@@ -289,7 +288,7 @@ class MainWindow(QMainWindow):
         if self.state.report is None:
             existing = [s for s in self.state.dataset_sources if Path(s).exists()]
             if existing:
-                self.load_dataset(existing)
+                self.load_dataset(existing, self.state.text_columns)
 
     def rescan_with_columns(self, columns: dict) -> Task | None:
         """The user chose other text/label columns of the table of texts: scan it again with them."""
@@ -305,7 +304,7 @@ class MainWindow(QMainWindow):
     def _on_scan_succeeded(self, result) -> None:
         """The report, then its sources, then the end of scanning (which builds the model for its classes)."""
         if result.report is None:                # a table of texts read with unusable columns: choose others
-            self.data_panel.show_columns(result.columns, self._text_columns)
+            self.data_panel.show_columns(result.columns, self.state.text_columns)
             self._on_scan_failed(result.error, "")
             return
         self._scan_task = None
@@ -313,7 +312,7 @@ class MainWindow(QMainWindow):
         self._match_backbone_to_data()
         self.state.dataset_sources = self._scan_sources
         self.data_panel.show_thumbnails(result.thumbnails)
-        self.data_panel.show_columns(result.columns, self._text_columns)
+        self.data_panel.show_columns(result.columns, self.state.text_columns)
         noun = "texts" if report.modality == "text" else "images"
         self.log(f"Dataset: {len(report.samples):,} {noun}, {len(report.classes)} classes, "
                  f"{len(report.problems)} problem(s) from {report.root}")

@@ -48,6 +48,7 @@ def project_from_state(state: AppState) -> Project:
     project = Project(dataset_sources=list(state.dataset_sources), corrections=dict(state.corrections),
                       frozen_parameters=state.frozen_parameters, config=config, runs=list(state.runs),
                       training_mode=state.training_mode, search_minutes=state.search_minutes,
+                      text_columns=dict(state.text_columns) if state.text_columns else None,
                       path=state.project_path)
     if state.backbone is not None:                 # chosen once the engine has loaded
         project.backbone = state.backbone
@@ -59,6 +60,7 @@ def load_into_state(project: Project, state: AppState) -> list[str]:
     Returns lines for the log about what this machine cannot use."""
     notes = []
     state.report = None                            # the dataset is scanned afresh from its sources
+    state.text_columns = dict(project.text_columns) if project.text_columns else None
     state.dataset_sources = list(project.dataset_sources)
     state.corrections.clear()
     state.corrections.update(project.corrections)

@@ -38,6 +38,7 @@ class AppState:
 
     engine: EngineInfo | None = None              # backbone catalogue and setting choices, once torch loaded
     dataset_sources: list[str] = field(default_factory=list)
+    text_columns: dict | None = None              # a table of texts' text/label columns as chosen (None: guessed)
     report: DatasetReport | None = None
     scanning: bool = False
     corrections: EventedDict = field(default_factory=EventedDict)   # image path -> {"action", "label"}

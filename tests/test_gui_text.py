@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.project import load_project
 from gui_support import TRAIN_TIMEOUT_MS, drop, load
 
 FORTUNES = Path("/usr/share/games/fortunes")
@@ -168,6 +169,15 @@ def test_choosing_another_label_column_rescans_and_bad_columns_explain(qtbot, wi
         panel.label_column.activated.emit(panel.label_column.currentIndex())
     assert rescanned.args[0].classes == list(TOPICS)
     assert panel.label_column.currentData() == "topic"
+    # the project keeps the chosen columns: opened again, the table is read with them
+    win.projects.ask_save_path = lambda: str(tmp_path / "notes-project")
+    saved = win.projects.save()
+    assert load_project(saved).text_columns == {"text_column": "text", "label_column": "topic"}
+    again = windows(tmp_path / "again.ini")
+    with qtbot.waitSignal(again.scan_finished, timeout=60_000) as reopened:
+        assert again.projects.open(saved)
+    assert reopened.args[0].classes == list(TOPICS)
+    assert again.data_panel.label_column.currentData() == "topic"
     with qtbot.waitSignal(win.scan_failed, timeout=60_000) as failed:
         panel.label_column.setCurrentIndex(panel.label_column.findData("label"))
         panel.label_column.activated.emit(panel.label_column.currentIndex())
