@@ -32,6 +32,7 @@ CHOICE_LABELS = {
 """Combo labels by value; a (setting, value) key names a value whose meaning depends on the setting."""
 CHOICE_FIELDS = ("schedule", "augmentation", "head", "tta", "recipe")
 FIELDS = (("epochs", "Epochs"), ("batch_size", "Batch size"), ("image_size", "Image size"),
+          ("max_tokens", "Tokens per text"),
           ("lr", "Learning rate"), ("schedule", "Schedule"), ("augmentation", "Augmentation"),
           ("cached_views", "Cached views"), ("head", "Head"), ("tta", "Test-time flip"),
           ("label_smoothing", "Label smoothing"), ("early_stopping", "Early stopping"),
@@ -43,6 +44,8 @@ TOOLTIPS = {
                   "size is usually the most accurate. Measured with EfficientNet-Lite0 (224 px) on two "
                   "cores: 192 px was 1.3–1.4× faster at the same accuracy, 160 px 1.8× and 128 px "
                   "2.3–2.5× faster for about 2 points less; photos with fine detail lose more.",
+    "max_tokens": "Texts: the tokens of each text the encoder reads; longer texts are cut (the Data step says "
+                  "how many). Fewer tokens train faster; the encoder's own length (256 for MiniLM) keeps the most.",
     "lr": "Learning rate of the new classifier. Deeper layers automatically use smaller rates.",
     "schedule": "How the learning rate changes over the run (after a one-epoch warm-up).",
     "augmentation": "Random changes to training images so the model sees more variety; helps small datasets. "
@@ -71,6 +74,9 @@ TOOLTIPS = {
 IMAGE_ONLY = ("image_size", "augmentation", "cached_views", "tta")
 """Settings that change images only: off for a text dataset (the text trainer ignores them)."""
 TEXT_TOOLTIP = "Images only: texts are not resized, augmented or mirrored."
+TEXT_ONLY = ("max_tokens",)
+IMAGE_TOOLTIP = "Texts only: how many tokens of each text the encoder reads."
+TOKEN_LENGTHS = (32, 64, 128, 256, 512)
 
 
 class HyperParameters(QGroupBox):
@@ -85,6 +91,7 @@ class HyperParameters(QGroupBox):
         self.epochs = QSpinBox(minimum=1, maximum=1000)
         self.batch_size = QSpinBox(minimum=1, maximum=1024)
         self.image_size = QComboBox()
+        self.max_tokens = QComboBox()
         self.lr = QComboBox(editable=True)
         self.lr.addItems(LEARNING_RATES)
         validator = QDoubleValidator(1e-7, 10.0, 8, self.lr)
@@ -135,6 +142,7 @@ class HyperParameters(QGroupBox):
             self.state.settings.setdefault(key, engine.defaults[key])
             self._show(key)
         self._update_head_epochs()
+        self._show_modality()
         self.setEnabled(True)
 
     def _show_modality(self) -> None:
@@ -144,6 +152,10 @@ class HyperParameters(QGroupBox):
             widget = getattr(self, key)
             widget.setEnabled(not text)
             widget.setToolTip(TEXT_TOOLTIP if text else TOOLTIPS[key])
+        for key in TEXT_ONLY:
+            widget = getattr(self, key)
+            widget.setEnabled(text)
+            widget.setToolTip(TOOLTIPS[key] if text else IMAGE_TOOLTIP)
 
     def _fill_devices(self, devices: list[tuple[str, str]]) -> None:
         """Only the devices this machine has: a project's 'cuda:0' opened on a laptop is refused, not kept."""
@@ -156,6 +168,7 @@ class HyperParameters(QGroupBox):
     def _offer_image_sizes(self) -> None:
         self._fill_image_sizes()
         self._show("image_size")
+        self._show("max_tokens")
 
     def _fill_image_sizes(self) -> None:
         """The built backbone's own size first; which size is selected is the state's to say."""
@@ -168,6 +181,13 @@ class HyperParameters(QGroupBox):
         for size in IMAGE_SIZES:
             self.image_size.addItem(f"{size} px", size)
         self.image_size.blockSignals(False)
+        own = model.input_size if model and model.modality == "text" else None
+        self.max_tokens.blockSignals(True)
+        self.max_tokens.clear()
+        self.max_tokens.addItem(f"Encoder default ({own})" if own else "Encoder default", None)
+        for length in TOKEN_LENGTHS:
+            self.max_tokens.addItem(f"{length} tokens", length)
+        self.max_tokens.blockSignals(False)
 
     def _update_head_epochs(self) -> None:
         self.head_epochs.setEnabled(self.recipe.currentData() == "two-stage")

@@ -7,6 +7,7 @@ action that triggers it.
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -82,17 +83,19 @@ def test_a_text_dataset_from_drop_to_try_it(qtbot, windows, fortunes_csv, tmp_pa
     assert "only the head trains" in model.counts.text()
     form = win.train_panel.settings
     assert not form.augmentation.isEnabled() and not form.image_size.isEnabled() and not form.tta.isEnabled()
+    assert form.max_tokens.isEnabled() and form.max_tokens.itemText(0) == "Encoder default (256)"
     mode = win.train_panel.mode.choice
     assert mode.model().item(mode.findData("automatic")).isEnabled(), "texts have a recipe search too"
 
     # 3. Train: three epochs of the head on the cached sentence vectors
-    form.set_values(epochs=3, batch_size=16)
+    form.set_values(epochs=3, batch_size=16, max_tokens=64)
     epochs = []
     win.epoch_ended.connect(lambda epoch, _logs: epochs.append(epoch))
     with qtbot.waitSignal(win.training_finished, timeout=TRAIN_TIMEOUT_MS) as finished:
         win.train_panel.start_button.click()
     result = finished.args[0]
     assert result.status == "completed" and epochs == [1, 2, 3]
+    assert json.loads(Path(result.run_dir, "config.json").read_text())["max_tokens"] == 64
     qtbot.waitUntil(lambda: win.state.active_run is None, timeout=30_000)
 
     # 4. Results: the confusion matrix; a cell lists its texts, and the worst mistakes are texts
