@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from engine.core.files import write_json
-from engine.data.report import DatasetReport, Problem, Sample
+from engine.data.report import DatasetReport, Problem
 
 PROJECT_FORMAT = "transferlab-project/1"
 PROJECT_SUFFIX = ".tlproj"
@@ -164,8 +164,8 @@ def _corrections(value) -> dict[str, dict]:
 
 
 def apply_corrections(report: DatasetReport, corrections: dict[str, dict]) -> DatasetReport:
-    """The report as training should see it: excluded images dropped (listed as info problems),
-    relabelled images moved to their new class (a new class name is added)."""
+    """The report as training should see it: excluded images (or texts, by their row) dropped (listed as
+    info problems), relabelled ones moved to their new class (a new class name is added)."""
     if not corrections:
         return report
     classes = list(report.classes)
@@ -182,7 +182,7 @@ def apply_corrections(report: DatasetReport, corrections: dict[str, dict]) -> Da
             continue
         if fix and fix["action"] == "relabel":
             name = fix["label"]
-        samples.append(Sample(sample.path, classes.index(name), sample.split))
+        samples.append(replace(sample, label=classes.index(name)))      # a text keeps its text
     used = sorted({s.label for s in samples})
     classes = [classes[i] for i in used]
     remap = {old: new for new, old in enumerate(used)}

@@ -167,6 +167,7 @@ class ResultsPanel(QWidget):
         self.gallery.image_opened.connect(self.open_image)
         self.gallery.thumbnails_wanted.connect(self._load_thumbnails)
         self.text_list = TextTable()                 # a text run's texts, where an image run has its gallery
+        self.text_list.correction_requested.connect(self.correction_requested)
         self.examples = QStackedWidget()
         self.examples.addWidget(self.gallery)
         self.examples.addWidget(self.text_list)
@@ -247,10 +248,12 @@ class ResultsPanel(QWidget):
         text = view is not None and view.is_text
         self.examples.setCurrentWidget(self.text_list if text else self.gallery)
         self.class_model.setHorizontalHeaderItem(4, QStandardItem("Texts" if text else "Images"))
-        self.retrain_button.setText("Retrain" if text else "Retrain with corrections")
-        self.retrain_button.setToolTip("Start a new run with the same settings" if text else
-                                       "Start a new run with the same settings, leaving out excluded images "
-                                       "and using the classes you chose")
+        self.text_list.correction_classes = list(view.classes) if text else None
+        noun = "texts" if text else "images"
+        self.retrain_button.setToolTip(f"Start a new run with the same settings, leaving out excluded {noun} "
+                                       "and using the classes you chose (right-click a text to correct it)"
+                                       if text else f"Start a new run with the same settings, leaving out "
+                                       f"excluded {noun} and using the classes you chose")
         self.wrong_button.setToolTip(f"The {'texts' if text else 'images'} the model got wrong with the highest "
                                      "loss, worst first")
         self.confusion.set_matrix(view.classes if view else [], metrics.get("confusion_matrix", []),

@@ -15,12 +15,15 @@ from PySide6.QtCore import (
     Qt,
     Signal,
 )
+from PySide6.QtGui import QAction
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
     QHBoxLayout,
     QHeaderView,
+    QInputDialog,
     QLabel,
+    QMenu,
     QPlainTextEdit,
     QSplitter,
     QTableView,
@@ -87,6 +90,7 @@ class TextTable(QWidget):
     """A title, a class filter, the table, and the selected text in full below it."""
 
     text_chosen = Signal(str)            # the full text of the selected row
+    correction_requested = Signal(str, str, str)   # where (the row's first column), 'exclude' | 'relabel' | 'restore', label
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -115,6 +119,17 @@ class TextTable(QWidget):
         self.table.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 8)
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.selectionModel().currentRowChanged.connect(self._show_current)
+        self.correction_classes: list[str] | None = None   # set: the rows can be excluded or moved (Results)
+        self.table.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.table.customContextMenuRequested.connect(self._show_menu)
+        self.exclude_action = QAction("Exclude from training", self)
+        self.exclude_action.setToolTip("Leave this text out of the next run (the file is not changed)")
+        self.exclude_action.triggered.connect(lambda: self._correct("exclude"))
+        self.relabel_action = QAction("Move to class…", self)
+        self.relabel_action.setToolTip("Train on this text under another class from the next run on")
+        self.relabel_action.triggered.connect(self.ask_relabel)
+        self.restore_action = QAction("Undo correction", self)
+        self.restore_action.triggered.connect(lambda: self._correct("restore"))
         self.full_text = QPlainTextEdit()
         self.full_text.setReadOnly(True)
         self.full_text.setPlaceholderText("Select a row to read its whole text here.")
@@ -178,6 +193,40 @@ class TextTable(QWidget):
     def texts(self) -> list[str]:
         """The full texts of the rows shown, in their order (for scripts and tests)."""
         return [self.model.text(self.proxy.mapToSource(self.proxy.index(r, 0)).row()) for r in range(self.row_count())]
+
+    # -- corrections (Results) ---------------------------------------------------------------
+    def current_row(self) -> tuple | None:
+        index = self.table.currentIndex()
+        return self.model.rows[self.proxy.mapToSource(index).row()] if index.isValid() else None
+
+    def _correct(self, action: str, label: str = "") -> None:
+        row = self.current_row()
+        if row is not None:
+            self.correction_requested.emit(str(row[0]), action, label)
+
+    def ask_relabel(self) -> None:
+        row = self.current_row()
+        if row is None or not self.correction_classes:
+            return
+        true = str(row[1])
+        choices = [name for name in self.correction_classes if name != true]
+        label, ok = QInputDialog.getItem(self, "Move to class", f"Train on this text as (now '{true}'; type a new "
+                                         "name to create a class):", choices, 0, True)
+        if ok and label.strip():
+            self.relabel_current(label.strip())
+
+    def relabel_current(self, label: str) -> None:
+        row = self.current_row()
+        if row is not None:
+            self._correct("relabel" if label != str(row[1]) else "restore", label)
+
+    def _show_menu(self, position) -> None:
+        if self.correction_classes is None or self.current_row() is None:
+            return
+        menu = QMenu(self)
+        for action in (self.exclude_action, self.relabel_action, self.restore_action):
+            menu.addAction(action)
+        menu.popup(self.table.viewport().mapToGlobal(position))
 
     def _show_current(self, current: QModelIndex, _previous=None) -> None:
         if current.isValid():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.project import load_project
+from engine.project import apply_corrections, load_project
 from gui_support import TRAIN_TIMEOUT_MS, drop, load
 
 FORTUNES = Path("/usr/share/games/fortunes")
@@ -103,11 +103,28 @@ def test_a_text_dataset_from_drop_to_try_it(qtbot, windows, fortunes_csv, tmp_pa
     assert results.run.is_text and results.examples.currentWidget() is results.text_list
     matrix = results.confusion.model
     assert matrix.rowCount() == 3
-    row, column = next((r, c) for r in range(3) for c in range(3) if matrix.counts[r][c])
+    row, column = max(((r, c) for r in range(3) for c in range(3)), key=lambda cell: matrix.counts[cell[0]][cell[1]])
     results.confusion.table.clicked.emit(matrix.index(row, column))
     listed = results.text_list.texts()
     assert len(listed) == matrix.counts[row][column]
     assert set(listed) <= {s.text for s in report.samples}
+    # corrections from the list: one text excluded, one moved; the next run's report follows them
+    texts = results.text_list
+    assert len(listed) >= 2
+    texts.table.selectRow(0)
+    excluded = texts.current_row()[0]
+    texts.exclude_action.trigger()
+    texts.table.selectRow(1)
+    moved, true = texts.current_row()[0], texts.current_row()[1]
+    other = next(name for name in TOPICS if name != true)
+    texts.relabel_current(other)
+    assert win.state.corrections[excluded]["action"] == "exclude"
+    assert win.state.corrections[moved] == {"action": "relabel", "label": other}
+    fixed = apply_corrections(report, dict(win.state.corrections))
+    by_path = {s.path: s for s in fixed.samples}
+    assert excluded not in by_path and fixed.classes[by_path[moved].label] == other and by_path[moved].text
+    assert "2 corrections" in results.corrections_note.text()
+    win.state.corrections.clear()
     results.show_most_confident_wrong()
     wrong = results.run.metrics["most_confident_wrong"]
     assert results.text_list.row_count() == len(wrong)
