@@ -194,6 +194,9 @@ class PredictPanel(QWidget):
         self.predict_button.setDefault(True)
         self.predict_button.setShortcut("Ctrl+Return")
         self.predict_button.clicked.connect(self.predict_typed_text)
+        self.open_texts_button = QPushButton("Open texts…")
+        self.open_texts_button.setToolTip("Classify every line of a .txt file, or the text column of a .csv/.tsv")
+        self.open_texts_button.clicked.connect(self.open_text_file)
         self.text_input = QWidget()                 # shown instead of the drop zone for a text model
         self.table = self._make_table()
         self._layout()
@@ -233,7 +236,11 @@ class PredictPanel(QWidget):
         text_row = QHBoxLayout(self.text_input)
         text_row.setContentsMargins(0, 0, 0, 0)
         text_row.addWidget(self.text_box, 1)
-        text_row.addWidget(self.predict_button, 0, Qt.AlignmentFlag.AlignBottom)
+        text_buttons = QVBoxLayout()
+        text_buttons.addStretch(1)
+        text_buttons.addWidget(self.open_texts_button)
+        text_buttons.addWidget(self.predict_button)
+        text_row.addLayout(text_buttons)
         self.image_buttons = QWidget()
         self.image_buttons.setLayout(buttons)
         buttons.setContentsMargins(0, 0, 0, 0)
@@ -332,7 +339,29 @@ class PredictPanel(QWidget):
             return None
         return self.predict_texts([text])
 
-    def predict_texts(self, texts: list[str]) -> Task | None:
+    def ask_text_file(self) -> str | None:
+        path, _ = QFileDialog.getOpenFileName(self, "Texts to classify", "",
+                                              "Texts (*.txt *.csv *.tsv);;All files (*)")
+        return path or None
+
+    def open_text_file(self) -> Task | None:
+        """Every non-empty line of a .txt file, or the text column of a .csv/.tsv, one table row each."""
+        from engine.outputs.textpredict import read_text_inputs
+        path = self.ask_text_file()
+        if not path:
+            return None
+        try:
+            table = Path(path).suffix.lower() in (".csv", ".tsv")
+            items = read_text_inputs(csv_file=path) if table else read_text_inputs(text_file=path)
+        except ValueError as exc:                     # unreadable file, or no text column: said in one line
+            self._show_failure(str(exc))
+            return None
+        if not items:
+            self._show_failure(f"{Path(path).name} holds no texts.")
+            return None
+        return self.predict_texts([text for _, text in items], [origin for origin, _ in items])
+
+    def predict_texts(self, texts: list[str], origins: list[str] | None = None) -> Task | None:
         """Classify texts with the chosen text model on a worker; one table row per text."""
         path = self._usable_model_path()
         if path is None:
@@ -340,7 +369,7 @@ class PredictPanel(QWidget):
         if not self.text_model:
             self._show_failure(f"{Path(path).name} classifies images: drop photos, or choose a text model above.")
             return None
-        items = [(f"text {i + 1}", text) for i, text in enumerate(texts)]
+        items = list(zip(origins or [f"text {i + 1}" for i in range(len(texts))], texts))
         self._texts = dict(items)
         control = RunControl()
         return self._start(partial(predict_text_job, path, self._cached, items, self.top_k.value(), control), control,

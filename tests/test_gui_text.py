@@ -155,6 +155,15 @@ def test_a_text_dataset_from_drop_to_try_it(qtbot, windows, fortunes_csv, tmp_pa
     tryit.text_box.setPlainText("   ")
     tryit.predict_button.click()
     assert "Type or paste a text" in tryit.summary.text()
+    lines = tmp_path / "to-classify.txt"
+    lines.write_text("Bake the bread for an hour\n\nThe kernel panicked at boot\n", encoding="utf-8")
+    tryit.ask_text_file = lambda: str(lines)
+    assert tryit.open_texts_button.isVisibleTo(tryit)
+    with qtbot.waitSignal(tryit.predictions_shown, timeout=60_000):
+        tryit.open_texts_button.click()
+    assert [text for text, _label, _score in tryit.predicted_labels()] == ["Bake the bread for an hour",
+                                                                           "The kernel panicked at boot"]
+    qtbot.waitUntil(lambda: tryit.task is None, timeout=10_000)
 
     # 7. The project saves and opens again: the texts rescanned, the encoder, the run and Try it
     win.projects.ask_save_path = lambda: str(tmp_path / "work" / "fortunes")
