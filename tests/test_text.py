@@ -170,13 +170,32 @@ def test_predict_skips_empty_texts_and_ranks_every_class(head_run):
     assert sorted(entry["label"] for entry in report.predictions[0].top_k) == sorted(CATEGORIES)
 
 
-def test_the_last_layer_fine_tunes_on_tokens_and_the_rest_stays(report, cache, tmp_path):
+def test_the_last_layers_on_cached_hidden_states_compute_what_the_whole_model_computes():
+    from engine.training.text_trainer import (SuffixOnTextActivations, TextActivations, activation_boundary,
+                                              pack_activations)
+    bundle = create_text_model("all-minilm-l6-v2", 3)
+    model = bundle.model.eval()
+    texts = ["short", "a considerably longer text, with many more tokens than the one before it", "mid-sized text"]
+    LayerTree(model).apply_preset("last-n", 2)
+    assert activation_boundary(model) == 4
+    states = TextActivations(model, bundle.tokenizer, 4).activations(texts, RunControl(), lambda *_: None)
+    assert [s.shape[0] for s in states] == [int(n) for n in bundle.tokenizer.encode(texts)[:, 1].sum(1)]
+    packed, _ = pack_activations([(s, 0) for s in states])
+    with torch.inference_mode():
+        whole = model(torch.from_numpy(bundle.tokenizer.encode(texts)))
+        suffix = SuffixOnTextActivations(model, 4)(packed)
+    assert torch.allclose(whole, suffix, atol=1e-5)
+    LayerTree(model).apply_preset("none")
+    assert activation_boundary(model) is None
+
+
+def test_the_last_layer_fine_tunes_on_cached_hidden_states_and_the_rest_stays(report, cache, tmp_path):
     config = TrainConfig(backbone="all-minilm-l6-v2", epochs=1, freeze="last-n", freeze_blocks=1, lr=1e-3,
                          max_tokens=32)
     before = create_text_model("all-minilm-l6-v2", 3).model.state_dict()
     result = TextTrainer(report, config, tmp_path / "deep").fit()
     assert result.status == "completed"
-    assert json.loads((tmp_path / "deep" / "config.json").read_text())["frozen_pass"] == "none"
+    assert json.loads((tmp_path / "deep" / "config.json").read_text())["frozen_pass"] == "pytorch"
     model, _ = load_checkpoint(tmp_path / "deep" / "model.safetensors")
     after = model.state_dict()
     name5 = "encoder.encoder.layer.5.output.dense.weight"
@@ -194,8 +213,12 @@ class CancelAfterEpoch(Callback):
             self.control.cancel()
 
 
-def test_a_cancelled_text_fit_resumes_to_the_same_end(report, cache, tmp_path):
-    config = dict(backbone="all-minilm-l6-v2", epochs=4)
+@pytest.mark.parametrize("layers", [
+    dict(),                                                           # head only, on sentence vectors
+    dict(freeze="last-n", freeze_blocks=1, lr=1e-3, max_tokens=32),   # the last layer, on hidden states
+], ids=["head", "last-layer"])
+def test_a_cancelled_text_fit_resumes_to_the_same_end(report, cache, tmp_path, layers):
+    config = dict(backbone="all-minilm-l6-v2", epochs=4 if not layers else 3, **layers)
     whole = TextTrainer(report, TrainConfig(**config), tmp_path / "whole").fit()
     control = RunControl()
     stopped = TextTrainer(report, TrainConfig(**config), tmp_path / "part",
@@ -204,6 +227,7 @@ def test_a_cancelled_text_fit_resumes_to_the_same_end(report, cache, tmp_path):
     resumed = TextTrainer(report, TrainConfig(**config), tmp_path / "part", resume=True).fit()
     assert resumed.status == "completed"
     assert [h["val_accuracy"] for h in resumed.history] == [h["val_accuracy"] for h in whole.history]
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
     assert resumed.metrics["val_accuracy"] == whole.metrics["val_accuracy"]
 
 

@@ -6,8 +6,9 @@ where they apply to a sentence encoder.
    val, cached by the first model, are what head recipes are cross-validated on;
 3. head recipes searched with Optuna exactly as for images (TPE, median pruning, k-fold CV, SQLite), without
    the mirrored views;
-4. the last 2 layers on tokens (lr 1e-3: 88.0 % against the head's 85.0 % on fortunes, README) when the
-   measured training step says enough epochs fit in the time left, pruned when they fall behind;
+4. the last 2 layers on cached hidden states (lr 1e-3: 88.0 % against the head's 85.0 % on fortunes,
+   README) when the measured pass and training step say enough epochs fit in the time left, pruned when
+   they fall behind;
 5. whatever they leave goes back to head recipes. The winner's test split is evaluated once.
 """
 from __future__ import annotations
@@ -47,7 +48,7 @@ class TextRecipeSearch(RecipeSearch):
         super().__init__(report, run_dir, budget_s, base, callbacks, control, backbones=[base.backbone])
         self._augment = False
         self._bundle = None
-        self._step_s: float | None = None
+        self._step_s: tuple[float, float] | None = None     # (frozen pass per batch, training step), measured
 
     # -- 2. the encoder's sentence vectors instead of an assessment ----------------------------------
     def _assess(self) -> None:
@@ -93,29 +94,40 @@ class TextRecipeSearch(RecipeSearch):
                        cached_views=1, tta="none")
 
     def _predict_deep_costs(self, config: TrainConfig) -> tuple[float, float]:
-        """(0: no pass to cache, epoch seconds): one training step of the last layers timed on real
-        training texts, times the steps of an epoch, plus validation at a third of a step per batch."""
-        step_s = self._step_seconds(config)
-        steps = -(-len(self.report.split("train")) // config.batch_size)
-        val_s = step_s / 3 * -(-len(self.report.split("val")) // config.batch_size)
-        return 0.0, steps * step_s + val_s
-
-    def _step_seconds(self, config: TrainConfig) -> float:
+        """(pass seconds, epoch seconds): the frozen layers' pass over every text and one training step of
+        the last layers on their hidden states, both timed on a batch of real training texts; an epoch is
+        the steps of the training split plus validation at a third of a step per batch."""
         if self._step_s is None:
             self._step_s = text_step_seconds(self._text_bundle(), config, self.report)
-        return self._step_s
+        prefix_s, step_s = self._step_s
+        batches = -(-len(self.report.samples) // config.batch_size)
+        steps = -(-len(self.report.split("train")) // config.batch_size)
+        val_s = step_s / 3 * -(-len(self.report.split("val")) // config.batch_size)
+        return batches * prefix_s, steps * step_s + val_s
 
 
-def text_step_seconds(bundle, config: TrainConfig, report: DatasetReport, repeats: int = 2) -> float:
-    """Seconds for one training step of `config`'s layers on a batch of the dataset's own training texts
-    (their lengths set the cost); the best of `repeats` after a warm-up. The weights are put back."""
+def text_step_seconds(bundle, config: TrainConfig, report: DatasetReport, repeats: int = 2) -> tuple[float, float]:
+    """(seconds of the frozen layers' pass for a batch, seconds of one training step of what `config`
+    trains) on a batch of the dataset's own training texts (their lengths set the cost), on cached hidden
+    states as the TextTrainer trains; the best of `repeats` after a warm-up. The weights are put back."""
     from engine.models.layers import LayerTree
+    from engine.training.text_trainer import SuffixOnTextActivations, activation_boundary, frozen_prefix
     model = bundle.model
     saved = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     texts = [s.text for s in report.split("train")[:config.batch_size]]
     tokens = torch.from_numpy(bundle.tokenizer.encode(texts))
     targets = torch.zeros(len(texts), dtype=torch.long)
     LayerTree(model).apply_preset(config.freeze, config.freeze_blocks)
+    boundary = activation_boundary(model)
+    net, inputs, prefix_s = model, tokens, 0.0
+    if boundary is not None:
+        model.eval()
+        began = time.perf_counter()
+        with torch.inference_mode():
+            hidden = frozen_prefix(model, tokens, boundary)
+        prefix_s = time.perf_counter() - began
+        inputs = torch.cat([hidden.clone(), tokens[:, 1:2].transpose(1, 2).to(hidden.dtype)], dim=2)
+        net = SuffixOnTextActivations(model, boundary)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-6)
     model.train()
@@ -123,7 +135,7 @@ def text_step_seconds(bundle, config: TrainConfig, report: DatasetReport, repeat
     try:
         for attempt in range(repeats + 1):
             began = time.perf_counter()
-            loss = nn.functional.cross_entropy(model(tokens), targets)
+            loss = nn.functional.cross_entropy(net(inputs), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -134,4 +146,4 @@ def text_step_seconds(bundle, config: TrainConfig, report: DatasetReport, repeat
         model.eval()
         for param in model.parameters():
             param.requires_grad_(True)
-    return best
+    return prefix_s, best

@@ -22,7 +22,9 @@ from engine.core.control import RunControl
 from engine.core.files import write_json
 from engine.core.paths import cache_dir
 from engine.data.report import DatasetReport
-from engine.models.text import SORT_BATCH, TextBundle, TextClassifier, TextTokenizer, collate_texts, create_text_model
+from engine.core.memory import MEMORY_FRACTION, format_bytes, memory_budget
+from engine.models.text import (SORT_BATCH, TextBundle, TextClassifier, TextTokenizer, collate_texts, create_text_model,
+                                mean_pool)
 from engine.training.caches import FeatureDataset, HeadOnFeatures, classifier_parameter_names, read_entry, write_entry
 from engine.training.config import TrainConfig
 from engine.training.optim import seed_everything
@@ -116,6 +118,140 @@ class EmbeddingCache:
         return out
 
 
+class TextActivations:
+    """Hidden states after the frozen layers, one [length, H] tensor per text (its own length: nothing
+    padded is kept), computed once per fit in evaluation mode, as the image path caches the activations
+    before its last blocks. Texts go through in batches of similar length."""
+
+    stage = "activations"
+
+    def __init__(self, model: TextClassifier, tokenizer: TextTokenizer, boundary: int):
+        self.model, self.tokenizer, self.boundary = model, tokenizer, boundary
+        self.fingerprint = _prefix_digest(model, tokenizer, boundary)
+        self._memory: dict[str, list[torch.Tensor]] = {}
+
+    def activations(self, texts: list[str], control: RunControl, progress) -> list[torch.Tensor]:
+        key = hashlib.sha256("\0".join(texts).encode("utf-8", "surrogatepass")).hexdigest()
+        if key not in self._memory:
+            self._memory[key] = self._compute(texts, control, progress)
+        return self._memory[key]
+
+    @torch.inference_mode()
+    def _compute(self, texts: list[str], control: RunControl, progress) -> list[torch.Tensor]:
+        model = self.model
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out: list[torch.Tensor | None] = [None] * len(texts)
+        try:
+            for start in range(0, len(order), SORT_BATCH):
+                control.checkpoint()
+                rows = order[start:start + SORT_BATCH]
+                tokens = torch.from_numpy(self.tokenizer.encode([texts[i] for i in rows])).to(device)
+                hidden = frozen_prefix(model, tokens, self.boundary).float().cpu()
+                lengths = tokens[:, 1].sum(1).tolist()
+                for row, state, length in zip(rows, hidden, lengths):
+                    out[row] = state[:int(length)].clone()
+                progress(self.stage, min(start + SORT_BATCH, len(order)), len(order))
+        finally:
+            model.train(was_training)
+        return out
+
+    @staticmethod
+    def nbytes(activations: list[torch.Tensor]) -> int:
+        return sum(a.numel() * a.element_size() for a in activations)
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, L] 1/0 attention mask → [B, 1, 1, L] added to the attention scores (0 or the dtype's minimum), the
+    form BERT's eager and SDPA attention both accept."""
+    return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
+def encoder_layers(model: TextClassifier) -> nn.ModuleList:
+    return model.encoder.encoder.layer
+
+
+def _run_layer(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    out = layer(hidden, attention_mask=mask)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def frozen_prefix(model: TextClassifier, tokens: torch.Tensor, boundary: int) -> torch.Tensor:
+    """Hidden states [B, L, H] after the embeddings and the first `boundary` transformer layers."""
+    ids, mask = tokens[:, 0], tokens[:, 1]
+    hidden = model.encoder.embeddings(input_ids=ids)
+    extended = additive_mask(mask, hidden.dtype)
+    for layer in encoder_layers(model)[:boundary]:
+        hidden = _run_layer(layer, hidden, extended)
+    return hidden
+
+
+class SuffixOnTextActivations(nn.Module):
+    """The layers from `boundary` on, pooling and head, on cached hidden states packed as [B, L, H + 1]
+    (the last channel holds the attention mask, so a batch is one tensor: it slices, moves and splits into
+    micro-batches like an image batch). Shares its modules with the model, so the checkpoint gets them."""
+
+    def __init__(self, model: TextClassifier, boundary: int):
+        super().__init__()
+        self.model, self.boundary = model, boundary
+
+    def forward(self, packed: torch.Tensor) -> torch.Tensor:
+        hidden, mask = packed[..., :-1], packed[..., -1]
+        extended = additive_mask(mask, hidden.dtype)
+        for layer in encoder_layers(self.model)[self.boundary:]:
+            hidden = _run_layer(layer, hidden, extended)
+        pooled = mean_pool(hidden, mask)
+        if self.model.normalize:
+            pooled = nn.functional.normalize(pooled, dim=-1)
+        return self.model.forward_head(pooled)
+
+
+class ActivationDataset(Dataset):
+    def __init__(self, activations: list[torch.Tensor], labels: list[int]):
+        self.activations, self.labels = activations, list(labels)
+
+    def __len__(self) -> int:
+        return len(self.activations)
+
+    def __getitem__(self, index: int):
+        return self.activations[index], self.labels[index]
+
+
+def pack_activations(batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden [L_i, H], label) pairs → ([B, L, H + 1] with the mask as the last channel, [B] labels)."""
+    states, labels = zip(*batch)
+    longest, width = max(s.shape[0] for s in states), states[0].shape[1]
+    packed = torch.zeros((len(states), longest, width + 1), dtype=states[0].dtype)
+    for row, state in enumerate(states):
+        packed[row, :state.shape[0], :width] = state
+        packed[row, :state.shape[0], width] = 1.0
+    return packed, torch.as_tensor(labels, dtype=torch.long)
+
+
+def activation_boundary(model: TextClassifier) -> int | None:
+    """The first transformer layer that trains, when the embeddings and every layer before it are frozen
+    (and at least one layer is): the hidden states there can be computed once. None otherwise."""
+    def frozen(module: nn.Module) -> bool:
+        return not any(p.requires_grad for p in module.parameters())
+    if not frozen(model.encoder.embeddings):
+        return None
+    first = next((k for k, layer in enumerate(encoder_layers(model)) if not frozen(layer)), None)
+    return first if first else None
+
+
+def _prefix_digest(model: TextClassifier, tokenizer: TextTokenizer, boundary: int) -> str:
+    """Changes whenever the hidden states before layer `boundary` would: the embeddings' and those layers'
+    weights, the tokenizer and length (not the layers that train, so a resumed fit finds the same)."""
+    digest = hashlib.sha256(f"{tokenizer.digest()}|layers<{boundary}".encode())
+    for module in (model.encoder.embeddings, *encoder_layers(model)[:boundary]):
+        for name, tensor in module.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _encoder_digest(model: TextClassifier, tokenizer: TextTokenizer) -> str:
     """Changes whenever the frozen encoder's output would: its weights, pooling, tokenizer and length."""
     digest = hashlib.sha256(f"{tokenizer.digest()}|normalize={model.normalize}".encode())
@@ -145,6 +281,7 @@ class TextTrainer(Trainer):
         super().__init__(report, prepare_text_config(config), run_dir, callbacks, control, bundle,
                          evaluate_test, resume, state_every_s)
         self._embeddings: EmbeddingCache | None = None
+        self._activations: TextActivations | None = None
 
     def _prepare(self) -> None:
         if self.bundle is None:
@@ -168,10 +305,42 @@ class TextTrainer(Trainer):
             train = self._vector_loader(self.train_samples, shuffle=True)
             val = self._vector_loader(self.val_samples, shuffle=False)
             return self._cached_net, train, val, "embeddings"
+        boundary = activation_boundary(self.model) if self.config.cache == "auto" else None
+        if boundary is not None:
+            cached = self._activation_pipeline(boundary)
+            if cached is not None:
+                return cached
         self.path_notes.append("training on tokens" + ("" if self.config.cache == "auto" else " (cache off)"))
         train = self._token_loader(self.train_samples, shuffle=True)
         val = self._token_loader(self.val_samples, shuffle=False)
         return self.model, train, val, "tokens"
+
+    def _activation_pipeline(self, boundary: int):
+        """The frozen layers run once per text; each epoch runs the layers from `boundary` on. None when the
+        hidden states would not fit in memory (then the fit trains on tokens)."""
+        self._activations = TextActivations(self.model, self.bundle.tokenizer, boundary)
+        self.feature_cache = self._activations
+        train = self._activation_loader(self.train_samples, shuffle=True)
+        needed = TextActivations.nbytes(train.dataset.activations) * (len(self.report.samples) /
+                                                                       max(1, len(self.train_samples)))
+        if needed > memory_budget():
+            self.path_notes.append(f"training on tokens: cached hidden states would need {format_bytes(needed)}, "
+                                   f"more than {MEMORY_FRACTION:.0%} of RAM")
+            self._activations = None
+            return None
+        self._cached_net = SuffixOnTextActivations(self.model, boundary)
+        val = self._activation_loader(self.val_samples, shuffle=False)
+        self.path_notes.append(f"training on cached hidden states after layer {boundary - 1} "
+                               f"({format_bytes(needed)}; the layers before it run once per text)")
+        return self._cached_net, train, val, "activations"
+
+    def _activation_loader(self, samples, shuffle: bool) -> DataLoader:
+        states = self._activations.activations([s.text for s in samples], self.control, self.callbacks.on_progress)
+        dataset = ActivationDataset(states, [s.label for s in samples])
+        sampler = self._balanced_sampler(samples) if shuffle else None
+        return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=shuffle and sampler is None,
+                          sampler=sampler, generator=self.generator if shuffle else None,
+                          collate_fn=pack_activations, pin_memory=self._pin_memory)
 
     def _token_loader(self, samples, shuffle: bool) -> DataLoader:
         dataset = TextDataset([s.text for s in samples], [s.label for s in samples])
@@ -201,12 +370,18 @@ class TextTrainer(Trainer):
     def _eval_inputs(self, samples) -> tuple[nn.Module, DataLoader]:
         if self._cached_net is None:
             return self._evaluated(self.model), self._token_loader(samples, shuffle=False)
+        if isinstance(self._cached_net, SuffixOnTextActivations):
+            return self._cached_net, self._activation_loader(samples, shuffle=False)
         return self._cached_net, self._vector_loader(samples, shuffle=False)
 
     def _cache_fingerprint(self, path: str) -> str | None:
+        if path == "activations" and self._activations is not None:
+            return self._activations.fingerprint
         return self._embeddings.fingerprint if path == "embeddings" and self._embeddings else None
 
     def _frozen_pass(self, path: str) -> str:
+        if path == "activations":
+            return "pytorch"                 # hidden states are kept in memory only, computed by each fit
         if path != "embeddings" or self._embeddings is None:
             return "none"
         return self._embeddings.runtime_used or "reused"
@@ -228,7 +403,7 @@ class TextTrainer(Trainer):
 
     def _release_caches(self) -> None:
         super()._release_caches()
-        self._embeddings = None
+        self._embeddings = self._activations = None
 
 
 def train_texts(report: DatasetReport, config: TrainConfig, run_dir, callbacks=None,
