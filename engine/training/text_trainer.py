@@ -4,14 +4,16 @@ sentence vectors cached once when only the head trains) and evaluation's inputs.
 
 Head-only training runs on the frozen encoder's pooled sentence vectors, computed once per (encoder,
 tokenizer, texts) and kept on disk like the image feature cache, so a head trains in seconds and a second
-fit on the same texts starts at once. Deeper presets train on tokens, through the frozen layers too.
+fit on the same texts starts at once. When the last layers train, the hidden states after the frozen ones
+are computed once per fit (in memory) and each epoch runs only the layers that train; anything else
+trains on tokens.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -20,15 +22,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from engine.core.control import RunControl
 from engine.core.files import write_json
+from engine.core.memory import MEMORY_FRACTION, format_bytes, memory_budget
 from engine.core.paths import cache_dir
 from engine.data.report import DatasetReport
-from engine.core.memory import MEMORY_FRACTION, format_bytes, memory_budget
 from engine.models.text import (SORT_BATCH, TextBundle, TextClassifier, TextTokenizer, collate_texts, create_text_model,
                                 mean_pool)
 from engine.training.caches import FeatureDataset, HeadOnFeatures, classifier_parameter_names, read_entry, write_entry
 from engine.training.config import TrainConfig
 from engine.training.optim import seed_everything
-from engine.training.trainer import FitResult, Trainer
+from engine.training.trainer import Trainer
 
 log = logging.getLogger("transferlab")
 
@@ -49,7 +51,7 @@ class TextDataset(Dataset):
 class EmbeddingCache:
     """Pooled sentence vectors of the frozen encoder, [N, D], kept in memory and on disk (size + CRC-32
     checked, recomputed when damaged). Texts go through in batches of similar length, so padding stays
-    short: on fortunes' texts that is about 2x faster than in file order."""
+    short: 400 fortunes took 8.0-8.3 s instead of 17.5-17.8 s in file order (batches of 64)."""
 
     stage = "embeddings"
 
@@ -278,7 +280,7 @@ class TextTrainer(Trainer):
                  state_every_s: float | None = None):
         if report.modality != "text":
             raise ValueError("TextTrainer trains on a text dataset; this one holds images")
-        super().__init__(report, prepare_text_config(config), run_dir, callbacks, control, bundle,
+        super().__init__(report, prepare_text_config(replace(config)), run_dir, callbacks, control, bundle,
                          evaluate_test, resume, state_every_s)
         self._embeddings: EmbeddingCache | None = None
         self._activations: TextActivations | None = None
@@ -405,10 +407,3 @@ class TextTrainer(Trainer):
         super()._release_caches()
         self._embeddings = self._activations = None
 
-
-def train_texts(report: DatasetReport, config: TrainConfig, run_dir, callbacks=None,
-                control: RunControl | None = None) -> FitResult:
-    started = time.monotonic()
-    result = TextTrainer(report, config, run_dir, callbacks, control).fit()
-    log.info("text fit finished in %.1f s", time.monotonic() - started)
-    return result
