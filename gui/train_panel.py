@@ -263,6 +263,8 @@ PATHS = {
     "activations": "Fast path: the frozen blocks ran once per image; the rest trains on their output.",
     "images": "Full path: every batch runs through the whole network",
     "embeddings": "Fast path: the encoder read each text once; the head trains on the cached sentence vectors.",
+    "hidden-states": "Faster path: the frozen layers read each text once; the last layers train on their "
+                     "hidden states.",
     "tokens": "Full path: every batch of texts runs through the whole encoder.",
 }
 
@@ -274,7 +276,7 @@ def describe_path(info: dict) -> str:
         decoded = " (images decoded once)." if info.get("images_decoded_once") else " (images decoded every epoch)."
         return PATHS["images"] + decoded
     text = PATHS.get(path, f"Training on cached {path}.")
-    if path in ("embeddings", "tokens"):         # texts: nothing to augment
+    if path in ("embeddings", "hidden-states", "tokens"):     # texts: nothing to augment
         return text
     if not info.get("augmented", True):
         text += " Augmentation does not apply (Cached views: 1)."

@@ -79,6 +79,7 @@ def test_a_text_dataset_from_drop_to_try_it(qtbot, windows, fortunes_csv, tmp_pa
     model.train_last_blocks()
     assert any(name.startswith("encoder.encoder.layer.5.") for name, p in
                win.state.model.tree.model.named_parameters() if p.requires_grad)
+    assert "each epoch runs only the layers that train" in model.counts.text()
     model.train_head_only()
     assert "only the head trains" in model.counts.text()
     form = win.train_panel.settings

@@ -23,6 +23,7 @@ STAGE_TITLES = {
     "features": "Computing backbone features",
     "activations": "Computing frozen-block activations",
     "embeddings": "Encoding texts",
+    "hidden-states": "Reading texts through the frozen layers",
     "evaluate": "Evaluating",
     "assess": "Assessing backbones",
     "search": "Searching recipes",

@@ -125,7 +125,7 @@ class TextActivations:
     padded is kept), computed once per fit in evaluation mode, as the image path caches the activations
     before its last blocks. Texts go through in batches of similar length."""
 
-    stage = "activations"
+    stage = "hidden-states"
 
     def __init__(self, model: TextClassifier, tokenizer: TextTokenizer, boundary: int):
         self.model, self.tokenizer, self.boundary = model, tokenizer, boundary
@@ -334,7 +334,7 @@ class TextTrainer(Trainer):
         val = self._activation_loader(self.val_samples, shuffle=False)
         self.path_notes.append(f"training on cached hidden states after layer {boundary - 1} "
                                f"({format_bytes(needed)}; the layers before it run once per text)")
-        return self._cached_net, train, val, "activations"
+        return self._cached_net, train, val, "hidden-states"
 
     def _activation_loader(self, samples, shuffle: bool) -> DataLoader:
         states = self._activations.activations([s.text for s in samples], self.control, self.callbacks.on_progress)
@@ -377,12 +377,12 @@ class TextTrainer(Trainer):
         return self._cached_net, self._vector_loader(samples, shuffle=False)
 
     def _cache_fingerprint(self, path: str) -> str | None:
-        if path == "activations" and self._activations is not None:
+        if path == "hidden-states" and self._activations is not None:
             return self._activations.fingerprint
         return self._embeddings.fingerprint if path == "embeddings" and self._embeddings else None
 
     def _frozen_pass(self, path: str) -> str:
-        if path == "activations":
+        if path == "hidden-states":
             return "pytorch"                 # hidden states are kept in memory only, computed by each fit
         if path != "embeddings" or self._embeddings is None:
             return "none"
