@@ -80,6 +80,12 @@ class ModelPanel(QWidget):
         self.text_note.setWordWrap(True)
         self.text_note.setVisible(False)
         self._listed_text: bool | None = None        # which kind the list shows: text encoders or backbones
+        self.add_folder_button = QPushButton("Add a model folder…")
+        self.add_folder_button.setToolTip("A local Hugging Face BERT-family model folder (config.json, "
+                                          "model.safetensors, tokenizer.json) to use as the text encoder")
+        self.add_folder_button.clicked.connect(lambda: self.add_encoder_folder())
+        self.add_folder_button.setVisible(False)
+        self.ask_encoder_folder = lambda: QFileDialog.getExistingDirectory(self, "A Hugging Face model folder") or None
         self._layout()
         state.events.engine.connect(self._show_backbones)
         state.events.report.connect(self._show_backbones_for_data)
@@ -101,6 +107,7 @@ class ModelPanel(QWidget):
         left_layout.setContentsMargins(0, 0, 0, 0)
         left_layout.addWidget(self.list_title)
         left_layout.addWidget(self.backbone_list, 1)
+        left_layout.addWidget(self.add_folder_button)
         left_layout.addWidget(self.text_note)
         left_layout.addWidget(details)
         presets = QHBoxLayout()
@@ -144,6 +151,7 @@ class ModelPanel(QWidget):
                                if text else "")
         self.text_note.setToolTip(NO_TEXT_ASSESSMENT)
         self.text_note.setVisible(text)
+        self.add_folder_button.setVisible(text)
         if self.state.engine is not None and text != self._listed_text:
             self._show_backbones()
 
@@ -168,6 +176,23 @@ class ModelPanel(QWidget):
             self.backbone_list.addItem(item)
         self.backbone_list.blockSignals(False)
         self._show_backbone()
+
+    def add_encoder_folder(self, folder: str | None = None) -> bool:
+        """A user's Hugging Face model folder joins the text encoders and is chosen; a folder that is not one
+        is said in the note under the list (which files it lacks)."""
+        from engine.models.text_catalog import TextEncoderError, encoder_folder
+        folder = folder or self.ask_encoder_folder()
+        if not folder or self.state.engine is None:
+            return False
+        try:
+            encoder_folder(folder)
+        except TextEncoderError as exc:
+            self.text_note.setText(f"<span style='color:#b00020'>{exc}</span>")
+            return False
+        self.state.add_text_encoder(folder)
+        self._show_backbones()
+        self.state.choose_backbone(folder)
+        return True
 
     def _on_backbone_selected(self, item, _previous=None) -> None:
         if item is not None:
@@ -287,3 +312,4 @@ class ModelPanel(QWidget):
             return ("Faster: the frozen layers read each text once; each epoch runs only the layers that train "
                     "(about a minute per epoch for 1,000 texts on a 2-core CPU).")
         return "Every epoch runs the encoder on every text: minutes per epoch on a CPU."
+

@@ -11,6 +11,7 @@ from __future__ import annotations
 import operator
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from psygnal import evented
@@ -80,6 +81,15 @@ class AppState:
     def backbone_is_text(self) -> bool:
         row = self.backbone_row(self.backbone) if self.backbone else None
         return row is not None and row.get("modality") == "text"
+
+    def add_text_encoder(self, folder: str) -> None:
+        """A local Hugging Face model folder joins the engine's text encoders (once), as a catalogue row."""
+        if self.engine is None or any(row["name"] == folder for row in self.engine.text_encoders):
+            return
+        self.engine.text_encoders.append({"name": folder, "title": f"{Path(folder).name} (model folder)",
+                                          "available": True, "weights_available": True,
+                                          "weights_source": "your folder", "notes": folder, "hint": "",
+                                          "modality": "text"})
 
     def choose_backbone(self, name: str) -> None:
         """A new backbone starts from ImageNet weights when they are on this machine, training its head only."""

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from PySide6.QtCore import Qt
+
+from engine.models.text_catalog import encoder_folder
 from engine.project import apply_corrections, load_project
 from gui_support import TRAIN_TIMEOUT_MS, drop, load
 
@@ -80,6 +83,18 @@ def test_a_text_dataset_from_drop_to_try_it(qtbot, windows, fortunes_csv, tmp_pa
     assert any(name.startswith("encoder.encoder.layer.5.") for name, p in
                win.state.model.tree.model.named_parameters() if p.requires_grad)
     assert "each epoch runs only the layers that train" in model.counts.text()
+    # a user's Hugging Face folder joins the encoders (a broken one is said under the list)
+    broken = tmp_path / "broken-encoder"
+    broken.mkdir()
+    assert not model.add_encoder_folder(str(broken)) and "no config.json" in model.text_note.text()
+    folder = tmp_path / "my-encoder"
+    folder.mkdir()
+    for item in encoder_folder("all-minilm-l6-v2").iterdir():
+        (folder / item.name).symlink_to(item)
+    with qtbot.waitSignal(win.model_ready, timeout=60_000):
+        assert model.add_encoder_folder(str(folder))
+    assert win.state.backbone == str(folder) and win.state.model.modality == "text"
+    assert model.backbone_list.currentItem().data(Qt.ItemDataRole.UserRole) == str(folder)
     model.train_head_only()
     assert "only the head trains" in model.counts.text()
     form = win.train_panel.settings
@@ -176,7 +191,8 @@ def test_a_text_dataset_from_drop_to_try_it(qtbot, windows, fortunes_csv, tmp_pa
         assert again.projects.open(saved)
     qtbot.waitUntil(lambda: again.state.report is not None and again.state.model_is_current(), timeout=60_000)
     assert again.state.report.modality == "text" and len(again.state.report.samples) == 60
-    assert again.state.backbone == "all-minilm-l6-v2" and again.state.model.modality == "text"
+    assert again.state.backbone == str(folder), "the user's encoder folder, listed again"
+    assert again.state.model.modality == "text"
     assert again.predict_panel.text_model and again.state.latest_run.run_dir == str(result.run_dir)
 
 
