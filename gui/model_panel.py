@@ -162,6 +162,9 @@ class ModelPanel(QWidget):
         self._listed_text = text
         self.list_title.setText("<b>Text encoder</b>" if text else "<b>Pretrained backbone</b>")
         self.details.setTitle("Encoder" if text else "Backbone")
+        self.last_n_button.setText("Last N layers" if text else "Last N blocks")
+        self.last_n_button.setToolTip("Train the classifier and the encoder's last N transformer layers" if text
+                                      else "Train the classifier and the last N blocks of the backbone")
         self.weights.setItemText(0, TEXT_PRETRAINED if text else WEIGHT_CHOICES[0][1])
         self.weights.model().item(2).setEnabled(not text)      # a text encoder's weights come with it
         self.backbone_list.blockSignals(True)
