@@ -42,8 +42,8 @@ class Checkpoint:
         return self.meta.get("modality", "image")
 
     def tokenizer(self):
-        """A text checkpoint's tokenizer (engine.models.text.TextTokenizer), carried in its metadata."""
-        from engine.models.text import TextTokenizer
+        """A text checkpoint's tokenizer (engine.data.tokens.TextTokenizer), carried in its metadata."""
+        from engine.data.tokens import TextTokenizer
         return TextTokenizer(self.meta["tokenizer"], int(self.meta["max_tokens"]))
 
 

@@ -17,16 +17,15 @@ ships with, so training, `predict` and the torch-free ONNX path split texts iden
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
+from engine.data.tokens import TextTokenizer
 from engine.models.catalog import BackboneSpec, ModelBundle
 from engine.models.heads import make_head
 from engine.models.text_catalog import TEXT_ENCODERS, TextEncoderError, encoder_folder, encoder_max_tokens
@@ -37,42 +36,10 @@ SORT_BATCH = 64             # texts per batch in the frozen pass, sorted by leng
 
 
 # -- tokens -------------------------------------------------------------------------------------------
-class TextTokenizer:
-    """tokenizer.json → [B, 2, L] int64 arrays (ids, attention mask), truncated at `max_tokens` and padded
-    to the longest text of the batch (not to a fixed length: short texts stay cheap)."""
-
-    def __init__(self, tokenizer_json: str, max_tokens: int):
-        from tokenizers import Tokenizer
-        self.json = tokenizer_json
-        self.max_tokens = int(max_tokens)
-        self._full = Tokenizer.from_str(tokenizer_json)
-        self._full.no_padding()
-        self._full.no_truncation()
-        self._tokenizer = Tokenizer.from_str(tokenizer_json)
-        self._tokenizer.enable_truncation(self.max_tokens)
-        pad = self._tokenizer.padding or {}
-        self._tokenizer.no_padding()
-        self._tokenizer.enable_padding(pad_id=int(pad.get("pad_id", 0)), pad_token=str(pad.get("pad_token", "[PAD]")))
-
-    @classmethod
-    def from_folder(cls, folder: Path, max_tokens: int | None = None) -> "TextTokenizer":
-        text = (Path(folder) / "tokenizer.json").read_text(encoding="utf-8")
-        return cls(text, max_tokens or encoder_max_tokens(Path(folder)))
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, 2, 1), dtype=np.int64)
-        encodings = self._tokenizer.encode_batch(list(texts))
-        ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-        return np.stack([ids, mask], axis=1)
-
-    def token_counts(self, texts: list[str]) -> list[int]:
-        """Tokens of each text before truncation (special tokens included): how many get cut."""
-        return [len(e.ids) for e in self._full.encode_batch(list(texts))]
-
-    def digest(self) -> str:
-        return hashlib.sha256(f"{self.max_tokens}|{self.json}".encode()).hexdigest()[:16]
+def tokenizer_from_folder(folder: Path, max_tokens: int | None = None) -> TextTokenizer:
+    """The folder's tokenizer.json, truncating at `max_tokens` (default: the encoder's own length)."""
+    text = (Path(folder) / "tokenizer.json").read_text(encoding="utf-8")
+    return TextTokenizer(text, max_tokens or encoder_max_tokens(Path(folder)))
 
 
 def collate_texts(tokenizer: TextTokenizer):
@@ -184,7 +151,7 @@ def create_text_model(name: str, num_classes: int, *, head: str = "linear", max_
     if weights == "random":
         encoder = _encoder_from_config(_encoder_config_dict(encoder))
     model = TextClassifier(encoder, num_classes, head).eval()
-    tokenizer = TextTokenizer.from_folder(folder, max_tokens)
+    tokenizer = tokenizer_from_folder(folder, max_tokens)
     spec = text_spec(name, encoder.config.model_type)
     return TextBundle(model, spec, None, "random" if weights == "random" else f"pretrained ({spec.name})",
                       tokenizer=tokenizer, encoder_config=_encoder_config_dict(encoder))

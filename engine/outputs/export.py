@@ -154,13 +154,28 @@ def export_run(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.PathLik
 
 def _export_verified(model, pre, card, images, tolerance, dynamic_size, exporter, scratch: Path, step, notes):
     """Try each exporter in turn; return (proto, exporter, verification, seconds) for the first that passes."""
+    found = first_verified(
+        _exporter_order(exporter, dynamic_size), card, scratch, step, notes,
+        lambda name, path: _run_exporter(name, model, pre.input_size, path, dynamic_size),
+        lambda path: verify_onnx(model, pre, path, images, tolerance, dynamic_size))
+    if found[2].ties:
+        notes.append(f"{found[2].ties} verification image(s) are ties between two classes within "
+                     "floating-point precision (top-1 may differ there by rounding)")
+    return found
+
+
+def first_verified(order: Sequence[str], card: dict, scratch: Path, step, notes: list[str],
+                   export: Callable[[str, Path], None], verify: Callable[[Path], "_Verification"]):
+    """(proto, exporter, verification, export seconds) of the first exporter in `order` whose file onnx
+    accepts and `verify` passes (the card is in its metadata, as users will read it); the others' failures
+    go to `notes`. ExportError with every failure when none passes."""
     failures = []
-    for name in _exporter_order(exporter, dynamic_size):
+    for name in order:
         step(f"export ({name})")
         path = scratch / f"{name}.onnx"
         began = time.monotonic()
         try:
-            _run_exporter(name, model, pre.input_size, path, dynamic_size)
+            export(name, path)
             proto = onnx.load(str(path))
             onnx.checker.check_model(proto)
         except Exception as exc:  # noqa: BLE001 - any exporter failure means "try the next one"
@@ -171,15 +186,12 @@ def _export_verified(model, pre, card, images, tolerance, dynamic_size, exporter
         onnx.save(proto, str(path))
         step(f"verify ({name})")
         try:
-            verification = verify_onnx(model, pre, path, images, tolerance, dynamic_size)
+            verification = verify(path)
         except Exception as exc:  # noqa: BLE001 - e.g. an operator onnxruntime lacks: try the next one
             failures.append(f"onnxruntime cannot run the {name} export: {first_line(exc)}")
             continue
         if verification.problem is None:
             notes.extend(failures)
-            if verification.ties:
-                notes.append(f"{verification.ties} verification image(s) are ties between two classes within "
-                             "floating-point precision (top-1 may differ there by rounding)")
             return proto, name, verification, seconds
         failures.append(f"{name} export failed verification: {verification.problem}")
     raise ExportError("; ".join(failures))

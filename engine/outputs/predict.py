@@ -98,6 +98,8 @@ class TorchClassifier:
         self.path = str(checkpoint_path)
         self.device = resolve_device(device)
         model, checkpoint = load_checkpoint(checkpoint_path)
+        if checkpoint.modality == "text":
+            raise ModelFileError(f"{os.path.basename(self.path)} classifies texts, not images")
         if self.device.type != "cpu":
             model = model.to(self.device)
         self.model = predictor(model, checkpoint.meta)
@@ -125,16 +127,10 @@ class OnnxClassifier:
     kind = "onnx"
 
     def __init__(self, onnx_path: str | os.PathLike):
-        import onnxruntime as ort
         self.path = str(onnx_path)
-        name = os.path.basename(self.path)
-        if not os.path.isfile(self.path):
-            raise ModelFileError(f"model file not found: {self.path}")
-        try:
-            self.session = ort.InferenceSession(self.path, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for damaged files
-            raise ModelFileError(f"{name} is not a valid ONNX model ({first_line(exc, 200)})") from None
-        self.meta = read_onnx_metadata(self.session.get_modelmeta().custom_metadata_map, name)
+        self.session, self.meta = open_onnx(self.path)
+        if self.meta.get("modality") == "text":
+            raise ModelFileError(f"{os.path.basename(self.path)} classifies texts, not images")
         self.classes = list(self.meta["classes"])
         self.preprocessing = dict(self.meta["preprocessing"])
         self.input_name = self.session.get_inputs()[0].name
@@ -147,6 +143,20 @@ class OnnxClassifier:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: batch})[0].astype(np.float32)
+
+
+def open_onnx(path: str) -> tuple:
+    """(onnxruntime session on the CPU, TransferLab metadata) of an exported file; ModelFileError says
+    what is wrong with a missing, damaged or foreign file."""
+    import onnxruntime as ort
+    name = os.path.basename(path)
+    if not os.path.isfile(path):
+        raise ModelFileError(f"model file not found: {path}")
+    try:
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for damaged files
+        raise ModelFileError(f"{name} is not a valid ONNX model ({first_line(exc, 200)})") from None
+    return session, read_onnx_metadata(session.get_modelmeta().custom_metadata_map, name)
 
 
 def read_onnx_metadata(custom_metadata: dict[str, str], name: str = "model") -> dict:

@@ -25,12 +25,11 @@ import torch
 
 from engine import __version__
 from engine.core.control import RunControl
-from engine.core.errors import first_line
 from engine.core.files import atomic_path, write_json, write_text
 from engine.core.runfolder import RunFolder
 from engine.models.checkpoint import load_checkpoint
 from engine.outputs.export import (MAX_VERIFY_IMAGES, OPSET, ExportError, ExportResult, _metrics, _now, _set_metadata,
-                                   _spread, _Steps, compare_logits)
+                                   _spread, _Steps, compare_logits, first_verified)
 from engine.outputs.predict import ONNX_FORMAT, resolve_checkpoint
 from engine.outputs.textpredict import OnnxTextClassifier
 
@@ -57,40 +56,18 @@ def export_text_run(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.Pa
     texts, notes = _verification_texts(run_dir, verify_texts)
     card = text_model_card(checkpoint.meta, run_dir)
     order = TEXT_EXPORTERS if exporter == "auto" else (exporter,)
-    failures = []
+    example = torch.from_numpy(tokenizer.encode(texts[:2]))
     with tempfile.TemporaryDirectory(prefix="transferlab-export-") as scratch:
-        for name in order:
-            step(f"export ({name})")
-            path = Path(scratch) / f"{name}.onnx"
-            began = time.monotonic()
-            try:
-                _run_exporter(name, model, torch.from_numpy(tokenizer.encode(texts[:2])), path)
-                proto = onnx.load(str(path))
-                onnx.checker.check_model(proto)
-            except Exception as exc:  # noqa: BLE001 - any exporter failure means "try the next one"
-                failures.append(f"{name} exporter failed: {first_line(exc)}")
-                continue
-            export_seconds = time.monotonic() - began
-            _set_metadata(proto, {**card, "exporter": name})
-            onnx.save(proto, str(path))
-            step(f"verify ({name})")
-            try:
-                verification, probe = _verify(model, tokenizer, path, texts, tolerance)
-            except Exception as exc:  # noqa: BLE001 - an operator onnxruntime lacks: try the next one
-                failures.append(f"onnxruntime cannot run the {name} export: {first_line(exc)}")
-                continue
-            if verification.problem is None:
-                break
-            failures.append(f"{name} export failed verification: {verification.problem}")
-        else:
-            raise ExportError("; ".join(failures))
-    notes.extend(failures)
+        proto, name, verification, export_seconds = first_verified(
+            order, card, Path(scratch), step, notes, lambda exporter_name, path: _run_exporter(
+                exporter_name, model, example, path),
+            lambda path: _verify(model, tokenizer, path, texts, tolerance))
     card.update(exporter=name, verification={
         "texts": verification.n_images, "max_abs_diff": verification.max_abs_diff,
         "top1_agreement": verification.top1_agreement, "tolerance": tolerance, "date": _now()})
     step("write files")
     _set_metadata(proto, card)
-    _write_verified(proto, target, texts[0], probe)
+    _write_verified(proto, target, texts[0], verification.probe_logits)
     sidecar = target.with_suffix(".json")
     write_json(sidecar, {k: v for k, v in card.items() if k != "tokenizer"})
     write_text(target.with_suffix(".tokenizer.json"), tokenizer.json)
@@ -121,7 +98,9 @@ def _verify(model, tokenizer, path: Path, texts: list[str], tolerance: float):
         reference = model(torch.from_numpy(tokenizer.encode(texts))).float().numpy()
     first = classifier.logits(texts[:1])
     exported = np.concatenate([first] + ([classifier.logits(texts[1:])] if len(texts) > 1 else []))
-    return compare_logits(reference, exported, tolerance), first
+    verification = compare_logits(reference, exported, tolerance)
+    verification.probe_logits = first
+    return verification
 
 
 def _write_verified(proto: onnx.ModelProto, target: Path, probe_text: str, expected: np.ndarray) -> None:

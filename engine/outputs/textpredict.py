@@ -17,29 +17,11 @@ from typing import Callable, Iterable
 import numpy as np
 
 from engine.core.control import RunControl
-from engine.core.errors import first_line
-from engine.outputs.predict import (ModelFileError, PredictionReport, _prediction, read_onnx_metadata,
+from engine.data.tokens import TextTokenizer
+from engine.outputs.predict import (ModelFileError, PredictionReport, _prediction, open_onnx, read_onnx_metadata,
                                     resolve_checkpoint, softmax)
 
 TEXT_BATCH = 32
-
-
-class _Tokens:
-    """The torch-free twin of engine.models.text.TextTokenizer.encode: [B, 2, L] int64, padded to the longest."""
-
-    def __init__(self, tokenizer_json: str, max_tokens: int):
-        from tokenizers import Tokenizer
-        self.tokenizer = Tokenizer.from_str(tokenizer_json)
-        pad = self.tokenizer.padding or {}
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(int(max_tokens))
-        self.tokenizer.enable_padding(pad_id=int(pad.get("pad_id", 0)), pad_token=str(pad.get("pad_token", "[PAD]")))
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        encodings = self.tokenizer.encode_batch(list(texts))
-        ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-        return np.stack([ids, mask], axis=1)
 
 
 class OnnxTextClassifier:
@@ -49,20 +31,12 @@ class OnnxTextClassifier:
     modality = "text"
 
     def __init__(self, onnx_path: str | os.PathLike):
-        import onnxruntime as ort
         self.path = str(onnx_path)
-        name = os.path.basename(self.path)
-        if not os.path.isfile(self.path):
-            raise ModelFileError(f"model file not found: {self.path}")
-        try:
-            self.session = ort.InferenceSession(self.path, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for damaged files
-            raise ModelFileError(f"{name} is not a valid ONNX model ({first_line(exc, 200)})") from None
-        self.meta = read_onnx_metadata(self.session.get_modelmeta().custom_metadata_map, name)
+        self.session, self.meta = open_onnx(self.path)
         if self.meta.get("modality") != "text":
-            raise ModelFileError(f"{name} classifies images, not texts")
+            raise ModelFileError(f"{os.path.basename(self.path)} classifies images, not texts")
         self.classes = list(self.meta["classes"])
-        self.tokens = _Tokens(self.meta["tokenizer"], int(self.meta["preprocessing"]["max_tokens"]))
+        self.tokens = TextTokenizer(self.meta["tokenizer"], int(self.meta["preprocessing"]["max_tokens"]))
         self.input_name = self.session.get_inputs()[0].name
 
     def logits(self, texts: list[str]) -> np.ndarray:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from engine.core.callbacks import Callback
 from engine.core.control import RunControl
@@ -112,6 +111,7 @@ def text_step_seconds(bundle, config: TrainConfig, report: DatasetReport, repeat
     states as the TextTrainer trains; the best of `repeats` after a warm-up. The weights are put back."""
     from engine.models.layers import LayerTree
     from engine.training.text_trainer import SuffixOnTextActivations, activation_boundary, frozen_prefix
+    from engine.training.timing import best_step_seconds
     model = bundle.model
     saved = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     texts = [s.text for s in report.split("train")[:config.batch_size]]
@@ -128,19 +128,9 @@ def text_step_seconds(bundle, config: TrainConfig, report: DatasetReport, repeat
         prefix_s = time.perf_counter() - began
         inputs = torch.cat([hidden.clone(), tokens[:, 1:2].transpose(1, 2).to(hidden.dtype)], dim=2)
         net = SuffixOnTextActivations(model, boundary)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-6)
     model.train()
-    best = float("inf")
     try:
-        for attempt in range(repeats + 1):
-            began = time.perf_counter()
-            loss = nn.functional.cross_entropy(net(inputs), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if attempt:
-                best = min(best, time.perf_counter() - began)
+        best = best_step_seconds(net, model, inputs, targets, repeats, lr=1e-6)
     finally:
         model.load_state_dict(saved)
         model.eval()

@@ -25,10 +25,10 @@ def scan_any(source, *, seed: int = 0, encoder: str | None = None, max_tokens: i
         from engine.data.scan import scan_dataset
         return scan_dataset(source, seed=seed, progress=progress, control=control)
     from engine.data.texts import scan_texts
-    from engine.models.text import TextTokenizer
+    from engine.models.text import tokenizer_from_folder
     from engine.models.text_catalog import DEFAULT_TEXT_ENCODER, encoder_folder, is_text_backbone
     encoder = encoder if is_text_backbone(encoder) else DEFAULT_TEXT_ENCODER
-    tokenizer = TextTokenizer.from_folder(encoder_folder(encoder), max_tokens)
+    tokenizer = tokenizer_from_folder(encoder_folder(encoder), max_tokens)
     return scan_texts(source, text_column=text_column, label_column=label_column, split_column=split_column,
                       seed=seed, token_counter=tokenizer.token_counts, max_tokens=tokenizer.max_tokens,
                       progress=progress, control=control)

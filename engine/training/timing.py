@@ -30,10 +30,16 @@ def suffix_step_seconds(config: TrainConfig, classes: int, repeats: int = 2) -> 
     else:
         inputs, net = images, model
     targets = torch.randint(0, classes, (config.batch_size,))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
     net.train()
     frozen_batchnorm_to_eval(net)
+    return best_step_seconds(net, model, inputs, targets, repeats)
+
+
+def best_step_seconds(net: nn.Module, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                      repeats: int = 2, lr: float = 1e-4) -> float:
+    """The fastest of `repeats` training steps (forward, backward, AdamW update of `model`'s trainable
+    parameters) of `net` on one batch, after a warm-up step."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     best = float("inf")
     for attempt in range(repeats + 1):
         began = time.perf_counter()
