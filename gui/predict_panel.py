@@ -54,16 +54,21 @@ def model_key(path: str) -> tuple:
     return str(path), checkpoint.stat().st_mtime_ns if checkpoint.exists() else 0
 
 
+def cached_classifier(model_path: str, cached: PredictOutcome | None, load, progress) -> tuple[tuple, object]:
+    """(model key, classifier): the cached one while the file is the same (path and modification time),
+    else `load(model_path)` afresh."""
+    key = model_key(model_path)
+    if cached is not None and cached.model_key == key:
+        return key, cached.classifier
+    progress("Loading the model", 0, 0)
+    return key, load(model_path)
+
+
 def predict_job(model_path: str, cached: PredictOutcome | None, inputs: list[str], top_k: int,
                 control: RunControl, progress) -> PredictOutcome:
     """Load the classifier (unless the cached one is for the same file), predict, draw thumbnails."""
     from engine.outputs.predict import load_classifier, predict_images
-    key = model_key(model_path)
-    if cached is not None and cached.model_key == key:
-        classifier = cached.classifier
-    else:
-        progress("Loading the model", 0, 0)
-        classifier = load_classifier(model_path)
+    key, classifier = cached_classifier(model_path, cached, load_classifier, progress)
     report = predict_images(classifier, inputs, top_k=top_k, progress=lambda _s, d, t: progress("Predicting", d, t),
                             control=control)
     thumbnails = {}
@@ -77,12 +82,7 @@ def predict_text_job(model_path: str, cached: PredictOutcome | None, items: list
                      control: RunControl, progress) -> PredictOutcome:
     """Load the text classifier (unless the cached one is for the same file) and predict each (origin, text)."""
     from engine.outputs.textpredict import load_text_classifier, predict_texts
-    key = model_key(model_path)
-    if cached is not None and cached.model_key == key:
-        classifier = cached.classifier
-    else:
-        progress("Loading the model", 0, 0)
-        classifier = load_text_classifier(model_path)
+    key, classifier = cached_classifier(model_path, cached, load_text_classifier, progress)
     report = predict_texts(classifier, items, top_k=top_k, progress=lambda _s, d, t: progress("Predicting", d, t),
                            control=control)
     return PredictOutcome(key, classifier, report)
