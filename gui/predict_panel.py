@@ -399,29 +399,16 @@ class PredictPanel(QWidget):
 
     def predict(self, inputs: list[str]) -> Task | None:
         """Classify image files and folders with the chosen model on a worker."""
-        path = self.model_path
-        if not path:
-            self._show_failure("There is no model yet: train one first, or choose an exported .onnx file "
-                               "or a checkpoint above.")
+        path = self._usable_model_path()
+        if path is None:
             return None
         if self.text_model:
             self._show_failure(f"{Path(path).name} classifies texts: type one in the box above.")
             return None
-        if self.task is not None:
-            self.task.abandon()      # the user dropped something new: the old answer no longer matters
         self._last_inputs = [str(p) for p in inputs]
         control = RunControl()
-        self.task = self.tasks.start(partial(predict_job, path, self._cached, self._last_inputs,
-                                            self.top_k.value(), control), control)
-        self.task.progress.connect(self._on_progress)
-        self.task.succeeded.connect(self._on_succeeded)
-        self.task.failed.connect(self._on_failed)
-        self.task.cancelled.connect(self._on_cancelled)
-        self.task.done.connect(self._on_task_done)
-        self._set_running(True)
-        self.summary.setStyleSheet("")
-        self.summary.setText(f"Classifying {self._describe(self._last_inputs)} with {Path(path).name}…")
-        return self.task
+        return self._start(partial(predict_job, path, self._cached, self._last_inputs, self.top_k.value(), control),
+                           control, f"Classifying {self._describe(self._last_inputs)} with {Path(path).name}…")
 
     def cancel(self) -> None:
         if self.task is not None:

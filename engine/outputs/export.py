@@ -379,6 +379,12 @@ def _verification_images(run_dir: Path | None, verify_images) -> tuple[list[Imag
 
 def _validation_paths(run_dir: Path | None) -> list[str]:
     """The run's validation (else test) image paths that still exist, from predictions.json."""
+    return [row["path"] for row in validation_rows(run_dir, lambda row: os.path.isfile(row.get("path", "")))]
+
+
+def validation_rows(run_dir: Path | None, usable: Callable[[dict], bool]) -> list[dict]:
+    """The `usable` rows of the run's predictions.json for its validation split, else its test split ([]
+    without a run folder or a readable file)."""
     if run_dir is None or not RunFolder(run_dir).predictions.is_file():
         return []
     try:
@@ -386,9 +392,9 @@ def _validation_paths(run_dir: Path | None) -> list[str]:
     except (OSError, json.JSONDecodeError):
         return []
     for split in ("val", "test"):
-        paths = [row["path"] for row in predictions.get(split, []) if os.path.isfile(row.get("path", ""))]
-        if paths:
-            return paths
+        rows = [row for row in predictions.get(split, []) if usable(row)]
+        if rows:
+            return rows
     return []
 
 

@@ -11,7 +11,6 @@ minutes; the torch.export-based one is the fallback.
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -26,10 +25,9 @@ import torch
 from engine import __version__
 from engine.core.control import RunControl
 from engine.core.files import atomic_path, write_json, write_text
-from engine.core.runfolder import RunFolder
 from engine.models.checkpoint import load_checkpoint
 from engine.outputs.export import (MAX_VERIFY_IMAGES, OPSET, ExportError, ExportResult, _metrics, _now, _set_metadata,
-                                   _spread, _Steps, compare_logits, first_verified)
+                                   _spread, _Steps, compare_logits, first_verified, validation_rows)
 from engine.outputs.predict import ONNX_FORMAT, resolve_checkpoint
 from engine.outputs.textpredict import OnnxTextClassifier
 
@@ -153,14 +151,4 @@ def _verification_texts(run_dir: Path | None, verify_texts) -> tuple[list[str], 
 
 def _validation_texts(run_dir: Path | None) -> list[str]:
     """The run's validation (else test) texts, from predictions.json."""
-    if run_dir is None or not RunFolder(run_dir).predictions.is_file():
-        return []
-    try:
-        predictions = json.loads(RunFolder(run_dir).predictions.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return []
-    for split in ("val", "test"):
-        texts = [row["text"] for row in predictions.get(split, []) if row.get("text")]
-        if texts:
-            return texts
-    return []
+    return [row["text"] for row in validation_rows(run_dir, lambda row: bool(row.get("text")))]
