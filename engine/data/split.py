@@ -85,12 +85,19 @@ def duplicate_problems(rows) -> list[Problem]:
 
 
 def _duplicate_reason(first: Candidate, first_split: str, other: Candidate, split: str) -> str:
-    if first.label != other.label:
-        a, b = sorted((first.label, other.label))
-        return f"same image labelled as both '{a}' and '{b}': same content as {first.path}"
-    if first_split != split:
-        return f"duplicate across splits (data leakage): same content as {first.path}"
-    return f"duplicate image: same content as {first.path}"
+    return duplicate_reason((first.label, first_split), (other.label, split), "image",
+                            f"same content as {first.path}")
+
+
+def duplicate_reason(first: tuple[str, str], other: tuple[str, str], noun: str, same_as: str) -> str:
+    """Why a second copy of an item (its (label, split)) is a problem: two labels, leakage across splits, or
+    a plain duplicate; `same_as` names the first copy ("same content as red/a.png")."""
+    if first[0] != other[0]:
+        a, b = sorted((first[0], other[0]))
+        return f"same {noun} labelled as both '{a}' and '{b}': {same_as}"
+    if first[1] != other[1]:
+        return f"duplicate across splits (data leakage): {same_as}"
+    return f"duplicate {noun}: {same_as}"
 
 
 def class_size_problems(rows, classes, class_locations: dict[str, list[str]], root: str,

@@ -26,7 +26,7 @@ from engine.data.csvfile import _CSV_PATH_COLUMNS, resolve_csv_path
 from engine.data.images import has_image_extension, is_hidden_or_system
 from engine.data.listing import CARVE_ALL, CARVE_VAL, SPLIT_FOLDER_NAMES
 from engine.data.report import SPLITS, DatasetError, DatasetReport, Problem, Sample, plural, sorted_problems
-from engine.data.split import IMBALANCE_RATIO, split_counts
+from engine.data.split import IMBALANCE_RATIO, duplicate_reason, split_counts
 from engine.data.ziparchive import extract_zip
 
 TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".txt")
@@ -898,12 +898,7 @@ def _duplicate_problems(ordered: list[tuple[_Row, str]]) -> list[Problem]:
 
 
 def _duplicate_reason(first: _Row, first_split: str, other: _Row, split: str) -> str:
-    if first.label != other.label:
-        a, b = sorted((first.label, other.label))
-        return f"same text labelled as both '{a}' and '{b}': same as {first.where}"
-    if first_split != split:
-        return f"duplicate across splits (data leakage): same as {first.where}"
-    return f"duplicate text: same as {first.where}"
+    return duplicate_reason((first.label, first_split), (other.label, split), "text", f"same as {first.where}")
 
 
 def _class_size_problems(ordered, classes: list[str], root: str, min_texts: int) -> list[Problem]:

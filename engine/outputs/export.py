@@ -304,6 +304,13 @@ def model_card(meta: dict, run_dir: Path | None, dynamic_size: bool) -> dict:
                           "steps": "RGB (EXIF-upright, transparency on white); resize the shorter side to "
                                    "resize_size with `interpolation`; centre-crop input_size x input_size; "
                                    "scale to 0..1; subtract mean, divide by std (per channel)"},
+        **provenance(meta, run_dir),
+    }
+
+
+def provenance(meta: dict, run_dir: Path | None) -> dict:
+    """Where an exported model came from and how it scored: the part of the model card images and texts share."""
+    return {
         "trained": meta.get("created"),
         "metrics": _metrics(meta, run_dir),
         "weights_origin": meta.get("weights_origin"),

@@ -22,12 +22,11 @@ import numpy as np
 import onnx
 import torch
 
-from engine import __version__
 from engine.core.control import RunControl
 from engine.core.files import atomic_path, write_json, write_text
 from engine.models.checkpoint import load_checkpoint
-from engine.outputs.export import (MAX_VERIFY_IMAGES, OPSET, ExportError, ExportResult, _metrics, _now, _set_metadata,
-                                   _spread, _Steps, compare_logits, first_verified, validation_rows)
+from engine.outputs.export import (MAX_VERIFY_IMAGES, OPSET, ExportError, ExportResult, _now, _set_metadata, _spread,
+                                   _Steps, compare_logits, first_verified, provenance, validation_rows)
 from engine.outputs.predict import ONNX_FORMAT, resolve_checkpoint
 from engine.outputs.textpredict import OnnxTextClassifier
 
@@ -128,12 +127,7 @@ def text_model_card(meta: dict, run_dir: Path | None) -> dict:
                                    "OUT.tokenizer.json), truncate to max_tokens, pad to the longest text "
                                    "of the batch"},
         "tokenizer": meta["tokenizer"],
-        "trained": meta.get("created"),
-        "metrics": _metrics(meta, run_dir),
-        "weights_origin": meta.get("weights_origin"),
-        "exported": _now(),
-        "opset": OPSET,
-        "versions": {"transferlab": __version__, "torch": torch.__version__, "onnx": onnx.__version__},
+        **provenance(meta, run_dir),
     }
 
 
