@@ -63,6 +63,14 @@ def linear_probe_test(report, seed: int) -> float:
     return _probe_fold(data.views[0], data.labels, x_test, np.array([s.label for s in test]), best)
 
 
+def recipe_summary(config: dict) -> dict:
+    """The winner's main choices (each member's, for an ensemble)."""
+    if "ensemble" in config:
+        return {"ensemble": [recipe_summary(member) for member in config["ensemble"]]}
+    return {k: config[k] for k in ("backbone", "head", "lr", "weight_decay", "label_smoothing", "epochs",
+                                   "augmentation", "tta", "freeze", "freeze_blocks", "seed")}
+
+
 def timed_fit(report, config: TrainConfig, folder: Path) -> tuple[float, float]:
     began = time.monotonic()
     result = Trainer(report, config, folder).fit()
@@ -97,9 +105,7 @@ def main() -> None:
             rows[f"--auto {args.budget}"] = {"test_accuracy": result.metrics.get("test_accuracy"),
                                              "val_accuracy": result.metrics.get("val_accuracy"),
                                              "seconds": time.monotonic() - began, "winner": result.winner,
-                                             "recipe": {k: result.config[k] for k in ("backbone", "head", "lr",
-                                                        "weight_decay", "label_smoothing", "epochs", "augmentation",
-                                                        "tta", "freeze", "freeze_blocks")},
+                                             "recipe": recipe_summary(result.config),
                                              "phases_s": search["phases_s"]}
             rows["assessments"] = search["assessments"]
             rows["leaderboard"] = [{k: c[k] for k in ("name", "backbone", "score", "scored_by", "val_accuracy",

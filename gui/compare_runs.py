@@ -30,7 +30,11 @@ def run_name(record) -> str:
 
 
 def training_text(config: dict) -> str:
-    """What trained: the share of weights when the run recorded it, else the freeze preset."""
+    """What trained: the share of weights when the run recorded it, else the freeze preset; an ensemble's
+    record (its first member's recipe) says how many models it averages."""
+    if config.get("ensemble_members"):
+        return f"mean of {config['ensemble_members']} models, " + training_text(
+            {k: v for k, v in config.items() if k not in ("ensemble_members", "params_total")})
     total, trainable = config.get("params_total"), config.get("params_trainable")
     if total and trainable is not None:
         return f"{trainable / 1e6:.2f} M of {total / 1e6:.2f} M weights ({100 * trainable / total:.0f} %)"

@@ -563,7 +563,10 @@ class MainWindow(QMainWindow):
     def _on_training_succeeded(self, result) -> None:
         searched = isinstance(self.state.active_run, SearchRun)
         if searched:                             # the run is the winner's: its config, and the search's minutes
-            self._run_config = {**result.config, "search_minutes": self._run_config.get("search_minutes"),
+            config = result.config
+            if "ensemble" in config:             # an ensemble is recorded as its first member and their count
+                config = {**config["ensemble"][0], "ensemble_members": len(config["ensemble"])}
+            self._run_config = {**config, "search_minutes": self._run_config.get("search_minutes"),
                                 "search_winner": result.winner}
         self._record_active_run(result.status, result.metrics)
         self.results_panel.show_result(result)

@@ -143,7 +143,7 @@ class TrainingPlots(QWidget):
 
 
 # kind of candidate -> colour; trained runs are drawn larger than head trials scored on cached features
-KIND_COLOURS = {"head": TRAIN, "last-blocks": LR, "assessment": (150, 150, 150)}
+KIND_COLOURS = {"head": TRAIN, "last-blocks": LR, "ensemble": (148, 103, 189), "assessment": (150, 150, 150)}
 TRAINED_SIZE, TRIAL_SIZE, BEST_SIZE = 12, 8, 18
 
 

@@ -28,7 +28,8 @@ AUTOMATIC_SHORT_NOTE = "The search picks backbone, head, learning rate, epochs a
 COLUMNS = ("Candidate", "Backbone", "Recipe", "Score", "Time", "Status")
 COLUMN_TIPS = {
     "Candidate": "Head trials are scored on the backbone's cached features without saving a model; the default "
-                 "recipe, the best head recipe and the last blocks are trained as full runs.",
+                 "recipe, the best head recipe and the last blocks are trained as full runs. The ensemble averages "
+                 "the probabilities of trained runs when they are more accurate together on validation.",
     "Recipe": "What the candidate changed: the classifier head, learning rate, epochs, flips and which layers "
               "trained. Hover over a row for the whole recipe.",
     "Score": "Accuracy on images the candidate did not train on. k-fold CV: trained k times, each time scored on a "
@@ -53,6 +54,8 @@ def recipe_text(recipe: dict) -> str:
     """The short recipe of a leaderboard row: 'MLP head · lr 3e-3 · 12 ep · flips'."""
     if not recipe:
         return ""
+    if recipe.get("members"):
+        return "mean of " + " + ".join(recipe["members"])
     parts = [f"{'MLP' if recipe.get('head') == 'mlp' else 'linear'} head"]
     if recipe.get("lr") is not None:
         parts.append(f"lr {recipe['lr']:.0e}".replace("e-0", "e-"))

@@ -223,6 +223,10 @@ def test_search_within_budget_writes_a_reproducible_winner(colours, tmp_path):
     assert any(row["name"].startswith("head trial") and row["scored_by"].endswith("-fold CV") for row in board)
     # the last blocks are tried even where the frozen features fit strongly (they beat heads on both real sets)
     assert any(row["kind"] == "last-blocks" and row["status"] in ("done", "pruned") for row in board)
+    # the trained candidates were offered to ensemble selection (kept only when more accurate together)
+    (ensemble,) = [row for row in board if row["kind"] == "ensemble"]
+    assert ensemble["status"] == "skipped" and "more accurate on validation" in ensemble["note"] or \
+        ensemble["status"] == "done" and len(ensemble["recipe"]["members"]) >= 2
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test_accuracy"] is not None and metrics["evaluated_on"] == "test"
     # every candidate trained without the test split; only the winner's run was evaluated on it, after

@@ -78,17 +78,45 @@ def _config_from_args(args) -> TrainConfig:
     return config
 
 
-def _config_from_file(path: str) -> TrainConfig:
-    """A run's config.json (e.g. the winner of `--auto`): every training choice, the flags' ignored."""
+def _read_config_file(path: str) -> dict:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise BadInput(f"cannot read the config {path}: {first_line(exc)}") from None
     if not isinstance(data, dict):
         raise BadInput(f"{path} is not a training config (a JSON object)")
-    config = TrainConfig.from_dict(data)
+    return data
+
+
+def _config_from_file(path: str) -> TrainConfig:
+    """A run's config.json (e.g. the winner of `--auto`): every training choice, the flags' ignored."""
+    config = TrainConfig.from_dict(_read_config_file(path))
     config.validate()
     return config
+
+
+def _train_ensemble(args) -> int:
+    """`train DATA --out RUN --config ENSEMBLE/config.json`: each member's recipe trained again, combined
+    and tested as the search did (engine.search.ensemble)."""
+    from engine.search.ensemble import member_configs, train_ensemble
+    if args.auto:
+        raise BadInput("--config with an ensemble trains that ensemble: leave out --auto")
+    try:
+        configs = member_configs(_read_config_file(args.config))
+    except ValueError as exc:
+        raise BadInput(f"{args.config}: {first_line(exc)}") from None
+    for config in configs:
+        _check_device(config.device)
+    out = Path(args.out)
+    with TerminalProgress() as progress:
+        report = scan_any(args.data, configs[0], progress, args)
+        _print_problem_summary(report)
+        metrics = train_ensemble(report, configs, out, [progress], progress=progress)
+    write_text(RunFolder(out).dataset_report, report.format_text() + "\n")
+    print(json.dumps({"status": "completed", "run_dir": str(out), "checkpoint": str(RunFolder(out).checkpoint),
+                      "val_accuracy": metrics.get("val_accuracy"), "test_accuracy": metrics.get("test_accuracy"),
+                      "members": len(configs)}))
+    return EXIT_OK
 
 
 def cmd_train(args) -> int:
@@ -99,6 +127,8 @@ def cmd_train(args) -> int:
         return _resume(args)
     if not args.data or not args.out:
         raise BadInput("train needs DATA and --out RUN (or --resume RUN to continue a run)")
+    if args.config and "ensemble" in _read_config_file(args.config):
+        return _train_ensemble(args)
     config = _config_from_file(args.config) if args.config else _config_from_args(args)
     config = _config_for_data(config, args)
     _check_device(config.device)

@@ -109,6 +109,8 @@ def format_candidate(entry: dict) -> str:
     choices = " ".join(f"{key}={_short(recipe[key])}" for key in ("head", "lr", "weight_decay", "label_smoothing",
                                                                   "epochs", "augmentation", "tta", "freeze")
                        if recipe.get(key) is not None)
+    if recipe.get("members"):
+        choices = "mean of " + " + ".join(recipe["members"])
     score = f"{entry['score']:.1%}" if entry.get("score") is not None else "-"
     if entry.get("score_std") is not None:
         score += f" ±{entry['score_std']:.1%}"

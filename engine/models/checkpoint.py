@@ -14,6 +14,7 @@ from torch import nn
 from engine.core.files import atomic_path
 from engine.data.preprocessing import Preprocessing
 from engine.models.catalog import ModelBundle, build_architecture, get_spec
+from engine.models.ensemble import MEMBER_FIELDS, ensemble_module, is_ensemble
 from engine.models.heads import HEADS, head_kind
 from engine.models.predictor import tta_setting
 
@@ -70,6 +71,28 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, bundle: ModelBund
     return meta
 
 
+def save_ensemble_checkpoint(path: str | os.PathLike, members: list[tuple[nn.Module, dict]],
+                             extra: dict | None = None) -> dict:
+    """One checkpoint holding several trained models (bare, with their checkpoint metadata) that share
+    classes and preprocessing; it loads as `engine.models.ensemble.ProbabilityAverage`. The top level
+    describes the first member, so code that only reads "backbone" or "preprocessing" still works."""
+    first = members[0][1]
+    for _, meta in members[1:]:
+        if meta["classes"] != first["classes"] or meta.get("preprocessing") != first.get("preprocessing"):
+            raise CheckpointError("ensemble members must share their classes and preprocessing")
+    described = [{name: meta.get(name) for name in MEMBER_FIELDS} for _, meta in members]
+    meta = {"format": FORMAT, "backbone": first["backbone"], "arch": first["arch"],
+            "preprocessing": first["preprocessing"], "head": first.get("head", "linear"), "tta": "none",
+            "classes": list(first["classes"]), "ensemble": described,
+            "weights_origin": first.get("weights_origin"),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra or {})}
+    state = {f"members.{index}.{key}": value.detach().contiguous().to("cpu", copy=True)
+             for index, (model, _) in enumerate(members) for key, value in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={META_KEY: json.dumps(meta)})
+    return meta
+
+
 def read_checkpoint_meta(path: str | os.PathLike) -> dict:
     try:
         with safe_open(os.fspath(path), framework="pt") as f:
@@ -89,13 +112,16 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict:
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, Checkpoint]:
     """Rebuild the architecture from metadata (a checkpoint without "head" has the linear one) and fill in
-    every weight (strictly). The bare model: `engine.models.predictor.predictor` adds test-time flip."""
+    every weight (strictly). The bare model: `engine.models.predictor.predictor` adds test-time flip. An
+    ensemble checkpoint loads as `ProbabilityAverage`, each member with its own flip inside."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     meta = read_checkpoint_meta(path)
     head = meta.get("head", "linear")
     if head not in HEADS:
         raise CheckpointError(f"{os.path.basename(path)}: unknown head {head!r}")
+    if is_ensemble(meta):
+        return _load_ensemble(path, meta), Checkpoint(meta)
     if meta.get("modality") == "text":
         from engine.models.text import build_text_model
         model, _ = build_text_model(meta)
@@ -107,3 +133,22 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, Checkpoint]:
         raise CheckpointError(f"{os.path.basename(path)} does not match its architecture: "
                               f"{str(exc).splitlines()[0][:200]}") from None
     return model.eval(), Checkpoint(meta)
+
+
+def _load_ensemble(path: str | os.PathLike, meta: dict) -> nn.Module:
+    state = load_file(os.fspath(path), device="cpu")
+    bare, metas = [], []
+    try:
+        for index, member in enumerate(meta["ensemble"]):
+            if member.get("head", "linear") not in HEADS:
+                raise ValueError(f"unknown head {member.get('head')!r}")
+            model = build_architecture(get_spec(member["backbone"]).name, len(meta["classes"]),
+                                       member.get("head", "linear"))
+            prefix = f"members.{index}."
+            model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+            bare.append(model.eval())
+            metas.append({"tta": tta_setting(member)})
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{os.path.basename(path)} does not match its ensemble: "
+                              f"{str(exc).splitlines()[0][:200]}") from None
+    return ensemble_module(bare, metas).eval()

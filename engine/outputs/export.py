@@ -287,6 +287,8 @@ def model_card(meta: dict, run_dir: Path | None, dynamic_size: bool) -> dict:
     height = width = pre.input_size
     if dynamic_size:
         height, width = "height", "width"
+    from engine.models.ensemble import describe_members, is_ensemble
+    ensemble = {"ensemble": meta["ensemble"]} if is_ensemble(meta) else {}
     return {
         "format": ONNX_FORMAT,
         "classes": list(meta["classes"]),
@@ -297,9 +299,11 @@ def model_card(meta: dict, run_dir: Path | None, dynamic_size: bool) -> dict:
         "output": {"name": OUTPUT_NAME, "shape": ["batch", len(meta["classes"])],
                    "meaning": "logits: apply softmax for probabilities" + (
                        "; already the mean over the image and its mirror image (test-time flip)"
-                       if meta.get("tta", "none") == "flip" else "")},
+                       if meta.get("tta", "none") == "flip" else "") + (
+                       f"; the log of {describe_members(meta)}" if ensemble else "")},
         "head": meta.get("head", "linear"),
         "tta": meta.get("tta", "none"),
+        **ensemble,
         "preprocessing": {**pre.to_dict(), "resize_size": pre.resize_size,
                           "steps": "RGB (EXIF-upright, transparency on white); resize the shorter side to "
                                    "resize_size with `interpolation`; centre-crop input_size x input_size; "
@@ -424,6 +428,9 @@ def export_weights(run_or_checkpoint: str | os.PathLike, out_path: str | os.Path
     checkpoint_path, _ = resolve_checkpoint(run_or_checkpoint)
     model, checkpoint = load_checkpoint(checkpoint_path)
     meta = checkpoint.meta
+    if meta.get("ensemble"):
+        raise ExportError("this model is an ensemble of several networks, which a timm state dict cannot "
+                          "hold: export it as ONNX (one file, the whole ensemble inside)")
     flat = {"arch": meta["arch"], "num_classes": str(len(meta["classes"])),
             "classes": json.dumps(meta["classes"]), "preprocessing": json.dumps(meta["preprocessing"]),
             "backbone": meta["backbone"], "trained": str(meta.get("created", "")),

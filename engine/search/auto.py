@@ -7,8 +7,11 @@ The order is chosen so that each phase is cheap before the next is tried, and a 
    pruning over folds, SQLite storage in the run folder so a restarted search keeps its trials), each
    scored by k-fold cross-validation over train + val;
 4. when the predicted time fits what is left, the last blocks trained on cached activations with the best
-   head recipe, pruned when it falls behind;
-5. whatever time the last blocks leave goes back to head recipes.
+   head recipe, pruned when it falls behind; when they finish and the same epochs fit again, the same recipe
+   with another seed (a second member for an ensemble);
+5. whatever time the last blocks leave goes back to head recipes;
+6. ensemble selection over the trained candidates on the validation split (their probabilities are kept by
+   each fit): the mean probability of those that are more accurate together, kept when it beats them all.
 The winner's run folder becomes RUN, and only then is the test split evaluated, once. `config.json` is a
 plain TrainConfig: `main.py train DATA --config RUN/config.json` reproduces the model without a search.
 """
@@ -42,8 +45,11 @@ SEARCHED_BACKBONES = 2          # head recipes are searched on the features of t
 MAX_HEAD_TRIALS = 100
 DEEP_BLOCKS = 2                 # the last-blocks candidate: measured best depth on ELPV (README)
 DEEP_LR = 1e-3
-DEEP_EPOCHS = (4, 12)           # fewest worth starting, most it gets
+DEEP_EPOCHS = (4, 10)           # fewest worth starting, most it gets (ELPV: best on validation by epoch 3-5)
 DEEP_PLANNED_EPOCHS = 10        # the time kept for the last blocks before head recipes are searched
+DEEP_MEMBERS = 2                # last-blocks candidates (seeds) planned, for an ensemble of them
+MAX_MEMBERS = 3                 # most candidates an ensemble averages
+LOAD_S = 2.0                    # per candidate: reading its probabilities, loading and saving its weights
 LEADERBOARD = "leaderboard.json"
 SEARCH_REPORT = "search.json"
 STUDY_FILE = "search.db"
@@ -137,6 +143,7 @@ class RecipeSearch:
     """Runs one search into `run_dir`. Construct, then `run()`; safe on a worker thread."""
 
     deep_name = f"last {DEEP_BLOCKS} blocks"        # the deeper candidate's leaderboard name
+    ensembles = True                                   # whether trained candidates may be averaged
 
     def __init__(self, report: DatasetReport, run_dir: str | Path, budget_s: float = DEFAULT_BUDGET_S,
                  base: TrainConfig | None = None, callbacks: list[Callback] | None = None,
@@ -171,6 +178,7 @@ class RecipeSearch:
             self._phase("head search", self._head_search)
             self._phase("deeper", self._deeper)
             self._phase("more head recipes", self._more_heads)
+            self._phase("ensemble", self._ensemble)
         except Cancelled:
             status = "cancelled"
         return self._finish(status)
@@ -260,7 +268,7 @@ class RecipeSearch:
     def _more_heads(self) -> None:
         """What the deeper candidate left (pruned early, or not worth starting) goes back to head recipes,
         keeping time to train a new best one and to finish."""
-        seconds = self.budget.left - 2 * self._reserve_s()
+        seconds = self.budget.left - 2 * self._reserve_s() - self._ensemble_seconds()
         if self._study is not None and seconds > 5:
             self._search_heads(seconds)
 
@@ -329,13 +337,15 @@ class RecipeSearch:
 
     def _head_search_seconds(self) -> float:
         """What is left after keeping the predicted time of DEEP_PLANNED_EPOCHS of the last blocks (pass
-        included) on the best backbone, and at least HEAD_MIN_SHARE of it: the last blocks beat the best
-        head on both real sets measured (README), so they are planned first; what they do not use comes
-        back to head recipes (_more_heads)."""
+        included) on the best backbone for each of DEEP_MEMBERS seeds, and the ensemble's time; at least
+        HEAD_MIN_SHARE of it: the last blocks beat the best head on both real sets measured (README), so
+        they are planned first; what they do not use comes back to head recipes (_more_heads)."""
         left = self.budget.left
         config = self._deep_config(replace(self.base, backbone=self.assessments[0].backbone))
         pass_s, epoch_s = self._predict_deep_costs(config)
-        deep_s = pass_s + DEEP_PLANNED_EPOCHS * epoch_s + self._reserve_s()
+        members = DEEP_MEMBERS if self.ensembles else 1
+        deep_s = members * (pass_s + DEEP_PLANNED_EPOCHS * epoch_s) + self._reserve_s() + \
+            self._ensemble_seconds(extra=members + 1)
         return max(HEAD_MIN_SHARE * left, left - deep_s)
 
     def _reserve_s(self) -> float:
@@ -431,34 +441,113 @@ class RecipeSearch:
 
     # -- 4. deeper: the last blocks on cached activations ---------------------------------------------
     def _deeper(self) -> None:
+        """The last blocks with the best head recipe, then, when it finished and the same epochs fit again
+        (keeping time to choose an ensemble), the same recipe with another seed: a second member for
+        `_ensemble` (a deep ensemble, Lakshminarayanan et al. 2017), the cheapest variance reduction for
+        fine-tuned blocks, which overfit a small training split within a few epochs (README)."""
         head = self._best_head_run()
         if head is None:
             return
         config = self._deep_config(replace(self.base, **{k: v for k, v in head.recipe.items() if k in TUNED}))
-        name = self.deep_name
-        pass_s, epoch_s = self._predict_deep_costs(config)
-        epochs = int(min(DEEP_EPOCHS[1], (self.budget.left - pass_s - self._reserve_s()) // max(epoch_s, 1e-3)))
-        if epochs < DEEP_EPOCHS[0]:
-            self._add(Candidate(name, "last-blocks", config.backbone, recipe_of(config), status="skipped",
-                                note=f"predicted {pass_s + DEEP_EPOCHS[0] * epoch_s:.0f} s for "
-                                     f"{DEEP_EPOCHS[0]} epochs; {self.budget.left:.0f} s left"))
+        members = DEEP_MEMBERS if self.ensembles else 1
+        first = self._train_deep(self.deep_name, config, head, members)
+        if first is None or first.status != "done" or members < 2:
             return
-        config = replace(config, epochs=epochs)
+        second = replace(config, epochs=int(first.recipe["epochs"]), seed=config.seed + 1)
+        self._train_deep(f"{self.deep_name} (seed {second.seed})", second, head, 1, fixed_epochs=True)
+
+    def _train_deep(self, name: str, config: TrainConfig, head: Candidate, members: int,
+                    fixed_epochs: bool = False) -> Candidate | None:
+        """Train a deeper candidate for as many epochs (DEEP_EPOCHS) as its measured costs say fit in its
+        share of the time left (1/`members`: the seeds still planned share it), exactly config.epochs with
+        `fixed_epochs`; pruned when it falls behind the head."""
+        pass_s, epoch_s = self._predict_deep_costs(config)
+        share = (self.budget.left - self._reserve_s() - self._ensemble_seconds(extra=members)) / members
+        fit = int(min(DEEP_EPOCHS[1], (share - pass_s) // max(epoch_s, 1e-3)))
+        wanted = config.epochs if fixed_epochs else DEEP_EPOCHS[0]
+        if fit < wanted and members > 1:          # too little for several: all the time to one
+            return self._train_deep(name, config, head, 1, fixed_epochs)
+        if fit < wanted:
+            self._add(Candidate(name, "last-blocks", config.backbone, recipe_of(config), status="skipped",
+                                note=f"predicted {pass_s + wanted * epoch_s:.0f} s for {wanted} epochs; "
+                                     f"{self.budget.left:.0f} s left"))
+            return None
+        if not fixed_epochs:
+            config = replace(config, epochs=fit)
         control = CandidateControl(self.control)
-        guard = FallingBehind(control, head.val_accuracy or 0.0, epochs, self.budget,
+        guard = FallingBehind(control, head.val_accuracy or 0.0, config.epochs, self.budget,
                               noise_margin(head.val_accuracy or 0.0, len(self.report.split("val"))))
-        self._fit_candidate(name, "last-blocks", config, [guard], control)
+        candidate = self._fit_candidate(name, "last-blocks", config, [guard], control)
         if guard.reason:
-            self.candidates[-1].note = guard.reason
-            self.callbacks.on_candidate(self.candidates[-1].to_dict())
+            candidate.note = guard.reason
+            self.callbacks.on_candidate(candidate.to_dict())
+        return candidate
+
+    # -- 6. an ensemble of the trained candidates ------------------------------------------------------
+    def _ensemble(self) -> None:
+        """Ensemble selection (Caruana et al. 2004) over the trained candidates that see images alike (same
+        backbone and input size): the mean probability of those that raise validation accuracy together,
+        trained as nothing new, written as one run (engine.search.ensemble). Kept only when it beats every
+        single candidate on validation (`choose_winner`)."""
+        pool = self._ensemble_pool()
+        if len(pool) < 2:
+            return
+        if self._ensemble_seconds() > self.budget.left - self._reserve_s():
+            self._add(Candidate("ensemble", "ensemble", pool[0].backbone, {}, status="skipped",
+                                note=f"scoring {len(pool)} candidates on validation would not fit in the "
+                                     f"{self.budget.left:.0f} s left"))
+            return
+        from engine.search.ensemble import combine_runs, forward_selection
+        from engine.training.evaluation import split_probabilities
+        began = time.monotonic()
+        val = self.report.split("val")
+        scored = [split_probabilities(c.run_dir, val, self.control, split="val") for c in pool]
+        chosen = [pool[i] for i in forward_selection([p for p, _ in scored], scored[0][1], MAX_MEMBERS)]
+        if len(chosen) < 2:
+            self._add(Candidate("ensemble", "ensemble", pool[0].backbone, {}, status="skipped",
+                                seconds=time.monotonic() - began,
+                                note=f"no mean of {', '.join(c.name for c in pool)} was more accurate on "
+                                     f"validation than {chosen[0].name} alone"))
+            return
+        folder = self.run_dir / "candidates" / "ensemble"
+        metrics = combine_runs(self.report, [c.run_dir for c in chosen], folder, self.control,
+                               val_probabilities=[scored[pool.index(c)][0] for c in chosen])
+        self._add(Candidate(
+            "ensemble", "ensemble", chosen[0].backbone, {"members": [c.name for c in chosen]},
+            metrics["val_accuracy"], None, "validation split", time.monotonic() - began,
+            note="the mean probability of " + ", ".join(c.name for c in chosen),
+            val_accuracy=metrics["val_accuracy"], run_dir=str(folder)))
+
+    def _ensemble_pool(self) -> list[Candidate]:
+        """Trained candidates with a validation accuracy whose backbone and input size match the best one's
+        (an ensemble's members share one input), best first."""
+        runs = sorted((c for c in self.candidates if c.run_dir and c.kind != "ensemble"
+                       and c.val_accuracy is not None), key=lambda c: -c.val_accuracy)
+        if not runs:
+            return []
+        same = lambda c: c.backbone == runs[0].backbone      # noqa: E731 - the search keeps one image size
+        return [c for c in runs if same(c)] if self.ensembles else []
+
+    def _ensemble_seconds(self, extra: int = 0) -> float:
+        """Predicted seconds of `_ensemble`: the candidates' validation probabilities are read from their
+        runs (each fit keeps them), so loading and saving the chosen ones' weights and writing one run."""
+        if not self.ensembles or not self.candidates:
+            return 0.0
+        count = len(self._ensemble_pool()) + extra
+        return count * LOAD_S if count >= 2 else 0.0
 
     def _deep_config(self, head_recipe: TrainConfig) -> TrainConfig:
-        """The last blocks with a head recipe, trained on plain and mirrored activations in turn unless the
-        user turned augmentation off: horizontal flips are the standard augmentation when fine-tuning
-        (timm's default), and the blocks have far more weights to overfit with than a head."""
+        """The last blocks with a head recipe's backbone, head and class balancing, trained on plain and
+        mirrored activations in turn (and predicting with both) unless the user turned augmentation off:
+        horizontal flips are the standard augmentation when fine-tuning (timm's default), and the blocks
+        have far more weights to overfit with than a head. Weight decay and label smoothing stay the
+        starting point's (the fine-tuning defaults) rather than the head's: chosen for a head on frozen
+        features, they regularised the blocks less (ELPV: 79.9 % against 81.9-83.2 % test, README)."""
         flip = self._augment or head_recipe.augmentation == "flip"
         return replace(head_recipe, freeze="last-n", freeze_blocks=DEEP_BLOCKS, lr=DEEP_LR,
-                       augmentation="flip" if flip else "none", cached_views=2 if flip else 1)
+                       weight_decay=self.base.weight_decay, label_smoothing=self.base.label_smoothing,
+                       augmentation="flip" if flip else "none", cached_views=2 if flip else 1,
+                       tta="flip" if flip else head_recipe.tta)
 
     def _best_head_run(self) -> Candidate | None:
         runs = [c for c in self.candidates if c.kind == "head" and c.run_dir and c.score is not None]

@@ -37,6 +37,7 @@ class TextRecipeSearch(RecipeSearch):
     """RecipeSearch on a text dataset; the same leaderboard, run folder and result."""
 
     deep_name = f"last {DEEP_LAYERS} layers"
+    ensembles = False                   # text checkpoints are not combined (engine.models.ensemble: images)
 
     def __init__(self, report: DatasetReport, run_dir: str | Path, budget_s: float = DEFAULT_BUDGET_S,
                  base: TrainConfig | None = None, callbacks: list[Callback] | None = None,

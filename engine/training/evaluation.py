@@ -32,9 +32,7 @@ def evaluate_test_split(run_dir: str | Path, report: DatasetReport, control: Run
     if not samples:
         return metrics
     model, checkpoint = load_checkpoint(files.checkpoint)
-    net, loader = _test_inputs(model, checkpoint, samples)
-    logits, labels = predict_logits(net, loader, control, progress)
-    test = classification_metrics(logits, labels, checkpoint.classes, [s.path for s in samples])
+    test = evaluate_split(model, checkpoint, samples, control, progress)
     predictions = json.loads(files.predictions.read_text(encoding="utf-8")) if files.predictions.exists() else {}
     predictions["test"] = test.pop("predictions")
     if checkpoint.modality == "text":
@@ -47,6 +45,34 @@ def evaluate_test_split(run_dir: str | Path, report: DatasetReport, control: Run
     write_json(files.predictions, predictions)
     write_json(files.metrics, metrics)
     return metrics
+
+
+def evaluate_split(model, checkpoint, samples, control: RunControl | None = None,
+                   progress: Progress | None = None) -> dict:
+    """classification_metrics of a loaded checkpoint on `samples`, predicted as the run predicts (its
+    test-time flip, or a text checkpoint's tokenizer); "predictions" holds one row per sample."""
+    net, loader = _test_inputs(model, checkpoint, samples)
+    logits, labels = predict_logits(net, loader, control, progress)
+    return classification_metrics(logits, labels, checkpoint.classes, [s.path for s in samples])
+
+
+def split_probabilities(run_dir: str | Path, samples, control: RunControl | None = None,
+                        progress: Progress | None = None, split: str | None = None):
+    """([N, C] softmax probabilities as numpy, [N] labels) of a run's checkpoint on `samples`, predicted as
+    the run predicts: what an ensemble's members are chosen by. With `split`, read from the run's
+    predictions.json when it holds every sample's probabilities (scored at the end of its fit), else
+    computed."""
+    import numpy as np
+    files = RunFolder(run_dir)
+    if split and files.predictions.exists():
+        rows = {row["path"]: row for row in json.loads(files.predictions.read_text(encoding="utf-8")).get(split, [])}
+        if all(s.path in rows and "probabilities" in rows[s.path] for s in samples):
+            return (np.array([rows[s.path]["probabilities"] for s in samples], dtype=np.float32),
+                    np.array([s.label for s in samples]))
+    model, checkpoint = load_checkpoint(RunFolder(run_dir).checkpoint)
+    net, loader = _test_inputs(model, checkpoint, samples)
+    logits, labels = predict_logits(net, loader, control, progress)
+    return logits.float().softmax(-1).numpy(), labels.numpy()
 
 
 def _test_inputs(model, checkpoint, samples) -> tuple[torch.nn.Module, DataLoader]:

@@ -60,7 +60,9 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: 
         "per_class": _per_class(confusion, classes),
         "confusion_matrix": confusion.tolist(),
         "most_confident_wrong": _most_confident_wrong(probs, true, pred, classes, paths, top_wrong),
-        "predictions": [{"path": p, "true": int(t), "predicted": int(k), "score": round(float(probs[i, k]), 5)}
+        # every class's probability per image: an ensemble of runs is chosen from these without scoring again
+        "predictions": [{"path": p, "true": int(t), "predicted": int(k), "score": round(float(probs[i, k]), 5),
+                         "probabilities": [round(float(v), 6) for v in probs[i]]}
                         for i, (p, t, k) in enumerate(zip(paths, true, pred))],
     }
 

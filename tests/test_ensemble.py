@@ -1,0 +1,130 @@
+"""Ensembles: forward selection, the combined checkpoint, its metrics, export and reproduction from config."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from engine.data.scan import scan_dataset
+from engine.models.checkpoint import load_checkpoint
+from engine.models.ensemble import ProbabilityAverage
+from engine.outputs.export import ExportError, export_run, export_weights
+from engine.outputs.gradcam import grad_cam
+from engine.outputs.predict import load_classifier, preprocess_image
+from engine.search.ensemble import combine_runs, forward_selection
+from engine.training.config import TrainConfig
+from engine.training.evaluation import evaluate_test_split, split_probabilities
+from engine.training.trainer import Trainer
+from tests.conftest import write_colour_dataset
+
+
+def test_forward_selection_adds_members_only_while_the_average_gets_more_right():
+    labels = np.array([0, 1, 2, 0])
+    best = np.array([[.6, .2, .2], [.2, .6, .2], [.2, .2, .6], [.3, .4, .3]])       # 3 of 4 right
+    fixes_last = np.array([[.4, .5, .1], [.3, .4, .3], [.4, .3, .3], [.8, .1, .1]])  # 2 of 4, sure of the last
+    useless = np.tile([.1, .1, .8], (4, 1))                                        # 1 of 4
+    # the mean of best and fixes_last gets all 4 right; adding useless to either makes it worse
+    assert forward_selection([useless, best, fixes_last], labels) == [1, 2]
+    assert forward_selection([best, useless], labels) == [0]         # nothing helps: no ensemble
+    assert forward_selection([best, fixes_last, useless], labels, max_members=1) == [0]
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """Two head-only runs on the same real images and split, with different seeds (and heads)."""
+    root = tmp_path_factory.mktemp("ensemble")
+    report = scan_dataset(write_colour_dataset(root / "colours", per_class=10, size=32), seed=0)
+    runs = []
+    for seed, head, tta in ((0, "linear", "none"), (1, "mlp", "flip")):
+        config = TrainConfig(epochs=2, image_size=64, seed=seed, head=head, tta=tta, augmentation="none")
+        Trainer(report, config, root / f"member{seed}", evaluate_test=False).fit()
+        runs.append(root / f"member{seed}")
+    return report, runs, root
+
+
+def test_combined_runs_predict_the_mean_probability_and_export_verified(two_runs, tmp_path):
+    report, runs, root = two_runs
+    val = report.split("val")
+    members = [split_probabilities(run, val) for run in runs]
+    metrics = combine_runs(report, runs, tmp_path / "ensemble")
+    model, checkpoint = load_checkpoint(tmp_path / "ensemble" / "model.safetensors")
+    assert isinstance(model, ProbabilityAverage) and len(model.members) == 2
+    assert [m["head"] for m in checkpoint.meta["ensemble"]] == ["linear", "mlp"]
+    assert [m["tta"] for m in checkpoint.meta["ensemble"]] == ["none", "flip"]
+    mean = (members[0][0] + members[1][0]) / 2
+    ensemble, labels = split_probabilities(tmp_path / "ensemble", val)
+    assert np.allclose(ensemble, mean, atol=1e-5)          # the saved checkpoint computes the mean itself
+    assert metrics["val_accuracy"] == pytest.approx(float(np.mean(mean.argmax(1) == labels)))
+    # the same metrics whether the caller passes the members' probabilities or the checkpoint is scored
+    quick = combine_runs(report, runs, tmp_path / "quick", val_probabilities=[p for p, _ in members])
+    assert quick["val_accuracy"] == metrics["val_accuracy"]
+    assert json.loads((tmp_path / "ensemble" / "config.json").read_text())["ensemble"][1]["seed"] == 1
+    tested = evaluate_test_split(tmp_path / "ensemble", report)
+    assert tested["test_accuracy"] is not None and tested["evaluated_on"] == "test"
+
+    # one ONNX graph holds both members (and the second one's flip), verified like any export
+    exported = export_run(tmp_path / "ensemble", tmp_path / "ensemble.onnx", exporter="legacy")
+    assert exported.top1_agreement == 1.0 and exported.max_abs_diff < 1e-3
+    card = json.loads((tmp_path / "ensemble.json").read_text())
+    assert len(card["ensemble"]) == 2 and "mean probability of 2 models" in card["output"]["meaning"]
+    onnx = load_classifier(tmp_path / "ensemble.onnx")
+    from PIL import Image
+    image = Image.open(val[0].path).convert("RGB")
+    session = ort.InferenceSession(str(tmp_path / "ensemble.onnx"))
+    logits = session.run(None, {session.get_inputs()[0].name: preprocess_image(image, onnx.preprocessing)[None]})[0]
+    assert np.allclose(torch.softmax(torch.from_numpy(logits), 1).numpy()[0], ensemble[0], atol=1e-4)
+
+    with pytest.raises(ExportError, match="ensemble"):
+        export_weights(tmp_path / "ensemble", tmp_path / "weights.safetensors")
+    heat, index, probability = grad_cam(model, image, checkpoint.preprocessing)
+    assert heat.shape == (64, 64) and 0 <= heat.min() and heat.max() <= 1
+    assert index == int(ensemble[0].argmax()) and probability == pytest.approx(float(ensemble[0].max()), abs=1e-4)
+
+
+def test_an_ensemble_config_trains_the_same_ensemble_again(two_runs, tmp_path):
+    from tests.test_cli import run_cli
+    report, runs, root = two_runs
+    combine_runs(report, runs, tmp_path / "ensemble")
+    first = evaluate_test_split(tmp_path / "ensemble", report)
+    done = run_cli("train", root / "colours", "--out", tmp_path / "again", "--config",
+                   tmp_path / "ensemble" / "config.json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["members"] == 2
+    assert summary["val_accuracy"] == pytest.approx(first["val_accuracy"])
+    assert summary["test_accuracy"] == pytest.approx(first["test_accuracy"])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"ensemble": [{"epochs": 2}]}))
+    refused = run_cli("train", root / "colours", "--out", tmp_path / "bad", "--config", bad)
+    assert refused.returncode == 2 and "at least two member configs" in refused.stderr
+
+
+def test_search_offers_its_trained_candidates_to_ensemble_selection(demo_dataset, tmp_path):
+    """The search's last phase on real photos: three trained candidates (different heads and seeds) whose
+    mean is more accurate on validation than the best alone become the winner, one run, tested once."""
+    from engine.search.auto import RecipeSearch
+    report = scan_dataset(demo_dataset, seed=0)
+    search = RecipeSearch(report, tmp_path / "run", budget_s=600, backbones=["efficientnet_lite0"])
+    configs = [TrainConfig(epochs=epochs, image_size=64, seed=seed, head=head, augmentation="none", lr=lr)
+               for seed, head, lr, epochs in ((0, "linear", 3e-3, 2), (3, "mlp", 3e-3, 4), (2, "linear", 3e-2, 2))]
+    for index, config in enumerate(configs):
+        search._fit_candidate(f"head {index}", "head", config, score=(0.5, None), scored_by="5-fold CV")
+    val = report.split("val")
+    probabilities = [split_probabilities(c.run_dir, val) for c in search.candidates]
+    ranked = sorted(range(3), key=lambda i: -search.candidates[i].val_accuracy)
+    chosen = forward_selection([probabilities[i][0] for i in ranked], probabilities[0][1])
+    search._ensemble()
+    row = search.candidates[-1]
+    assert row.kind == "ensemble"
+    assert row.status == "done"                  # on these photos the mean of the first two helps, the third not
+    assert row.recipe["members"] == [search.candidates[ranked[i]].name for i in chosen] == ["head 1", "head 0"]
+    best_single = max(c.val_accuracy for c in search.candidates[:3])
+    assert row.val_accuracy > best_single
+    result = search._finish("completed")
+    assert result.winner == "ensemble"
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["val_accuracy"] == row.val_accuracy and metrics["test_accuracy"] is not None
+    assert "ensemble" in json.loads((tmp_path / "run" / "config.json").read_text())
