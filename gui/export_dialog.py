@@ -76,7 +76,7 @@ class ExportDialog(QDialog):
     export_failed = Signal(str)
 
     def __init__(self, source: str, default_path: str, tasks: TaskGroup, parent: QWidget | None = None,
-                 text: bool = False):
+                 text: bool = False, ensemble: bool = False):
         super().__init__(parent)
         self.setWindowTitle("Export model")
         self.source = source
@@ -116,6 +116,8 @@ class ExportDialog(QDialog):
         self.buttons.rejected.connect(self.reject)
         if text:
             self._offer_text_export()
+        if ensemble:
+            self._offer_ensemble_export()
         self._layout()
         self.resize(620, self.sizeHint().height())
 
@@ -155,6 +157,14 @@ class ExportDialog(QDialog):
         for widget in (self.with_weights, self.dynamic_size):
             widget.setChecked(False)
             widget.setVisible(False)
+
+    def _offer_ensemble_export(self) -> None:
+        """An ensemble (several networks, one mean) fits one ONNX graph but no timm state dict."""
+        weights = self.format.model().item(1)
+        weights.setEnabled(False)
+        weights.setToolTip("This model averages several networks: a single PyTorch state dict cannot hold it")
+        self.with_weights.setChecked(False)
+        self.with_weights.setVisible(False)
 
     # -- choices -----------------------------------------------------------------------------
     @property

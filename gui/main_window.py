@@ -645,7 +645,8 @@ class MainWindow(QMainWindow):
         folder = Path(str(self.settings.value("export/last_folder", str(Path.home()))))
         name = Path(run.backbone).name if is_text_backbone(run.backbone) else run.backbone
         dialog = ExportDialog(run.run_dir, str(folder / f"{name}-{Path(run.run_dir).name}.onnx"),
-                              self.tasks, self, text=is_text_backbone(run.backbone))
+                              self.tasks, self, text=is_text_backbone(run.backbone),
+                              ensemble=bool((run.config or {}).get("ensemble_members")))
         dialog.export_finished.connect(self._remember_export_folder)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.show()

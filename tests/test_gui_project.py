@@ -98,6 +98,29 @@ def test_export_dialog_writes_a_verified_onnx_and_opens_its_folder(qtbot, traine
     assert opened == [str(onnx.parent)]
 
 
+def test_an_ensemble_exports_to_verified_onnx_only(qtbot, trained, tmp_path):
+    """An ensemble run (two networks, one mean) is offered ONNX only: no state dict can hold it."""
+    from engine.data.scan import scan_dataset
+    from engine.search.ensemble import combine_runs
+    from engine.training.trainer import Trainer
+    report = scan_dataset(trained.data)
+    Trainer(report, TrainConfig(image_size=64, epochs=1, batch_size=8, lr=0.01, seed=1, head="mlp"),
+            tmp_path / "second", evaluate_test=False).fit()
+    combine_runs(report, [trained.run, tmp_path / "second"], tmp_path / "ensemble")
+    tasks = Tasks(qtbot)
+    dialog = ExportDialog(str(tmp_path / "ensemble"), str(tmp_path / "ensemble.onnx"), tasks, ensemble=True)
+    qtbot.addWidget(dialog)
+    dialog.show()
+    assert not dialog.with_weights.isVisible() and not dialog.with_weights.isChecked()
+    assert not dialog.format.model().item(dialog.format.findData("safetensors")).isEnabled()
+    dialog.exporter.setCurrentIndex(dialog.exporter.findData("legacy"))
+    qtbot.mouseClick(dialog.export_button, Qt.MouseButton.LeftButton)
+    tasks.wait()
+    result = dialog.outcome.onnx
+    assert result.top1_agreement == 1.0 and dialog.outcome.weights is None and "Verified" in dialog.result.text()
+    assert len(json.loads((tmp_path / "ensemble.json").read_text())["ensemble"]) == 2
+
+
 def test_cancelling_an_export_writes_nothing(qtbot, trained, tmp_path):
     """The worker is held at its first step until Cancel is clicked, so the cancel lands mid-export."""
     clicked = threading.Event()

@@ -148,6 +148,8 @@ def _load_ensemble(path: str | os.PathLike, meta: dict) -> nn.Module:
             model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
             bare.append(model.eval())
             metas.append({"tta": tta_setting(member)})
+        if sum(len(model.state_dict()) for model in bare) != len(state):
+            raise ValueError("it holds weights of no member")
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"{os.path.basename(path)} does not match its ensemble: "
                               f"{str(exc).splitlines()[0][:200]}") from None
