@@ -28,9 +28,9 @@ from engine.data.images import load_image
 from engine.data.scan import scan_dataset
 from engine.data.transforms import eval_transform
 from engine.models.catalog import create_model
-from engine.models.layers import LayerTree
+from engine.models.layers import LayerTree, feature_stages
 from engine.training import frozen_runtime
-from engine.training.caches import FEATURE_BATCH, PooledFeatures, feature_stages, plan_cache
+from engine.training.caches import FEATURE_BATCH, PooledFeatures, plan_cache
 
 
 def frozen_parts(size: int) -> dict[str, torch.nn.Module]:

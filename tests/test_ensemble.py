@@ -52,6 +52,7 @@ def test_combined_runs_predict_the_mean_probability_and_export_verified(two_runs
     metrics = combine_runs(report, runs, tmp_path / "ensemble")
     model, checkpoint = load_checkpoint(tmp_path / "ensemble" / "model.safetensors")
     assert isinstance(model, ProbabilityAverage) and len(model.members) == 2
+    assert model.shared == 9             # two heads on one frozen backbone: every stage runs once per view
     assert [m["head"] for m in checkpoint.meta["ensemble"]] == ["linear", "mlp"]
     assert [m["tta"] for m in checkpoint.meta["ensemble"]] == ["none", "flip"]
     mean = (members[0][0] + members[1][0]) / 2
@@ -128,3 +129,29 @@ def test_search_offers_its_trained_candidates_to_ensemble_selection(demo_dataset
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["val_accuracy"] == row.val_accuracy and metrics["test_accuracy"] is not None
     assert "ensemble" in json.loads((tmp_path / "run" / "config.json").read_text())
+
+
+def test_members_run_their_shared_frozen_stages_once_with_the_same_result():
+    """A head-only and a last-blocks member of one backbone share the frozen stages: the ensemble runs them
+    once per view, and its output equals running each member whole (with its own flip)."""
+    from engine.models.catalog import create_model
+    from engine.models.ensemble import ensemble_module
+    from engine.models.layers import feature_stages
+    from engine.models.predictor import MirrorAveraged
+    head_only = create_model("efficientnet_lite0", 3, input_size=96).model.eval()
+    blocks = create_model("efficientnet_lite0", 3, input_size=96).model.eval()
+    torch.manual_seed(0)
+    with torch.no_grad():              # what fine-tuning the last 2 blocks and the head changes
+        for module in (blocks.blocks[-2], blocks.blocks[-1], blocks.conv_head, blocks.classifier):
+            for parameter in module.parameters():
+                parameter.add_(0.01 * torch.randn_like(parameter))
+        head_only.classifier.weight.copy_(blocks.classifier.weight + 0.05)
+    ensemble = ensemble_module([blocks, head_only], [{"tta": "flip"}, {"tta": "none"}]).eval()
+    stages = len(feature_stages(blocks))
+    assert ensemble.shared == stages - 3          # everything before the two trained blocks
+    x = torch.randn(4, 3, 96, 96)
+    with torch.inference_mode():
+        whole = torch.stack([MirrorAveraged(blocks)(x).softmax(-1), head_only(x).softmax(-1)]).mean(0).log()
+        assert torch.allclose(ensemble(x), whole, atol=1e-5)
+    same = ensemble_module([head_only, head_only], [{"tta": "none"}, {"tta": "none"}])
+    assert same.shared == stages                   # two heads on one frozen backbone: only the heads differ

@@ -156,3 +156,17 @@ def frozen_batchnorm_to_eval(model: nn.Module) -> int:
                 module.eval()
                 switched += 1
     return switched
+
+
+def feature_stages(model: nn.Module) -> list[nn.Module] | None:
+    """`forward_features` as modules applied one after another, for the timm families where that is
+    exactly what it does (EfficientNet, including Lite, and ResNet); None for other models."""
+    from timm.models.efficientnet import EfficientNet
+    from timm.models.resnet import ResNet
+    if isinstance(model, EfficientNet):
+        return [nn.Sequential(model.conv_stem, model.bn1), *model.blocks,
+                nn.Sequential(model.conv_head, model.bn2)]
+    if isinstance(model, ResNet):
+        return [nn.Sequential(model.conv1, model.bn1, model.act1, model.maxpool),
+                model.layer1, model.layer2, model.layer3, model.layer4]
+    return None

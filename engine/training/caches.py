@@ -34,7 +34,7 @@ from engine.core.paths import cache_dir
 from engine.core.progress import Progress
 from engine.data.preprocessing import Preprocessing
 from engine.data.transforms import ImageDataset, collate_readable, eval_transform, mirrored_eval_transform
-from engine.models.layers import head_parameter_names
+from engine.models.layers import feature_stages, head_parameter_names
 from engine.training.frozen_runtime import FrozenRunner
 
 log = logging.getLogger("transferlab")
@@ -381,20 +381,6 @@ class CachePlan:
     kind: str
     boundary: int = 0
     reason: str = ""
-
-
-def feature_stages(model: nn.Module) -> list[nn.Module] | None:
-    """`forward_features` as modules applied one after another, for the timm families where that is
-    exactly what it does (EfficientNet, including Lite, and ResNet); None for other models."""
-    from timm.models.efficientnet import EfficientNet
-    from timm.models.resnet import ResNet
-    if isinstance(model, EfficientNet):
-        return [nn.Sequential(model.conv_stem, model.bn1), *model.blocks,
-                nn.Sequential(model.conv_head, model.bn2)]
-    if isinstance(model, ResNet):
-        return [nn.Sequential(model.conv1, model.bn1, model.act1, model.maxpool),
-                model.layer1, model.layer2, model.layer3, model.layer4]
-    return None
 
 
 def plan_cache(model: nn.Module, train_frozen_bn: bool = False) -> CachePlan:
