@@ -16,7 +16,8 @@ from engine.outputs.gradcam import grad_cam
 from engine.outputs.predict import load_classifier, preprocess_image
 from engine.search.ensemble import combine_runs, forward_selection
 from engine.training.config import TrainConfig
-from engine.training.evaluation import evaluate_test_split, split_probabilities
+from engine.training.evaluation import evaluate_test_split, split_probabilities, stored_probabilities
+from engine.training.metrics import classification_metrics
 from engine.training.trainer import Trainer
 from tests.conftest import write_colour_dataset
 
@@ -49,6 +50,9 @@ def test_combined_runs_predict_the_mean_probability_and_export_verified(two_runs
     report, runs, root = two_runs
     val = report.split("val")
     members = [split_probabilities(run, val) for run in runs]
+    for run, (computed, labels) in zip(runs, members):     # each fit kept what its checkpoint computes
+        kept, kept_labels = stored_probabilities(run, val, "val")
+        assert np.allclose(kept, computed, atol=1e-5) and (kept_labels == labels).all()
     metrics = combine_runs(report, runs, tmp_path / "ensemble")
     model, checkpoint = load_checkpoint(tmp_path / "ensemble" / "model.safetensors")
     assert isinstance(model, ProbabilityAverage) and len(model.members) == 2
@@ -155,3 +159,13 @@ def test_members_run_their_shared_frozen_stages_once_with_the_same_result():
         assert torch.allclose(ensemble(x), whole, atol=1e-5)
     same = ensemble_module([head_only, head_only], [{"tta": "none"}, {"tta": "none"}])
     assert same.shared == stages                   # two heads on one frozen backbone: only the heads differ
+
+
+def test_predictions_keep_class_probabilities_only_within_a_json_friendly_size(monkeypatch):
+    import engine.training.metrics as metrics
+    logits, labels = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), torch.tensor([0, 2])
+    rows = classification_metrics(logits, labels, ["a", "b", "c"], ["x.png", "y.png"])["predictions"]
+    assert np.allclose(rows[0]["probabilities"], torch.softmax(logits[0], 0).numpy(), atol=1e-6)
+    monkeypatch.setattr(metrics, "KEPT_PROBABILITIES", 5)          # 2 images x 3 classes is over it
+    rows = classification_metrics(logits, labels, ["a", "b", "c"], ["x.png", "y.png"])["predictions"]
+    assert "probabilities" not in rows[0] and rows[1]["predicted"] == 1

@@ -101,6 +101,8 @@ def _train_ensemble(args) -> int:
     from engine.search.ensemble import member_configs, train_ensemble
     if args.auto:
         raise BadInput("--config with an ensemble trains that ensemble: leave out --auto")
+    if _is_text_data(args.data):
+        raise BadInput("ensembles combine image classifiers; a text dataset trains one model")
     try:
         configs = member_configs(_read_config_file(args.config))
     except ValueError as exc:

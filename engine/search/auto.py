@@ -498,10 +498,15 @@ class RecipeSearch:
                                      f"{self.budget.left:.0f} s left"))
             return
         from engine.search.ensemble import combine_runs, forward_selection
-        from engine.training.evaluation import split_probabilities
+        from engine.training.evaluation import stored_probabilities
         began = time.monotonic()
         val = self.report.split("val")
-        scored = [split_probabilities(c.run_dir, val, self.control, split="val") for c in pool]
+        scored = [stored_probabilities(c.run_dir, val, "val") for c in pool]
+        if any(s is None for s in scored):
+            self._add(Candidate("ensemble", "ensemble", pool[0].backbone, {}, status="skipped",
+                                note="the runs did not keep every validation image's probabilities "
+                                     "(too many images x classes)"))
+            return
         chosen = [pool[i] for i in forward_selection([p for p, _ in scored], scored[0][1], MAX_MEMBERS)]
         if len(chosen) < 2:
             self._add(Candidate("ensemble", "ensemble", pool[0].backbone, {}, status="skipped",

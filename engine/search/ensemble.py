@@ -23,12 +23,9 @@ from engine.models.checkpoint import load_checkpoint, save_ensemble_checkpoint
 from engine.training.config import TrainConfig
 from engine.training.evaluation import evaluate_split, evaluate_test_split
 from engine.training.metrics import classification_metrics
+from engine.training.trainer import summarize_metrics
 
 MEMBERS_DIR = "members"
-
-
-def is_ensemble_config(data: dict) -> bool:
-    return isinstance(data, dict) and isinstance(data.get("ensemble"), list)
 
 
 def member_configs(data: dict) -> list[TrainConfig]:
@@ -56,6 +53,8 @@ def combine_runs(report: DatasetReport, member_runs: list[str | Path], run_dir: 
     configs = [json.loads(RunFolder(run).config.read_text(encoding="utf-8")) for run in member_runs]
     if any(checkpoint.meta.get("ensemble") for _, checkpoint in members):
         raise ValueError("an ensemble member cannot itself be an ensemble")
+    if any(checkpoint.modality != "image" for _, checkpoint in members):
+        raise ValueError("ensembles combine image classifiers only")
     save_ensemble_checkpoint(files.checkpoint, [(model, checkpoint.meta) for model, checkpoint in members],
                              {"config": {"ensemble": configs}})
     model, checkpoint = load_checkpoint(files.checkpoint)
@@ -67,13 +66,9 @@ def combine_runs(report: DatasetReport, member_runs: list[str | Path], run_dir: 
         val = classification_metrics(mean, torch.tensor([s.label for s in samples]), checkpoint.classes,
                                      [s.path for s in samples])
     predictions = {"val": val.pop("predictions")}
-    metrics = {
-        "classes": list(report.classes), "backbone": checkpoint.meta["backbone"],
-        "weights": checkpoint.meta.get("weights_origin"), "ensemble": checkpoint.meta["ensemble"],
-        "val_accuracy": val["accuracy"], "test_accuracy": None, "evaluated_on": "val",
-        "per_class": val["per_class"], "confusion_matrix": val["confusion_matrix"],
-        "most_confident_wrong": val["most_confident_wrong"], "splits": {"val": val},
-        "config": {"ensemble": configs}}
+    metrics = summarize_metrics(report.classes, {"val": val}, checkpoint.meta["backbone"],
+                                checkpoint.meta.get("weights_origin"), {"ensemble": configs},
+                                ensemble=checkpoint.meta["ensemble"])
     write_json(files.predictions, predictions)
     write_json(files.metrics, metrics)
     write_json(files.config, {"ensemble": configs})

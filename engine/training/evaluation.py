@@ -51,28 +51,36 @@ def evaluate_split(model, checkpoint, samples, control: RunControl | None = None
                    progress: Progress | None = None) -> dict:
     """classification_metrics of a loaded checkpoint on `samples`, predicted as the run predicts (its
     test-time flip, or a text checkpoint's tokenizer); "predictions" holds one row per sample."""
-    net, loader = _test_inputs(model, checkpoint, samples)
-    logits, labels = predict_logits(net, loader, control, progress)
+    logits, labels = _split_logits(model, checkpoint, samples, control, progress)
     return classification_metrics(logits, labels, checkpoint.classes, [s.path for s in samples])
 
 
 def split_probabilities(run_dir: str | Path, samples, control: RunControl | None = None,
-                        progress: Progress | None = None, split: str | None = None):
+                        progress: Progress | None = None):
     """([N, C] softmax probabilities as numpy, [N] labels) of a run's checkpoint on `samples`, predicted as
-    the run predicts: what an ensemble's members are chosen by. With `split`, read from the run's
-    predictions.json when it holds every sample's probabilities (scored at the end of its fit), else
-    computed."""
+    the run predicts: what an ensemble's members are chosen by."""
+    model, checkpoint = load_checkpoint(RunFolder(run_dir).checkpoint)
+    logits, labels = _split_logits(model, checkpoint, samples, control, progress)
+    return logits.float().softmax(-1).numpy(), labels.numpy()
+
+
+def stored_probabilities(run_dir: str | Path, samples, split: str):
+    """`split_probabilities` as the run's fit stored them in predictions.json (None when it did not keep
+    every sample's: an older run, or too many images x classes)."""
     import numpy as np
     files = RunFolder(run_dir)
-    if split and files.predictions.exists():
-        rows = {row["path"]: row for row in json.loads(files.predictions.read_text(encoding="utf-8")).get(split, [])}
-        if all(s.path in rows and "probabilities" in rows[s.path] for s in samples):
-            return (np.array([rows[s.path]["probabilities"] for s in samples], dtype=np.float32),
-                    np.array([s.label for s in samples]))
-    model, checkpoint = load_checkpoint(RunFolder(run_dir).checkpoint)
+    if not files.predictions.exists():
+        return None
+    rows = {row["path"]: row for row in json.loads(files.predictions.read_text(encoding="utf-8")).get(split, [])}
+    if not all(s.path in rows and "probabilities" in rows[s.path] for s in samples):
+        return None
+    return (np.array([rows[s.path]["probabilities"] for s in samples], dtype=np.float32),
+            np.array([s.label for s in samples]))
+
+
+def _split_logits(model, checkpoint, samples, control, progress):
     net, loader = _test_inputs(model, checkpoint, samples)
-    logits, labels = predict_logits(net, loader, control, progress)
-    return logits.float().softmax(-1).numpy(), labels.numpy()
+    return predict_logits(net, loader, control, progress)
 
 
 def _test_inputs(model, checkpoint, samples) -> tuple[torch.nn.Module, DataLoader]:

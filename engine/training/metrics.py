@@ -45,6 +45,10 @@ def model_device(model: nn.Module) -> torch.device:
     return first.device if first is not None else torch.device("cpu")
 
 
+KEPT_PROBABILITIES = 2_000_000
+"""Most class probabilities (images x classes) a split's predictions keep: about 20 MB of JSON."""
+
+
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str],
                            paths: list[str], top_wrong: int = 24) -> dict:
     """Everything the results view and metrics.json need, as plain lists and floats."""
@@ -54,15 +58,17 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: 
     pred = probs.argmax(1) if len(probs) else np.zeros(0, dtype=int)
     confusion = np.zeros((n, n), dtype=int)
     np.add.at(confusion, (true, pred), 1)
+    # every class's probability per image, within a size a JSON file carries well: an ensemble of runs is
+    # chosen from these without scoring the images again
+    keep = probs.size <= KEPT_PROBABILITIES
     return {
         "accuracy": float((pred == true).mean()) if len(true) else None,
         "count": int(len(true)),
         "per_class": _per_class(confusion, classes),
         "confusion_matrix": confusion.tolist(),
         "most_confident_wrong": _most_confident_wrong(probs, true, pred, classes, paths, top_wrong),
-        # every class's probability per image: an ensemble of runs is chosen from these without scoring again
         "predictions": [{"path": p, "true": int(t), "predicted": int(k), "score": round(float(probs[i, k]), 5),
-                         "probabilities": [round(float(v), 6) for v in probs[i]]}
+                         **({"probabilities": [round(float(v), 6) for v in probs[i]]} if keep else {})}
                         for i, (p, t, k) in enumerate(zip(paths, true, pred))],
     }
 

@@ -704,7 +704,8 @@ class Trainer:
             results[split] = classification_metrics(logits, labels, self.report.classes,
                                                     evaluated_paths(samples, loader))
             predictions[split] = results[split].pop("predictions")
-        metrics = summarize_metrics(self.report.classes, results, self.bundle, self.config)
+        metrics = summarize_metrics(self.report.classes, results, self.bundle.spec.name, self.bundle.weights,
+                                    self.config.to_dict())
         metrics["skipped_images"] = dict(self.unreadable)     # read at the scan, unreadable during the fit
         write_json(self.files.metrics, metrics)
         write_json(self.files.predictions, predictions)
@@ -744,13 +745,16 @@ def evaluated_paths(samples, loader) -> list[str]:
     return [s.path for row, s in enumerate(samples) if row not in left_out]
 
 
-def summarize_metrics(classes: list[str], results: dict, bundle: ModelBundle, config: TrainConfig) -> dict:
-    """metrics.json: headline numbers first; the test split's details when there is one, else val's."""
+def summarize_metrics(classes: list[str], results: dict, backbone: str, weights: str | None, config: dict,
+                      **described) -> dict:
+    """metrics.json: headline numbers first; the test split's details when there is one, else val's.
+    `described`: more of what the model is (an ensemble's members), after its backbone and weights."""
     main = results.get("test") or results.get("val") or {}
     return {
         "classes": list(classes),
-        "backbone": bundle.spec.name,
-        "weights": bundle.weights,
+        "backbone": backbone,
+        "weights": weights,
+        **described,
         "val_accuracy": results.get("val", {}).get("accuracy"),
         "test_accuracy": results.get("test", {}).get("accuracy"),
         "evaluated_on": "test" if "test" in results else "val",
@@ -758,7 +762,7 @@ def summarize_metrics(classes: list[str], results: dict, bundle: ModelBundle, co
         "confusion_matrix": main.get("confusion_matrix", []),
         "most_confident_wrong": main.get("most_confident_wrong", []),
         "splits": results,
-        "config": config.to_dict(),
+        "config": config,
     }
 
 
