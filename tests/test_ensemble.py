@@ -169,3 +169,13 @@ def test_predictions_keep_class_probabilities_only_within_a_json_friendly_size(m
     monkeypatch.setattr(metrics, "KEPT_PROBABILITIES", 5)          # 2 images x 3 classes is over it
     rows = classification_metrics(logits, labels, ["a", "b", "c"], ["x.png", "y.png"])["predictions"]
     assert "probabilities" not in rows[0] and rows[1]["predicted"] == 1
+
+
+def test_a_single_run_config_reader_refuses_an_ensemble_config(tmp_path):
+    """`torchrun ... train --config` reads one TrainConfig: an ensemble's config is refused, not read as
+    the defaults (TrainConfig.from_dict ignores unknown keys)."""
+    from engine.cli.main import BadInput, _config_from_file
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"ensemble": [TrainConfig().to_dict(), TrainConfig(seed=1).to_dict()]}))
+    with pytest.raises(BadInput, match="ensemble's config"):
+        _config_from_file(str(path))

@@ -88,14 +88,19 @@ def _read_config_file(path: str) -> dict:
     return data
 
 
-def _config_from_file(path: str) -> TrainConfig:
-    """A run's config.json (e.g. the winner of `--auto`): every training choice, the flags' ignored."""
-    config = TrainConfig.from_dict(_read_config_file(path))
+def _config_from_file(path: str, data: dict | None = None) -> TrainConfig:
+    """A run's config.json (e.g. the winner of `--auto`): every training choice, the flags' ignored.
+    `data`: the file's contents when already read."""
+    data = _read_config_file(path) if data is None else data
+    if "ensemble" in data:
+        raise BadInput(f"{path} is an ensemble's config: train it with `train DATA --out RUN --config` "
+                       "in one process (each member in turn)")
+    config = TrainConfig.from_dict(data)
     config.validate()
     return config
 
 
-def _train_ensemble(args) -> int:
+def _train_ensemble(args, data: dict) -> int:
     """`train DATA --out RUN --config ENSEMBLE/config.json`: each member's recipe trained again, combined
     and tested as the search did (engine.search.ensemble)."""
     from engine.search.ensemble import member_configs, train_ensemble
@@ -104,7 +109,7 @@ def _train_ensemble(args) -> int:
     if _is_text_data(args.data):
         raise BadInput("ensembles combine image classifiers; a text dataset trains one model")
     try:
-        configs = member_configs(_read_config_file(args.config))
+        configs = member_configs(data)
     except ValueError as exc:
         raise BadInput(f"{args.config}: {first_line(exc)}") from None
     for config in configs:
@@ -129,9 +134,10 @@ def cmd_train(args) -> int:
         return _resume(args)
     if not args.data or not args.out:
         raise BadInput("train needs DATA and --out RUN (or --resume RUN to continue a run)")
-    if args.config and "ensemble" in _read_config_file(args.config):
-        return _train_ensemble(args)
-    config = _config_from_file(args.config) if args.config else _config_from_args(args)
+    data = _read_config_file(args.config) if args.config else None
+    if data is not None and "ensemble" in data:
+        return _train_ensemble(args, data)
+    config = _config_from_file(args.config, data) if data is not None else _config_from_args(args)
     config = _config_for_data(config, args)
     _check_device(config.device)
     budget = _budget(args)
