@@ -9,8 +9,8 @@ from engine.core.callbacks import Callback
 from engine.data.scan import scan_dataset
 from engine.data.transforms import eval_transform
 from engine.models.catalog import create_model
-from engine.models.layers import LayerTree, feature_stages
-from engine.training.caches import ActivationCache, FeatureCache, SuffixOnActivations, plan_cache
+from engine.models.layers import LayerTree, SuffixOnActivations, feature_stages
+from engine.training.caches import ActivationCache, FeatureCache, plan_cache
 from engine.training.config import TrainConfig
 from engine.training.trainer import Trainer
 

@@ -137,7 +137,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, Checkpoint]:
 
 def _load_ensemble(path: str | os.PathLike, meta: dict) -> nn.Module:
     state = load_file(os.fspath(path), device="cpu")
-    bare, metas = [], []
+    bare = []
     try:
         for index, member in enumerate(meta["ensemble"]):
             if member.get("head", "linear") not in HEADS:
@@ -147,10 +147,9 @@ def _load_ensemble(path: str | os.PathLike, meta: dict) -> nn.Module:
             prefix = f"members.{index}."
             model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
             bare.append(model.eval())
-            metas.append({"tta": tta_setting(member)})
         if sum(len(model.state_dict()) for model in bare) != len(state):
             raise ValueError("it holds weights of no member")
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"{os.path.basename(path)} does not match its ensemble: "
                               f"{str(exc).splitlines()[0][:200]}") from None
-    return ensemble_module(bare, metas).eval()
+    return ensemble_module(bare, meta["ensemble"]).eval()

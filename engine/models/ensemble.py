@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engine.models.layers import feature_stages
+from engine.models.layers import SuffixOnActivations, feature_stages
 from engine.models.predictor import tta_setting
 
 MEMBER_FIELDS = ("backbone", "arch", "head", "tta")
@@ -34,10 +34,9 @@ class ProbabilityAverage(nn.Module):
         self.members = nn.ModuleList(members)
         self.flips = [bool(flip) for flip in flips]
         self.shared = shared_stages(members)
-        stages = [feature_stages(member) for member in members] if self.shared else []
-        self.prefix = nn.Sequential(*stages[0][:self.shared]) if self.shared else None
-        self.suffixes = nn.ModuleList(_Suffix(member, member_stages[self.shared:])
-                                      for member, member_stages in zip(members, stages)) if self.shared else None
+        self.prefix = nn.Sequential(*feature_stages(members[0])[:self.shared]) if self.shared else None
+        self.suffixes = nn.ModuleList(SuffixOnActivations(member, self.shared)
+                                      for member in members) if self.shared else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         views = [x, x.flip(3)] if any(self.flips) else [x]
@@ -50,18 +49,6 @@ class ProbabilityAverage(nn.Module):
             logits = (net(inputs[0]) + net(inputs[1])) / 2 if flip else net(inputs[0])
             probabilities.append(logits.float().softmax(-1))
         return torch.stack(probabilities).mean(0).clamp_min(1e-12).log()
-
-
-class _Suffix(nn.Module):
-    """A member's stages after the shared ones, then its own head."""
-
-    def __init__(self, model: nn.Module, stages: list[nn.Module]):
-        super().__init__()
-        self.model = model
-        self.stages = nn.Sequential(*stages)
-
-    def forward(self, activations: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.stages(activations))
 
 
 def shared_stages(models: list[nn.Module]) -> int:
@@ -85,11 +72,6 @@ def _same_tensors(a: dict, b: dict) -> bool:
 def ensemble_module(bare_members: list[nn.Module], member_metas: list[dict]) -> ProbabilityAverage:
     """The ensemble of bare models, each with its own test-time flip per its metadata."""
     return ProbabilityAverage(bare_members, [tta_setting(meta) == "flip" for meta in member_metas])
-
-
-def bare_members(ensemble: ProbabilityAverage) -> list[nn.Module]:
-    """The members as single models (what Grad-CAM explains and the checkpoint holds)."""
-    return list(ensemble.members)
 
 
 def is_ensemble(meta: dict) -> bool:

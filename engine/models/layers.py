@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -170,3 +171,22 @@ def feature_stages(model: nn.Module) -> list[nn.Module] | None:
         return [nn.Sequential(model.conv1, model.bn1, model.act1, model.maxpool),
                 model.layer1, model.layer2, model.layer3, model.layer4]
     return None
+
+
+class SuffixOnActivations(nn.Module):
+    """The stages after the freeze boundary, then the model's own head, on cached activations.
+
+    The whole model is a submodule so that train()/eval() reach its head: timm's head dropout reads
+    `model.training`. Parameters are shared, so training lands in the model's checkpoint.
+    """
+
+    def __init__(self, model: nn.Module, boundary: int):
+        super().__init__()
+        self.model = model
+        self.stages = nn.ModuleList(feature_stages(model)[boundary:])
+
+    def forward(self, activations: torch.Tensor) -> torch.Tensor:
+        x = activations
+        for stage in self.stages:
+            x = stage(x)
+        return self.model.forward_head(x)

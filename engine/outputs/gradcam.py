@@ -37,12 +37,12 @@ def grad_cam(model: nn.Module, image: Image.Image, preprocessing: Preprocessing,
     Returns (heat map [H, W] float32, class index used, that class's probability). For an ensemble: the
     class and probability are the ensemble's, the map the mean of its members' maps for that class.
     """
-    from engine.models.ensemble import ProbabilityAverage, bare_members
+    from engine.models.ensemble import ProbabilityAverage
     if isinstance(model, ProbabilityAverage):
         with torch.inference_mode():
             probs = model.eval()(eval_transform(preprocessing)(image)[None]).softmax(-1)[0]
         index = int(probs.argmax()) if class_index is None else int(class_index)
-        heats = [grad_cam(member, image, preprocessing, index)[0] for member in bare_members(model)]
+        heats = [grad_cam(member, image, preprocessing, index)[0] for member in model.members]
         return np.mean(heats, axis=0).astype(np.float32), index, float(probs[index])
     tensor = eval_transform(preprocessing)(image)[None]
     was_training = model.training

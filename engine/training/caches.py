@@ -426,25 +426,6 @@ def _changes_in_training(modules: list[nn.Module], train_frozen_bn: bool) -> str
     return ""
 
 
-class SuffixOnActivations(nn.Module):
-    """The stages after the freeze boundary, then the model's own head, on cached activations.
-
-    The whole model is a submodule so that train()/eval() reach its head: timm's head dropout reads
-    `model.training`. Parameters are shared, so training lands in the model's checkpoint.
-    """
-
-    def __init__(self, model: nn.Module, boundary: int):
-        super().__init__()
-        self.model = model
-        self.stages = nn.ModuleList(feature_stages(model)[boundary:])
-
-    def forward(self, activations: torch.Tensor) -> torch.Tensor:
-        x = activations
-        for stage in self.stages:
-            x = stage(x)
-        return self.model.forward_head(x)
-
-
 class ActivationCache(FeatureCache):
     """Activations after the first `boundary` stages of `feature_stages(model)`, which are frozen."""
 

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from engine.models.catalog import create_model
-from engine.models.layers import LayerTree, feature_stages, frozen_batchnorm_to_eval
-from engine.training.caches import SuffixOnActivations, plan_cache
+from engine.models.layers import LayerTree, SuffixOnActivations, feature_stages, frozen_batchnorm_to_eval
+from engine.training.caches import plan_cache
 from engine.training.config import TrainConfig
 
 

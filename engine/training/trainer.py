@@ -32,10 +32,10 @@ from engine.data.transforms import ImageDataset, ReadableLoader, eval_transform,
 from engine.models.catalog import ModelBundle, create_model
 from engine.models.checkpoint import save_checkpoint
 from engine.models.heads import set_head
-from engine.models.layers import LayerTree, frozen_batchnorm_to_eval
+from engine.models.layers import LayerTree, SuffixOnActivations, frozen_batchnorm_to_eval
 from engine.models.predictor import predictor
 from engine.training.caches import (ActivationCache, CachePlan, FeatureCache, FeatureDataset, HeadOnFeatures,
-                                    SuffixOnActivations, ViewAveraged, plan_cache, view_id, view_transform)
+                                    ViewAveraged, plan_cache, view_id, view_transform)
 from engine.training.callbacks import BestCheckpoint, EarlyStopping
 from engine.training.config import TrainConfig
 from engine.training.metrics import classification_metrics, predict_logits
