@@ -1,22 +1,25 @@
-"""Does the automatic recipe search beat the defaults, and does `assess` rank backbones right?
+"""Does the automatic recipe search hand back at least the default recipe on data it has never seen, and
+does `assess` rank backbones right?
 
-    .venv/bin/python bench/bench_search.py DATA [--budget 15m] [--rank] [--seed 0]
+    .venv/bin/python bench/bench_search.py DATA [--budget 15m] [--seeds 0,1,2] [--name NAME] [--rank]
 
-On one dataset folder (real images: e.g. ELPV defect4 from ../shared/data/elpv_folder.py, Fashion-MNIST
-from ../shared/data/fashion_mnist_folder.py), with the app's seeded 70/15/15 split, measured on the test
-split that no choice sees:
-1. today's head-only default (TrainConfig()) and a linear probe (multinomial logistic regression on the
-   same frozen Lite0 features, trained on train + val, L2 strength chosen by 5-fold CV): the baselines;
-2. `--auto` within the budget: test accuracy, wall time, time per phase, the winner;
-3. with --rank: every backbone's assessment (LogME, CV probe) and its fine-tuned accuracy (last 2 blocks,
-   lr 1e-3, 10 epochs on cached activations, test split), with Spearman's rank correlation between each
-   score and the fine-tuned accuracy.
-Prints a table and writes it as JSON next to the run folders (bench/out/NAME.json).
+DATA is any dataset `main.py train` takes: a folder of class folders (the app's seeded 70/15/15 split, the
+seed changing the split), a folder with train/ val/ test/ (its own split: bench/shifted_sets.py writes sets
+whose splits come from different conditions; the seed then changes only the training), or a CSV of texts.
+For each seed, measured on the test split that no choice sees:
+1. the default recipe (`TrainConfig()`, head only) and the fitted head (`--optimizer lbfgs`): the baselines;
+2. `--auto` within the budget: test accuracy, wall time, time per phase, the winner, why it won, the warnings.
+The summary gives each one's mean test accuracy, the search's mean gain over the default with its standard
+error over seeds, and whether the search is at least the default minus one standard error of the default's
+test accuracy (binomial) on every seed: the issue's bar. With --rank: every backbone's assessment and its
+fine-tuned accuracy (last 2 blocks, lr 1e-3, 10 epochs on cached activations), with Spearman's rank
+correlation. Writes bench/out/search-NAME.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -32,13 +35,12 @@ tune_process()          # as main.py does, before torch loads: idle OpenMP threa
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from engine.data.scan import scan_dataset  # noqa: E402
-from engine.search.assess import assess_backbones, backbone_features, pretrained  # noqa: E402
+from engine.models.text_catalog import DEFAULT_TEXT_ENCODER  # noqa: E402
+from engine.search.assess import assess_backbones  # noqa: E402
 from engine.search.auto import RecipeSearch, parse_budget  # noqa: E402
-from engine.search.crossval import PROBE_PENALTIES, stratified_folds  # noqa: E402
-from engine.training.caches import FeatureCache, view_id, view_transform  # noqa: E402
+from engine.search.text_search import TextRecipeSearch  # noqa: E402
 from engine.training.config import TrainConfig  # noqa: E402
-from engine.training.trainer import Trainer  # noqa: E402
+from engine.training.datasets import scan_any, trainer_class  # noqa: E402
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -47,88 +49,105 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1]) if len(a) > 1 else float("nan")
 
 
-def linear_probe_test(report, seed: int) -> float:
-    """The 20-line script's accuracy: logistic regression on frozen Lite0 features of train + val, the L2
-    strength chosen by 5-fold CV, scored on the test split."""
-    from engine.search.crossval import _probe_fold, _probe_penalty
-    bundle = pretrained(report, "efficientnet_lite0")
-    data = backbone_features(report, bundle, ("plain",), seed)
-    folds = stratified_folds(data.labels, 5, seed)
-    best = max(PROBE_PENALTIES, key=lambda p: _probe_penalty(data.views[0], data.labels, folds, p, None)[0])
-    test = report.split("test")
-    pre = bundle.preprocessing
-    x_test = FeatureCache(bundle.model).features([s.path for s in test], [s.label for s in test],
-                                                 report.content_hash, [view_transform(pre, "plain")],
-                                                 view_id(pre, "plain"), seed)[0]
-    return _probe_fold(data.views[0], data.labels, x_test, np.array([s.label for s in test]), best)
-
-
 def recipe_summary(config: dict) -> dict:
     """The winner's main choices (each member's, for an ensemble)."""
     if "ensemble" in config:
         return {"ensemble": [recipe_summary(member) for member in config["ensemble"]]}
-    return {k: config[k] for k in ("backbone", "head", "lr", "weight_decay", "label_smoothing", "epochs",
-                                   "augmentation", "tta", "freeze", "freeze_blocks", "seed")}
+    return {k: config.get(k) for k in ("backbone", "head", "optimizer", "lr", "weight_decay", "label_smoothing",
+                                       "epochs", "augmentation", "tta", "freeze", "freeze_blocks", "seed")}
 
 
-def timed_fit(report, config: TrainConfig, folder: Path) -> tuple[float, float]:
+def timed_fit(report, config: TrainConfig, folder: Path) -> dict:
     began = time.monotonic()
-    result = Trainer(report, config, folder).fit()
-    return result.metrics["test_accuracy"], time.monotonic() - began
+    result = trainer_class(report)(report, config, folder).fit()
+    return {"val_accuracy": result.metrics["val_accuracy"], "test_accuracy": result.metrics["test_accuracy"],
+            "seconds": round(time.monotonic() - began, 1)}
+
+
+def one_seed(data: str, seed: int, budget: float, budget_text: str, tmp: Path, skip_auto: bool) -> dict:
+    report = scan_any(data, seed=seed)
+    text = report.modality == "text"
+    encoder = {"backbone": DEFAULT_TEXT_ENCODER} if text else {}
+    row: dict = {"seed": seed, "counts": {k: sum(v.values()) for k, v in report.counts().items()}}
+    row["default"] = timed_fit(report, TrainConfig(seed=seed, **encoder), tmp / f"default-{seed}")
+    row["fitted head"] = timed_fit(report, TrainConfig(seed=seed, optimizer="lbfgs", **encoder), tmp / f"lbfgs-{seed}")
+    if skip_auto:
+        return row
+    search = TextRecipeSearch if text else RecipeSearch
+    began = time.monotonic()
+    result = search(report, tmp / f"auto-{seed}", budget, TrainConfig(seed=seed, **encoder)).run()
+    report_json = json.loads((tmp / f"auto-{seed}" / "search.json").read_text())
+    row[f"--auto {budget_text}"] = {
+        "test_accuracy": result.metrics.get("test_accuracy"), "val_accuracy": result.metrics.get("val_accuracy"),
+        "seconds": round(time.monotonic() - began, 1), "winner": result.winner, "decision": result.decision,
+        "warnings": result.warnings, "notes": report_json.get("notes", []), "recipe": recipe_summary(result.config),
+        "phases_s": report_json["phases_s"]}
+    row["finalists"] = [{k: c.get(k) for k in ("name", "backbone", "score", "interval", "screening", "seconds",
+                                              "status", "note")} | {"p": (c.get("comparison") or {}).get("p_value")}
+                        for c in result.leaderboard if c["stage"] == "final"]
+    row["head trials"] = sum(c["name"].startswith("head trial") for c in result.leaderboard)
+    return row
+
+
+def summarize(rows: list[dict], auto_key: str) -> dict:
+    """Means over seeds, the search's gain over the default (mean, standard error over seeds), and the bar:
+    on every seed the search's test accuracy is at least the default's minus one binomial standard error."""
+    tests = rows[0]["counts"]["test"]
+    summary = {name: round(float(np.mean([r[name]["test_accuracy"] for r in rows])), 4)
+               for name in ("default", "fitted head", auto_key) if all(name in r for r in rows)}
+    if auto_key in summary:
+        gains = [r[auto_key]["test_accuracy"] - r["default"]["test_accuracy"] for r in rows]
+        summary["gain over default"] = round(float(np.mean(gains)), 4)
+        summary["gain standard error"] = round(float(np.std(gains, ddof=1) / math.sqrt(len(gains))), 4) \
+            if len(gains) > 1 else None
+        summary["at least default - 1 SE on every seed"] = all(
+            r[auto_key]["test_accuracy"] >= r["default"]["test_accuracy"] -
+            math.sqrt(r["default"]["test_accuracy"] * (1 - r["default"]["test_accuracy"]) / tests) for r in rows)
+        summary["winners"] = [r[auto_key]["winner"] for r in rows]
+    return summary
+
+
+def rank(data: str, seed: int, tmp: Path) -> dict:
+    report = scan_any(data, seed=seed)
+    assessments = assess_backbones(report, seed=seed)
+    tuned = {a.backbone: timed_fit(report, TrainConfig(backbone=a.backbone, freeze="last-n", freeze_blocks=2,
+                                                       lr=1e-3, seed=seed), tmp / a.backbone)
+             for a in assessments}
+    fine = [tuned[a.backbone]["test_accuracy"] for a in assessments]
+    return {"assessment": [{**{k: v for k, v in a.to_dict().items() if k in (
+                "backbone", "logme", "probe_accuracy", "probe_interval", "cv_accuracy", "shifted", "fit",
+                "ms_per_image", "seconds")}, "fine_tuned_last2": tuned[a.backbone]} for a in assessments],
+            "spearman(probe, fine-tuned)": spearman([a.probe_accuracy for a in assessments], fine),
+            "spearman(LogME, fine-tuned)": spearman([a.logme for a in assessments], fine)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data")
     ap.add_argument("--budget", default="15m")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--name", default=None, help="name of the JSON file (default: the dataset's)")
     ap.add_argument("--rank", action="store_true", help="also fine-tune every backbone for the rank correlation")
     ap.add_argument("--skip-auto", action="store_true")
-    ap.add_argument("--skip-baselines", action="store_true", help="only the search (and --rank)")
     args = ap.parse_args()
-    torch.manual_seed(args.seed)
-    report = scan_dataset(args.data, seed=args.seed)
-    name = Path(args.data).name
-    rows: dict = {"dataset": name, "counts": {k: sum(v.values()) for k, v in report.counts().items()}}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        if not args.skip_baselines:
-            rows["default head-only"] = dict(zip(("test_accuracy", "seconds"),
-                                                 timed_fit(report, TrainConfig(), tmp / "d")))
-            began = time.monotonic()
-            rows["linear probe (Lite0, CV'd L2)"] = {"test_accuracy": linear_probe_test(report, args.seed),
-                                                   "seconds": time.monotonic() - began}
-        if not args.skip_auto:
-            began = time.monotonic()
-            result = RecipeSearch(report, tmp / "auto", parse_budget(args.budget), TrainConfig(seed=args.seed)).run()
-            search = json.loads((tmp / "auto" / "search.json").read_text())
-            rows[f"--auto {args.budget}"] = {"test_accuracy": result.metrics.get("test_accuracy"),
-                                             "val_accuracy": result.metrics.get("val_accuracy"),
-                                             "seconds": time.monotonic() - began, "winner": result.winner,
-                                             "recipe": recipe_summary(result.config),
-                                             "phases_s": search["phases_s"]}
-            rows["assessments"] = search["assessments"]
-            rows["leaderboard"] = [{k: c[k] for k in ("name", "backbone", "score", "scored_by", "val_accuracy",
-                                                      "seconds", "status", "note")}
-                                   for c in result.leaderboard if not c["name"].startswith("head trial")]
-            rows["head trials"] = sum(c["name"].startswith("head trial") for c in result.leaderboard)
-        if args.rank:
-            assessments = assess_backbones(report, seed=args.seed)
-            tuned = {}
-            for a in assessments:
-                config = TrainConfig(backbone=a.backbone, freeze="last-n", freeze_blocks=2, lr=1e-3, seed=args.seed)
-                tuned[a.backbone] = dict(zip(("test_accuracy", "seconds"), timed_fit(report, config, tmp / a.backbone)))
-            order = [a.backbone for a in assessments]
-            fine = [tuned[b]["test_accuracy"] for b in order]
-            rows["assessment"] = [{**{k: v for k, v in a.to_dict().items() if k in (
-                "backbone", "logme", "probe_accuracy", "probe_std", "fit", "ms_per_image", "seconds")},
-                "fine_tuned_last2": tuned[a.backbone]} for a in assessments]
-            rows["spearman(probe, fine-tuned)"] = spearman([a.probe_accuracy for a in assessments], fine)
-            rows["spearman(LogME, fine-tuned)"] = spearman([a.logme for a in assessments], fine)
+    name = args.name or Path(args.data).stem
+    seeds = [int(s) for s in args.seeds.split(",")]
     out = ROOT / "bench" / "out"
     out.mkdir(exist_ok=True)
-    (out / f"search-{name}{'-rank' if args.rank else ''}.json").write_text(json.dumps(rows, indent=2))
-    print(json.dumps(rows, indent=2))
+    auto_key = f"--auto {args.budget}"
+    result: dict = {"dataset": name, "budget": args.budget, "seeds": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:
+            torch.manual_seed(seed)
+            result["seeds"].append(one_seed(args.data, seed, parse_budget(args.budget), args.budget, Path(tmp),
+                                            args.skip_auto))
+            result["summary"] = summarize(result["seeds"], auto_key)
+            (out / f"search-{name}.json").write_text(json.dumps(result, indent=2))
+            print(json.dumps(result["seeds"][-1], indent=1), flush=True)
+        if args.rank:
+            result["rank"] = rank(args.data, seeds[0], Path(tmp))
+    (out / f"search-{name}{'-rank' if args.rank else ''}.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result["summary"], indent=2))
 
 
 if __name__ == "__main__":

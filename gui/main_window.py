@@ -585,7 +585,7 @@ class MainWindow(QMainWindow):
 
     def _announce_winner(self, result) -> None:
         """The status line and the Train step say which candidate won, with its score."""
-        self.train_panel.on_search_finished(result.status, result.leaderboard)
+        self.train_panel.on_search_finished(result.status, result.leaderboard, result.decision, result.warnings)
         winner = next((row for row in result.leaderboard if row.get("chosen")), None)
         test = result.metrics.get("test_accuracy")
         message = (f"Automatic search {result.status}: {result.winner} won"

@@ -148,8 +148,10 @@ TRAINED_SIZE, TRIAL_SIZE, BEST_SIZE = 12, 8, 18
 
 
 class SearchScatter(QWidget):
-    """A recipe search's candidates: score (%) against seconds since the search started; pruned ones hollow,
-    the best (or the winner, once chosen) a star."""
+    """A recipe search's finalists: accuracy on the validation images (%) with its 95 % interval, against
+    seconds since the search started; pruned ones hollow, the best (or the winner, once chosen) a star.
+    Screening scores (cross-validation inside the training images) are not drawn: they are measured another
+    way and would read as a climb the finalists do not make."""
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -158,33 +160,42 @@ class SearchScatter(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.canvas)
         plot = self.plot = self.canvas.getPlotItem()
-        plot.setTitle("Score against time")
+        plot.setTitle("Finalists on the validation images (95 % intervals)")
         plot.setLabel("bottom", "seconds since the start")
-        plot.setLabel("left", "score (%)")
+        plot.setLabel("left", "validation accuracy (%)")
         plot.showGrid(x=True, y=True, alpha=0.2)
         plot.setMenuEnabled(False)
+        self.bars = pg.ErrorBarItem(x=np.zeros(0), y=np.zeros(0), pen=pg.mkPen(120, 120, 120, 160), beam=0)
         self.spots = pg.ScatterPlotItem(hoverable=True, tip=self._tip)
         self.star = pg.ScatterPlotItem()
+        plot.addItem(self.bars)
         plot.addItem(self.spots)
         plot.addItem(self.star)
 
     @staticmethod
     def _tip(x: float, y: float, data) -> str:
-        return f"{data}\n{y:.0f} % at {x:.0f} s" if data else f"{y:.0f} % at {x:.0f} s"
+        return f"{data}\n{y:.1f} % at {x:.0f} s" if data else f"{y:.1f} % at {x:.0f} s"
 
     def show_candidates(self, rows: list[dict], best: dict | None) -> None:
-        """`rows`: leaderboard entries with `at_s`; those without a score (skipped) are not drawn."""
-        spots = []
+        """`rows`: leaderboard entries with `at_s`; finalists with a score are drawn."""
+        spots, xs, ys, lows, highs = [], [], [], [], []
         for row in rows:
-            if row.get("score") is None:
+            if row.get("score") is None or row.get("stage", "final") != "final":
                 continue
             colour = KIND_COLOURS.get(row.get("kind"), TRAIN)
             hollow = row.get("status") == "pruned"
-            spots.append({"pos": (row["at_s"], 100 * row["score"]), "data": row["name"],
-                          "size": TRAINED_SIZE if row.get("run_dir") else TRIAL_SIZE, "symbol": "o",
+            x, y = row["at_s"], 100 * row["score"]
+            spots.append({"pos": (x, y), "data": row["name"], "size": TRAINED_SIZE, "symbol": "o",
                           "brush": pg.mkBrush(255, 255, 255, 0) if hollow else pg.mkBrush(*colour, 200),
                           "pen": pg.mkPen(colour, width=1.5)})
+            low, high = row.get("interval") or (row["score"], row["score"])
+            xs.append(x)
+            ys.append(y)
+            lows.append(y - 100 * low)
+            highs.append(100 * high - y)
         self.spots.setData(spots)
+        self.bars.setData(x=np.array(xs, dtype=float), y=np.array(ys, dtype=float),
+                          bottom=np.array(lows, dtype=float), top=np.array(highs, dtype=float))
         if best is not None and best.get("score") is not None:
             self.star.setData([best["at_s"]], [100 * best["score"]], symbol="star", size=BEST_SIZE,
                               brush=pg.mkBrush(250, 200, 30), pen=pg.mkPen(120, 90, 0))

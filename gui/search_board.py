@@ -7,6 +7,7 @@ Both render the application state or the plain leaderboard rows the engine's `on
 from __future__ import annotations
 
 import time
+from html import escape
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt, QTimer
@@ -21,20 +22,29 @@ if TYPE_CHECKING:
     from gui.state import AppState
 
 MIN_MINUTES, MAX_MINUTES = 0.5, 600.0
-AUTOMATIC_NOTE = ("The search tries backbones, heads, learning rates, epochs and flips, scores each on images "
-                  "it did not train on, and keeps the best model. The settings below are its starting point; "
+AUTOMATIC_NOTE = ("The search tries backbones, heads, learning rates, epochs, flips and the last blocks, judges "
+                  "every finalist on the same validation images, and replaces the default recipe only with a "
+                  "model that is better there by more than chance. The settings below are its starting point; "
                   "the layers checked in the Model step are not used.")
 AUTOMATIC_SHORT_NOTE = "The search picks backbone, head, learning rate, epochs and flips; these settings are its start."
-COLUMNS = ("Candidate", "Backbone", "Recipe", "Score", "Time", "Status")
+COLUMNS = ("Candidate", "Backbone", "Recipe", "Score (95 % interval)", "Against the default", "Time", "Status")
 COLUMN_TIPS = {
-    "Candidate": "Head trials are scored on the backbone's cached features without saving a model; the default "
-                 "recipe, the best head recipe and the last blocks are trained as full runs. The ensemble averages "
-                 "the probabilities of trained runs when they are more accurate together on validation.",
+    "Candidate": "Finalists (at the top) are trained on the training images alone and judged on the same "
+                 "validation images: the default recipe, the best screened head recipe, the fitted head, the "
+                 "last blocks and the mean of several finalists. Head trials (grey, below) are screening only: "
+                 "scored by cross-validation inside the training images, they decide which recipe becomes a "
+                 "finalist and are never compared with the finalists.",
     "Recipe": "What the candidate changed: the classifier head, learning rate, epochs, flips and which layers "
               "trained. Hover over a row for the whole recipe.",
-    "Score": "Accuracy on images the candidate did not train on. k-fold CV: trained k times, each time scored on a "
-             "different k-th of the training and validation images, so the score is steadier than one split. "
-             "Validation split: the validation images of a full run.",
+    "Score (95 % interval)": "Finalists: accuracy on the validation images, which neither trained nor picked "
+                             "them, with the range the true accuracy lies in 95 times out of 100. Screening: "
+                             "cross-validation inside the training images, near-identical images kept in one "
+                             "fold; it can be far above what new images score when they come from other "
+                             "sessions.",
+    "Against the default": "The finalist's accuracy minus the default recipe's on the same validation images, "
+                           "with its 95 % interval, and how often chance alone would give such a lead (p). A "
+                           "finalist replaces the default only when p is small enough after allowing for every "
+                           "finalist tried (Holm's correction); marked 'better'.",
     "Time": "How long the candidate took.",
     "Status": "done; pruned: stopped early because it was behind the others; skipped: it would not fit in the "
               "time left (or was not worth it); winner: the model the search kept.",
@@ -43,11 +53,24 @@ BEST_BACKGROUND = QColor(214, 240, 214)
 SKIPPED_FOREGROUND = QColor(Qt.GlobalColor.gray)
 
 
-def percent_text(score: float | None, spread: float | None = None) -> str:
-    """'83 % ±2' (the ± only when there is a spread)."""
+def percent_text(score: float | None, interval: list[float] | None = None) -> str:
+    """'83 % (74–90)': the score and its 95 % interval (when there is one)."""
     if score is None:
         return "–"
-    return f"{round(100 * score)} %" + (f" ±{round(100 * spread)}" if spread else "")
+    text = f"{100 * score:.1f} %"
+    return text + (f" ({100 * interval[0]:.0f}–{100 * interval[1]:.0f})" if interval else "")
+
+
+def comparison_text(entry: dict) -> str:
+    """'+4.4 points (−2.1 to +10.9), p = 0.12' against the default recipe; 'incumbent' for the default."""
+    if entry.get("name") == "default recipe" and entry.get("stage") == "final":
+        return "the incumbent"
+    comparison = entry.get("comparison")
+    if not comparison:
+        return ""
+    low, high = comparison["difference_interval"]
+    return (f"{100 * comparison['difference']:+.1f} points ({100 * low:+.0f} to {100 * high:+.0f}), "
+            f"p = {comparison['p_value']:.2g}" + (" · better" if comparison.get("significant") else ""))
 
 
 def recipe_text(recipe: dict) -> str:
@@ -56,10 +79,13 @@ def recipe_text(recipe: dict) -> str:
         return ""
     if recipe.get("members"):
         return "mean of " + " + ".join(recipe["members"])
-    parts = [f"{'MLP' if recipe.get('head') == 'mlp' else 'linear'} head"]
-    if recipe.get("lr") is not None:
+    if recipe.get("optimizer") == "lbfgs":
+        parts = ["linear head solved exactly (L-BFGS, L2 by CV)"]
+    else:
+        parts = [f"{'MLP' if recipe.get('head') == 'mlp' else 'linear'} head"]
+    if recipe.get("lr") is not None and recipe.get("optimizer") != "lbfgs":
         parts.append(f"lr {recipe['lr']:.0e}".replace("e-0", "e-"))
-    if recipe.get("epochs") is not None:
+    if recipe.get("epochs") is not None and recipe.get("optimizer") != "lbfgs":
         parts.append(f"{recipe['epochs']} ep")
     if recipe.get("augmentation") == "flip":
         parts.append("flips")
@@ -77,14 +103,19 @@ def recipe_tooltip(entry: dict) -> str:
              for key, value in entry.get("recipe", {}).items()]
     if entry.get("note"):
         lines.append(entry["note"])
-    if entry.get("val_accuracy") is not None:
-        lines.append(f"validation accuracy of its run: {percent_text(entry['val_accuracy'])}")
+    if entry.get("scored_by"):
+        lines.append(f"scored by: {entry['scored_by']}")
+    if entry.get("screening") is not None:
+        lines.append(f"screening (cross-validation inside the training images): {percent_text(entry['screening'])}")
     return "\n".join(lines)
 
 
 def score_text(entry: dict) -> str:
-    text = percent_text(entry.get("score"), entry.get("score_std"))
-    return f"{text} · {entry['scored_by']}" if entry.get("score") is not None and entry.get("scored_by") else text
+    """The score, its interval and a short word for how it was measured."""
+    text = percent_text(entry.get("score"), entry.get("interval"))
+    if entry.get("score") is None:
+        return text
+    return f"{text} · {'CV inside train' if entry.get('stage') == 'screening' else 'validation'}"
 
 
 class ModeChoice(QGroupBox):
@@ -154,6 +185,11 @@ class SearchBoard(QWidget):
         self.budget_s = 0.0
         self._started: float | None = None
         self.title = QLabel("<b>Automatic search</b>: not started.")
+        self.title.setWordWrap(True)
+        self.advice = QLabel()                 # the decision and the warnings, once the search ends
+        self.advice.setWordWrap(True)
+        self.advice.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.advice.setVisible(False)
         self.time_bar = QProgressBar(maximum=1000)
         self.time_bar.setFormat("Search time")
         self.time_bar.setMinimumWidth(160)             # room for "10:00 of 15:00" beside a long title
@@ -179,6 +215,7 @@ class SearchBoard(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(top)
+        layout.addWidget(self.advice)
         layout.addWidget(self.table, 1)
 
     def create_plot(self) -> None:
@@ -192,6 +229,7 @@ class SearchBoard(QWidget):
     def start(self, budget_s: float) -> None:
         self.rows, self.budget_s, self._started = [], budget_s, time.monotonic()
         self.table.setRowCount(0)
+        self.advice.setVisible(False)
         self.title.setText(f"<b>Automatic search</b>: the best model in {format_duration(budget_s)} "
                            "(min:s). Candidates appear here as they are scored.")
         self._show_time()
@@ -216,8 +254,10 @@ class SearchBoard(QWidget):
             known.update(entry)
         self._redraw()
 
-    def finish(self, leaderboard: list[dict], status: str) -> None:
-        """The search's final leaderboard (scores completed, the winner marked `chosen`)."""
+    def finish(self, leaderboard: list[dict], status: str, decision: str = "", warnings: list[str] = ()) -> None:
+        """The search's final leaderboard (scores completed, the winner marked `chosen`), why it won, and what
+        the user should know about the validation images (too few to tell recipes apart, or unlike the
+        training images)."""
         self.clock.stop()
         self._show_time()
         for entry in leaderboard:
@@ -225,8 +265,13 @@ class SearchBoard(QWidget):
         winner = self.winner()
         self.title.setText(f"<b>Automatic search {status}</b>" + (
             f": {winner['name']} won ({score_text(winner)})." if winner else "."))
+        lines = [f"<b>Why</b>: {escape(decision[:1].upper() + decision[1:])}."] if decision else []
+        lines += [f"<span style='color:#a05a00'><b>Note</b>: {escape(w[:1].upper() + w[1:])}.</span>"
+                  for w in warnings]
+        self.advice.setText("<br>".join(lines))
+        self.advice.setVisible(bool(lines))
         if winner is not None:
-            self.table.scrollToItem(self.table.item(self.rows.index(winner), 0))
+            self.table.scrollToItem(self.table.item(self._ordered().index(winner), 0))
         self.time_bar.setFormat(f"{format_duration(self.elapsed())} in all")
 
     def stop_clock(self) -> None:
@@ -236,9 +281,16 @@ class SearchBoard(QWidget):
         return next((row for row in self.rows if row.get("chosen")), None)
 
     def best(self) -> dict | None:
-        """The chosen one once the search has ended; until then the best score so far."""
-        scored = [row for row in self.rows if row.get("score") is not None and row.get("status") == "done"]
+        """The chosen one once the search has ended; until then the finalist with the best validation score
+        (screening scores are not compared with finalists')."""
+        scored = [row for row in self.rows if row.get("score") is not None and row.get("status") == "done"
+                  and row.get("stage", "final") == "final"]
         return self.winner() or (max(scored, key=lambda row: row["score"]) if scored else None)
+
+    def _ordered(self) -> list[dict]:
+        """Finalists first (in the order they came), then screening and assessment rows."""
+        final = [row for row in self.rows if row.get("stage", "final") == "final"]
+        return final + [row for row in self.rows if row.get("stage", "final") != "final"]
 
     # -- drawing ----------------------------------------------------------------------------------
     def _backbone_title(self, name: str) -> str:
@@ -247,13 +299,15 @@ class SearchBoard(QWidget):
 
     def _redraw(self) -> None:
         best = self.best()
-        self.table.setRowCount(len(self.rows))
-        for index, entry in enumerate(self.rows):
+        rows = self._ordered()
+        self.table.setRowCount(len(rows))
+        for index, entry in enumerate(rows):
             skipped = entry.get("status") == "skipped"
+            grey = skipped or entry.get("stage", "final") != "final"
             status = "winner" if entry.get("chosen") else entry.get("status", "")
             cells = [entry["name"], self._backbone_title(entry.get("backbone", "")),
                      entry.get("note", "") if skipped or not entry.get("recipe") else recipe_text(entry["recipe"]),
-                     score_text(entry), format_duration(entry.get("seconds") or 0), status]
+                     score_text(entry), comparison_text(entry), format_duration(entry.get("seconds") or 0), status]
             tip = recipe_tooltip(entry)
             for column, text in enumerate(cells):
                 item = QTableWidgetItem(text)
@@ -264,15 +318,15 @@ class SearchBoard(QWidget):
                     font = QFont(item.font())
                     font.setBold(True)
                     item.setFont(font)
-                elif skipped:
+                elif grey:
                     item.setForeground(QBrush(SKIPPED_FOREGROUND))
                 self.table.setItem(index, column, item)
-        if self.rows:
-            self.table.scrollToItem(self.table.item(len(self.rows) - 1, 0))
+        if rows:
+            self.table.scrollToItem(self.table.item(len(rows) - 1, 0))
         if self.scatter is not None:
             self.scatter.show_candidates(self.rows, best)
 
     def best_row(self) -> int | None:
-        """The highlighted row (tests, screenshots)."""
+        """The highlighted table row (tests, screenshots)."""
         best = self.best()
-        return next((i for i, row in enumerate(self.rows) if row is best), None)
+        return next((i for i, row in enumerate(self._ordered()) if row is best), None)

@@ -566,9 +566,10 @@ class TrainPanel(QWidget):
         self.stage.setText(f"Search: {entry['name']} {entry['status']}"
                            + (f" · {score_text(entry)}" if entry.get("score") is not None else ""))
 
-    def on_search_finished(self, status: str, leaderboard: list[dict]) -> None:
-        """The final leaderboard, the winner marked; the status line says who won."""
-        self.board.finish(leaderboard, status)
+    def on_search_finished(self, status: str, leaderboard: list[dict], decision: str = "",
+                           warnings: list[str] = ()) -> None:
+        """The final leaderboard, the winner marked, why it won and what to know; the status line says who won."""
+        self.board.finish(leaderboard, status, decision, warnings)
         winner = self.board.winner()
         if winner is not None:
             self.stage.setText(f"Search {status}: {winner['name']} won ({score_text(winner)}). See the Results step.")

@@ -60,7 +60,7 @@ def test_class_folders_with_nested_subfolders(tmp_path):
 
     assert report.layout == "class-folders" and report.source_kind == "folder"
     assert report.classes == ["cats", "dogs"]
-    assert not report.split_given and report.problems == []
+    assert not report.split_given and [p.kind for p in report.problems] == ["small validation split"]
     nested = [s for s in report.samples if s.path.endswith("nested.png")]
     assert len(nested) == 1 and report.classes[nested[0].label] == "cats"
     counts = report.counts()
@@ -529,3 +529,14 @@ def test_the_scan_does_not_import_torch_or_qt():
     root = Path(__file__).resolve().parent.parent
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_validation_split_too_small_to_tell_recipes_apart_is_a_warning(tmp_path):
+    """The smallest difference a paired test could see on it is stated; a larger split is not warned about."""
+    write_classes(tmp_path / "small", {"cats": 20, "dogs": 20})
+    (small,) = [p for p in scan_dataset(tmp_path / "small").problems if p.kind == "small validation split"]
+    assert small.severity == "warning" and "with 6 images (16.7 points each)" in small.reason
+    assert "differ by about" in small.reason and "keeps the default recipe" in small.reason
+    from engine.data.split import validation_size_problems
+    assert validation_size_problems(["train"] * 1000 + ["val"] * 400, "x", "images") == []
+    assert validation_size_problems(["train"] * 1000, "x", "images") == []

@@ -5,6 +5,7 @@ fails any test that leaves a QThread running.
 """
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -62,7 +63,11 @@ def test_dropping_a_dataset_shows_classes_thumbnails_and_problems(qtbot, window,
     assert int(table.item(0, 4).text()) == 8
     assert table.item(0, 5).data(Qt.ItemDataRole.DecorationRole) is not None, "thumbnail strip"
     problems = window.data_panel.problems
-    assert problems.rowCount() == 1 and problems.item(0, 2).text().endswith("broken.png")
+    rows = [[problems.item(row, column).text() for column in range(problems.columnCount())]
+            for row in range(problems.rowCount())]
+    assert len(rows) == 2 and rows[0][2].endswith("broken.png")
+    assert rows[1][0] == "warning" and re.match(r"small validation split: with \d images", rows[1][1]), \
+        "too few validation images to tell recipes apart"
     assert window.state.model.num_classes == len(expected)
 
 

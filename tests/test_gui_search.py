@@ -40,10 +40,12 @@ def test_assessing_backbones_fills_a_table_and_a_row_chooses_the_backbone(qtbot,
     assert sorted(view.backbones_shown()) == [LITE0, LITE1] == sorted(row["backbone"] for row in rows)
     assert view.backbones_shown() == [row["backbone"] for row in rows], "best first"
     headers = [view.table.horizontalHeaderItem(c).text() for c in range(view.table.columnCount())]
-    assert headers == ["Backbone", "Linear probe (CV)", "LogME", "Fit", "ms / image", "Params"]
-    assert re.fullmatch(r"\d+ % ±\d+", view.table.item(0, 1).text())
-    assert view.table.item(0, 3).text() in ("strong", "fair", "weak")
-    assert "You et al., 2021" in view.table.horizontalHeaderItem(2).toolTip()
+    assert headers == ["Backbone", "Linear probe (95 % interval)", "CV inside train", "LogME", "Fit", "ms / image",
+                       "Params"]
+    assert re.fullmatch(r"\d+ % \(\d+–\d+\)", view.table.item(0, 1).text())     # on validation, with its interval
+    assert re.fullmatch(r"\d+ %( ⚠)?", view.table.item(0, 2).text())
+    assert view.table.item(0, 4).text() in ("strong", "fair", "weak")
+    assert "You et al., 2021" in view.table.horizontalHeaderItem(3).toolTip()
     assert "fits these images best" in view.summary.text() and view.summary.text() == window.state.assessment_summary
     assert all(row["input_size"] == 64 for row in rows)
     assert not view.progress.isVisibleTo(view) and window.start_action.isEnabled()
@@ -106,11 +108,17 @@ def test_automatic_search_shows_a_live_leaderboard_and_records_the_winner(qtbot,
     board = panel.board
     assert board.table.rowCount() == len(result.leaderboard) >= 2
     winner = board.winner()
-    assert winner["name"] == result.winner and board.best_row() == board.rows.index(winner)
-    assert board.table.item(board.best_row(), 5).text() == "winner"
+    assert winner["name"] == result.winner and board.table.item(board.best_row(), 0).text() == winner["name"]
+    assert board.table.item(board.best_row(), 6).text() == "winner"
     assert board.table.item(board.best_row(), 0).font().bold()
-    assert any("fold CV" in board.table.item(row, 3).text() for row in range(board.table.rowCount()))
-    assert board.scatter.count() >= 2
+    cells = [[board.table.item(row, column).text() for column in range(7)] for row in range(board.table.rowCount())]
+    finalists = [row for row in cells if row[3].endswith("· validation")]
+    screening = [row for row in cells if row[3].endswith("· CV inside train")]
+    assert finalists and screening and cells.index(finalists[-1]) < cells.index(screening[0]), "finalists on top"
+    assert all(re.fullmatch(r"\d+\.\d % \(\d+–\d+\) · validation", row[3]) for row in finalists)
+    assert finalists[0][4] == "the incumbent" and all("p = " in row[4] for row in finalists[1:])
+    assert board.scatter.count() == len(finalists)            # only the finalists, on one scale
+    assert board.advice.isVisibleTo(board) and "Why" in board.advice.text()
     assert f"{result.winner} won" in panel.stage.text()
     assert f"{result.winner} won" in window.statusBar().currentMessage()
     record = window.state.runs[-1]

@@ -295,7 +295,8 @@ def test_the_automatic_search_runs_on_texts_and_records_its_winner(qtbot, window
     board = panel.board
     names = [board.table.item(row, 0).text() for row in range(board.table.rowCount())]
     assert names[0] == "default recipe" and any(name.startswith("head trial") for name in names)
-    assert any("fold CV" in board.table.item(row, 3).text() for row in range(board.table.rowCount()))
+    texts = [board.table.item(row, 3).text() for row in range(board.table.rowCount())]
+    assert texts[0].endswith("· validation") and any(text.endswith("· CV inside train") for text in texts)
     assert board.winner()["name"] == result.winner
     assert win.state.runs[-1].test_accuracy == result.metrics["test_accuracy"] is not None
     qtbot.waitUntil(lambda: win.training_task is None, timeout=30_000)

@@ -278,13 +278,18 @@ def test_a_users_hugging_face_folder_is_an_encoder_and_a_broken_one_is_refused(t
         encoder_folder(str(folder))
 
 
-def test_auto_searches_head_recipes_by_cross_validation_and_tests_the_winner_once(report, tmp_path):
+def test_auto_screens_head_recipes_judges_finalists_on_validation_and_tests_the_winner_once(report, tmp_path):
     from engine.search.text_search import TextRecipeSearch
     result = TextRecipeSearch(report, tmp_path / "auto", budget_s=25).run()
-    assert result.status == "completed" and result.seconds < 25 + 15
+    assert result.status == "completed" and result.seconds < 25 + 10
     board = json.loads((tmp_path / "auto" / "leaderboard.json").read_text())
-    assert board[0]["name"] == "default recipe" and board[0]["scored_by"].endswith("fold CV")
+    val = len(report.split("val"))
+    assert board[0]["name"] == "default recipe" and board[0]["scored_by"].startswith(f"validation split ({val} texts")
+    assert board[0]["screening"] is not None                 # its cross-validation inside train, for the warning
     assert sum(1 for c in board if c["name"].startswith("head trial") and c["status"] == "done") >= 2
+    assert all(c["stage"] == "screening" for c in board if c["name"].startswith("head trial"))
+    fitted = next(c for c in board if c["name"] == "fitted head")      # the solved head, for texts too
+    assert fitted["recipe"]["optimizer"] == "lbfgs" and fitted["score"] is not None and fitted["comparison"]
     assert sum(1 for c in board if c["chosen"]) == 1
     metrics = json.loads((tmp_path / "auto" / "metrics.json").read_text())
     assert metrics["test_accuracy"] is not None and metrics["evaluated_on"] == "test"

@@ -247,6 +247,8 @@ def _search(report, config: TrainConfig, out: Path, budget: float, progress: Ter
     else:
         from engine.search.auto import RecipeSearch
     result = RecipeSearch(report, out, budget, config, [progress]).run()
+    for line in [f"decision: {result.decision}", *(f"note: {warning}" for warning in result.warnings)]:
+        print(f"[search] {line}", file=sys.stderr)
     metrics = result.metrics
     return {"status": result.status, "run_dir": str(out), "checkpoint": str(RunFolder(out).checkpoint),
             "val_accuracy": metrics.get("val_accuracy"), "test_accuracy": metrics.get("test_accuracy"),
@@ -295,7 +297,8 @@ TRAIN_OPTIONS = (
     ("batch_size", "images per step"),
     ("image_size", "input size in pixels (default: the backbone's own)"),
     ("lr", "learning rate of the head; deeper layers get smaller rates"),
-    ("optimizer", None),
+    ("optimizer", "lbfgs: solve the linear head exactly (logistic regression, its L2 strength chosen by "
+                  "cross-validation on the training images); head only"),
     ("schedule", "learning-rate schedule after a one-epoch warm-up"),
     ("recipe", "two-stage: train the head first, then unfreeze per --freeze at a lower rate"),
     ("augmentation", "flip: each image or its mirror image (on cached features: both, computed once); "
@@ -308,6 +311,8 @@ TRAIN_OPTIONS = (
     ("label_smoothing", None),
     ("balance", "counter class imbalance by weighting the loss or resampling"),
     ("early_stopping", "stop after this many epochs without a better validation accuracy (0: off)"),
+    ("checkpoint", "best: keep the epoch with the best validation accuracy; last: keep the last epoch, so "
+                   "the validation accuracy reported is not the one that picked it"),
     ("cache", "reuse the frozen layers' output between epochs (auto) or not (off)"),
     ("frozen_runtime", "engine of the frozen layers' single pass: auto = ONNX Runtime (1.3-1.5x PyTorch's "
                        "speed) on a CPU when the fit has enough images to pay for its export, pytorch = never"),

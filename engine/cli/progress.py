@@ -112,9 +112,14 @@ def format_candidate(entry: dict) -> str:
     if recipe.get("members"):
         choices = "mean of " + " + ".join(recipe["members"])
     score = f"{entry['score']:.1%}" if entry.get("score") is not None else "-"
-    if entry.get("score_std") is not None:
-        score += f" ±{entry['score_std']:.1%}"
+    if entry.get("interval"):
+        low, high = entry["interval"]
+        score += f" [{low:.1%}-{high:.1%}]"
     scored = f" ({entry['scored_by']})" if entry.get("scored_by") else ""
+    comparison = entry.get("comparison")
+    if comparison:
+        scored += (f" vs default {comparison['difference']:+.1%}, p={comparison['p_value']:.2g}"
+                   + (" better" if comparison.get("significant") else ""))
     note = f"  [{entry['status']}: {entry['note']}]" if entry.get("status") != "done" and entry.get("note") else \
         f"  [{entry['status']}]" if entry.get("status") != "done" else ""
     return f"[search] {entry['name']:<18} {entry['backbone']:<18} {score}{scored}  {entry.get('seconds', 0):.1f} s" \

@@ -26,7 +26,8 @@ from engine.data.checks import FileCheck, check_files
 from engine.data.csvfile import is_csv
 from engine.data.listing import Candidate, Lister
 from engine.data.report import SPLITS, DatasetError, DatasetReport, Problem, Sample, plural, sorted_problems
-from engine.data.split import assign_splits, class_size_problems, duplicate_problems, missing_split_problems
+from engine.data.split import (assign_splits, class_size_problems, duplicate_problems, missing_split_problems,
+                               validation_size_problems)
 from engine.data.ziparchive import is_zip
 
 _CONTENT_HASH_VERSION = "transferlab-dataset-v1"
@@ -165,6 +166,7 @@ def _build_report(root: str, source_kind: str, lister: Lister, candidates: list[
     problems += duplicate_problems(rows)
     problems += class_size_problems(rows, classes, lister.class_locations, root, settings.min_images_per_class)
     problems += missing_split_problems(rows, classes, lister.class_locations)
+    problems += validation_size_problems([split for _, _, split in rows], root, "images")
     sizes = [chk.size for _, chk, _ in rows]
     return DatasetReport(
         root=root,

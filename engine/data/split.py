@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+from engine.core.significance import SMALL_SPLIT, detectable_difference
 from engine.data.listing import CARVE_VAL, Candidate
 from engine.data.report import SPLITS, Problem
 
@@ -137,6 +138,20 @@ def missing_split_problems(rows, classes, class_locations: dict[str, list[str]])
                 location = _class_location(class_locations, name, "")
                 problems.append(Problem(location, f"no {split} images for class '{name}'", "warning"))
     return problems
+
+
+def validation_size_problems(splits: list[str], root: str, noun: str) -> list[Problem]:
+    """A validation split too small to tell recipes apart: the smallest accuracy difference a paired test
+    can tell from chance on it (engine.core.significance.detectable_difference), when that is over
+    SMALL_SPLIT."""
+    count = splits.count("val")
+    smallest = detectable_difference(count) if count else 0.0
+    if smallest <= SMALL_SPLIT:
+        return []
+    return [Problem(root, f"small validation split: with {count} {noun} ({100 / count:.1f} points each), two "
+                          f"models must differ by about {100 * smallest:.0f} points before chance no longer explains "
+                          f"it; the automatic search keeps the default recipe unless a candidate is that much "
+                          f"better: more validation {noun} make the choice sharper", "warning")]
 
 
 def _class_location(class_locations: dict[str, list[str]], name: str, fallback: str) -> str:

@@ -26,7 +26,7 @@ from engine.data.csvfile import _CSV_PATH_COLUMNS, resolve_csv_path
 from engine.data.images import has_image_extension, is_hidden_or_system
 from engine.data.listing import CARVE_ALL, CARVE_VAL, SPLIT_FOLDER_NAMES
 from engine.data.report import SPLITS, DatasetError, DatasetReport, Problem, Sample, plural, sorted_problems
-from engine.data.split import IMBALANCE_RATIO, duplicate_reason, split_counts
+from engine.data.split import IMBALANCE_RATIO, duplicate_reason, split_counts, validation_size_problems
 from engine.data.ziparchive import extract_zip
 
 TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".txt")
@@ -736,6 +736,7 @@ def _build_report(root: str, found: _Found, settings: _Settings, control: RunCon
     problems += _duplicate_problems(ordered)
     problems += _class_size_problems(ordered, classes, root, settings.min_texts_per_class)
     problems += _missing_split_problems(ordered, classes)
+    problems += validation_size_problems([split for _, split in ordered], root, "texts")
     problems += _long_text_problems(root, [row.text for row, _ in ordered], settings, control)
     return DatasetReport(
         root=root,

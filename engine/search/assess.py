@@ -2,7 +2,11 @@
 
 For every backbone with offline weights: one pass of the frozen network over train + val (through the
 feature cache, so a later head-only fit or search starts at once), the LogME score (engine.search.logme)
-and a cross-validated linear-probe accuracy, with the model's cost. The test split is never read.
+and a linear probe (the fitted head of engine.training.logistic) trained on the training images, with the
+model's cost. The probe is scored as the recipe search judges its candidates: on the validation images,
+with a 95 % interval. Cross-validation inside the training images (near-identical images kept in one
+fold) is reported beside it, and when the validation images score clearly lower, the two come from
+different conditions and the inside figure would mislead. The test split is never read.
 """
 from __future__ import annotations
 
@@ -14,11 +18,14 @@ import torch
 
 from engine.core.control import RunControl
 from engine.core.progress import Progress
+from engine.core.significance import clearly_lower, wilson_interval
 from engine.data.report import DatasetReport, Sample
 from engine.models.catalog import ModelBundle, create_model, get_spec, list_backbones
-from engine.search.crossval import FOLDS, FeatureViews, linear_probe_accuracy, stratified_folds, usable_folds
+from engine.search.crossval import FeatureViews
 from engine.search.logme import logme_score
 from engine.training.caches import FeatureCache, view_id, view_transform
+from engine.training.folds import FOLDS
+from engine.training.logistic import fit_head
 
 STRONG, FAIR = 0.8, 0.5
 """Share of the errors of always answering the largest class that a linear probe removes: at least STRONG
@@ -32,9 +39,13 @@ class Assessment:
     backbone: str
     title: str
     logme: float
-    probe_accuracy: float
-    probe_std: float
+    probe_accuracy: float             # the honest estimate: on the validation images (else cross-validated)
+    probe_interval: tuple[float, float]
+    probe_protocol: str               # how probe_accuracy was measured, in words
+    cv_accuracy: float                # cross-validation inside the training images, near-identical kept together
+    cv_interval: tuple[float, float]
     folds: int
+    shifted: bool                     # the validation images score lower than cross-validation by more than chance
     majority: float                   # accuracy of always answering the most frequent class
     fit: str
     ms_per_image: float               # PyTorch forward, one image at a time, on this machine
@@ -84,17 +95,22 @@ def pretrained(report: DatasetReport, backbone: str, input_size: int | None = No
 def backbone_features(report: DatasetReport, bundle: ModelBundle, views: tuple[str, ...] = ("plain",),
                       seed: int = 0, control: RunControl | None = None, progress: Progress | None = None,
                       limit: int | None = None) -> FeatureViews:
-    """Frozen features of train + val (in that order) through `bundle`'s backbone; with `limit`, of a
-    seeded stratified sample of at most that many of those images instead (the same sample every time)."""
+    """Frozen features of train + val (in that order; `held_out` marks val's rows) through `bundle`'s
+    backbone; with `limit`, of a seeded stratified sample of at most that many of those images instead, each
+    split in its share (the same sample every time)."""
     cache = FeatureCache(bundle.model)
     train, val = search_samples(report)
-    groups = [train, val] if limit is None or len(train) + len(val) <= limit else \
-        [assessment_sample(train + val, limit, seed)]
-    cache.planned_images = len(views) * sum(map(len, groups))      # the break-even sees the whole pass
+    if limit is not None and len(train) + len(val) > limit:
+        share = limit / (len(train) + len(val))
+        train, val = (assessment_sample(samples, round(share * len(samples)), seed) if samples else []
+                      for samples in (train, val))
+    groups = [train, val]
+    cache.planned_images = len(views) * (len(train) + len(val))      # the break-even sees the whole pass
     parts = [split_views(cache, samples, report, bundle, views, seed, control, progress)
              for samples in groups if samples]
     labels = np.array([s.label for samples in groups for s in samples], dtype=np.int64)
-    return FeatureViews(torch.cat(parts, dim=1), labels)
+    held_out = np.array([False] * len(train) + [True] * len(val))
+    return FeatureViews(torch.cat(parts, dim=1), labels, held_out)
 
 
 def assessment_sample(samples: list[Sample], limit: int, seed: int = 0) -> list[Sample]:
@@ -121,17 +137,36 @@ def assess_backbone(report: DatasetReport, backbone: str, seed: int = 0, control
         bundle.model.to(device)
     data = backbone_features(report, bundle, ("plain",), seed, control, progress, limit)
     bundle.model.to("cpu")
-    features = data.views[0]
-    folds = stratified_folds(data.labels, usable_folds(data.labels), seed)
-    accuracy, spread = linear_probe_accuracy(features, data.labels, folds, control)
-    majority = float(np.bincount(data.labels).max() / len(data.labels))
+    train = data.part(held_out=False)
+    classes = len(report.classes)
+    probe = fit_head(train.views, train.labels, classes, seed=seed, control=control)
+    cv_correct = round(probe.cv_accuracy * len(train.labels))
+    estimate = ProbeEstimate(probe.cv_accuracy, wilson_interval(cv_correct, len(train.labels)),
+                             f"{probe.folds}-fold cross-validation inside the training images")
+    shifted = False
+    if data.held_out is not None and data.held_out.any():
+        val = data.part(held_out=True)
+        correct = int(((val.views[0] @ probe.weight.T + probe.bias).argmax(1).numpy() == val.labels).sum())
+        inside = estimate
+        estimate = ProbeEstimate(correct / len(val.labels), wilson_interval(correct, len(val.labels)),
+                                 f"trained on the training images, scored on {len(val.labels)} validation images")
+        shifted = clearly_lower(estimate.accuracy, len(val.labels), inside.accuracy, len(train.labels))
+    majority = float(np.bincount(train.labels).max() / len(train.labels))
     return Assessment(
-        backbone=backbone, title=get_spec(backbone).title, logme=logme_score(features.numpy(), data.labels),
-        probe_accuracy=accuracy, probe_std=spread, folds=int(folds.max()) + 1, majority=majority,
-        fit=fit_level(accuracy, majority), ms_per_image=forward_ms(bundle),
-        params_millions=sum(p.numel() for p in bundle.model.parameters()) / 1e6,
-        input_size=bundle.preprocessing.input_size, feature_dim=int(features.shape[1]),
+        backbone=backbone, title=get_spec(backbone).title, logme=logme_score(train.views[0].numpy(), train.labels),
+        probe_accuracy=estimate.accuracy, probe_interval=estimate.interval, probe_protocol=estimate.protocol,
+        cv_accuracy=probe.cv_accuracy, cv_interval=wilson_interval(cv_correct, len(train.labels)),
+        folds=probe.folds, shifted=shifted, majority=majority, fit=fit_level(estimate.accuracy, majority),
+        ms_per_image=forward_ms(bundle), params_millions=sum(p.numel() for p in bundle.model.parameters()) / 1e6,
+        input_size=bundle.preprocessing.input_size, feature_dim=int(data.views.shape[-1]),
         seconds=time.monotonic() - started, features=data)
+
+
+@dataclass
+class ProbeEstimate:
+    accuracy: float
+    interval: tuple[float, float]
+    protocol: str
 
 
 def assess_backbones(report: DatasetReport, backbones: list[str] | None = None, seed: int = 0,
@@ -148,7 +183,8 @@ def assess_backbones(report: DatasetReport, backbones: list[str] | None = None, 
 
 
 def ranked(results: list[Assessment]) -> list[Assessment]:
-    """Best first: by cross-validated probe accuracy (what a head will reach), LogME breaking ties."""
+    """Best first: by the probe's honest estimate (what a head will reach on new images), LogME breaking
+    ties."""
     return sorted(results, key=lambda a: (-round(a.probe_accuracy, 3), -a.logme))
 
 
@@ -177,13 +213,21 @@ def forward_ms(bundle: ModelBundle, repeats: int = 5) -> float:
 
 
 def summary(results: list[Assessment], classes: list[str] | None = None) -> str:
-    """Plain words: which backbone knows this kind of image best, and what that means for training."""
+    """Plain words: which backbone knows this kind of image best, how sure that figure is, whether the
+    validation images look like the training images, and what that means for training."""
     if not results:
         return "No backbone with offline weights to assess."
     best = results[0]
+    low, high = best.probe_interval
+    where = "on the validation images" if "validation" in best.probe_protocol else \
+        "in cross-validation inside the training images"
     line = (f"{best.title} fits these images best: a linear probe on its frozen features reaches "
-            f"{best.probe_accuracy:.0%} (±{best.probe_std:.0%}, {best.folds}-fold cross-validation), against "
+            f"{best.probe_accuracy:.0%} {where} (95 % interval {low:.0%}–{high:.0%}), against "
             f"{best.majority:.0%} for always answering the largest class.")
+    if best.shifted:
+        line += (f" Cross-validation inside the training images says {best.cv_accuracy:.0%}: the validation "
+                 "images differ from the training images (another session, camera or batch?), so expect new "
+                 "images to score nearer the validation figure.")
     if best.fit == "strong":
         advice = "Its features already separate the classes well: head-only training should do well."
     elif best.fit == "fair":
@@ -197,9 +241,17 @@ def summary(results: list[Assessment], classes: list[str] | None = None) -> str:
 
 def format_table(results: list[Assessment]) -> str:
     """The table `main.py assess` prints."""
-    header = f"{'backbone':<20} {'LogME':>7} {'probe (CV)':>12} {'fit':>7} {'ms/image':>9} {'params':>8} {'size':>5}"
+    header = (f"{'backbone':<20} {'LogME':>7} {'probe (95 % interval)':>22} {'CV in train':>12} {'fit':>7} "
+              f"{'ms/image':>9} {'params':>8} {'size':>5}")
     rows = [header, "-" * len(header)]
     for a in results:
-        rows.append(f"{a.backbone:<20} {a.logme:>7.3f} {a.probe_accuracy:>7.1%} ±{a.probe_std:>3.0%} "
-                    f"{a.fit:>7} {a.ms_per_image:>9.1f} {a.params_millions:>7.1f}M {a.input_size:>5}")
+        low, high = a.probe_interval
+        rows.append(f"{a.backbone:<20} {a.logme:>7.3f} {a.probe_accuracy:>7.1%} ({low:>4.0%}–{high:>4.0%}) "
+                    f"{a.cv_accuracy:>11.1%}{'!' if a.shifted else ' '} {a.fit:>7} {a.ms_per_image:>9.1f} "
+                    f"{a.params_millions:>7.1f}M {a.input_size:>5}")
+    if results:
+        rows.append(f"probe: {results[0].probe_protocol}; CV in train: cross-validation inside the training "
+                    "images, near-identical images kept in one fold" +
+                    ("; !: the validation images score clearly lower (other conditions)" if any(
+                        a.shifted for a in results) else ""))
     return "\n".join(rows)

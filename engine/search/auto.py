@@ -1,28 +1,37 @@
 """Automatic recipe search within the time the user gives (`main.py train DATA --out RUN --auto`).
 
-The order is chosen so that each phase is cheap before the next is tried, and a usable model exists early:
-1. the default recipe (head-only on the default backbone): a first model in about a minute;
-2. every available backbone assessed on frozen features (LogME, cross-validated linear probe);
-3. head recipes searched on the cached features of the best backbones with Optuna (TPE sampler, median
-   pruning over folds, SQLite storage in the run folder so a restarted search keeps its trials), each
-   scored by k-fold cross-validation over train + val;
-4. when the predicted time fits what is left, the last blocks trained on cached activations with the best
-   head recipe, pruned when it falls behind; when they finish and the same epochs fit again, the same recipe
-   with another seed (a second member for an ensemble);
+One protocol decides. Every finalist is trained on the training split alone, for a number of epochs fixed
+before it starts, and keeps its last epoch, so the validation split never picked it; all finalists are
+judged on the same validation images. The default recipe is the incumbent: a finalist replaces it only when
+it is better by more than chance explains on those images (exact McNemar test against the incumbent, Holm's
+correction over every finalist: engine.core.significance). Everything before that is screening, which only
+decides what becomes a finalist:
+
+1. the default recipe (head only on the default backbone): the incumbent, and a usable model in a minute;
+2. every available backbone assessed on frozen features (engine.search.assess);
+3. head recipes screened with Optuna (TPE sampler, median pruning, SQLite storage in the run folder so a
+   restarted search keeps its trials) by k-fold cross-validation inside the training split, near-identical
+   images kept in one fold; the best recipe becomes a finalist, and so does the fitted head (logistic
+   regression solved by L-BFGS: engine.training.logistic). Screening stops when it stalls, and MLP heads are
+   skipped while linear heads all score within noise of each other;
+4. when the predicted time fits, the last blocks on cached activations with the best head recipe's backbone,
+   pruned when they fall behind; when they finish and the same epochs fit again, the same recipe with another
+   seed;
 5. whatever time the last blocks leave goes back to head recipes;
-6. ensemble selection over the trained candidates on the validation split (their probabilities are kept by
-   each fit): the mean probability of those that are more accurate together, kept when it beats them all.
-The winner's run folder becomes RUN, and only then is the test split evaluated, once. `config.json` is a
-plain TrainConfig: `main.py train DATA --config RUN/config.json` reproduces the model without a search.
+6. the mean probability of up to three finalists of the last blocks' backbone, chosen without looking at
+   validation (the last blocks' seeds, then the heads that screened best): averaging is steadier than picking.
+Then the decision. The winner's run folder becomes RUN, and only then is the test split evaluated, once,
+within the budget. `config.json` is a plain TrainConfig, or an ensemble's member configs: `main.py train
+DATA --config RUN/config.json` reproduces the model without a search.
 """
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -30,12 +39,15 @@ from engine.core.callbacks import Callback, CallbackList
 from engine.core.control import Cancelled, RunControl
 from engine.core.files import atomic_path, write_json
 from engine.core.runfolder import RunFolder
+from engine.core.significance import (SMALL_SPLIT, Decision, clearly_lower, decide, detectable_difference,
+                                      wilson_interval)
 from engine.data.report import DatasetReport
 from engine.search.assess import Assessment, assess_backbone, available_backbones, backbone_features, pretrained
-from engine.search.crossval import FeatureViews, head_recipe_accuracy, stratified_folds, usable_folds
+from engine.search.crossval import FeatureViews, head_recipe_accuracy
 from engine.training.config import TrainConfig
-from engine.training.evaluation import evaluate_test_split
 from engine.training.datasets import trainer_class
+from engine.training.evaluation import evaluate_test_split, stored_correctness
+from engine.training.folds import near_duplicate_groups, stratified_folds, usable_folds
 
 DEFAULT_BUDGET_S = 600.0
 ASSESS_SHARE = 0.3              # a backbone is assessed when its feature pass takes at most this share of the rest
@@ -43,36 +55,43 @@ ASSESS_IMAGES = 600             # backbones are compared on a stratified sample 
 HEAD_MIN_SHARE = 0.15          # head recipes get at least this share of what is left after the assessment
 SEARCHED_BACKBONES = 2          # head recipes are searched on the features of the best two backbones
 MAX_HEAD_TRIALS = 100
+STALL_TRIALS = 8                # screening stops after this many trials without a gain beyond its noise
+LINEAR_FIRST = 4                # MLP heads wait until this many linear heads have been screened
 DEEP_BLOCKS = 2                 # the last-blocks candidate: measured best depth on ELPV (README)
 DEEP_LR = 1e-3
 DEEP_EPOCHS = (4, 10)           # fewest worth starting, most it gets (ELPV: best on validation by epoch 3-5)
 DEEP_PLANNED_EPOCHS = 10        # the time kept for the last blocks before head recipes are searched
 DEEP_MEMBERS = 2                # last-blocks candidates (seeds) planned, for an ensemble of them
-MAX_MEMBERS = 3                 # most candidates an ensemble averages
+MAX_MEMBERS = 3                 # most finalists an ensemble averages
 LOAD_S = 2.0                    # per candidate: reading its probabilities, loading and saving its weights
 LEADERBOARD = "leaderboard.json"
 SEARCH_REPORT = "search.json"
 STUDY_FILE = "search.db"
-TUNED = ("backbone", "head", "lr", "weight_decay", "label_smoothing", "epochs", "balance", "augmentation",
-         "tta", "freeze", "freeze_blocks")
+TUNED = ("backbone", "head", "optimizer", "lr", "weight_decay", "label_smoothing", "epochs", "balance",
+         "augmentation", "tta", "freeze", "freeze_blocks")
 """The TrainConfig fields a search chooses; every other field keeps the user's (or the default) value."""
 
 
 @dataclass
 class Candidate:
-    """One leaderboard row."""
+    """One leaderboard row. `stage` says how `score` was measured: 'final' (trained on the training split,
+    judged on the validation images like every finalist), 'screening' (cross-validation inside the training
+    split, deciding only what becomes a finalist) or 'assessment'."""
 
     name: str
-    kind: str                        # 'head' | 'last-blocks'
+    kind: str                        # 'head' | 'last-blocks' | 'ensemble' | 'assessment'
     backbone: str
     recipe: dict
-    score: float | None = None       # accuracy: cross-validated (head) or on the validation split
-    score_std: float | None = None
+    stage: str = "final"
+    score: float | None = None       # accuracy, as `stage` measures it
+    interval: list[float] | None = None   # its 95 % interval
     scored_by: str = ""
+    screening: float | None = None   # a finalist's cross-validated accuracy inside the training split
+    comparison: dict | None = None   # a finalist against the default recipe on the same validation images
     seconds: float = 0.0
     status: str = "done"             # 'done' | 'pruned' | 'skipped' | 'cancelled'
     note: str = ""
-    val_accuracy: float | None = None   # of its full fit, when it was trained as a run
+    val_accuracy: float | None = None   # of its run, when it was trained as one
     run_dir: str | None = None
     chosen: bool = False
 
@@ -90,6 +109,8 @@ class SearchResult:
     leaderboard: list[dict] = field(default_factory=list)
     assessments: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    decision: str = ""               # why the winner won, in words
+    warnings: list[str] = field(default_factory=list)
 
 
 class Budget:
@@ -144,6 +165,7 @@ class RecipeSearch:
 
     deep_name = f"last {DEEP_BLOCKS} blocks"        # the deeper candidate's leaderboard name
     ensembles = True                                   # whether trained candidates may be averaged
+    noun = "images"
 
     def __init__(self, report: DatasetReport, run_dir: str | Path, budget_s: float = DEFAULT_BUDGET_S,
                  base: TrainConfig | None = None, callbacks: list[Callback] | None = None,
@@ -151,10 +173,11 @@ class RecipeSearch:
         self.report = report
         self.run_dir = Path(run_dir)
         # head-only on cached features: with one view 'light' augmentation is not applied, so 'none' says
-        # the same plainly and lets the default recipe and the search's first trial be one recipe
+        # the same plainly and lets the default recipe and the search's first trial be one recipe. Every
+        # candidate keeps its last epoch, so the validation images that judge it never picked it.
         self._augment = (base or TrainConfig()).augmentation != "none"     # the user's choice, for the blocks
         self.base = replace(base or TrainConfig(), freeze="head", recipe="single", frozen_parameters=None,
-                            augmentation="none", cached_views=1)
+                            augmentation="none", cached_views=1, checkpoint="last", early_stopping=0)
         self.base.validate()
         self.budget = Budget(budget_s)
         self.callbacks = CallbackList(callbacks or [])
@@ -164,9 +187,14 @@ class RecipeSearch:
         self.assessments: list[Assessment] = []
         self.features: dict[str, FeatureViews] = {}
         self.timings: dict[str, float] = {}
+        self.warnings: list[str] = []
+        self.notes: list[str] = []
+        self.decision: Decision | None = None
         self._architectures: dict = {}
         self._forward: dict[str, float] = {}
         self._study = None                 # the Optuna study of head recipes, once opened
+        self._stalled = False
+        self._mlp_skipped: Candidate | None = None
 
     # -- the whole search -------------------------------------------------------------------------
     def run(self) -> SearchResult:
@@ -195,15 +223,19 @@ class RecipeSearch:
         self.callbacks.on_candidate(candidate.to_dict())
         return candidate
 
-    # -- 1. a first model -------------------------------------------------------------------------
+    def _update(self, candidate: Candidate) -> None:
+        self.callbacks.on_candidate(candidate.to_dict())
+
+    # -- 1. a first model: the incumbent ----------------------------------------------------------------
     def _default_fit(self) -> None:
         config = replace(self.base, backbone=self.backbones[0] if self.base.backbone not in self.backbones
                          else self.base.backbone)
+        self._warn_small_split()
         self._fit_candidate("default recipe", "head", config)
 
     def _fit_candidate(self, name: str, kind: str, config: TrainConfig, callbacks=(), control=None,
-                       score: tuple[float, float] | None = None, scored_by: str = "") -> Candidate:
-        """Train `config` as a run in candidates/NAME (no test split); its validation accuracy is kept."""
+                       screening: float | None = None) -> Candidate:
+        """Train `config` as a run in candidates/NAME (no test split), scored on the validation images."""
         began = time.monotonic()
         folder = self.run_dir / "candidates" / name.replace(" ", "-")
         trainer = trainer_class(self.report)(self.report, config, folder, [*self.callbacks.callbacks, *callbacks],
@@ -213,10 +245,26 @@ class RecipeSearch:
             raise Cancelled()
         val = result.metrics.get("val_accuracy")
         status = "pruned" if result.status == "cancelled" else "done"
-        return self._add(Candidate(
-            name, kind, config.backbone, recipe_of(config), score[0] if score else val,
-            score[1] if score else None, scored_by or "validation split", time.monotonic() - began, status,
-            "; ".join(trainer.path_notes), val, str(folder) if result.checkpoint else None))
+        candidate = Candidate(name, kind, config.backbone, recipe_of(config), screening=screening,
+                              seconds=time.monotonic() - began, status=status, note="; ".join(trainer.path_notes),
+                              val_accuracy=val, run_dir=str(folder) if result.checkpoint else None)
+        if status == "done":
+            self._score_on_validation(candidate)
+        if config.optimizer == "lbfgs" and result.history:
+            candidate.screening = result.history[-1].get("cv_accuracy")
+        return self._add(candidate)
+
+    def _score_on_validation(self, candidate: Candidate) -> None:
+        """The final protocol: accuracy on the validation images with its 95 % interval."""
+        right = self._correct(candidate)
+        candidate.score = float(right.mean()) if len(right) else candidate.val_accuracy
+        candidate.interval = list(wilson_interval(int(right.sum()), len(right)))
+        candidate.scored_by = f"validation split ({len(right)} {self.noun}, not used to train or pick it)"
+
+    def _correct(self, candidate: Candidate) -> np.ndarray:
+        """Whether `candidate`'s run predicts each validation image right, in the split's order."""
+        right = stored_correctness(candidate.run_dir, self.report.split("val"), "val")
+        return right if right is not None else np.zeros(0, dtype=bool)
 
     # -- 2. which backbone knows these images -----------------------------------------------------------
     def _assess(self) -> None:
@@ -226,7 +274,8 @@ class RecipeSearch:
             self.callbacks.on_progress("assess", index, len(self.backbones))
             predicted = self._predicted_pass_s(backbone) * min(1.0, ASSESS_IMAGES / self._search_images())
             if self.assessments and predicted > ASSESS_SHARE * self.budget.left:
-                self._add(Candidate(f"assess {backbone}", "assessment", backbone, {}, status="skipped",
+                self._add(Candidate(f"assess {backbone}", "assessment", backbone, {}, stage="assessment",
+                                    status="skipped",
                                     note=f"its feature pass (about {predicted:.0f} s) would take more than "
                                          f"{ASSESS_SHARE:.0%} of the {self.budget.left:.0f} s left"))
                 continue
@@ -257,19 +306,20 @@ class RecipeSearch:
                                                               input_size=self.base.image_size))
         return self._forward[backbone]
 
-    # -- 3. head recipes, cross-validated -------------------------------------------------------------
+    # -- 3. head recipes: screened inside the training split, the best ones as finalists -------------------
     def _head_search(self) -> None:
-        """Head recipes until the deadline `_head_search_seconds` sets (their feature passes included); the
-        best one is then trained as a run."""
+        """Head recipes until the deadline `_head_search_seconds` sets (their feature passes included); then
+        the fitted head and the best screened recipe are trained as finalists."""
         deadline = time.monotonic() + self._head_search_seconds()
         self._open_study()
         self._search_heads(max(5.0, deadline - time.monotonic() - self._reserve_s()))
+        self._fit_fitted_head()
 
     def _more_heads(self) -> None:
         """What the deeper candidate left (pruned early, or not worth starting) goes back to head recipes,
-        keeping time to train a new best one and to finish."""
+        keeping time to train a new best one and to finish; not once screening has stalled."""
         seconds = self.budget.left - 2 * self._reserve_s() - self._ensemble_seconds()
-        if self._study is not None and seconds > 5:
+        if self._study is not None and not self._stalled and seconds > 5:
             self._search_heads(seconds)
 
     def _open_study(self) -> None:
@@ -278,9 +328,13 @@ class RecipeSearch:
         searched = self._searched_backbones()
         self._full_features(searched)
         mirrored = self._add_mirrored_views(searched)
-        labels = self.features[searched[0]].labels
-        self._folds = stratified_folds(labels, usable_folds(labels), self.base.seed)
+        self._train_features = {b: self.features[b].part(held_out=False) for b in searched}
+        train = self._train_features[searched[0]]
+        groups = near_duplicate_groups(train.views[0], train.labels)
+        self._folds = stratified_folds(train.labels, usable_folds(train.labels, groups=groups), self.base.seed, groups)
+        self._groups = int(groups.max()) + 1 if len(groups) else 0
         self._searched, self._mirrored = searched, mirrored
+        labels = train.labels
         self._imbalanced = bool(np.bincount(labels).max() > 1.5 * np.bincount(labels).min())
         self._study = optuna.create_study(
             study_name=f"heads-{self.report.content_hash[:16]}-{self.base.seed}-{'+'.join(searched)}-{mirrored}",
@@ -291,49 +345,120 @@ class RecipeSearch:
             first = self.candidates[0].backbone
             self._study.enqueue_trial(self._default_params(first if first in searched else searched[0], mirrored))
 
+    def _screening_protocol(self) -> str:
+        k = int(self._folds.max()) + 1
+        return (f"{k}-fold CV inside the training split, {self._groups} groups of near-identical {self.noun} "
+                f"kept together (screening)")
+
     def _search_heads(self, seconds: float) -> None:
         import optuna
-        folds, k = self._folds, int(self._folds.max()) + 1
+        folds = self._folds
+        deadline = time.monotonic() + seconds
 
         def objective(trial):
             config = self._suggest(trial, self._searched, self._mirrored, self._imbalanced)
+            if config.head == "mlp" and self._skip_mlp():
+                raise optuna.TrialPruned()
+            predicted = self._predicted_trial_s(config)
+            if predicted is not None and predicted > deadline - time.monotonic():
+                raise optuna.TrialPruned()           # it would overrun the time left for screening
             began = time.monotonic()
             scores = head_recipe_accuracy(
-                self.features[config.backbone], config, folds, self._head_factory(config),
+                self._train_features[config.backbone], config, folds, self._head_factory(config),
                 self._dropout(config.backbone), self.control, lambda check, mean: self._prune(trial, check, mean))
+            seconds_taken = time.monotonic() - began
+            trial.set_user_attr("seconds_per_epoch", seconds_taken / max(config.epochs, 1))
             self._add(Candidate(f"head trial {trial.number}", "head", config.backbone, recipe_of(config),
-                                scores.mean, scores.std, f"{k}-fold CV" if scores.complete else
-                                f"{k}-fold CV, stopped early", time.monotonic() - began,
-                                "done" if scores.complete else "pruned"))
+                                stage="screening", score=scores.mean,
+                                interval=list(wilson_interval(scores.correct, scores.count)),
+                                scored_by=self._screening_protocol() + ("" if scores.complete else ", stopped early"),
+                                seconds=seconds_taken, status="done" if scores.complete else "pruned"))
             if not scores.complete:
                 raise optuna.TrialPruned()
             return scores.mean
 
-        self._study.optimize(objective, n_trials=MAX_HEAD_TRIALS, timeout=max(1.0, seconds), catch=())
-        self._score_default(f"{k}-fold CV")
-        self._fit_best_head(f"{k}-fold CV")
+        self._study.optimize(objective, n_trials=MAX_HEAD_TRIALS, timeout=max(1.0, seconds), catch=(),
+                             callbacks=[self._stop_when_stalled])
+        self._score_default()
+        self._fit_best_head()
 
-    def _score_default(self, scored_by: str) -> None:
-        """The default recipe, scored the same way as every other (its trial was enqueued first)."""
+    def _cv_noise(self, accuracy: float) -> float:
+        """One standard error of a cross-validated accuracy over the training images."""
+        return float(np.sqrt(accuracy * (1 - accuracy) / max(len(self._folds), 1)))
+
+    def _stop_when_stalled(self, study, trial) -> None:
+        """Stops screening once the last STALL_TRIALS scored trials gained no more than one standard error
+        over the best before them: what is left of the time goes to deeper training."""
+        values = [t.value for t in study.trials if t.value is not None]
+        if len(values) <= STALL_TRIALS:
+            return
+        before = max(values[:-STALL_TRIALS])
+        if max(values[-STALL_TRIALS:]) <= before + self._cv_noise(before):
+            self._stalled = True
+            self.notes.append(f"head screening stopped after {len(values)} recipes: the last {STALL_TRIALS} gained "
+                              f"less than one standard error ({self._cv_noise(before):.1%})")
+            study.stop()
+
+    def _skip_mlp(self) -> bool:
+        """MLP heads cost 5-30x a linear head; they are screened only once LINEAR_FIRST linear heads spread by
+        more than two standard errors (where no recipe of the head matters, its shape will not either)."""
+        linear = [t.value for t in self._study.trials if t.value is not None and t.params.get("head") == "linear"]
+        if len(linear) < LINEAR_FIRST:
+            return True
+        alike = max(linear) - min(linear) <= 2 * self._cv_noise(max(linear))
+        if alike and self._mlp_skipped is None:
+            self._mlp_skipped = self._add(Candidate(
+                "MLP heads", "head", self._searched[0], {"head": "mlp"}, stage="screening", status="skipped",
+                note=f"{len(linear)} linear head recipes scored within two standard errors of each other "
+                     f"({min(linear):.1%}-{max(linear):.1%}): the head's recipe does not matter here"))
+        return alike
+
+    def _predicted_trial_s(self, config: TrainConfig) -> float | None:
+        """A head recipe's screening time from the seconds per epoch of those screened before with the same
+        head (None before the first)."""
+        rates = [t.user_attrs["seconds_per_epoch"] for t in self._study.trials
+                 if "seconds_per_epoch" in t.user_attrs and t.params.get("head") == config.head]
+        return float(np.median(rates)) * config.epochs if rates else None
+
+    def _score_default(self) -> None:
+        """The default recipe's screening score (its trial was enqueued first)."""
         default = self.candidates[0]
-        if default.scored_by == scored_by:
+        if default.screening is not None:
             return
         for trial in self._study.trials:
             if trial.value is not None and recipe_of(self._config_from_params(trial.params)) == default.recipe:
-                default.score, default.scored_by = trial.value, scored_by
-                self.callbacks.on_candidate(default.to_dict())
+                default.screening = trial.value
+                self._update(default)
                 return
 
-    def _fit_best_head(self, scored_by: str) -> None:
-        """Trains the best recipe so far as a run, unless it already is one (the default, or fitted before)."""
+    def _fit_best_head(self) -> None:
+        """Trains the best screened recipe as a finalist, unless it already is one (the default, or fitted
+        before)."""
         if not any(t.value is not None for t in self._study.trials):
             return
         best = self._study.best_trial
         config = self._config_from_params(best.params)
         trained = [c.recipe for c in self.candidates if c.kind == "head" and c.run_dir]
-        if recipe_of(config) not in trained:
-            name = "best head recipe" if len(trained) < 2 else f"best head recipe ({len(trained)})"
-            self._fit_candidate(name, "head", config, score=(best.value, None), scored_by=scored_by)
+        if recipe_of(config) in trained:
+            return
+        earlier = [c for c in self.candidates if c.name.startswith("best head recipe") and c.stage == "final"]
+        name = "best head recipe" if not earlier else f"best head recipe ({len(earlier) + 1})"
+        self._fit_candidate(name, "head", config, screening=best.value)
+        for candidate in earlier:            # one finalist per screening: the earlier best steps back
+            candidate.stage, candidate.note = "screening", f"superseded by {name}, which screened better"
+            self._update(candidate)
+
+    def _fit_fitted_head(self) -> None:
+        """The linear-probe literature's head as a finalist: logistic regression on the best backbone's
+        features, solved to convergence, its L2 strength cross-validated inside the training split (with
+        the mirrored images when screening had them)."""
+        if any(c.name == "fitted head" for c in self.candidates):
+            return
+        flip = self._mirrored
+        config = replace(self.base, backbone=self._searched[0], optimizer="lbfgs", head="linear",
+                         augmentation="flip" if flip else "none", cached_views=2 if flip else 1,
+                         tta="flip" if flip else "none", balance="loss" if self._imbalanced else "none")
+        self._fit_candidate("fitted head", "head", config)
 
     def _head_search_seconds(self) -> float:
         """What is left after keeping the predicted time of DEEP_PLANNED_EPOCHS of the last blocks (pass
@@ -350,7 +475,15 @@ class RecipeSearch:
 
     def _reserve_s(self) -> float:
         """Kept for training a chosen head recipe as a run, and at the end for the winner's test evaluation."""
-        return min(30.0, 0.1 * self.budget.seconds)
+        return min(30.0, 0.1 * self.budget.seconds) + self._test_pass_s()
+
+    def _test_pass_s(self) -> float:
+        """The winner's evaluation on the test split, predicted from the first model's time per image (its
+        frozen pass dominates it), twice for a mirrored view: kept inside the budget."""
+        if not self.candidates:
+            return 0.0
+        per_image = self.candidates[0].seconds / max(self._search_images(), 1)
+        return 2 * per_image * len(self.report.split("test"))
 
     def _searched_backbones(self) -> list[str]:
         """The best SEARCHED_BACKBONES assessed backbones whose full feature pass is cached or takes at most
@@ -475,88 +608,87 @@ class RecipeSearch:
         if not fixed_epochs:
             config = replace(config, epochs=fit)
         control = CandidateControl(self.control)
-        guard = FallingBehind(control, head.val_accuracy or 0.0, config.epochs, self.budget,
+        guard = FallingBehind(control, head.val_accuracy or 0.0, config.epochs,
+                              lambda: self.budget.left - self._reserve_s(),
                               noise_margin(head.val_accuracy or 0.0, len(self.report.split("val"))))
         candidate = self._fit_candidate(name, "last-blocks", config, [guard], control)
         if guard.reason:
             candidate.note = guard.reason
-            self.callbacks.on_candidate(candidate.to_dict())
+            self._update(candidate)
         return candidate
 
-    # -- 6. an ensemble of the trained candidates ------------------------------------------------------
+    # -- 6. an ensemble of finalists, chosen without looking at validation ----------------------------------
     def _ensemble(self) -> None:
-        """Ensemble selection (Caruana et al. 2004) over the trained candidates that see images alike (same
-        backbone and input size): the mean probability of those that raise validation accuracy together,
-        trained as nothing new, written as one run (engine.search.ensemble). Kept only when it beats every
-        single candidate on validation (`choose_winner`)."""
-        pool = self._ensemble_pool()
-        if len(pool) < 2:
+        """The mean probability of up to MAX_MEMBERS finalists that see images alike (same backbone and input
+        size), chosen before validation is read: the last blocks' seeds first (the deeper recipe), then the
+        head finalists by their screening score. Written as one run (engine.search.ensemble) and judged as
+        one more finalist."""
+        members = self._ensemble_members()
+        if len(members) < 2:
             return
         if self._ensemble_seconds() > self.budget.left - self._reserve_s():
-            self._add(Candidate("ensemble", "ensemble", pool[0].backbone, {}, status="skipped",
-                                note=f"scoring {len(pool)} candidates on validation would not fit in the "
+            self._add(Candidate("ensemble", "ensemble", members[0].backbone, {}, status="skipped",
+                                note=f"combining {len(members)} finalists would not fit in the "
                                      f"{self.budget.left:.0f} s left"))
             return
-        from engine.search.ensemble import combine_runs, forward_selection
+        from engine.search.ensemble import combine_runs
         from engine.training.evaluation import stored_probabilities
         began = time.monotonic()
         val = self.report.split("val")
-        scored = [stored_probabilities(c.run_dir, val, "val") for c in pool]
+        scored = [stored_probabilities(c.run_dir, val, "val") for c in members]
         if any(s is None for s in scored):
-            self._add(Candidate("ensemble", "ensemble", pool[0].backbone, {}, status="skipped",
+            self._add(Candidate("ensemble", "ensemble", members[0].backbone, {}, status="skipped",
                                 note="the runs did not keep every validation image's probabilities "
                                      "(too many images x classes)"))
             return
-        chosen = [pool[i] for i in forward_selection([p for p, _ in scored], scored[0][1], MAX_MEMBERS)]
-        if len(chosen) < 2:
-            self._add(Candidate("ensemble", "ensemble", pool[0].backbone, {}, status="skipped",
-                                seconds=time.monotonic() - began,
-                                note=f"no mean of {', '.join(c.name for c in pool)} was more accurate on "
-                                     f"validation than {chosen[0].name} alone"))
-            return
         folder = self.run_dir / "candidates" / "ensemble"
-        metrics = combine_runs(self.report, [c.run_dir for c in chosen], folder, self.control,
-                               val_probabilities=[scored[pool.index(c)][0] for c in chosen])
-        self._add(Candidate(
-            "ensemble", "ensemble", chosen[0].backbone, {"members": [c.name for c in chosen]},
-            metrics["val_accuracy"], None, "validation split", time.monotonic() - began,
-            note="the mean probability of " + ", ".join(c.name for c in chosen),
-            val_accuracy=metrics["val_accuracy"], run_dir=str(folder)))
+        metrics = combine_runs(self.report, [c.run_dir for c in members], folder, self.control,
+                               val_probabilities=[p for p, _ in scored])
+        candidate = Candidate("ensemble", "ensemble", members[0].backbone, {"members": [c.name for c in members]},
+                              seconds=time.monotonic() - began,
+                              note="the mean probability of " + ", ".join(c.name for c in members),
+                              val_accuracy=metrics["val_accuracy"], run_dir=str(folder))
+        self._score_on_validation(candidate)
+        self._add(candidate)
 
-    def _ensemble_pool(self) -> list[Candidate]:
-        """Trained candidates with a validation accuracy whose backbone and input size match the best one's
-        (an ensemble's members share one input), best first."""
-        runs = sorted((c for c in self.candidates if c.run_dir and c.kind != "ensemble"
-                       and c.val_accuracy is not None), key=lambda c: -c.val_accuracy)
-        if not runs:
+    def _ensemble_members(self) -> list[Candidate]:
+        """Finalists of one backbone, in the order they join: the last blocks' runs, then heads by screening
+        score (the fitted head's is its own cross-validation inside the training split)."""
+        if not self.ensembles:
             return []
-        same = lambda c: c.backbone == runs[0].backbone      # noqa: E731 - the search keeps one image size
-        return [c for c in runs if same(c)] if self.ensembles else []
+        runs = [c for c in self.candidates if c.stage == "final" and c.status == "done" and c.run_dir
+                and c.kind != "ensemble"]
+        deep = [c for c in runs if c.kind == "last-blocks"]
+        backbone = deep[0].backbone if deep else self._searched[0] if hasattr(self, "_searched") else None
+        heads = sorted((c for c in runs if c.kind == "head" and c.backbone == backbone),
+                       key=lambda c: -(c.screening if c.screening is not None else -1.0))
+        return [*(c for c in deep if c.backbone == backbone), *heads][:MAX_MEMBERS]
 
     def _ensemble_seconds(self, extra: int = 0) -> float:
         """Predicted seconds of `_ensemble`: the candidates' validation probabilities are read from their
         runs (each fit keeps them), so loading and saving the chosen ones' weights and writing one run."""
         if not self.ensembles or not self.candidates:
             return 0.0
-        count = len(self._ensemble_pool()) + extra
+        count = min(MAX_MEMBERS, len(self._ensemble_members()) + extra)
         return count * LOAD_S if count >= 2 else 0.0
 
     def _deep_config(self, head_recipe: TrainConfig) -> TrainConfig:
         """The last blocks with a head recipe's backbone, head and class balancing, trained on plain and
         mirrored activations in turn (and predicting with both) unless the user turned augmentation off:
         horizontal flips are the standard augmentation when fine-tuning (timm's default), and the blocks
-        have far more weights to overfit with than a head. Weight decay and label smoothing stay the
-        starting point's (the fine-tuning defaults) rather than the head's: chosen for a head on frozen
+        have far more weights to overfit with than a head. Optimizer, weight decay and label smoothing stay
+        the starting point's (the fine-tuning defaults) rather than the head's: chosen for a head on frozen
         features, they regularised the blocks less (ELPV: 79.9 % against 81.9-83.2 % test, README)."""
         flip = self._augment or head_recipe.augmentation == "flip"
         return replace(head_recipe, freeze="last-n", freeze_blocks=DEEP_BLOCKS, lr=DEEP_LR,
-                       weight_decay=self.base.weight_decay, label_smoothing=self.base.label_smoothing,
-                       augmentation="flip" if flip else "none", cached_views=2 if flip else 1,
-                       tta="flip" if flip else head_recipe.tta)
+                       optimizer=self.base.optimizer, weight_decay=self.base.weight_decay,
+                       label_smoothing=self.base.label_smoothing, augmentation="flip" if flip else "none",
+                       cached_views=2 if flip else 1, tta="flip" if flip else head_recipe.tta)
 
     def _best_head_run(self) -> Candidate | None:
-        runs = [c for c in self.candidates if c.kind == "head" and c.run_dir and c.score is not None]
-        return max(runs, key=lambda c: c.score) if runs else None
+        """The head finalist the last blocks start from: the best by screening (its recipe's backbone and head)."""
+        runs = [c for c in self.candidates if c.kind == "head" and c.run_dir and c.stage == "final"]
+        return max(runs, key=lambda c: c.screening if c.screening is not None else -1.0) if runs else None
 
     def _predict_deep_costs(self, config: TrainConfig) -> tuple[float, float]:
         """(activation pass s, training epoch s) for `config`, from measured timings: the pass as the
@@ -570,14 +702,60 @@ class RecipeSearch:
         val_s = step_s / 3 * -(-len(self.report.split("val")) // config.batch_size)
         return pass_s, steps * step_s + val_s
 
+    # -- what the user should know -----------------------------------------------------------------------
+    def _warn_small_split(self) -> None:
+        count = len(self.report.split("val"))
+        if not count:
+            self.warnings.append(f"there are no validation {self.noun}: nothing can judge the candidates "
+                                 "honestly, so the search keeps the default recipe")
+            return
+        smallest = detectable_difference(count)
+        if smallest > SMALL_SPLIT:
+            self.warnings.append(
+                f"the validation split has {count} {self.noun} ({100 / count:.1f} points each): a candidate must "
+                f"be about {100 * smallest:.0f} points more accurate there before chance no longer explains it, "
+                f"so the default recipe is kept unless one is that much better; more validation {self.noun} (your own "
+                f"val/ folder or split column) make the choice sharper")
+
+    def _warn_shift(self) -> None:
+        """Cross-validation inside the training split against the validation images, for the default recipe:
+        when validation is clearly lower, the two come from different conditions."""
+        default = self.candidates[0] if self.candidates else None
+        if default is None or default.screening is None or default.score is None or not default.interval:
+            return
+        count = len(self.report.split("val"))
+        if clearly_lower(default.score, count, default.screening, len(self.report.split("train"))):
+            self.warnings.append(
+                f"cross-validation inside the training {self.noun} gives the default recipe "
+                f"{default.screening:.0%}, the validation {self.noun} {default.score:.0%}: they come from different "
+                f"conditions (another session, camera or batch?). Scores inside the training {self.noun} do not "
+                f"carry over to new ones; every candidate is judged on the validation {self.noun}")
+
     # -- the winner ---------------------------------------------------------------------------------
+    def _decide(self) -> Candidate:
+        """The incumbent (the default recipe) unless a finalist is better on the validation images by more
+        than chance explains (engine.core.significance.decide)."""
+        incumbent = self.candidates[0]
+        finalists = [c for c in self.candidates[1:]
+                     if c.stage == "final" and c.status == "done" and c.run_dir and c.score is not None]
+        right = self._correct(incumbent)
+        if not len(right):
+            self.decision = Decision(None, [], "kept the default recipe: no validation images to judge by")
+            return incumbent
+        self.decision = decide(incumbent.name, right, {c.name: self._correct(c) for c in finalists}, self.noun)
+        for comparison in self.decision.comparisons:
+            candidate = next(c for c in finalists if c.name == comparison.name)
+            candidate.comparison = comparison.to_dict()
+            self._update(candidate)
+        return next((c for c in finalists if c.name == self.decision.winner), incumbent)
+
     def _finish(self, status: str) -> SearchResult:
-        runs = [c for c in self.candidates if c.run_dir]
-        if not runs:
+        if not self.candidates or not self.candidates[0].run_dir:
             raise Cancelled() if status == "cancelled" else RuntimeError("the search trained no model")
-        winner = choose_winner(runs)
+        winner = self._decide()
+        self._warn_shift()
         winner.chosen = True
-        self.callbacks.on_candidate(winner.to_dict())
+        self._update(winner)
         adopt_run(Path(winner.run_dir), self.run_dir)
         metrics = evaluate_test_split(self.run_dir, self.report, self.control) if status != "cancelled" else \
             json.loads(RunFolder(self.run_dir).metrics.read_text(encoding="utf-8"))
@@ -586,26 +764,11 @@ class RecipeSearch:
         assessments = [a.to_dict() for a in self.assessments]
         write_json(self.run_dir / SEARCH_REPORT, {
             "status": status, "budget_s": self.budget.seconds, "seconds": round(self.budget.elapsed, 1),
-            "phases_s": self.timings, "winner": winner.name, "assessments": assessments})
+            "phases_s": self.timings, "winner": winner.name, "decision": self.decision.reason,
+            "warnings": self.warnings, "notes": self.notes, "assessments": assessments})
         config = json.loads(RunFolder(self.run_dir).config.read_text(encoding="utf-8"))
         return SearchResult(status, str(self.run_dir), config, winner.name, metrics, leaderboard, assessments,
-                            self.budget.elapsed)
-
-
-def choose_winner(runs: list[Candidate]) -> Candidate:
-    """Among trained candidates: the head recipes compare by cross-validated score (the best one was
-    trained); a deeper candidate wins only with a higher validation accuracy than the best head's run
-    (the same images), ties going to the cheaper head."""
-    heads = [c for c in runs if c.kind == "head"]
-    best_head = max(heads, key=lambda c: ("CV" in c.scored_by, c.score if c.score is not None else -1),
-                    default=None)
-    deeper = [c for c in runs if c.kind != "head" and c.val_accuracy is not None]
-    best_deep = max(deeper, key=lambda c: c.val_accuracy) if deeper else None
-    if best_head is None:
-        return best_deep
-    if best_deep is not None and best_deep.val_accuracy > (best_head.val_accuracy or 0.0):
-        return best_deep
-    return best_head
+                            self.budget.elapsed, self.decision.reason, list(self.warnings))
 
 
 def adopt_run(candidate: Path, run_dir: Path) -> None:
@@ -622,23 +785,23 @@ def noise_margin(accuracy: float, images: int, floor: float = 0.02) -> float:
     """How far below `accuracy` a candidate may be on `images` validation images before it counts as behind:
     one standard error of that accuracy (sqrt(p(1-p)/n): 3.9 points on 90 images, 2.1 on 393), at least
     `floor`. A fixed 2 points pruned the last blocks on a 90-image split where they went on to win."""
-    return max(floor, math.sqrt(accuracy * (1 - accuracy) / max(images, 1)))
+    return max(floor, float(np.sqrt(accuracy * (1 - accuracy) / max(images, 1))))
 
 
 class FallingBehind(Callback):
     """Prunes a deeper candidate: once half its epochs are done, when its best validation accuracy is more
     than `margin` below the head recipe's (successive halving's rule with one rung), and at any time when
-    its measured epochs predict it would overrun the budget."""
+    its measured epochs predict it would overrun the time it has (`room()` seconds)."""
 
-    def __init__(self, control: RunControl, to_beat: float, epochs: int, budget: Budget,
+    def __init__(self, control: RunControl, to_beat: float, epochs: int, room: Callable[[], float],
                  margin: float = 0.02):
-        self.control, self.to_beat, self.epochs, self.budget = control, to_beat, epochs, budget
+        self.control, self.to_beat, self.epochs, self.room = control, to_beat, epochs, room
         self.margin, self.best, self.reason = margin, 0.0, ""
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
         self.best = max(self.best, float(logs.get("val_accuracy") or 0.0))
         left_epochs = self.epochs - epoch
-        if left_epochs and logs.get("epoch_time_s", 0) * left_epochs > self.budget.left:
+        if left_epochs and logs.get("epoch_time_s", 0) * left_epochs > self.room():
             self._stop(f"stopped after epoch {epoch}: the remaining {left_epochs} epochs would overrun the budget")
         elif epoch >= self.epochs / 2 and left_epochs and self.best < self.to_beat - self.margin:
             self._stop(f"pruned after epoch {epoch}: {self.best:.1%} on validation, the head recipe has "

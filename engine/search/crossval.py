@@ -1,9 +1,9 @@
-"""Cross-validation on cached features: stratified folds, a linear probe, and head recipes trained the
-way the Trainer trains them.
+"""Cross-validation of head recipes on cached features, trained the way the Trainer trains them: the
+recipe search's screening of head recipes (engine.search.auto).
 
-Why cross-validation: a 50-image validation split has a noise band of about ±7 points, so it cannot
-choose between recipes that differ by 2. Every image of train + val is held out exactly once, and the
-score is the mean over k folds; the test split is never touched.
+Every training image is held out exactly once, in folds that keep near-identical images together
+(engine.training.folds), so a recipe is not rewarded for recognising a twin of a training photo. The
+validation and test splits are not read: validation judges the finalists, the test split the winner.
 """
 from __future__ import annotations
 
@@ -18,9 +18,6 @@ from torch import nn
 from engine.core.control import RunControl
 from engine.training.config import TrainConfig
 from engine.training.optim import class_weights, make_optimizer, make_schedule
-
-FOLDS = 5
-PROBE_PENALTIES = (1e-4, 1e-3, 1e-2)     # L2 strength of the linear probe (on standardised features)
 
 
 @contextmanager
@@ -37,84 +34,23 @@ def one_thread() -> Iterator[None]:
 
 @dataclass
 class FeatureViews:
-    """Cached features of the images a search may use: views [V, N, D] (0 plain, 1 mirrored) + labels."""
+    """Cached features of the images a search may use: views [V, N, D] (0 plain, 1 mirrored) + labels;
+    `held_out` marks the rows of validation images (None: all training images)."""
 
     views: torch.Tensor
     labels: np.ndarray
+    held_out: np.ndarray | None = None
 
     @property
     def mirrored(self) -> bool:
         return self.views.shape[0] > 1
 
-
-def stratified_folds(labels: np.ndarray, folds: int = FOLDS, seed: int = 0) -> np.ndarray:
-    """Fold index per sample: each class dealt round-robin over the folds in a seeded random order, so
-    every fold has the class proportions of the whole (as scikit-learn's StratifiedKFold)."""
-    labels = np.asarray(labels)
-    assignment = np.empty(len(labels), dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    offset = 0
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        assignment[members] = (np.arange(len(members)) + offset) % folds
-        offset += len(members)        # the next class starts where this one stopped: folds stay equal in size
-    return assignment
-
-
-def usable_folds(labels: np.ndarray, wanted: int = FOLDS) -> int:
-    """As many folds as the rarest class allows (each fold must see every class in training), 2 to `wanted`."""
-    counts = np.bincount(np.asarray(labels)) if len(labels) else np.zeros(1, dtype=int)
-    smallest = int(counts[counts > 0].min()) if counts.any() else 0
-    return max(2, min(wanted, smallest))
-
-
-# -- the linear probe ----------------------------------------------------------------------------------
-def linear_probe_accuracy(features: torch.Tensor, labels: np.ndarray, folds: np.ndarray,
-                          control: RunControl | None = None) -> tuple[float, float]:
-    """Cross-validated accuracy (mean, std over folds) of L2-regularised multinomial logistic regression
-    on standardised features, the strength chosen from PROBE_PENALTIES by the same folds: the standard
-    linear evaluation of a frozen representation (as in Kornblith et al., CVPR 2019)."""
-    best = None
-    with one_thread():
-        for penalty in PROBE_PENALTIES:
-            mean, spread = _probe_penalty(features, labels, folds, penalty, control)
-            if best is None or mean > best[0]:
-                best = (mean, spread)
-    return best
-
-
-def _probe_penalty(features, labels, folds, penalty, control) -> tuple[float, float]:
-    """(mean, std) over the folds of the probe's held-out accuracy at one L2 strength."""
-    scores = []
-    for fold in range(int(folds.max()) + 1):
-        if control is not None:
-            control.checkpoint()
-        train, held = folds != fold, folds == fold
-        scores.append(_probe_fold(features[train], labels[train], features[held], labels[held], penalty))
-    return float(np.mean(scores)), float(np.std(scores))
-
-
-def _probe_fold(x_train: torch.Tensor, y_train: np.ndarray, x_held: torch.Tensor, y_held: np.ndarray,
-                penalty: float) -> float:
-    mean, std = x_train.mean(0), x_train.std(0).clamp_min(1e-6)
-    x_train, x_held = (x_train - mean) / std, (x_held - mean) / std
-    classes = int(max(y_train.max(), y_held.max())) + 1
-    targets = torch.as_tensor(y_train, dtype=torch.long)
-    linear = nn.Linear(x_train.shape[1], classes)
-    nn.init.zeros_(linear.weight)
-    nn.init.zeros_(linear.bias)
-    optimizer = torch.optim.LBFGS(linear.parameters(), lr=1.0, max_iter=200, history_size=10,
-                                  line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(linear(x_train), targets) + penalty / 2 * linear.weight.square().sum()
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    with torch.no_grad():
-        return float((linear(x_held).argmax(1).numpy() == y_held).mean())
+    def part(self, held_out: bool) -> "FeatureViews":
+        """The validation rows (`held_out`) or the training rows alone."""
+        if self.held_out is None:
+            return self if not held_out else FeatureViews(self.views[:, :0], self.labels[:0])
+        rows = self.held_out == held_out
+        return FeatureViews(self.views[:, torch.from_numpy(rows)], self.labels[rows])
 
 
 # -- head recipes, as the Trainer trains them ------------------------------------------------------------
@@ -123,14 +59,18 @@ CHECKS = 4          # held-out accuracy is looked at after each quarter of the e
 
 @dataclass
 class FoldScores:
-    """Held-out accuracy per fold at the last check; `complete` is False for a recipe stopped early."""
+    """Held-out accuracy per fold at the last check; `complete` is False for a recipe stopped early.
+    `correct` and `count`: held-out samples right and in all, over every fold."""
 
     scores: list[float]
     complete: bool
+    correct: int = 0
+    count: int = 0
 
     @property
     def mean(self) -> float:
-        return float(np.mean(self.scores))
+        """Accuracy over every held-out sample (each fold weighted by its size)."""
+        return self.correct / self.count if self.count else float(np.mean(self.scores))
 
     @property
     def std(self) -> float:
@@ -206,10 +146,10 @@ class FoldHeads:
                 optimizer.step()
                 schedule.step()
             if epoch in checks:
-                scores = self.held_out_accuracy()
-                if epoch < config.epochs and report is not None and report(checks.index(epoch), float(np.mean(scores))):
-                    return FoldScores(scores, False)
-        return FoldScores(self.held_out_accuracy(), True)
+                scores = self.held_out_scores(complete=epoch == config.epochs)
+                if epoch < config.epochs and report is not None and report(checks.index(epoch), scores.mean):
+                    return scores
+        return self.held_out_scores(complete=True)
 
     def _epoch_order(self, length: int) -> torch.Tensor:
         """[folds, length] sample indices: each fold's own training images, shuffled (or drawn with class
@@ -247,9 +187,15 @@ class FoldHeads:
         for p in params:
             p.grad.mul_(scale.view(-1, *[1] * (p.ndim - 1)))
 
+    def held_out_scores(self, complete: bool) -> FoldScores:
+        right = self.held_out_correct()
+        return FoldScores([float(r.mean()) for r in right], complete, int(sum(r.sum() for r in right)),
+                          sum(len(r) for r in right))
+
     @torch.no_grad()
-    def held_out_accuracy(self) -> list[float]:
-        """Each head's accuracy on its own held-out fold (the mean over plain and mirrored with tta='flip')."""
+    def held_out_correct(self) -> list[np.ndarray]:
+        """Per fold, whether each of its held-out samples is predicted right (with tta='flip' from the mean
+        over the plain and mirrored views)."""
         self.template.eval()
         try:
             views = self.data.views if self.config.tta == "flip" and self.data.mirrored else self.data.views[:1]
@@ -258,8 +204,7 @@ class FoldHeads:
         finally:
             self.template.train()
         predicted = logits.argmax(2).numpy()
-        return [float((predicted[fold][self.folds == fold] == self.data.labels[self.folds == fold]).mean())
-                for fold in range(folds)]
+        return [predicted[fold][self.folds == fold] == self.data.labels[self.folds == fold] for fold in range(folds)]
 
 
 def head_classes(head: nn.Module) -> int:

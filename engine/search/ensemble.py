@@ -93,27 +93,3 @@ def train_ensemble(report: DatasetReport, configs: list[TrainConfig], run_dir: s
         runs.append(folder)
     combine_runs(report, runs, run_dir, control, progress)
     return evaluate_test_split(run_dir, report, control, progress)
-
-
-def forward_selection(probabilities: list, labels, max_members: int = 3) -> list[int]:
-    """Ensemble selection (Caruana et al., "Ensemble Selection from Libraries of Models", ICML 2004),
-    without replacement: start from the most accurate candidate on the held-out images, add the one whose
-    probabilities most raise the accuracy of the average, stop when none raises it. Returns indices into
-    `probabilities` ([N, C] arrays on the same images); one index means no ensemble helps."""
-    import numpy as np
-    labels = np.asarray(labels)
-
-    def accuracy(chosen: list[int]) -> float:
-        mean = np.mean([probabilities[i] for i in chosen], axis=0)
-        return float(np.mean(mean.argmax(1) == labels))
-
-    chosen = [max(range(len(probabilities)), key=lambda i: accuracy([i]))]
-    while len(chosen) < max_members:
-        rest = [i for i in range(len(probabilities)) if i not in chosen]
-        if not rest:
-            break
-        best = max(rest, key=lambda i: accuracy([*chosen, i]))
-        if accuracy([*chosen, best]) <= accuracy(chosen):
-            break
-        chosen.append(best)
-    return chosen

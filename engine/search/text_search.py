@@ -38,6 +38,7 @@ class TextRecipeSearch(RecipeSearch):
 
     deep_name = f"last {DEEP_LAYERS} layers"
     ensembles = False                   # text checkpoints are not combined (engine.models.ensemble: images)
+    noun = "texts"
 
     def __init__(self, report: DatasetReport, run_dir: str | Path, budget_s: float = DEFAULT_BUDGET_S,
                  base: TrainConfig | None = None, callbacks: list[Callback] | None = None,
@@ -54,11 +55,12 @@ class TextRecipeSearch(RecipeSearch):
     def _assess(self) -> None:
         """The train + val sentence vectors (read back from the cache the first model filled)."""
         encoder = self.backbones[0]
-        samples = self.report.split("train") + self.report.split("val")
+        train, val = self.report.split("train"), self.report.split("val")
         cache = EmbeddingCache(self._text_bundle().model, self._text_bundle().tokenizer)
-        vectors = torch.cat([cache.embeddings([s.text for s in self.report.split(split)], self.control,
-                                              self.callbacks.on_progress) for split in ("train", "val")])
-        self.features[encoder] = FeatureViews(vectors.unsqueeze(0), np.array([s.label for s in samples]))
+        vectors = torch.cat([cache.embeddings([s.text for s in samples], self.control, self.callbacks.on_progress)
+                             for samples in (train, val)])
+        self.features[encoder] = FeatureViews(vectors.unsqueeze(0), np.array([s.label for s in train + val]),
+                                              np.array([False] * len(train) + [True] * len(val)))
 
     def _text_bundle(self):
         if self._bundle is None:

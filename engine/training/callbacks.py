@@ -17,10 +17,13 @@ class BestCheckpoint(Callback):
     """Saves the model whenever validation improves and marks that epoch's logs with best=1.
 
     `save(epoch, logs)` writes the checkpoint (atomically), so stopping at any moment keeps the best one.
+    `keep_last`: save after every epoch instead (TrainConfig.checkpoint 'last'), so the validation split
+    that judges the model did not also pick its epoch; the best is still tracked for early stopping.
     """
 
-    def __init__(self, save: Callable[[int, dict], None]):
+    def __init__(self, save: Callable[[int, dict], None], keep_last: bool = False):
         self.save = save
+        self.keep_last = keep_last
         self.best: tuple[float, float] | None = None      # (val_accuracy, val_loss)
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
@@ -29,6 +32,7 @@ class BestCheckpoint(Callback):
         logs["best"] = int(improved)
         if improved:
             self.best = candidate
+        if improved or self.keep_last:
             self.save(epoch, logs)
 
     def state(self) -> list[float] | None:

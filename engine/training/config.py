@@ -10,15 +10,18 @@ from engine.models.catalog import DEFAULT_BACKBONE, get_spec
 from engine.models.presets import FREEZE_PRESETS, HEADS, TEST_TIME_AUGMENTATIONS
 from engine.models.text_catalog import is_text_backbone
 
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "sgd", "lbfgs")
+"""'lbfgs': the head solved exactly on cached features (engine.training.logistic); head only, linear head."""
 SCHEDULES = ("cosine", "onecycle", "constant")
 BALANCING = ("none", "loss", "sampler")
 RECIPES = ("single", "two-stage")
 CACHE_MODES = ("auto", "off")
+CHECKPOINTS = ("best", "last")
 FROZEN_RUNTIMES = ("auto", "pytorch")
 CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "balance": BALANCING, "recipe": RECIPES,
            "augmentation": AUGMENTATIONS, "freeze": FREEZE_PRESETS, "cache": CACHE_MODES, "head": HEADS,
-           "tta": TEST_TIME_AUGMENTATIONS, "frozen_runtime": FROZEN_RUNTIMES}
+           "tta": TEST_TIME_AUGMENTATIONS, "frozen_runtime": FROZEN_RUNTIMES,
+           "checkpoint": CHECKPOINTS}
 """The fields with a fixed set of values: validated here, offered as choices by the CLI and the window."""
 
 
@@ -40,6 +43,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     balance: str = "none"
     early_stopping: int = 0              # patience in epochs; 0 turns it off
+    checkpoint: str = "best"             # 'best' on validation, or 'last': validation stays unbiased to judge it
     grad_clip: float = 1.0               # max gradient norm; 0 turns it off
     seed: int = 0
     augmentation: str = "light"
@@ -83,6 +87,9 @@ class TrainConfig:
             raise ValueError(f"max_tokens must be between 8 and 8192, not {self.max_tokens}")
         if self.recipe == "two-stage" and not 0 < self.head_epochs < self.epochs:
             raise ValueError("two-stage needs 0 < head_epochs < epochs")
+        if self.optimizer == "lbfgs" and ((self.frozen_parameters is None and self.freeze != "head") or self.recipe != "single" or self.head != "linear"):
+            raise ValueError("optimizer lbfgs solves a linear head on its own (freeze head, single recipe, linear "
+                             "head): choose adamw or sgd to train deeper layers or an MLP head")
 
     def to_dict(self) -> dict:
         return asdict(self)

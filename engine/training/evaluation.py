@@ -78,6 +78,20 @@ def stored_probabilities(run_dir: str | Path, samples, split: str):
             np.array([s.label for s in samples]))
 
 
+def stored_correctness(run_dir: str | Path, samples, split: str):
+    """Whether the run's fit predicted each of `samples` right ([N] bool, in their order), from
+    predictions.json; a sample it could not read counts as wrong. None without predictions for `split`."""
+    import numpy as np
+    files = RunFolder(run_dir)
+    if not files.predictions.exists():
+        return None
+    rows = json.loads(files.predictions.read_text(encoding="utf-8")).get(split)
+    if rows is None:
+        return None
+    right = {row["path"]: row["true"] == row["predicted"] for row in rows}
+    return np.array([right.get(s.path, False) for s in samples], dtype=bool)
+
+
 def _split_logits(model, checkpoint, samples, control, progress):
     net, loader = _test_inputs(model, checkpoint, samples)
     return predict_logits(net, loader, control, progress)

@@ -76,6 +76,8 @@ class FitResult:
 
 
 def plan_stages(config: TrainConfig) -> list[Stage]:
+    if config.optimizer == "lbfgs":          # the head is solved, not trained: one pass, one history entry
+        return [Stage("train", 1, config.lr, config.frozen_parameters, config.freeze, config.freeze_blocks)]
     if config.recipe == "single":
         return [Stage("train", config.epochs, config.lr, config.frozen_parameters, config.freeze,
                       config.freeze_blocks)]
@@ -130,7 +132,7 @@ class Trainer:
         self.report = report
         self.config = config
         self.run_dir = Path(run_dir)
-        self.checkpointer = BestCheckpoint(self._save_checkpoint)
+        self.checkpointer = BestCheckpoint(self._save_checkpoint, keep_last=config.checkpoint == "last")
         self.early_stopping = EarlyStopping(config.early_stopping)
         # the trainer's own callbacks first: they set logs["best"] before anyone else sees an epoch
         self.callbacks = CallbackList([self.checkpointer, self.early_stopping, *(callbacks or [])])
@@ -445,6 +447,8 @@ class Trainer:
         return path == "images" or cached_view_count(self.config) > 1
 
     def _run_stage(self, stage: Stage, net: nn.Module, train_loader, val_loader) -> str:
+        if self.config.optimizer == "lbfgs":
+            return self._solve_head(stage, net, train_loader, val_loader)
         # groups come from the whole model, so a net on cached inputs gets the same per-block rates
         groups = param_groups(self.model, stage.lr, self.config.layer_decay, self.config.weight_decay)
         if not groups:
@@ -470,6 +474,38 @@ class Trainer:
             self._save_state(optimizer, schedule)
             if self.early_stopping.should_stop:
                 return "stopped-early"
+        return "completed"
+
+    def _solve_head(self, stage: Stage, net: nn.Module, train_loader, val_loader) -> str:
+        """optimizer 'lbfgs': the linear head solved on the cached training features, its L2 strength chosen
+        by grouped cross-validation (engine.training.logistic); one entry in the history."""
+        dataset = train_loader.dataset
+        if not (isinstance(net, HeadOnFeatures) and isinstance(dataset, FeatureDataset)
+                and isinstance(net.classifier, nn.Linear)):
+            raise ValueError("optimizer lbfgs solves a linear head on cached features: train the head only "
+                             "(freeze head, linear head) with the cache on")
+        from engine.training.logistic import fit_head
+        started = time.monotonic()
+        rows = dataset.rows if dataset.rows is not None else slice(None)
+        views, labels = torch.stack([view[rows] for view in dataset.views]).cpu(), dataset.labels[rows]
+        weight = class_weights(labels.tolist(), len(self.report.classes)) if self.config.balance != "none" else None
+        fitted = fit_head(views, labels.numpy(), len(self.report.classes), weight, tta=self.config.tta == "flip",
+                          seed=self.config.seed, control=self.control)
+        with torch.no_grad():
+            net.classifier.weight.copy_(fitted.weight)
+            net.classifier.bias.copy_(fitted.bias)
+        self.path_notes.append(fitted.describe())
+        self._epoch += 1
+        with torch.no_grad():
+            logits = views[0] @ fitted.weight.T + fitted.bias
+            loss, accuracy = float(self.eval_criterion(logits, labels)), float((logits.argmax(1) == labels).float().mean())
+        val_loss, val_accuracy = self._validate(net, val_loader)
+        logs = {"epoch": self._epoch, "loss": loss, "accuracy": accuracy, "val_loss": val_loss,
+                "val_accuracy": val_accuracy, "lr": 0.0, "epoch_time_s": time.monotonic() - started,
+                "stage": stage.name, "l2": fitted.penalty, "cv_accuracy": fitted.cv_accuracy}
+        self.callbacks.on_epoch_end(self._epoch, logs)
+        self.history.append(logs)
+        self._epoch_in_stage = 1
         return "completed"
 
     def _train_epoch(self, net, loader, optimizer, schedule, stage: Stage,
