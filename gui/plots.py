@@ -160,9 +160,9 @@ class SearchScatter(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.canvas)
         plot = self.plot = self.canvas.getPlotItem()
-        plot.setTitle("Finalists on the validation images (95 % intervals)")
+        plot.setTitle("Finalists on validation")       # short: the plot may be narrow beside the curves
         plot.setLabel("bottom", "seconds since the start")
-        plot.setLabel("left", "validation accuracy (%)")
+        plot.setLabel("left", "accuracy (%), 95 % interval")
         plot.showGrid(x=True, y=True, alpha=0.2)
         plot.setMenuEnabled(False)
         self.bars = pg.ErrorBarItem(x=np.zeros(0), y=np.zeros(0), pen=pg.mkPen(120, 120, 120, 160), beam=0)

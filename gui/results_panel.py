@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLab
 
 from engine.core.control import RunControl
 from engine.core.runfolder import RunFolder
+from engine.core.significance import wilson_interval
 from gui.compare_runs import CompareRuns
 from gui.confusion_view import ConfusionView
 from gui.explain import ImageDialog, ModelCache, explain
@@ -41,6 +42,17 @@ TEXT_COLUMNS = ["Where", "True", "Predicted", "Score", "Text"]
 
 def percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f} %"
+
+
+def accuracy_html(metrics: dict, split: str) -> str:
+    """'<b>64.0 %</b> (50–76)': a split's accuracy and its 95 % interval (Wilson), from its confusion matrix."""
+    value = metrics.get(f"{split}_accuracy")
+    matrix = (metrics.get("splits") or {}).get(split, {}).get("confusion_matrix") or []
+    count = sum(map(sum, matrix))
+    if value is None or not count:
+        return f"<b>{percent(value)}</b>"
+    low, high = wilson_interval(round(value * count), count)
+    return f"<b>{percent(value)}</b> <span style='font-size: 11pt; color: gray'>({100 * low:.0f}–{100 * high:.0f})</span>"
 
 
 @dataclass
@@ -144,6 +156,8 @@ class ResultsPanel(QWidget):
         self.status.setWordWrap(True)
         self.headline = QLabel()
         self.headline.setStyleSheet("QLabel { font-size: 16pt; }")
+        self.headline.setToolTip("In brackets: the range the model's true accuracy on images like these lies in "
+                                 "95 times out of 100 (fewer images, wider range).")
         self.checkpoint = QLabel()
         self.checkpoint.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.checkpoint.setWordWrap(True)
@@ -240,9 +254,8 @@ class ResultsPanel(QWidget):
         self.run = view
         metrics = view.metrics if view else {}
         self.open_folder.setEnabled(view is not None and Path(view.run_dir).exists())
-        self.headline.setText(f"Validation accuracy <b>{percent(metrics.get('val_accuracy'))}</b>"
-                              f" &nbsp;·&nbsp; Test accuracy <b>{percent(metrics.get('test_accuracy'))}</b>"
-                              if metrics else "")
+        self.headline.setText(f"Validation accuracy {accuracy_html(metrics, 'val')}"
+                              f" &nbsp;·&nbsp; Test accuracy {accuracy_html(metrics, 'test')}" if metrics else "")
         self.checkpoint.setText("" if view is None else f"Model: {view.checkpoint}" if view.checkpoint
                                 else "No checkpoint was saved.")
         text = view is not None and view.is_text

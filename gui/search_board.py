@@ -132,8 +132,8 @@ class ModeChoice(QGroupBox):
                                "step. Automatic: " + AUTOMATIC_NOTE)
         self.minutes = QDoubleSpinBox(minimum=MIN_MINUTES, maximum=MAX_MINUTES, decimals=1, singleStep=1.0,
                                       suffix=" min")
-        self.minutes.setToolTip("How long the automatic search may take (the final evaluation on the test "
-                                "images comes on top). Stop keeps the best model found so far.")
+        self.minutes.setToolTip("How long the automatic search may take, its final evaluation on the test "
+                                "images included. Stop keeps the best model found so far.")
         self.note = QLabel(AUTOMATIC_SHORT_NOTE)
         self.note.setWordWrap(True)
         self.note.setToolTip(AUTOMATIC_NOTE)
@@ -321,8 +321,6 @@ class SearchBoard(QWidget):
                 elif grey:
                     item.setForeground(QBrush(SKIPPED_FOREGROUND))
                 self.table.setItem(index, column, item)
-        if rows:
-            self.table.scrollToItem(self.table.item(len(rows) - 1, 0))
         if self.scatter is not None:
             self.scatter.show_candidates(self.rows, best)
 

@@ -144,7 +144,10 @@ def test_training_uses_exactly_the_tree_freeze_state_and_plots_live(qtbot, windo
     path_line = window.train_panel.path.text()
     assert "frozen blocks ran once" in path_line, "the window says which path trained"
     assert "Augmentation does not apply" in path_line, "light augmentation (the default) is set but unused"
-    assert "Validation accuracy" in window.results_panel.headline.text()
+    headline = window.results_panel.headline.text()
+    assert "Validation accuracy" in headline
+    assert re.search(r"Test accuracy <b>\d+\.\d %</b> <span[^>]*>\(\d+–\d+\)</span>", headline), \
+        "each accuracy with its 95 % interval"
     assert window.start_action.isEnabled() and window.training_task is None
     assert panel.layer_model.flags(panel.layer_model.index(0, 0)) & Qt.ItemFlag.ItemIsUserCheckable
 

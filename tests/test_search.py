@@ -332,7 +332,12 @@ def test_search_within_budget_writes_a_reproducible_winner(colours, tmp_path):
     # one protocol for every finalist: the same validation images, with an interval
     finalists = [row for row in board if row["stage"] == "final" and row["score"] is not None]
     val = len(colours.split("val"))
-    assert {row["name"] for row in finalists} >= {"default recipe", "fitted head"}
+    assert finalists[0]["name"] == "default recipe"
+    # the fitted head is always trained; compared only when it screened better than the default beyond noise
+    fitted = next(row for row in board if row["name"] == "fitted head")
+    assert fitted["recipe"]["optimizer"] == "lbfgs" and fitted["screening"] is not None
+    assert fitted["stage"] == "final" and fitted["comparison"] or \
+        fitted["stage"] == "screening" and "not compared on validation" in fitted["note"]
     assert all(row["scored_by"].startswith(f"validation split ({val} images") and row["interval"][0] <=
                row["score"] <= row["interval"][1] and row["score"] == row["val_accuracy"] for row in finalists)
     assert all(row["comparison"]["wins"] + row["comparison"]["losses"] <= val for row in finalists
@@ -383,6 +388,27 @@ def test_search_keeps_the_default_recipe_against_candidates_ahead_by_chance(demo
     result = search._finish("completed")
     assert result.winner == "default recipe" and "kept default recipe" in result.decision
     assert not any(c.comparison["significant"] for c in seeds)
+
+
+def test_a_head_that_screened_no_better_than_the_default_is_not_compared(colours, tmp_path):
+    """Only heads that screened better than the default beyond one standard error are judged on validation:
+    each comparison takes a share of the chance Holm's correction leaves the others."""
+    search = RecipeSearch(colours, tmp_path / "run", budget_s=600, base=TrainConfig(epochs=2, image_size=64),
+                          backbones=[LITE0])
+    search._default_fit()
+    search._folds, search._groups = np.arange(100) % 5, 100     # screening over 100 training images
+    default = search.candidates[0]
+    default.screening = 0.80                              # one standard error: 4 points
+    alike = search._fit_candidate("alike", "head", replace(search.base, seed=1), screening=0.83)
+    ahead = search._fit_candidate("ahead", "head", replace(search.base, seed=2), screening=0.85)
+    for candidate in (alike, ahead):
+        search._compare_only_if_promising(candidate)
+    assert alike.stage == "screening" and alike.score == 0.83 and "not compared on validation" in alike.note
+    assert alike.scored_by.startswith("5-fold CV inside the training split")
+    assert ahead.stage == "final" and ahead.score == ahead.val_accuracy
+    result = search._finish("completed")
+    compared = [row["name"] for row in result.leaderboard if row["comparison"]]
+    assert compared == ["ahead"]
 
 
 def test_search_replaces_a_worse_default_with_a_truly_better_candidate(demo_dataset, tmp_path):

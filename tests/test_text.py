@@ -289,7 +289,8 @@ def test_auto_screens_head_recipes_judges_finalists_on_validation_and_tests_the_
     assert sum(1 for c in board if c["name"].startswith("head trial") and c["status"] == "done") >= 2
     assert all(c["stage"] == "screening" for c in board if c["name"].startswith("head trial"))
     fitted = next(c for c in board if c["name"] == "fitted head")      # the solved head, for texts too
-    assert fitted["recipe"]["optimizer"] == "lbfgs" and fitted["score"] is not None and fitted["comparison"]
+    assert fitted["recipe"]["optimizer"] == "lbfgs" and fitted["score"] is not None
+    assert fitted["stage"] == "final" and fitted["comparison"] or "not compared on validation" in fitted["note"]
     assert sum(1 for c in board if c["chosen"]) == 1
     metrics = json.loads((tmp_path / "auto" / "metrics.json").read_text())
     assert metrics["test_accuracy"] is not None and metrics["evaluated_on"] == "test"

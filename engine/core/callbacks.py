@@ -34,8 +34,10 @@ class Callback:
 
     def on_candidate(self, entry: dict) -> None:
         """A recipe search scored (or skipped) a candidate: a leaderboard row (engine.search.auto.Candidate
-        as a dict: name, kind, backbone, recipe, score, scored_by, seconds, status, note, chosen). A row whose
-        name was seen before replaces it (a later score, or chosen=True for the winner at the end)."""
+        as a dict: name, kind, backbone, recipe, stage ('final' | 'screening' | 'assessment'), score, interval,
+        scored_by, screening, comparison, seconds, status, note, val_accuracy, run_dir, chosen). A row whose
+        name was seen before replaces it (a later score, its comparison with the default recipe, or
+        chosen=True for the winner at the end)."""
 
 
 class CallbackList(Callback):

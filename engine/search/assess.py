@@ -246,8 +246,9 @@ def format_table(results: list[Assessment]) -> str:
     rows = [header, "-" * len(header)]
     for a in results:
         low, high = a.probe_interval
-        rows.append(f"{a.backbone:<20} {a.logme:>7.3f} {a.probe_accuracy:>7.1%} ({low:>4.0%}–{high:>4.0%}) "
-                    f"{a.cv_accuracy:>11.1%}{'!' if a.shifted else ' '} {a.fit:>7} {a.ms_per_image:>9.1f} "
+        probe = f"{a.probe_accuracy:.1%} ({low:.0%}-{high:.0%})"
+        inside = f"{a.cv_accuracy:.1%}{' !' if a.shifted else ''}"
+        rows.append(f"{a.backbone:<20} {a.logme:>7.3f} {probe:>22} {inside:>12} {a.fit:>7} {a.ms_per_image:>9.1f} "
                     f"{a.params_millions:>7.1f}M {a.input_size:>5}")
     if results:
         rows.append(f"probe: {results[0].probe_protocol}; CV in train: cross-validation inside the training "

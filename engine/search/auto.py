@@ -64,7 +64,8 @@ DEEP_PLANNED_EPOCHS = 10        # the time kept for the last blocks before head 
 DEEP_MEMBERS = 2                # last-blocks candidates (seeds) planned, for an ensemble of them
 MAX_MEMBERS = 3                 # most finalists an ensemble averages
 LOAD_S = 2.0                    # per candidate: reading its probabilities, loading and saving its weights
-FORWARD_TO_PASS = 0.5           # least share of the single-image forward time an image costs in a batched pass
+PLAN_MARGIN = 1.3               # epochs are planned 30 % longer than predicted: one that overruns is lost
+FORWARD_TO_PASS = 0.75          # least share of the single-image forward time an image costs in a batched pass
 LEADERBOARD = "leaderboard.json"
 SEARCH_REPORT = "search.json"
 STUDY_FILE = "search.db"
@@ -258,7 +259,10 @@ class RecipeSearch:
     def _score_on_validation(self, candidate: Candidate) -> None:
         """The final protocol: accuracy on the validation images with its 95 % interval."""
         right = self._correct(candidate)
-        candidate.score = float(right.mean()) if len(right) else candidate.val_accuracy
+        if not len(right):
+            candidate.scored_by = f"not scored: no validation {self.noun}"
+            return
+        candidate.score = float(right.mean())
         candidate.interval = list(wilson_interval(int(right.sum()), len(right)))
         candidate.scored_by = f"validation split ({len(right)} {self.noun}, not used to train or pick it)"
 
@@ -294,9 +298,9 @@ class RecipeSearch:
 
     def _seconds_per_image(self, backbone: str) -> float:
         """One image through `backbone`'s frozen layers: the first model's measured time per image (its
-        feature pass dominates it), scaled by the ratio of single-image forward times; at least half the
-        single-image forward time, for when the first model found its features cached (a batched pass
-        measured 0.75 of it on Fashion-MNIST photos)."""
+        feature pass dominates it), scaled by the ratio of single-image forward times; at least 0.75 of the
+        single-image forward time (what a batched pass measured on Fashion-MNIST photos), for when the first
+        model found its features cached."""
         first = self.candidates[0]
         measured = first.seconds / max(self._search_images(), 1) / self._forward_ms(first.backbone)
         return max(measured, FORWARD_TO_PASS / 1000) * self._forward_ms(backbone)
@@ -427,15 +431,23 @@ class RecipeSearch:
         return float(np.median(rates)) * config.epochs if rates else None
 
     def _score_default(self) -> None:
-        """The default recipe's screening score (its trial was enqueued first)."""
+        """The default recipe's screening score: its trial's (enqueued first), or, when its backbone is not
+        among those screened, its own cross-validation on the same folds (its features are cached)."""
         default = self.candidates[0]
         if default.screening is not None:
             return
         for trial in self._study.trials:
             if trial.value is not None and recipe_of(self._config_from_params(trial.params)) == default.recipe:
                 default.screening = trial.value
-                self._update(default)
-                return
+                break
+        else:
+            config = replace(self.base, backbone=default.backbone)
+            self._full_features([default.backbone])
+            features = self.features[default.backbone].part(held_out=False)
+            self._train_features.setdefault(default.backbone, features)
+            default.screening = head_recipe_accuracy(features, config, self._folds, self._head_factory(config),
+                                                     self._dropout(default.backbone), self.control).mean
+        self._update(default)
 
     def _fit_best_head(self) -> None:
         """Trains the best screened recipe as a finalist, unless it already is one (the default, or fitted
@@ -449,10 +461,30 @@ class RecipeSearch:
             return
         earlier = [c for c in self.candidates if c.name.startswith("best head recipe") and c.stage == "final"]
         name = "best head recipe" if not earlier else f"best head recipe ({len(earlier) + 1})"
-        self._fit_candidate(name, "head", config, screening=best.value)
+        self._compare_only_if_promising(self._fit_candidate(name, "head", config, screening=best.value))
         for candidate in earlier:            # one finalist per screening: the earlier best steps back
             candidate.stage, candidate.note = "screening", f"superseded by {name}, which screened better"
             self._update(candidate)
+
+    def _compare_only_if_promising(self, candidate: Candidate) -> None:
+        """A head is compared with the default recipe only when it screened better than the default by more
+        than one standard error: otherwise it is not expected to be better on validation either, and a
+        comparison that cannot change the answer only takes a share of the chance the other finalists need
+        (Holm's correction). It stays a screening row, with its screening score."""
+        default = self.candidates[0]
+        if candidate.status != "done" or default.screening is None or candidate.screening is None:
+            return
+        margin = self._cv_noise(default.screening)
+        if candidate.screening > default.screening + margin:
+            return
+        count = len(self._folds)
+        candidate.stage, candidate.score = "screening", candidate.screening
+        candidate.interval = list(wilson_interval(round(candidate.screening * count), count))
+        candidate.scored_by = self._screening_protocol()
+        candidate.note = (f"screened within one standard error ({margin:.1%}) of the default recipe's "
+                          f"{default.screening:.1%}: not compared on validation, where it had "
+                          f"{candidate.val_accuracy:.1%}")
+        self._update(candidate)
 
     def _fit_fitted_head(self) -> None:
         """The linear-probe literature's head as a finalist: logistic regression on the best backbone's
@@ -464,7 +496,7 @@ class RecipeSearch:
         config = replace(self.base, backbone=self._searched[0], optimizer="lbfgs", head="linear",
                          augmentation="flip" if flip else "none", cached_views=2 if flip else 1,
                          tta="flip" if flip else "none", balance="loss" if self._imbalanced else "none")
-        self._fit_candidate("fitted head", "head", config)
+        self._compare_only_if_promising(self._fit_candidate("fitted head", "head", config))
 
     def _head_search_seconds(self) -> float:
         """What is left after keeping the predicted time of DEEP_PLANNED_EPOCHS of the last blocks (pass
@@ -585,7 +617,8 @@ class RecipeSearch:
         head = self._best_head_run()
         if head is None:
             return
-        config = self._deep_config(replace(self.base, **{k: v for k, v in head.recipe.items() if k in TUNED}))
+        recipe = {k: v for k, v in head.recipe.items() if k in TUNED and k != "optimizer"}   # the blocks train
+        config = self._deep_config(replace(self.base, **recipe))
         members = DEEP_MEMBERS if self.ensembles else 1
         first = self._train_deep(self.deep_name, config, head, members)
         if first is None or first.status != "done" or members < 2:
@@ -600,7 +633,7 @@ class RecipeSearch:
         `fixed_epochs`; pruned when it falls behind the head."""
         pass_s, epoch_s = self._predict_deep_costs(config)
         share = (self.budget.left - self._reserve_s() - self._ensemble_seconds(extra=members)) / members
-        fit = int(min(DEEP_EPOCHS[1], (share - pass_s) // max(epoch_s, 1e-3)))
+        fit = int(min(DEEP_EPOCHS[1], (share - pass_s) // max(PLAN_MARGIN * epoch_s, 1e-3)))
         wanted = config.epochs if fixed_epochs else DEEP_EPOCHS[0]
         if fit < wanted and members > 1:          # too little for several: all the time to one
             return self._train_deep(name, config, head, 1, fixed_epochs)
@@ -680,18 +713,18 @@ class RecipeSearch:
         """The last blocks with a head recipe's backbone, head and class balancing, trained on plain and
         mirrored activations in turn (and predicting with both) unless the user turned augmentation off:
         horizontal flips are the standard augmentation when fine-tuning (timm's default), and the blocks
-        have far more weights to overfit with than a head. Optimizer, weight decay and label smoothing stay
+        have far more weights to overfit with than a head. Weight decay and label smoothing stay
         the starting point's (the fine-tuning defaults) rather than the head's: chosen for a head on frozen
         features, they regularised the blocks less (ELPV: 79.9 % against 81.9-83.2 % test, README)."""
         flip = self._augment or head_recipe.augmentation == "flip"
         return replace(head_recipe, freeze="last-n", freeze_blocks=DEEP_BLOCKS, lr=DEEP_LR,
-                       optimizer=self.base.optimizer, weight_decay=self.base.weight_decay,
+                       weight_decay=self.base.weight_decay,
                        label_smoothing=self.base.label_smoothing, augmentation="flip" if flip else "none",
                        cached_views=2 if flip else 1, tta="flip" if flip else head_recipe.tta)
 
     def _best_head_run(self) -> Candidate | None:
-        """The head finalist the last blocks start from: the best by screening (its recipe's backbone and head)."""
-        runs = [c for c in self.candidates if c.kind == "head" and c.run_dir and c.stage == "final"]
+        """The head run the last blocks start from: the best by screening (its recipe's backbone and head)."""
+        runs = [c for c in self.candidates if c.kind == "head" and c.run_dir and c.status == "done"]
         return max(runs, key=lambda c: c.screening if c.screening is not None else -1.0) if runs else None
 
     def _predict_deep_costs(self, config: TrainConfig) -> tuple[float, float]:

@@ -1,11 +1,14 @@
 """The recipe search for texts (`main.py train TEXTS.csv --out RUN --auto`): the image search's phases
-where they apply to a sentence encoder.
+where they apply to a sentence encoder, and its one protocol: every finalist trained on the training texts
+alone and judged on the same validation texts, the default recipe replaced only by a finalist better beyond
+chance (engine.search.auto).
 
-1. the default recipe (head only on cached sentence vectors): a first model in well under a minute;
-2. no backbone assessment: one encoder (the user's, else all-MiniLM-L6-v2); its sentence vectors of train +
-   val, cached by the first model, are what head recipes are cross-validated on;
-3. head recipes searched with Optuna exactly as for images (TPE, median pruning, k-fold CV, SQLite), without
-   the mirrored views;
+1. the default recipe (head only on cached sentence vectors): the incumbent, in well under a minute;
+2. no backbone assessment: one encoder (the user's, else all-MiniLM-L6-v2); its sentence vectors of the
+   training texts, cached by the first model, are what head recipes are screened on;
+3. head recipes screened with Optuna exactly as for images (TPE, median pruning, k-fold CV inside the
+   training texts with near-identical texts in one fold, SQLite), without the mirrored views; the best one
+   and the fitted head (logistic regression solved by L-BFGS) become finalists;
 4. the last 2 layers on cached hidden states (lr 1e-3: 88.0 % against the head's 85.0 % on fortunes,
    README) when the measured pass and training step say enough epochs fit in the time left, pruned when
    they fall behind;
