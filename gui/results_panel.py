@@ -52,7 +52,8 @@ def accuracy_html(metrics: dict, split: str) -> str:
     if value is None or not count:
         return f"<b>{percent(value)}</b>"
     low, high = wilson_interval(round(value * count), count)
-    return f"<b>{percent(value)}</b> <span style='font-size: 11pt; color: gray'>({100 * low:.0f}–{100 * high:.0f})</span>"
+    interval = f"({100 * low:.0f}–{100 * high:.0f})"
+    return f"<b>{percent(value)}</b> <span style='font-size: 11pt; color: gray'>{interval}</span>"
 
 
 @dataclass

@@ -98,8 +98,8 @@ def test_an_ensemble_config_trains_the_same_ensemble_again(two_runs, tmp_path):
 
 def test_search_averages_finalists_chosen_before_validation_is_read(demo_dataset, tmp_path):
     """The search's ensemble on real photos: the last blocks' runs first, then the heads by their screening
-    score, at most three, whatever validation says; written as one run, judged as one more finalist, and
-    when it wins, tested once."""
+    score (not the incumbent, the first), at most three, whatever validation says; written as one run, judged
+    as one more finalist, and when it wins, tested once."""
     from engine.search.auto import RecipeSearch
     report = scan_dataset(demo_dataset, seed=0)
     search = RecipeSearch(report, tmp_path / "run", budget_s=600, backbones=["efficientnet_lite0"])
@@ -110,12 +110,12 @@ def test_search_averages_finalists_chosen_before_validation_is_read(demo_dataset
     for index, (config, screening) in enumerate(zip(configs, (0.5, 0.7, 0.6, 0.4))):
         search._fit_candidate(f"head {index}", "head", config, screening=screening)
     search._searched = ["efficientnet_lite0"]
-    assert [c.name for c in search._ensemble_members()] == ["head 1", "head 2", "head 0"]
+    assert [c.name for c in search._ensemble_members()] == ["head 1", "head 2", "head 3"]
     search._ensemble()
     row = search.candidates[-1]
-    assert row.kind == "ensemble" and row.status == "done" and row.recipe["members"] == ["head 1", "head 2", "head 0"]
+    assert row.kind == "ensemble" and row.status == "done" and row.recipe["members"] == ["head 1", "head 2", "head 3"]
     val = report.split("val")
-    members = [stored_probabilities(c.run_dir, val, "val")[0] for c in search.candidates[:3]]
+    members = [stored_probabilities(c.run_dir, val, "val")[0] for c in search.candidates[1:4]]
     labels = np.array([s.label for s in val])
     assert row.score == pytest.approx(float((np.mean(members, axis=0).argmax(1) == labels).mean()))
     assert row.scored_by.startswith(f"validation split ({len(val)} images") and row.interval[0] <= row.score

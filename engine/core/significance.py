@@ -124,13 +124,17 @@ def decide(incumbent_name: str, incumbent: np.ndarray, candidates: dict[str, np.
         return Decision(None, comparisons, (
             f"kept {incumbent_name}: no candidate was better by more than chance explains on {count} validation "
             f"{noun} (closest: {best.name}, {best.difference:+.1%}, {best.wins} won and {best.losses} lost, "
-            f"p = {best.p_value:.2f} before correcting for {len(comparisons)} candidates)"))
+            f"p = {best.p_value:.2f} before correcting for {_plural(len(comparisons), 'candidate')})"))
     winner = max(better, key=lambda c: c.accuracy)
     return Decision(winner.name, comparisons, (
         f"{winner.name} replaced {incumbent_name}: {winner.difference:+.1%} on the same {count} validation {noun} "
         f"({winner.difference_interval[0]:+.1%} to {winner.difference_interval[1]:+.1%}; {winner.wins} won, "
-        f"{winner.losses} lost; p = {winner.p_value:.2g}, significant after correcting for {len(comparisons)} "
-        f"candidates)"))
+        f"{winner.losses} lost; p = {winner.p_value:.2g}, significant after correcting for "
+        f"{_plural(len(comparisons), 'candidate')})"))
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def detectable_difference(count: int, disagreement: float = TYPICAL_DISAGREEMENT, alpha: float = ALPHA) -> float:

@@ -2,10 +2,11 @@
 
 One protocol decides. Every finalist is trained on the training split alone, for a number of epochs fixed
 before it starts, and keeps its last epoch, so the validation split never picked it; all finalists are
-judged on the same validation images. The default recipe is the incumbent: a finalist replaces it only when
-it is better by more than chance explains on those images (exact McNemar test against the incumbent, Holm's
-correction over every finalist: engine.core.significance). Everything before that is screening, which only
-decides what becomes a finalist:
+judged on the same validation images. The default recipe is the incumbent, trained exactly as a manual run
+trains it (so the search never hands back less than it; when validation picked its epoch, that only favours
+it): a finalist replaces it only when it is better by more than chance explains on those images (exact
+McNemar test against the incumbent, Holm's correction over every finalist: engine.core.significance).
+Everything before that is screening, which only decides what becomes a finalist:
 
 1. the default recipe (head only on the default backbone): the incumbent, and a usable model in a minute;
 2. every available backbone assessed on frozen features (engine.search.assess);
@@ -177,9 +178,14 @@ class RecipeSearch:
         # head-only on cached features: with one view 'light' augmentation is not applied, so 'none' says
         # the same plainly and lets the default recipe and the search's first trial be one recipe. Every
         # candidate keeps its last epoch, so the validation images that judge it never picked it.
-        self._augment = (base or TrainConfig()).augmentation != "none"     # the user's choice, for the blocks
-        self.base = replace(base or TrainConfig(), freeze="head", recipe="single", frozen_parameters=None,
+        given = base or TrainConfig()
+        self._augment = given.augmentation != "none"     # the user's choice, for the blocks
+        self.base = replace(given, freeze="head", recipe="single", frozen_parameters=None,
                             augmentation="none", cached_views=1, checkpoint="last", early_stopping=0)
+        # the incumbent is the default recipe exactly as a manual run trains it: the search never hands back
+        # less than it; if validation picked its epoch, its score there is favoured, which only makes
+        # replacing it harder
+        self._incumbent = replace(self.base, checkpoint=given.checkpoint, early_stopping=given.early_stopping)
         self.base.validate()
         self.budget = Budget(budget_s)
         self.callbacks = CallbackList(callbacks or [])
@@ -230,7 +236,7 @@ class RecipeSearch:
 
     # -- 1. a first model: the incumbent ----------------------------------------------------------------
     def _default_fit(self) -> None:
-        config = replace(self.base, backbone=self.backbones[0] if self.base.backbone not in self.backbones
+        config = replace(self._incumbent, backbone=self.backbones[0] if self.base.backbone not in self.backbones
                          else self.base.backbone)
         self._warn_small_split()
         self._fit_candidate("default recipe", "head", config)
@@ -264,7 +270,10 @@ class RecipeSearch:
             return
         candidate.score = float(right.mean())
         candidate.interval = list(wilson_interval(int(right.sum()), len(right)))
-        candidate.scored_by = f"validation split ({len(right)} {self.noun}, not used to train or pick it)"
+        picked = json.loads(RunFolder(candidate.run_dir).config.read_text(encoding="utf-8")).get("checkpoint")
+        candidate.scored_by = f"validation split ({len(right)} {self.noun}, " + (
+            "its epoch picked there, which can only favour it)" if picked == "best" else
+            "not used to train or pick it)")
 
     def _correct(self, candidate: Candidate) -> np.ndarray:
         """Whether `candidate`'s run predicts each validation image right, in the split's order."""
@@ -690,15 +699,16 @@ class RecipeSearch:
 
     def _ensemble_members(self) -> list[Candidate]:
         """Finalists of one backbone, in the order they join: the last blocks' runs, then heads by screening
-        score (the fitted head's is its own cross-validation inside the training split)."""
+        score (the fitted head's is its own cross-validation inside the training split). Not the incumbent:
+        the ensemble is an alternative to it, and its epoch may have been picked on validation."""
         if not self.ensembles:
             return []
         runs = [c for c in self.candidates if c.stage == "final" and c.status == "done" and c.run_dir
                 and c.kind != "ensemble"]
         deep = [c for c in runs if c.kind == "last-blocks"]
         backbone = deep[0].backbone if deep else self._searched[0] if hasattr(self, "_searched") else None
-        heads = sorted((c for c in runs if c.kind == "head" and c.backbone == backbone),
-                       key=lambda c: -(c.screening if c.screening is not None else -1.0))
+        heads = [c for c in runs if c.kind == "head" and c.backbone == backbone and c is not self.candidates[0]]
+        heads.sort(key=lambda c: -(c.screening if c.screening is not None else -1.0))
         return [*(c for c in deep if c.backbone == backbone), *heads][:MAX_MEMBERS]
 
     def _ensemble_seconds(self, extra: int = 0) -> float:

@@ -87,7 +87,8 @@ class TrainConfig:
             raise ValueError(f"max_tokens must be between 8 and 8192, not {self.max_tokens}")
         if self.recipe == "two-stage" and not 0 < self.head_epochs < self.epochs:
             raise ValueError("two-stage needs 0 < head_epochs < epochs")
-        if self.optimizer == "lbfgs" and ((self.frozen_parameters is None and self.freeze != "head") or self.recipe != "single" or self.head != "linear"):
+        head_alone = self.frozen_parameters is not None or self.freeze == "head"
+        if self.optimizer == "lbfgs" and not (head_alone and self.recipe == "single" and self.head == "linear"):
             raise ValueError("optimizer lbfgs solves a linear head on its own (freeze head, single recipe, linear "
                              "head): choose adamw or sgd to train deeper layers or an MLP head")
 

@@ -494,11 +494,10 @@ class Trainer:
         with torch.no_grad():
             net.classifier.weight.copy_(fitted.weight)
             net.classifier.bias.copy_(fitted.bias)
+            logits = views[0] @ fitted.weight.T + fitted.bias         # the training images, plain view
+        loss, accuracy = float(self.eval_criterion(logits, labels)), float((logits.argmax(1) == labels).float().mean())
         self.path_notes.append(fitted.describe())
         self._epoch += 1
-        with torch.no_grad():
-            logits = views[0] @ fitted.weight.T + fitted.bias
-            loss, accuracy = float(self.eval_criterion(logits, labels)), float((logits.argmax(1) == labels).float().mean())
         val_loss, val_accuracy = self._validate(net, val_loader)
         logs = {"epoch": self._epoch, "loss": loss, "accuracy": accuracy, "val_loss": val_loss,
                 "val_accuracy": val_accuracy, "lr": 0.0, "epoch_time_s": time.monotonic() - started,
