@@ -7,14 +7,17 @@ incumbent replaced only by a difference larger than the noise of the comparison.
   samples where exactly one of the two is right.
 - Several candidates against one incumbent: Holm's step-down correction (Holm 1979), so trying more
   candidates does not make a lucky one more likely to win.
-No torch and no scipy: the frozen app leaves scipy out, and these are a few lines of arithmetic.
+No torch and no scipy: the frozen app leaves scipy out, and these are a few lines of arithmetic. numpy only
+where arrays come in, so the window's first paint (which shows intervals) does not wait for it.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 ALPHA = 0.05                 # the chance, over all candidates together, of replacing an incumbent that is as good
 Z95 = 1.959964
@@ -68,6 +71,7 @@ class Comparison:
 
 def compare(name: str, candidate: np.ndarray, incumbent: np.ndarray) -> Comparison:
     """`candidate` and `incumbent`: per-sample correctness (bool) on the same samples in the same order."""
+    import numpy as np
     candidate, incumbent = np.asarray(candidate, bool), np.asarray(incumbent, bool)
     count = len(candidate)
     wins = int(np.sum(candidate & ~incumbent))
