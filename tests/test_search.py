@@ -416,6 +416,13 @@ def test_a_head_that_screened_no_better_than_the_default_is_not_compared(colours
     result = search._finish("completed")
     compared = [row["name"] for row in result.leaderboard if row["comparison"]]
     assert compared == ["ahead"]
+    # when screening is known not to carry over (validation clearly below it), it cannot decide: all compared
+    default.screening, default.score = 0.95, 0.30
+    assert search._screening_misleads()
+    unscreened = search._fit_candidate("alike, other conditions", "head", replace(search.base, seed=3),
+                                       screening=0.95)
+    search._compare_only_if_promising(unscreened)
+    assert unscreened.stage == "final"
 
 
 def test_search_replaces_a_worse_default_with_a_truly_better_candidate(demo_dataset, tmp_path):

@@ -479,9 +479,11 @@ class RecipeSearch:
         """A head is compared with the default recipe only when it screened better than the default by more
         than one standard error: otherwise it is not expected to be better on validation either, and a
         comparison that cannot change the answer only takes a share of the chance the other finalists need
-        (Holm's correction). It stays a screening row, with its screening score."""
+        (Holm's correction). It stays a screening row, with its screening score. Every head is compared when
+        screening is known not to carry over to the validation images (`_screening_misleads`)."""
         default = self.candidates[0]
-        if candidate.status != "done" or default.screening is None or candidate.screening is None:
+        if candidate.status != "done" or default.screening is None or candidate.screening is None or \
+                self._screening_misleads():
             return
         margin = self._cv_noise(default.screening)
         if candidate.screening > default.screening + margin:
@@ -764,14 +766,18 @@ class RecipeSearch:
                 f"so the default recipe is kept unless one is that much better; more validation {self.noun} (your own "
                 f"val/ folder or split column) make the choice sharper")
 
-    def _warn_shift(self) -> None:
+    def _screening_misleads(self) -> bool:
         """Cross-validation inside the training split against the validation images, for the default recipe:
-        when validation is clearly lower, the two come from different conditions."""
+        True when validation is clearly lower (the two come from different conditions)."""
         default = self.candidates[0] if self.candidates else None
-        if default is None or default.screening is None or default.score is None or not default.interval:
-            return
-        count = len(self.report.split("val"))
-        if clearly_lower(default.score, count, default.screening, len(self.report.split("train"))):
+        if default is None or default.screening is None or default.score is None:
+            return False
+        return clearly_lower(default.score, len(self.report.split("val")), default.screening,
+                             len(self.report.split("train")))
+
+    def _warn_shift(self) -> None:
+        default = self.candidates[0] if self.candidates else None
+        if self._screening_misleads():
             self.warnings.append(
                 f"cross-validation inside the training {self.noun} gives the default recipe "
                 f"{default.screening:.0%}, the validation {self.noun} {default.score:.0%}: they come from different "
