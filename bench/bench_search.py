@@ -7,8 +7,8 @@ DATA is any dataset `main.py train` takes: a folder of class folders (the app's 
 seed changing the split), a folder with train/ val/ test/ (its own split: bench/shifted_sets.py writes sets
 whose splits come from different conditions; the seed then changes only the training), or a CSV of texts.
 For each seed, measured on the test split that no choice sees:
-1. the default recipe (`TrainConfig()`, head only; again keeping its last epoch instead of the one best on
-   validation, `--checkpoint last`) and the fitted head (`--optimizer lbfgs`): the baselines;
+1. the default recipe (`TrainConfig()`, head only, its last epoch kept; again keeping the epoch best on
+   validation, `--checkpoint best`) and the fitted head (`--optimizer lbfgs`): the baselines;
 2. `--auto` within the budget: test accuracy, wall time, time per phase, the winner, why it won, the warnings.
 The summary gives each one's mean test accuracy, the search's mean gain over the default with its standard
 error over seeds, and whether the search is at least the default minus one standard error of the default's
@@ -71,8 +71,8 @@ def one_seed(data: str, seed: int, budget: float, budget_text: str, tmp: Path, s
     encoder = {"backbone": DEFAULT_TEXT_ENCODER} if text else {}
     row: dict = {"seed": seed, "counts": {k: sum(v.values()) for k, v in report.counts().items()}}
     row["default"] = timed_fit(report, TrainConfig(seed=seed, **encoder), tmp / f"default-{seed}")
-    row["default, last epoch"] = timed_fit(report, TrainConfig(seed=seed, checkpoint="last", **encoder),
-                                           tmp / f"last-{seed}")
+    row["default, best epoch"] = timed_fit(report, TrainConfig(seed=seed, checkpoint="best", **encoder),
+                                           tmp / f"best-{seed}")
     row["fitted head"] = timed_fit(report, TrainConfig(seed=seed, optimizer="lbfgs", **encoder), tmp / f"lbfgs-{seed}")
     if skip_auto:
         return row
@@ -97,7 +97,7 @@ def summarize(rows: list[dict], auto_key: str) -> dict:
     on every seed the search's test accuracy is at least the default's minus one binomial standard error."""
     tests = rows[0]["counts"]["test"]
     summary = {name: round(float(np.mean([r[name]["test_accuracy"] for r in rows])), 4)
-               for name in ("default", "default, last epoch", "fitted head", auto_key) if all(name in r for r in rows)}
+               for name in ("default", "default, best epoch", "fitted head", auto_key) if all(name in r for r in rows)}
     if auto_key in summary:
         gains = [r[auto_key]["test_accuracy"] - r["default"]["test_accuracy"] for r in rows]
         summary["gain over default"] = round(float(np.mean(gains)), 4)

@@ -555,7 +555,7 @@ class MainWindow(QMainWindow):
         self.set_paused(self.pause_action.isChecked())
 
     def stop_training(self) -> None:
-        """Ask the run to stop after the current batch; the best checkpoint so far stays on disk."""
+        """Ask the run to stop after the current batch; the checkpoint so far stays on disk."""
         if self.training_task is not None:
             self.training_task.cancel()
             self.train_panel.on_stopping()
@@ -739,7 +739,7 @@ class MainWindow(QMainWindow):
     def _confirm_stop(self) -> bool:
         answer = QMessageBox.question(
             self, "Stop training?", "A model is training. Stop it and keep it for later?\n\n"
-            "The best checkpoint and the training state are kept in the run folder: reopen this project "
+            "The checkpoint and the training state are kept in the run folder: reopen this project "
             "and the Train step offers to resume where it stopped.",
             QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
         return answer == QMessageBox.StandardButton.Yes

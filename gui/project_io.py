@@ -254,7 +254,7 @@ class ProjectController(QObject):
 
     def _on_work_recorded(self) -> None:
         """A run's progress or a correction is on disk at once: a crash loses at most the epoch under
-        way (its best checkpoint is already in its folder)."""
+        way (its checkpoint is already in its folder)."""
         if not self._autosave_paused:
             self.autosave()
 

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from gui.workers import Task, TaskGroup
 
 STATUS_TEXT = {"completed": "Training finished.", "stopped-early": "Training stopped early (no more improvement).",
-               "cancelled": "Training was stopped; the best checkpoint so far is kept."}
+               "cancelled": "Training was stopped; the checkpoint so far is kept."}
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 MAX_CACHED_THUMBNAILS = 3000
 TEXT_COLUMNS = ["Where", "True", "Predicted", "Score", "Text"]

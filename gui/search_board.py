@@ -288,9 +288,10 @@ class SearchBoard(QWidget):
         return self.winner() or (max(scored, key=lambda row: row["score"]) if scored else None)
 
     def _ordered(self) -> list[dict]:
-        """Finalists first (in the order they came), then screening and assessment rows."""
-        final = [row for row in self.rows if row.get("stage", "final") == "final"]
-        return final + [row for row in self.rows if row.get("stage", "final") != "final"]
+        """Finalists first (in the order they came), then the ensemble's members, then screening and
+        assessment rows."""
+        rank = {"final": 0, "member": 1}
+        return sorted(self.rows, key=lambda row: rank.get(row.get("stage", "final"), 2))
 
     # -- drawing ----------------------------------------------------------------------------------
     def _backbone_title(self, name: str) -> str:

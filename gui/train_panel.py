@@ -28,14 +28,15 @@ CHOICE_LABELS = {
     "single": "Single stage", "two-stage": "Two-stage: head first, then the chosen layers",
     "linear": "Linear", "mlp": "Small MLP (one hidden layer)",
     ("tta", "none"): "Off", ("tta", "flip"): "Average with the mirror image",
+    ("checkpoint", "last"): "Last epoch", ("checkpoint", "best"): "Best on validation",
 }
 """Combo labels by value; a (setting, value) key names a value whose meaning depends on the setting."""
-CHOICE_FIELDS = ("schedule", "augmentation", "head", "tta", "recipe")
+CHOICE_FIELDS = ("schedule", "augmentation", "head", "tta", "recipe", "checkpoint")
 FIELDS = (("epochs", "Epochs"), ("batch_size", "Batch size"), ("image_size", "Image size"),
           ("max_tokens", "Tokens per text"),
           ("lr", "Learning rate"), ("schedule", "Schedule"), ("augmentation", "Augmentation"),
           ("cached_views", "Cached views"), ("head", "Head"), ("tta", "Test-time flip"),
-          ("label_smoothing", "Label smoothing"), ("early_stopping", "Early stopping"),
+          ("label_smoothing", "Label smoothing"), ("early_stopping", "Early stopping"), ("checkpoint", "Keep"),
           ("recipe", "Recipe"), ("head_epochs", "Head-only epochs"), ("device", "Device"))
 TOOLTIPS = {
     "epochs": "Passes over the training images. Early stopping may end the run sooner.",
@@ -58,7 +59,11 @@ TOOLTIPS = {
                     "feature pass and did not beat 1 (test 0.823 vs 0.837).",
     "label_smoothing": "Softens the targets so the model is less over-confident; 0.1 is a good default.",
     "early_stopping": "Stop when validation accuracy has not improved for this many epochs. "
-                      "The best checkpoint is always kept.",
+                      "Which epoch is kept as the model is the Keep setting's choice.",
+    "checkpoint": "Which epoch becomes the model. Last epoch (default): the validation accuracy shown is then "
+                  "an honest estimate, as no choice was made on those images; measured on six real sets, as "
+                  "accurate on the test images as the best epoch (+0.4 points on average). Best on validation: "
+                  "the epoch with the highest validation accuracy, whose validation score is then optimistic.",
     "head": "The classifier on top of the backbone. Linear: one layer, the usual choice. Small MLP: one hidden "
             "layer in between, which can separate classes a single layer cannot; it may over-fit small datasets.",
     "tta": "Predict each image twice, as it is and mirrored left-right, and average the two: often a little "
@@ -106,6 +111,7 @@ class HyperParameters(QGroupBox):
         self.label_smoothing = QDoubleSpinBox(minimum=0.0, maximum=0.5, singleStep=0.05, decimals=2)
         self.early_stopping = QSpinBox(minimum=0, maximum=100, suffix=" epochs")
         self.early_stopping.setSpecialValueText("Off")
+        self.checkpoint = QComboBox()
         self.recipe = QComboBox()
         self.head_epochs = QSpinBox(minimum=1, maximum=999)
         self.device = QComboBox()
@@ -290,11 +296,11 @@ def resume_text(summary: dict) -> str:
     where = f" after epoch {summary['epochs_done']} of {summary['epochs']}" if summary.get("epochs") else ""
     best = summary.get("best_val_accuracy")
     reached = f"; its best validation accuracy so far is {best:.1%}" if best is not None else ""
-    return f"The last run {how}{where}{reached}. Resume it where it stopped, or keep its best checkpoint as it is."
+    return f"The last run {how}{where}{reached}. Resume it where it stopped, or keep its checkpoint as it is."
 
 
 class ResumeOffer(QFrame):
-    """A banner on the Train step for a run that can continue: Resume, or keep its best checkpoint."""
+    """A banner on the Train step for a run that can continue: Resume, or keep its checkpoint."""
 
     resume_requested = Signal(str)       # run folder
     kept = Signal(str)
@@ -307,7 +313,7 @@ class ResumeOffer(QFrame):
         self.text = QLabel()
         self.text.setWordWrap(True)
         self.resume_button = QPushButton("Resume")
-        self.keep_button = QPushButton("Keep best checkpoint")
+        self.keep_button = QPushButton("Keep checkpoint")
         self.resume_button.clicked.connect(lambda: self.resume_requested.emit(self.run_dir))
         self.keep_button.clicked.connect(self._keep)
         buttons = QHBoxLayout()

@@ -78,7 +78,7 @@ def test_opening_a_project_whose_run_was_killed_offers_to_resume_it(qtbot, windo
     assert offer.isVisibleTo(window) and window.tabs.currentWidget() is window.train_panel
     assert "was interrupted" in offer.text.text() and "after epoch 1 of 3" in offer.text.text()
     offer.keep_button.click()
-    assert not offer.isVisibleTo(window), "keeping the best checkpoint withdraws the offer"
+    assert not offer.isVisibleTo(window), "keeping the checkpoint withdraws the offer"
     assert (run_dir / "model.safetensors").is_file()
 
     with qtbot.waitSignal(window.training_finished, timeout=TRAIN_TIMEOUT_MS) as finished:

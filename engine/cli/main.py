@@ -311,8 +311,8 @@ TRAIN_OPTIONS = (
     ("label_smoothing", None),
     ("balance", "counter class imbalance by weighting the loss or resampling"),
     ("early_stopping", "stop after this many epochs without a better validation accuracy (0: off)"),
-    ("checkpoint", "best: keep the epoch with the best validation accuracy; last: keep the last epoch, so "
-                   "the validation accuracy reported is not the one that picked it"),
+    ("checkpoint", "last: keep the last epoch, so the validation accuracy reported is not the one that picked "
+                   "it (measured as accurate on test as best); best: keep the epoch best on validation"),
     ("cache", "reuse the frozen layers' output between epochs (auto) or not (off)"),
     ("frozen_runtime", "engine of the frozen layers' single pass: auto = ONNX Runtime (1.3-1.5x PyTorch's "
                        "speed) on a CPU when the fit has enough images to pay for its export, pytorch = never"),

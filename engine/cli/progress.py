@@ -92,7 +92,7 @@ class TerminalProgress(Callback):
 
     def on_fit_end(self, result: dict) -> None:
         self._close_bar()
-        self._line(f"{result['status']}: best checkpoint {result.get('checkpoint')}")
+        self._line(f"{result['status']}: checkpoint {result.get('checkpoint')}")
 
     def on_candidate(self, entry: dict) -> None:
         self._close_bar()

@@ -20,7 +20,8 @@ Everything before that is screening, which only decides what becomes a finalist:
    seed;
 5. whatever time the last blocks leave goes back to head recipes;
 6. the mean probability of up to three finalists of the last blocks' backbone, chosen without looking at
-   validation (the last blocks' seeds, then the heads that screened best): averaging is steadier than picking.
+   validation (the last blocks' seeds, then the heads that screened best): averaging is steadier than picking,
+   and the seeds of the last blocks, one recipe, are then compared once, as part of it.
 Then the decision. The winner's run folder becomes RUN, and only then is the test split evaluated, once,
 within the budget. `config.json` is a plain TrainConfig, or an ensemble's member configs: `main.py train
 DATA --config RUN/config.json` reproduces the model without a search.
@@ -78,7 +79,8 @@ TUNED = ("backbone", "head", "optimizer", "lr", "weight_decay", "label_smoothing
 @dataclass
 class Candidate:
     """One leaderboard row. `stage` says how `score` was measured: 'final' (trained on the training split,
-    judged on the validation images like every finalist), 'screening' (cross-validation inside the training
+    judged on the validation images like every finalist), 'member' (scored so, but compared only as part of
+    the ensemble: the last blocks' seeds are one recipe), 'screening' (cross-validation inside the training
     split, deciding only what becomes a finalist) or 'assessment'."""
 
     name: str
@@ -621,10 +623,12 @@ class RecipeSearch:
 
     # -- 4. deeper: the last blocks on cached activations ---------------------------------------------
     def _deeper(self) -> None:
-        """The last blocks with the best head recipe, then, when it finished and the same epochs fit again
-        (keeping time to choose an ensemble), the same recipe with another seed: a second member for
-        `_ensemble` (a deep ensemble, Lakshminarayanan et al. 2017), the cheapest variance reduction for
-        fine-tuned blocks, which overfit a small training split within a few epochs (README)."""
+        """The last blocks with the best head recipe, then, when it finished and its epochs fit again (keeping
+        time to choose an ensemble), the same recipe with another seed, as many of those epochs as fit (at
+        least DEEP_EPOCHS[0]): a second member for `_ensemble` (a deep ensemble, Lakshminarayanan et al.
+        2017), the cheapest variance reduction for fine-tuned blocks, which overfit a small training split
+        within a few epochs (README). The second seed's costs are the first's, measured: its activations are
+        cached, its epochs take as long."""
         head = self._best_head_run()
         if head is None:
             return
@@ -634,27 +638,28 @@ class RecipeSearch:
         first = self._train_deep(self.deep_name, config, head, members)
         if first is None or first.status != "done" or members < 2:
             return
+        epochs = json.loads(RunFolder(first.run_dir).history.read_text(encoding="utf-8"))
+        measured = (0.0, float(np.median([e["epoch_time_s"] for e in epochs])))
         second = replace(config, epochs=int(first.recipe["epochs"]), seed=config.seed + 1)
-        self._train_deep(f"{self.deep_name} (seed {second.seed})", second, head, 1, fixed_epochs=True)
+        self._train_deep(f"{self.deep_name} (seed {second.seed})", second, head, 1, measured)
 
     def _train_deep(self, name: str, config: TrainConfig, head: Candidate, members: int,
-                    fixed_epochs: bool = False) -> Candidate | None:
-        """Train a deeper candidate for as many epochs (DEEP_EPOCHS) as its measured costs say fit in its
-        share of the time left (1/`members`: the seeds still planned share it), exactly config.epochs with
-        `fixed_epochs`; pruned when it falls behind the head."""
-        pass_s, epoch_s = self._predict_deep_costs(config)
+                    measured: tuple[float, float] | None = None) -> Candidate | None:
+        """Train a deeper candidate for as many epochs (DEEP_EPOCHS; at most config.epochs when its costs
+        were `measured`: (pass s, epoch s)) as its costs say fit in its share of the time left (1/`members`:
+        the seeds still planned share it); pruned when it falls behind the head."""
+        pass_s, epoch_s = measured or self._predict_deep_costs(config)
         share = (self.budget.left - self._reserve_s() - self._ensemble_seconds(extra=members)) / members
-        fit = int(min(DEEP_EPOCHS[1], (share - pass_s) // max(PLAN_MARGIN * epoch_s, 1e-3)))
-        wanted = config.epochs if fixed_epochs else DEEP_EPOCHS[0]
-        if fit < wanted and members > 1:          # too little for several: all the time to one
-            return self._train_deep(name, config, head, 1, fixed_epochs)
-        if fit < wanted:
+        most = config.epochs if measured else DEEP_EPOCHS[1]
+        fit = int(min(most, (share - pass_s) // max(PLAN_MARGIN * epoch_s, 1e-3)))
+        if fit < DEEP_EPOCHS[0] and members > 1:          # too little for several: all the time to one
+            return self._train_deep(name, config, head, 1, measured)
+        if fit < DEEP_EPOCHS[0]:
             self._add(Candidate(name, "last-blocks", config.backbone, recipe_of(config), status="skipped",
-                                note=f"predicted {pass_s + wanted * epoch_s:.0f} s for {wanted} epochs; "
-                                     f"{self.budget.left:.0f} s left"))
+                                note=f"predicted {pass_s + DEEP_EPOCHS[0] * epoch_s:.0f} s for {DEEP_EPOCHS[0]} "
+                                     f"epochs; {self.budget.left:.0f} s left"))
             return None
-        if not fixed_epochs:
-            config = replace(config, epochs=fit)
+        config = replace(config, epochs=fit)
         control = CandidateControl(self.control)
         guard = FallingBehind(control, head.val_accuracy or 0.0, config.epochs,
                               lambda: self.budget.left - self._reserve_s(),
@@ -698,6 +703,11 @@ class RecipeSearch:
                               val_accuracy=metrics["val_accuracy"], run_dir=str(folder))
         self._score_on_validation(candidate)
         self._add(candidate)
+        seeds = [c for c in members if c.kind == "last-blocks"]
+        if len(seeds) > 1:           # the blocks' seeds are one recipe: compared once, as their mean
+            for seed in seeds:
+                seed.stage, seed.note = "member", "a member of the ensemble, which is compared in its place"
+                self._update(seed)
 
     def _ensemble_members(self) -> list[Candidate]:
         """Finalists of one backbone, in the order they join: the last blocks' runs, then heads by screening

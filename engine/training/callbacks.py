@@ -17,8 +17,9 @@ class BestCheckpoint(Callback):
     """Saves the model whenever validation improves and marks that epoch's logs with best=1.
 
     `save(epoch, logs)` writes the checkpoint (atomically), so stopping at any moment keeps the best one.
-    `keep_last`: save after every epoch instead (TrainConfig.checkpoint 'last'), so the validation split
-    that judges the model did not also pick its epoch; the best is still tracked for early stopping.
+    `keep_last`: save after every epoch instead (TrainConfig.checkpoint 'last', the default), so the
+    validation split that reports the model's accuracy did not also pick its epoch; the best is still
+    tracked for early stopping.
     """
 
     def __init__(self, save: Callable[[int, dict], None], keep_last: bool = False):

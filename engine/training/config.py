@@ -43,7 +43,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     balance: str = "none"
     early_stopping: int = 0              # patience in epochs; 0 turns it off
-    checkpoint: str = "best"             # 'best' on validation, or 'last': validation stays unbiased to judge it
+    checkpoint: str = "last"             # 'last' epoch (validation stays an honest score), or 'best' on validation
     grad_clip: float = 1.0               # max gradient norm; 0 turns it off
     seed: int = 0
     augmentation: str = "light"

@@ -10,7 +10,7 @@ place in the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADD
 * the trainable part is wrapped in DistributedDataParallel (gradients averaged, frozen parameters left
   out), the training loader draws through a seeded DistributedSampler, so an epoch takes 1/N of the steps
   with N times the batch;
-* process 0 validates, decides (best checkpoint, early stopping, a cancel) and broadcasts its decision;
+* process 0 validates, decides (the checkpoint kept, early stopping, a cancel) and broadcasts its decision;
   it alone writes the run folder, the progress and the summary; the others write to a scratch folder
   that is removed at the end;
 * every collective has a timeout, so a process whose peer died never waits forever (torchrun also ends

@@ -1,8 +1,8 @@
-"""Fine-tuning: from a dataset report and a config to a run folder with the best checkpoint and metrics.
+"""Fine-tuning: from a dataset report and a config to a run folder with its checkpoint and metrics.
 
 The loop is plain PyTorch. It reports through `Callback` hooks carrying plain values, checks
-`RunControl` between batches (pause/cancel), and writes the best checkpoint atomically whenever
-validation improves, so stopping at any moment never loses it. After every epoch, every few minutes within
+`RunControl` between batches (pause/cancel), and writes the checkpoint atomically after every epoch (or,
+with checkpoint 'best', whenever validation improves), so stopping at any moment never loses it. After every epoch, every few minutes within
 one and at a cancel it also keeps the last training state, from which `resume=True` continues the fit to
 exactly the end it would have reached (engine.training.runstate, engine.training.snapshot).
 """
@@ -544,7 +544,7 @@ class Trainer:
     def _step_within_memory(self, net, inputs, targets, optimizer, params) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on the batch. When the GPU runs out of memory the step is done again in
         micro-batches of half the size (gradients accumulated, so the loader, the schedule and a saved
-        state stay as they are), down to 1; then OutOfMemory says so. The best checkpoint is on disk."""
+        state stay as they are), down to 1; then OutOfMemory says so. The kept checkpoint is on disk."""
         backoff = BatchSizeBackoff(self._micro_batch)
         while True:
             try:
@@ -722,7 +722,7 @@ class Trainer:
 
     # -- after training ---------------------------------------------------------------------------
     def _final_metrics(self) -> dict:
-        """Reload the best checkpoint and evaluate it on val and test; write metrics.json."""
+        """Reload the checkpoint and evaluate it on val and test; write metrics.json."""
         from safetensors.torch import load_file
         self.model.load_state_dict(load_file(str(self.files.checkpoint)))
         results, predictions = {}, {}
@@ -747,7 +747,7 @@ class Trainer:
         return metrics
 
     def _eval_inputs(self, samples) -> tuple[nn.Module, DataLoader]:
-        """Network and loader for the best checkpoint: cached inputs when the last stage trained on them
+        """Network and loader for the checkpoint: cached inputs when the last stage trained on them
         (its frozen part is the same, and the cache key checks it), else images."""
         if self._cached_net is None:
             loader = self._image_loader(samples, eval_transform(self.bundle.preprocessing), False)
