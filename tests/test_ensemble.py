@@ -128,6 +128,27 @@ def test_search_averages_finalists_chosen_before_validation_is_read(demo_dataset
         assert "ensemble" in json.loads((tmp_path / "run" / "config.json").read_text())
 
 
+
+def test_seeds_of_one_recipe_are_compared_once_through_their_ensemble(tmp_path):
+    """Two seeds of the last blocks are one recipe: when both join the ensemble they become its members and
+    only the ensemble is compared with the default, so two draws do not take two chances to win."""
+    from engine.search.auto import RecipeSearch
+    from tests.conftest import write_colour_dataset
+    report = scan_dataset(write_colour_dataset(tmp_path / "colours", per_class=10, size=32), seed=0)
+    search = RecipeSearch(report, tmp_path / "run", budget_s=600, backbones=["efficientnet_lite0"])
+    search._default_fit()
+    for seed in (1, 2):       # stand-ins for the blocks' seeds: trained as cheap heads, labelled as the blocks
+        search._fit_candidate(f"blocks (seed {seed})", "last-blocks",
+                              TrainConfig(epochs=2, image_size=64, seed=seed, augmentation="none", checkpoint="last"))
+    search._searched = ["efficientnet_lite0"]
+    search._ensemble()
+    seeds = [c for c in search.candidates if c.kind == "last-blocks"]
+    assert [c.stage for c in seeds] == ["member", "member"] and all(c.score is not None for c in seeds)
+    result = search._finish("completed")
+    compared = [row["name"] for row in result.leaderboard if row["comparison"]]
+    assert compared == ["ensemble"]
+    assert "correcting for 1 candidate)" in result.decision
+
 def test_members_run_their_shared_frozen_stages_once_with_the_same_result():
     """A head-only and a last-blocks member of one backbone share the frozen stages: the ensemble runs them
     once per view, and its output equals running each member whole (with its own flip)."""
