@@ -184,9 +184,9 @@ class RecipeSearch:
         self._augment = given.augmentation != "none"     # the user's choice, for the blocks
         self.base = replace(given, freeze="head", recipe="single", frozen_parameters=None,
                             augmentation="none", cached_views=1, checkpoint="last", early_stopping=0)
-        # the incumbent is the default recipe exactly as a manual run trains it: the search never hands back
-        # less than it; if validation picked its epoch, its score there is favoured, which only makes
-        # replacing it harder
+        # the incumbent is the default recipe exactly as a manual run trains it: unless a finalist clearly
+        # beats it, the search hands back that very model; if validation picked its epoch (checkpoint
+        # 'best'), its score there is favoured, which only makes replacing it harder
         self._incumbent = replace(self.base, checkpoint=given.checkpoint, early_stopping=given.early_stopping)
         self.base.validate()
         self.budget = Budget(budget_s)
