@@ -29,12 +29,13 @@ CHOICE_LABELS = {
     "linear": "Linear", "mlp": "Small MLP (one hidden layer)",
     ("tta", "none"): "Off", ("tta", "flip"): "Average with the mirror image",
     ("checkpoint", "last"): "Last epoch", ("checkpoint", "best"): "Best on validation",
+    "adamw": "AdamW", "sgd": "SGD with momentum", "lbfgs": "Fitted head (logistic regression)",
 }
 """Combo labels by value; a (setting, value) key names a value whose meaning depends on the setting."""
-CHOICE_FIELDS = ("schedule", "augmentation", "head", "tta", "recipe", "checkpoint")
+CHOICE_FIELDS = ("optimizer", "schedule", "augmentation", "head", "tta", "recipe", "checkpoint")
 FIELDS = (("epochs", "Epochs"), ("batch_size", "Batch size"), ("image_size", "Image size"),
-          ("max_tokens", "Tokens per text"),
-          ("lr", "Learning rate"), ("schedule", "Schedule"), ("augmentation", "Augmentation"),
+          ("max_tokens", "Tokens per text"), ("lr", "Learning rate"), ("optimizer", "Optimizer"),
+          ("schedule", "Schedule"), ("augmentation", "Augmentation"),
           ("cached_views", "Cached views"), ("head", "Head"), ("tta", "Test-time flip"),
           ("label_smoothing", "Label smoothing"), ("early_stopping", "Early stopping"), ("checkpoint", "Keep"),
           ("recipe", "Recipe"), ("head_epochs", "Head-only epochs"), ("device", "Device"))
@@ -48,6 +49,10 @@ TOOLTIPS = {
     "max_tokens": "Texts: the tokens of each text the encoder reads; longer texts are cut (the Data step says "
                   "how many). Fewer tokens train faster; the encoder's own length (256 for MiniLM) keeps the most.",
     "lr": "Learning rate of the new classifier. Deeper layers automatically use smaller rates.",
+    "optimizer": "How the weights are trained. AdamW (default) or SGD with momentum, over the epochs. Fitted "
+                 "head: the linear head solved exactly by logistic regression (L-BFGS), its regularisation "
+                 "chosen by cross-validation inside the training images; head only, linear head, no epochs "
+                 "or learning rate. The automatic search always tries it.",
     "schedule": "How the learning rate changes over the run (after a one-epoch warm-up).",
     "augmentation": "Random changes to training images so the model sees more variety; helps small datasets. "
                     "Head-only and last-blocks training compute their inputs once per image: augmentation "
@@ -102,6 +107,7 @@ class HyperParameters(QGroupBox):
         validator = QDoubleValidator(1e-7, 10.0, 8, self.lr)
         validator.setNotation(QDoubleValidator.Notation.ScientificNotation)
         self.lr.setValidator(validator)
+        self.optimizer = QComboBox()
         self.schedule = QComboBox()
         self.augmentation = QComboBox()
         self.cached_views = QSpinBox(minimum=1, maximum=16)

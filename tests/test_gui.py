@@ -191,6 +191,20 @@ def test_invalid_settings_are_explained_without_starting(qtbot, window, dataset)
     assert "head_epochs" in window.train_panel.error.text() and window.training_task is None
 
 
+def test_the_fitted_head_is_chosen_in_the_form_and_solved(qtbot, window, dataset):
+    """Optimizer: Fitted head solves the linear head by logistic regression: one history entry with the L2
+    strength cross-validation chose, and a model the Results step shows."""
+    load(qtbot, window, [dataset])
+    combo = window.train_panel.settings.optimizer
+    assert combo.itemText(combo.findData("lbfgs")).startswith("Fitted head")
+    with qtbot.waitSignal(window.training_finished, timeout=TRAIN_TIMEOUT_MS) as finished:
+        run, task, stopped = start_run(qtbot, window, optimizer="lbfgs")
+        stopped.wait()
+    result = finished.args[0]
+    assert result.status == "completed" and run.config.optimizer == "lbfgs"
+    assert len(result.history) == 1 and result.history[0]["l2"] > 0 and Path(result.checkpoint).is_file()
+    assert "Validation accuracy" in window.results_panel.headline.text()
+
 def test_every_setting_in_the_form_reaches_the_engine_config(qtbot, window):
     from engine.training.config import TrainConfig
     settings, defaults = window.train_panel.settings, TrainConfig()
