@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-CHECKPOINT = "model.safetensors"        # the checkpoint (last or best epoch): weights + JSON metadata, never pickled
+CHECKPOINT = "model.safetensors"        # the kept epoch (last or best): weights + JSON metadata, never pickled
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.json"
 HISTORY = "history.json"

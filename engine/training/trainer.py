@@ -2,9 +2,10 @@
 
 The loop is plain PyTorch. It reports through `Callback` hooks carrying plain values, checks
 `RunControl` between batches (pause/cancel), and writes the checkpoint atomically after every epoch (or,
-with checkpoint 'best', whenever validation improves), so stopping at any moment never loses it. After every epoch, every few minutes within
-one and at a cancel it also keeps the last training state, from which `resume=True` continues the fit to
-exactly the end it would have reached (engine.training.runstate, engine.training.snapshot).
+with checkpoint 'best', whenever validation improves), so stopping at any moment never loses it. After
+every epoch, every few minutes within one and at a cancel it also keeps the last training state, from
+which `resume=True` continues the fit to exactly the end it would have reached (engine.training.runstate,
+engine.training.snapshot).
 """
 from __future__ import annotations
 
