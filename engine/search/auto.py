@@ -259,22 +259,22 @@ class RecipeSearch:
                               seconds=time.monotonic() - began, status=status, note="; ".join(trainer.path_notes),
                               val_accuracy=val, run_dir=str(folder) if result.checkpoint else None)
         if status == "done":
-            self._score_on_validation(candidate)
+            self._score_on_validation(candidate, picked_there=config.checkpoint == "best")
         if config.optimizer == "lbfgs" and result.history:
             candidate.screening = result.history[-1].get("cv_accuracy")
         return self._add(candidate)
 
-    def _score_on_validation(self, candidate: Candidate) -> None:
-        """The final protocol: accuracy on the validation images with its 95 % interval."""
+    def _score_on_validation(self, candidate: Candidate, picked_there: bool = False) -> None:
+        """The final protocol: accuracy on the validation images with its 95 % interval; `picked_there`
+        when its epoch was the one best on those images (the incumbent with checkpoint 'best')."""
         right = self._correct(candidate)
         if not len(right):
             candidate.scored_by = f"not scored: no validation {self.noun}"
             return
         candidate.score = float(right.mean())
         candidate.interval = list(wilson_interval(int(right.sum()), len(right)))
-        picked = json.loads(RunFolder(candidate.run_dir).config.read_text(encoding="utf-8")).get("checkpoint")
         candidate.scored_by = f"validation split ({len(right)} {self.noun}, " + (
-            "its epoch picked there, which can only favour it)" if picked == "best" else
+            "its epoch picked there, which can only favour it)" if picked_there else
             "not used to train or pick it)")
 
     def _correct(self, candidate: Candidate) -> np.ndarray:
@@ -786,8 +786,8 @@ class RecipeSearch:
                              len(self.report.split("train")))
 
     def _warn_shift(self) -> None:
-        default = self.candidates[0] if self.candidates else None
         if self._screening_misleads():
+            default = self.candidates[0]
             self.warnings.append(
                 f"cross-validation inside the training {self.noun} gives the default recipe "
                 f"{default.screening:.0%}, the validation {self.noun} {default.score:.0%}: they come from different "
