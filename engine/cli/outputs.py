@@ -51,17 +51,16 @@ def register(subparsers) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from engine.outputs.export import ExportError, export_run, export_weights
-    from engine.outputs.textpredict import is_text_model
+    from engine.outputs.export import ExportError, export_weights
+    from engine.outputs.predict import model_modality
     if not args.onnx and not args.safetensors:
         raise ExportError("say what to write: --onnx OUT.onnx and/or --safetensors OUT.safetensors")
     summary = {}
-    if is_text_model(args.run):
-        return _export_text(args)
     if args.onnx:
         with TerminalProgress() as progress:
-            result = export_run(args.run, args.onnx, verify_images=args.verify_images, tolerance=args.tolerance,
-                                exporter=args.exporter, dynamic_size=args.dynamic_size, progress=progress)
+            result = model_modality(args.run).export(
+                args.run, args.onnx, verify=args.verify_images, tolerance=args.tolerance, exporter=args.exporter,
+                dynamic_size=args.dynamic_size, progress=progress)
         for warning in result.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         summary.update(result.to_dict())
@@ -71,69 +70,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_text(args: argparse.Namespace) -> int:
-    from engine.outputs.export import ExportError
-    from engine.outputs.text_export import export_text_run
-    if args.safetensors or not args.onnx:
-        raise ExportError("a text model exports to --onnx OUT.onnx (with OUT.tokenizer.json beside it)")
-    exporter = {"dynamo": "dynamo", "legacy": "legacy"}.get(args.exporter, "auto")
-    with TerminalProgress() as progress:
-        result = export_text_run(args.run, args.onnx, verify_texts=args.verify_images, tolerance=args.tolerance,
-                                 exporter=exporter, progress=progress)
-    for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    print(json.dumps(result.to_dict()))
-    return 0
-
-
-def _predict_texts(args: argparse.Namespace) -> int:
-    from engine.outputs.predict import write_csv
-    from engine.outputs.textpredict import load_text_classifier, predict_texts, prediction_line, read_text_inputs
-    classifier = load_text_classifier(args.model, args.device)
-    items = []
-    for arg in args.images:
-        suffix = Path(arg).suffix.lower()
-        if suffix in (".csv", ".tsv") and Path(arg).is_file():
-            items += read_text_inputs(csv_file=arg, column=args.text_column)
-        elif suffix == ".txt" and Path(arg).is_file():
-            items += read_text_inputs(text_file=arg)
-        else:
-            items += [(f"arg {len(items) + 1}", arg)]
-    items += read_text_inputs(text_file=args.text_file) if args.text_file else []
-    if not items:
-        raise ValueError("no texts given: add texts, a .txt file (one per line) or a .csv with a text column")
-    texts = dict(items)
-    with TerminalProgress() as progress:
-        report = predict_texts(classifier, items, top_k=args.top_k, threshold=args.threshold,
-                               batch_size=max(1, args.batch_size), progress=progress)
-    for prediction in report.predictions:
-        print(prediction_line(prediction, texts[prediction.path]))
-    for skipped in report.skipped:
-        print(f"skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
-    if args.csv:
-        write_csv(report, args.csv, args.top_k)
-    if not report.predictions:
-        raise ValueError("every text given was empty")
-    return 0
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
-    from engine.outputs.predict import load_classifier, predict_images, write_csv
-    from engine.outputs.textpredict import is_text_model
-    if is_text_model(args.model):
-        return _predict_texts(args)
-    if not args.images:
-        raise ValueError("give images or folders to predict")
+    from engine.outputs.predict import load_classifier, model_modality, predict_items, write_csv
+    modality = model_modality(args.model)
+    items, skipped = modality.prediction_items(args.images, text_file=args.text_file, text_column=args.text_column)
     classifier = load_classifier(args.model, args.device)
     with TerminalProgress() as progress:
-        report = predict_images(classifier, args.images, top_k=args.top_k, threshold=args.threshold,
-                                batch_size=max(1, args.batch_size), progress=progress)
+        report = predict_items(classifier, items, modality.prediction_input, top_k=args.top_k,
+                               threshold=args.threshold, batch_size=max(1, args.batch_size), progress=progress)
+    report.skipped[:0] = skipped
+    payloads = dict(items)
     for prediction in report.predictions:
-        print(json.dumps(prediction.to_dict(), ensure_ascii=False))
+        record = prediction.to_dict()
+        shown = {"path": record.pop("path"), **modality.prediction_fields(payloads[prediction.path]), **record}
+        print(json.dumps(shown, ensure_ascii=False))
     for skipped in report.skipped:
         print(f"skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
     if args.csv:
         write_csv(report, args.csv, args.top_k)
     if not report.predictions:
-        raise ValueError("no image could be read" if report.skipped else "no images found")
+        raise ValueError(f"no {modality.noun} could be read" if report.skipped else f"no {modality.nouns} found")
     return 0

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 from engine.data.preprocessing import Preprocessing
 
+from engine.core.modality import DEFAULT as DEFAULT_MODALITY
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -80,6 +82,7 @@ class ModelBundle:
     preprocessing: Preprocessing
     weights: str                     # 'imagenet (package)', 'random', or a file path
     classes: list[str] = field(default_factory=list)
+    modality: str = DEFAULT_MODALITY  # the engine.core.modality name of what it classifies
 
 
 class ModelError(ValueError):

@@ -11,11 +11,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from engine.core import modality as modalities
 from engine.core.files import atomic_path
 from engine.data.preprocessing import Preprocessing
-from engine.models.catalog import ModelBundle, build_architecture, get_spec
+from engine.models.catalog import ModelBundle
 from engine.models.ensemble import MEMBER_FIELDS, ensemble_module, is_ensemble
-from engine.models.heads import HEADS, head_kind
+from engine.models.heads import HEADS
 from engine.models.predictor import tta_setting
 
 FORMAT = "transferlab-checkpoint/1"
@@ -40,7 +41,8 @@ class Checkpoint:
 
     @property
     def modality(self) -> str:
-        return self.meta.get("modality", "image")
+        """The engine.core.modality name of what it classifies (images, for files from before texts)."""
+        return self.meta.get("modality") or modalities.DEFAULT
 
     def tokenizer(self):
         """A text checkpoint's tokenizer (engine.data.tokens.TextTokenizer), carried in its metadata."""
@@ -55,13 +57,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, bundle: ModelBund
     "head" (read from the model) lets `load_checkpoint` rebuild the same classifier; "tta" says what the
     model predicts with (engine.models.predictor), for `predict` and the ONNX export.
     """
-    if getattr(bundle, "modality", "image") == "text":
-        from engine.models.text import text_checkpoint_meta
-        described = text_checkpoint_meta(bundle, model)
-    else:
-        described = {"backbone": bundle.spec.name, "arch": bundle.spec.arch,
-                     "preprocessing": bundle.preprocessing.to_dict(), "head": head_kind(model)}
-    meta = {"format": FORMAT, **described, "classes": list(classes), "tta": tta_setting({"tta": tta}),
+    modality = modalities.of(bundle.modality)
+    meta = {"format": FORMAT, "modality": modality.name, **modality.checkpoint_meta(bundle, model), "classes": list(classes), "tta": tta_setting({"tta": tta}),
             "weights_origin": bundle.weights, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **(extra or {})}
     # CPU tensors, so a checkpoint trained on a GPU loads anywhere (`to(copy=True)`: the clone as before)
@@ -122,11 +119,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, Checkpoint]:
         raise CheckpointError(f"{os.path.basename(path)}: unknown head {head!r}")
     if is_ensemble(meta):
         return _load_ensemble(path, meta), Checkpoint(meta)
-    if meta.get("modality") == "text":
-        from engine.models.text import build_text_model
-        model, _ = build_text_model(meta)
-    else:
-        model = build_architecture(get_spec(meta["backbone"]).name, len(meta["classes"]), head)
+    model = modalities.of(meta).build_from_meta(meta, head)
     try:
         model.load_state_dict(load_file(os.fspath(path), device="cpu"))
     except Exception as exc:  # noqa: BLE001
@@ -142,8 +135,7 @@ def _load_ensemble(path: str | os.PathLike, meta: dict) -> nn.Module:
         for index, member in enumerate(meta["ensemble"]):
             if member.get("head", "linear") not in HEADS:
                 raise ValueError(f"unknown head {member.get('head')!r}")
-            model = build_architecture(get_spec(member["backbone"]).name, len(meta["classes"]),
-                                       member.get("head", "linear"))
+            model = modalities.of(meta).build_from_meta({**meta, **member}, member.get("head", "linear"))
             prefix = f"members.{index}."
             model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
             bare.append(model.eval())

@@ -36,6 +36,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from engine import __version__
+from engine.core import modality as modalities
 from engine.core.control import RunControl
 from engine.core.errors import first_line
 from engine.core.files import atomic_path, write_json
@@ -44,7 +45,6 @@ from engine.core.runfolder import RunFolder
 from engine.data.images import ImageError, load_image
 from engine.data.preprocessing import Preprocessing
 from engine.data.transforms import eval_transform
-from engine.models.catalog import build_architecture
 from engine.models.checkpoint import load_checkpoint
 from engine.models.predictor import predictor
 from engine.outputs.predict import (ONNX_FORMAT, OnnxClassifier, collect_images, preprocess_image, read_onnx_metadata,
@@ -434,11 +434,11 @@ def export_weights(run_or_checkpoint: str | os.PathLike, out_path: str | os.Path
     flat = {"arch": meta["arch"], "num_classes": str(len(meta["classes"])),
             "classes": json.dumps(meta["classes"]), "preprocessing": json.dumps(meta["preprocessing"]),
             "backbone": meta["backbone"], "trained": str(meta.get("created", "")),
-            "head": meta.get("head", "linear"), "tta": meta.get("tta", "none")}
+            "head": meta.get("head", "linear"), "tta": meta.get("tta", "none"), "modality": checkpoint.modality}
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(out) as tmp:
         save_file(state, str(tmp), metadata=flat)
-        rebuilt = build_architecture(meta["backbone"], len(meta["classes"]), flat["head"])
+        rebuilt = modalities.of(meta).build_from_meta(meta, flat["head"])
         rebuilt.load_state_dict(load_file(str(tmp)), strict=True)
     return str(out)
 

@@ -21,7 +21,9 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from engine.core import modality as modalities
 from engine.core.control import RunControl
+from engine.core.modality import Modality
 from engine.core.errors import first_line
 from engine.core.runfolder import CHECKPOINT, RunFolder
 from engine.data.images import ImageError, has_image_extension, is_hidden_or_system, load_image
@@ -88,6 +90,7 @@ class TorchClassifier:
     evaluated it (test-time flip from the checkpoint's "tta", engine.models.predictor)."""
 
     kind = "torch"
+    modality = "image"
 
     def __init__(self, checkpoint_path: str | os.PathLike, device: str = "cpu"):
         _refuse_pickle(checkpoint_path)
@@ -98,8 +101,7 @@ class TorchClassifier:
         self.path = str(checkpoint_path)
         self.device = resolve_device(device)
         model, checkpoint = load_checkpoint(checkpoint_path)
-        if checkpoint.modality == "text":
-            raise ModelFileError(f"{os.path.basename(self.path)} classifies texts, not images")
+        refuse_other_modality(self.path, checkpoint.meta, self.modality)
         if self.device.type != "cpu":
             model = model.to(self.device)
         self.model = predictor(model, checkpoint.meta)
@@ -125,12 +127,12 @@ class OnnxClassifier:
     """An exported `.onnx` file run with onnxruntime; classes and preprocessing come from its metadata."""
 
     kind = "onnx"
+    modality = "image"
 
     def __init__(self, onnx_path: str | os.PathLike):
         self.path = str(onnx_path)
         self.session, self.meta = open_onnx(self.path)
-        if self.meta.get("modality") == "text":
-            raise ModelFileError(f"{os.path.basename(self.path)} classifies texts, not images")
+        refuse_other_modality(self.path, self.meta, self.modality)
         self.classes = list(self.meta["classes"])
         self.preprocessing = dict(self.meta["preprocessing"])
         self.input_name = self.session.get_inputs()[0].name
@@ -186,15 +188,43 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path | None]:
     return path, run_dir
 
 
-def load_classifier(path: str | os.PathLike, device: str = "cpu") -> TorchClassifier | OnnxClassifier:
-    """A classifier for a run folder, a `.safetensors` checkpoint or an exported `.onnx` file. `device`
-    (auto | cpu | cuda | cuda:N | mps) runs a checkpoint; an `.onnx` file runs in ONNX Runtime on the CPU."""
+def load_classifier(path: str | os.PathLike, device: str = "cpu"):
+    """A classifier for a run folder, a `.safetensors` checkpoint or an exported `.onnx` file, of whatever
+    modality it classifies (`.classes`, `.meta`, `.kind`, `logits(inputs)`). `device` (auto | cpu | cuda |
+    cuda:N | mps) runs a checkpoint; an `.onnx` file runs in ONNX Runtime on the CPU."""
     from engine.core.device import resolve_device
     resolve_device(device)              # a device that is not there is refused first, whatever the model
+    modality = model_modality(path)
     if Path(path).suffix.lower() == ".onnx":
-        return OnnxClassifier(path)
+        return modality.classifier(path, "onnx")
     checkpoint, _ = resolve_checkpoint(path)
-    return TorchClassifier(checkpoint, device)
+    return modality.classifier(checkpoint, "torch", device)
+
+
+def model_modality(path: str | os.PathLike) -> Modality:
+    """What a run folder, checkpoint or `.onnx` file classifies, from its metadata alone (no torch for an
+    `.onnx` file); the default modality when the file cannot be read, whose loader then says why."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".onnx":
+            import onnx                  # not engine.outputs.export: predicting from an .onnx stays torch-free
+            proto = onnx.load(str(path), load_external_data=False)
+            return modalities.of(read_onnx_metadata({p.key: p.value for p in proto.metadata_props}))
+        from engine.models.checkpoint import read_checkpoint_meta
+        checkpoint, _ = resolve_checkpoint(path)
+        return modalities.of(read_checkpoint_meta(checkpoint))
+    except modalities.UnknownModality:
+        raise
+    except Exception:  # noqa: BLE001 - unreadable or not ours: the loader names the problem
+        return modalities.named(None)
+
+
+def refuse_other_modality(path: str, meta: dict, expected: str) -> None:
+    """ModelFileError when a model file classifies another modality than the classifier reading it."""
+    holds = modalities.of(meta)
+    if holds.name != expected:
+        raise ModelFileError(f"{os.path.basename(path)} classifies {holds.nouns}, not "
+                             f"{modalities.named(expected).nouns}")
 
 
 def _refuse_pickle(path: str | os.PathLike) -> None:
@@ -262,28 +292,53 @@ def predict_images(classifier: TorchClassifier | OnnxClassifier, inputs: Iterabl
     below it the label is UNKNOWN (the top-k list still says what the model saw). `control` (optional)
     is checked between batches, so a GUI can cancel (raises engine.core.control.Cancelled).
     """
+    paths, skipped = collect_images(inputs)
+    report = predict_items(classifier, [(path, path) for path in paths], read_image_input, top_k=top_k,
+                           threshold=threshold, batch_size=batch_size, progress=progress, control=control)
+    report.skipped[:0] = skipped
+    return report
+
+
+def read_image_input(path: str):
+    """The image at `path` for a classifier; SampleError (its reason) when it cannot be used."""
+    try:
+        return load_image(path)
+    except ImageError as exc:
+        raise SampleError(exc.reason) from None
+
+
+class SampleError(ValueError):
+    """One input cannot be predicted on (unreadable image, empty text); the others go on."""
+
+
+def predict_items(classifier, items: Sequence[tuple[str, object]], read: Callable[[object], object], *,
+                  top_k: int = 5, threshold: float = 0.0, batch_size: int = 16,
+                  progress: Callable[[str, int, int], None] | None = None,
+                  control: RunControl | None = None) -> PredictionReport:
+    """Top-k labels with probabilities for each (origin, payload) of any modality: `read(payload)` makes
+    the classifier's input or raises SampleError, which lists the item as skipped with its reason.
+    `threshold` in [0, 1]: below it the label is UNKNOWN; `control` is checked between batches."""
     if top_k < 1:
         raise ValueError(f"top-k must be at least 1, not {top_k}")
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be between 0 and 1, not {threshold}")
-    paths, skipped = collect_images(inputs)
-    report = PredictionReport(skipped=skipped)
-    for start in range(0, len(paths), batch_size):
+    report = PredictionReport()
+    for start in range(0, len(items), batch_size):
         if control is not None:
             control.checkpoint()
-        loaded, images = [], []
-        for path in paths[start:start + batch_size]:
+        origins, inputs = [], []
+        for origin, payload in items[start:start + batch_size]:
             try:
-                images.append(load_image(path))
-                loaded.append(path)
-            except ImageError as exc:
-                report.skipped.append({"path": path, "reason": exc.reason})
-        if images:
-            probs = softmax(classifier.logits(images))
-            report.predictions.extend(_prediction(p, row, classifier.classes, top_k, threshold)
-                                      for p, row in zip(loaded, probs))
+                inputs.append(read(payload))
+                origins.append(origin)
+            except SampleError as exc:
+                report.skipped.append({"path": origin, "reason": str(exc)})
+        if inputs:
+            probs = softmax(classifier.logits(inputs))
+            report.predictions.extend(_prediction(origin, row, classifier.classes, top_k, threshold)
+                                      for origin, row in zip(origins, probs))
         if progress:
-            progress("predict", min(start + batch_size, len(paths)), len(paths))
+            progress("predict", min(start + batch_size, len(items)), len(items))
     return report
 
 

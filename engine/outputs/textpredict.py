@@ -18,23 +18,25 @@ import numpy as np
 
 from engine.core.control import RunControl
 from engine.data.tokens import TextTokenizer
-from engine.outputs.predict import (ModelFileError, PredictionReport, _prediction, open_onnx, read_onnx_metadata,
-                                    resolve_checkpoint, softmax)
+from engine.outputs.predict import (ModelFileError, PredictionReport, SampleError, load_classifier,
+                                    model_modality, open_onnx, predict_items, refuse_other_modality)
 
 TEXT_BATCH = 32
 
 
-class OnnxTextClassifier:
+class TextClassifierBase:
+    modality = "text"
+
+
+class OnnxTextClassifier(TextClassifierBase):
     """An exported text model run with onnxruntime; classes and tokenizer come from its metadata."""
 
     kind = "onnx"
-    modality = "text"
 
     def __init__(self, onnx_path: str | os.PathLike):
         self.path = str(onnx_path)
         self.session, self.meta = open_onnx(self.path)
-        if self.meta.get("modality") != "text":
-            raise ModelFileError(f"{os.path.basename(self.path)} classifies images, not texts")
+        refuse_other_modality(self.path, self.meta, self.modality)
         self.classes = list(self.meta["classes"])
         self.tokens = TextTokenizer(self.meta["tokenizer"], int(self.meta["preprocessing"]["max_tokens"]))
         self.input_name = self.session.get_inputs()[0].name
@@ -46,11 +48,10 @@ class OnnxTextClassifier:
         return self.session.run(None, {self.input_name: tokens})[0].astype(np.float32)
 
 
-class TorchTextClassifier:
+class TorchTextClassifier(TextClassifierBase):
     """A text checkpoint run in PyTorch with the tokenizer its metadata carries."""
 
     kind = "torch"
-    modality = "text"
 
     def __init__(self, checkpoint_path: str | os.PathLike, device: str = "cpu"):
         from engine.core.device import resolve_device
@@ -58,8 +59,7 @@ class TorchTextClassifier:
         self.path = str(checkpoint_path)
         self.device = resolve_device(device)
         model, checkpoint = load_checkpoint(checkpoint_path)
-        if checkpoint.modality != "text":
-            raise ModelFileError(f"{os.path.basename(self.path)} classifies images, not texts")
+        refuse_other_modality(self.path, checkpoint.meta, self.modality)
         self.model = model.to(self.device) if self.device.type != "cpu" else model
         self.meta = checkpoint.meta
         self.classes = checkpoint.classes
@@ -74,24 +74,11 @@ class TorchTextClassifier:
 
 def is_text_model(path: str | os.PathLike) -> bool:
     """Whether a run folder, checkpoint or .onnx file holds a text classifier (reads metadata only)."""
-    path = Path(path)
-    try:
-        if path.suffix.lower() == ".onnx":
-            import onnx                  # not engine.outputs.export: predicting from an .onnx stays torch-free
-            proto = onnx.load(str(path), load_external_data=False)
-            return read_onnx_metadata({p.key: p.value for p in proto.metadata_props}).get("modality") == "text"
-        from engine.models.checkpoint import read_checkpoint_meta
-        checkpoint, _ = resolve_checkpoint(path)
-        return read_checkpoint_meta(checkpoint).get("modality") == "text"
-    except Exception:  # noqa: BLE001 - unreadable or not ours: not a text model (the image path says why)
-        return False
+    return model_modality(path).name == TextClassifierBase.modality
 
 
 def load_text_classifier(path: str | os.PathLike, device: str = "cpu") -> OnnxTextClassifier | TorchTextClassifier:
-    if Path(path).suffix.lower() == ".onnx":
-        return OnnxTextClassifier(path)
-    checkpoint, _ = resolve_checkpoint(path)
-    return TorchTextClassifier(checkpoint, device)
+    return load_classifier(path, device)
 
 
 def read_text_inputs(texts: Iterable[str] = (), text_file: str | os.PathLike | None = None,
@@ -144,27 +131,14 @@ def predict_texts(classifier, items: list[tuple[str, str]], *, top_k: int = 5, t
                   batch_size: int = TEXT_BATCH, progress: Callable[[str, int, int], None] | None = None,
                   control: RunControl | None = None) -> PredictionReport:
     """Top-k labels with probabilities for each (origin, text); empty texts are listed as skipped."""
-    if top_k < 1:
-        raise ValueError(f"top-k must be at least 1, not {top_k}")
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be between 0 and 1, not {threshold}")
-    report = PredictionReport()
-    usable = []
-    for origin, text in items:
-        if text and text.strip():
-            usable.append((origin, text))
-        else:
-            report.skipped.append({"path": origin, "reason": "empty text"})
-    for start in range(0, len(usable), batch_size):
-        if control is not None:
-            control.checkpoint()
-        chunk = usable[start:start + batch_size]
-        probs = softmax(classifier.logits([text for _, text in chunk]))
-        report.predictions.extend(_prediction(origin, row, classifier.classes, top_k, threshold)
-                                  for (origin, _), row in zip(chunk, probs))
-        if progress:
-            progress("predict", min(start + batch_size, len(usable)), len(usable))
-    return report
+    return predict_items(classifier, items, read_text_input, top_k=top_k, threshold=threshold,
+                         batch_size=batch_size, progress=progress, control=control)
+
+
+def read_text_input(text: str) -> str:
+    if not text or not text.strip():
+        raise SampleError("empty text")
+    return text
 
 
 def prediction_line(prediction, text: str) -> str:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from engine.core import modality as modalities
 from engine.core.devicenames import DEVICE_NAMES
 from engine.data.preprocessing import AUGMENTATIONS
-from engine.models.catalog import DEFAULT_BACKBONE, get_spec
+from engine.models.catalog import DEFAULT_BACKBONE
 from engine.models.presets import FREEZE_PRESETS, HEADS, TEST_TIME_AUGMENTATIONS
-from engine.models.text_catalog import is_text_backbone
 
 OPTIMIZERS = ("adamw", "sgd", "lbfgs")
 """'lbfgs': the head solved exactly on cached features (engine.training.logistic); head only, linear head."""
@@ -65,12 +65,11 @@ class TrainConfig:
 
     @property
     def modality(self) -> str:
-        """'text' when the backbone is a text encoder (a catalog name or a Hugging Face folder)."""
-        return "text" if is_text_backbone(self.backbone) else "image"
+        """The engine.core.modality name of what the backbone classifies (a text encoder: texts)."""
+        return modalities.for_backbone(self.backbone).name
 
     def validate(self) -> None:
-        if self.modality == "image":
-            get_spec(self.backbone)      # an unknown backbone fails here, before any work starts
+        modalities.for_backbone(self.backbone).check_backbone(self.backbone)   # before any work starts
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")

@@ -8,14 +8,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from engine.core import modality as modalities
 from engine.core.control import RunControl
 from engine.core.files import write_json
 from engine.core.progress import Progress
 from engine.core.runfolder import RunFolder
 from engine.data.report import DatasetReport
-from engine.data.transforms import ImageDataset, eval_transform
 from engine.models.checkpoint import load_checkpoint
-from engine.models.predictor import predictor
 from engine.training.metrics import classification_metrics, predict_logits
 
 EVAL_BATCH = 32
@@ -35,10 +34,9 @@ def evaluate_test_split(run_dir: str | Path, report: DatasetReport, control: Run
     test = evaluate_split(model, checkpoint, samples, control, progress)
     predictions = json.loads(files.predictions.read_text(encoding="utf-8")) if files.predictions.exists() else {}
     predictions["test"] = test.pop("predictions")
-    if checkpoint.modality == "text":
-        texts = {s.path: s.text for s in samples}
-        for row in predictions["test"] + test["most_confident_wrong"]:
-            row["text"] = texts.get(row["path"], "")
+    shown = {s.path: modalities.of(checkpoint).sample_fields(s) for s in samples}
+    for row in predictions["test"] + test["most_confident_wrong"]:
+        row.update(shown.get(row["path"], {}))
     metrics.setdefault("splits", {})["test"] = test
     metrics.update(test_accuracy=test["accuracy"], evaluated_on="test", per_class=test["per_class"],
                    confusion_matrix=test["confusion_matrix"], most_confident_wrong=test["most_confident_wrong"])
@@ -100,12 +98,4 @@ def _split_logits(model, checkpoint, samples, control, progress):
 def _test_inputs(model, checkpoint, samples) -> tuple[torch.nn.Module, DataLoader]:
     """The network and loader that score `samples` as the run evaluated: images through the evaluation
     transform and the model's predictor, texts through the checkpoint's own tokenizer."""
-    labels = [s.label for s in samples]
-    if checkpoint.modality == "text":
-        from engine.models.text import collate_texts
-        from engine.training.text_trainer import TextDataset
-        dataset = TextDataset([s.text for s in samples], labels)
-        return model, DataLoader(dataset, batch_size=EVAL_BATCH, collate_fn=collate_texts(checkpoint.tokenizer()))
-    net = predictor(model.to(memory_format=torch.channels_last), checkpoint.meta)
-    dataset = ImageDataset([s.path for s in samples], labels, eval_transform(checkpoint.preprocessing))
-    return net, DataLoader(dataset, batch_size=EVAL_BATCH)
+    return modalities.of(checkpoint).eval_inputs(model, checkpoint, samples, EVAL_BATCH)

@@ -1,0 +1,194 @@
+"""What kind of sample a dataset holds, and the one place the engine and the window ask about it.
+
+A `Modality` (images, texts, or one a user registers) says how its samples are read into the one scan
+pipeline, which pretrained models it offers, how the trainer feeds them, how a checkpoint is rebuilt,
+exported, verified and run, how the window shows a sample, and the words every message uses. Outside
+the modality packages (`engine.modalities.image`, `engine.modalities.text`) code asks the modality and
+never compares its name: a third modality plugs in with `register` and edits no engine file, as timm's
+model registry or fastai's blocks do.
+
+The built-in modalities are named here by import path and imported on first use, so this module stays
+torch-free and sits below every layer that asks it.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+DEFAULT = "image"   # what a report, checkpoint or ONNX file from before texts existed holds
+
+_BUILT_IN = {"image": "engine.modalities.image:IMAGES", "text": "engine.modalities.text:TEXTS"}
+_registered: dict[str, Modality] = {}
+_order: list[str] = []       # asked in this order for a source or a backbone; registered ones first
+
+
+class Modality:
+    """One kind of sample. Subclasses fill in what their samples need; the defaults say what is optional.
+
+    The words: `noun` ("image") and `nouns` ("images") in every message, `count(n)` ("1 image", "3 images").
+    """
+
+    name: str = ""
+    noun: str = "sample"
+    nouns: str = "samples"
+
+    def count(self, n: int) -> str:
+        return f"{n:,} {self.noun if n == 1 else self.nouns}"
+
+    # -- data: the reader of the one scan pipeline ---------------------------------------------------
+    def reads(self, source) -> bool:
+        """Whether `source` (a path) holds this modality's samples; asked before a scan picks a reader."""
+        raise NotImplementedError
+
+    def scan(self, source, *, seed: int = 0, backbone: str | None = None, progress=None, control=None,
+             **options):
+        """The DatasetReport of `source`; `backbone` lets a modality measure samples as that model sees
+        them (a text encoder's tokens); `options` are the reader's own (text and label columns)."""
+        raise NotImplementedError
+
+    def sample_fields(self, sample) -> dict:
+        """What a prediction row shows beside a sample's path (a text's text); {} when the path says it."""
+        return {}
+
+    # -- models ---------------------------------------------------------------------------------------
+    def owns_backbone(self, name: str | None) -> bool:
+        """Whether `name` (a catalog name or a local folder) is one of this modality's pretrained models."""
+        return False
+
+    def backbone_rows(self) -> list[dict]:
+        """The catalog as rows for `list-backbones` and the window's model list, each with its "modality"."""
+        return []
+
+    @property
+    def default_backbone(self) -> str | None:
+        return None
+
+    def check_backbone(self, name: str) -> None:
+        """Raise a one-line error when `name` cannot be built, before any work starts."""
+
+    def prepare_config(self, config):
+        """The TrainConfig as this modality trains it (a text encoder's own token count, say)."""
+        return config
+
+    def create_bundle(self, config, num_classes: int):
+        """The model to train (a bundle with `.model`, `.spec`, `.preprocessing`, `.weights`)."""
+        raise NotImplementedError
+
+    def checkpoint_meta(self, bundle, model) -> dict:
+        """What a checkpoint records to rebuild `model` ("modality", "backbone", "head", ...)."""
+        raise NotImplementedError
+
+    def build_from_meta(self, meta: dict, head: str):
+        """The bare, untrained architecture a checkpoint's metadata describes (weights are loaded after)."""
+        raise NotImplementedError
+
+    # -- training ---------------------------------------------------------------------------------------
+    def training_inputs(self, trainer):
+        """The trainer's input pipeline (engine.training.inputs.TrainingInputs) for this modality."""
+        raise NotImplementedError
+
+    def eval_inputs(self, model, checkpoint, samples, batch_size: int):
+        """(network, loader) that score `samples` with a loaded checkpoint exactly as the run evaluated."""
+        raise NotImplementedError
+
+    def recipe_search(self):
+        """The RecipeSearch class whose phases suit this modality."""
+        from engine.search.auto import RecipeSearch
+        return RecipeSearch
+
+    # -- outputs ----------------------------------------------------------------------------------------
+    def export(self, run_dir, out, **options) -> dict:
+        """Write a verified ONNX file of the run; returns its verification."""
+        raise NotImplementedError
+
+    def classifier(self, path, kind: str, device: str = "cpu"):
+        """What predicts with a checkpoint (kind 'torch') or an exported file (kind 'onnx')."""
+        raise NotImplementedError
+
+    def prediction_items(self, arguments: list[str], **options) -> tuple[list[tuple[str, object]], list[dict]]:
+        """What a user asked to predict on, as ((origin, payload) pairs, skipped [{"path", "reason"}]):
+        files and folders for images; texts, text files or CSVs for texts. ValueError when nothing was given."""
+        raise NotImplementedError
+
+    def prediction_input(self, payload):
+        """One payload as its classifier's input; engine.outputs.predict.SampleError when it cannot be used."""
+        return payload
+
+    def prediction_fields(self, payload) -> dict:
+        """What a printed prediction shows beside its origin (a text's text); {} when the origin says it."""
+        return {}
+
+    def __repr__(self) -> str:
+        return f"<modality {self.name}>"
+
+
+class UnknownModality(ValueError):
+    """A report, checkpoint or file names a modality nobody registered."""
+
+
+def register(modality: Modality) -> Modality:
+    """Make `modality` known by its name; a later registration replaces an earlier one of that name.
+    Registered modalities are asked about sources and backbones before the built-in ones."""
+    if not modality.name:
+        raise ValueError("a modality needs a name")
+    _registered[modality.name] = modality
+    if modality.name in _order:
+        _order.remove(modality.name)
+    _order.insert(0, modality.name)
+    return modality
+
+
+def unregister(name: str) -> None:
+    """Forget a registered modality (a test's own); a built-in one comes back on its next use."""
+    _registered.pop(name, None)
+    if name in _order:
+        _order.remove(name)
+
+
+def named(name: str | None) -> Modality:
+    """The modality called `name` (None: the default, as files from before texts existed)."""
+    name = name or DEFAULT
+    if name not in _registered:
+        if name not in _BUILT_IN:
+            raise UnknownModality(f"no modality called {name!r} (known: {', '.join(names())})")
+        module, attribute = _BUILT_IN[name].split(":")
+        _registered[name] = getattr(importlib.import_module(module), attribute)
+    return _registered[name]
+
+
+def names() -> list[str]:
+    return list(dict.fromkeys([*_order, *_BUILT_IN]))
+
+
+def every() -> list[Modality]:
+    """Every modality, in the order they are asked: registered first, then texts, then images (images
+    are what a folder of anything else is scanned as)."""
+    return [named(name) for name in names() if name != DEFAULT] + [named(DEFAULT)]
+
+
+def of(thing: Any) -> Modality:
+    """The modality of a report, a checkpoint (`.modality`), a checkpoint's metadata dict or a name."""
+    if isinstance(thing, dict):
+        return named(thing.get("modality"))
+    if isinstance(thing, str) or thing is None:
+        return named(thing)
+    return named(getattr(thing, "modality", None))
+
+
+def for_source(source) -> Modality:
+    """The modality whose reader takes `source`; images when no other claims it."""
+    if source:
+        for modality in every():
+            if modality.name != DEFAULT and modality.reads(os.fspath(source) if hasattr(source, "__fspath__")
+                                                           else source):
+                return modality
+    return named(DEFAULT)
+
+
+def for_backbone(name: str | None) -> Modality:
+    """The modality `name` (a catalog name or a model folder) is a pretrained model of; images otherwise."""
+    for modality in every():
+        if modality.name != DEFAULT and modality.owns_backbone(name):
+            return modality
+    return named(DEFAULT)

@@ -1,0 +1,93 @@
+"""Images: folders, zip files or CSVs of photos, timm backbones, pixels through the evaluation transform.
+
+The image code itself lives where each layer keeps it (engine.data.scan, engine.models.catalog,
+engine.training.image_inputs, engine.outputs.export and .predict); this object is the one place that
+says "for images, use these". Every import is lazy, so asking for the modality costs nothing.
+"""
+from __future__ import annotations
+
+from engine.core.modality import Modality
+
+
+class ImageModality(Modality):
+    name = "image"
+    noun = "image"
+    nouns = "images"
+
+    def reads(self, source) -> bool:
+        return bool(source)          # images are what a folder of anything else is scanned as
+
+    def scan(self, source, *, seed: int = 0, backbone: str | None = None, progress=None, control=None,
+             **options):
+        from engine.data.scan import scan_dataset
+        return scan_dataset(source, seed=seed, progress=progress, control=control)
+
+    def owns_backbone(self, name: str | None) -> bool:
+        from engine.models.catalog import CATALOG
+        return any(name in (spec.name, spec.arch) for spec in CATALOG)
+
+    def backbone_rows(self) -> list[dict]:
+        from engine.models.catalog import list_backbones
+        return [{**row, "modality": self.name} for row in list_backbones()]
+
+    @property
+    def default_backbone(self) -> str:
+        from engine.models.catalog import DEFAULT_BACKBONE
+        return DEFAULT_BACKBONE
+
+    def check_backbone(self, name: str) -> None:
+        from engine.models.catalog import get_spec
+        get_spec(name)
+
+    def create_bundle(self, config, num_classes: int):
+        from engine.models.catalog import create_model
+        return create_model(config.backbone, num_classes, weights=config.weights, input_size=config.image_size,
+                            head=config.head)
+
+    def checkpoint_meta(self, bundle, model) -> dict:
+        from engine.models.heads import head_kind
+        return {"backbone": bundle.spec.name, "arch": bundle.spec.arch,
+                "preprocessing": bundle.preprocessing.to_dict(), "head": head_kind(model)}
+
+    def build_from_meta(self, meta: dict, head: str):
+        from engine.models.catalog import build_architecture, get_spec
+        return build_architecture(get_spec(meta["backbone"]).name, len(meta["classes"]), head)
+
+    def training_inputs(self, trainer):
+        from engine.training.image_inputs import ImageInputs
+        return ImageInputs(trainer)
+
+    def eval_inputs(self, model, checkpoint, samples, batch_size: int):
+        import torch
+        from torch.utils.data import DataLoader
+
+        from engine.data.transforms import ImageDataset, eval_transform
+        from engine.models.predictor import predictor
+        net = predictor(model.to(memory_format=torch.channels_last), checkpoint.meta)
+        dataset = ImageDataset([s.path for s in samples], [s.label for s in samples],
+                               eval_transform(checkpoint.preprocessing))
+        return net, DataLoader(dataset, batch_size=batch_size)
+
+    def export(self, run_dir, out, *, verify=None, tolerance: float = 1e-3, exporter: str = "auto",
+               dynamic_size: bool = False, progress=None, control=None):
+        from engine.outputs.export import export_run
+        return export_run(run_dir, out, verify_images=verify, tolerance=tolerance, exporter=exporter,
+                          dynamic_size=dynamic_size, progress=progress, control=control)
+
+    def classifier(self, path, kind: str, device: str = "cpu"):
+        from engine.outputs.predict import OnnxClassifier, TorchClassifier
+        return OnnxClassifier(path) if kind == "onnx" else TorchClassifier(path, device)
+
+    def prediction_items(self, arguments: list[str], **options):
+        from engine.outputs.predict import collect_images
+        if not arguments:
+            raise ValueError("give images or folders to predict")
+        paths, skipped = collect_images(arguments)
+        return [(path, path) for path in paths], skipped
+
+    def prediction_input(self, payload):
+        from engine.outputs.predict import read_image_input
+        return read_image_input(payload)
+
+
+IMAGES = ImageModality()

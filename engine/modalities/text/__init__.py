@@ -1,0 +1,124 @@
+"""Texts: CSV/TSV/JSONL files or folders of .txt files, sentence encoders from local Hugging Face folders,
+tokens through the encoder's own tokenizer.
+
+This object is the one place that says "for texts, use these"; every import is lazy, so asking for the
+modality costs nothing (no torch, no transformers).
+"""
+from __future__ import annotations
+
+from engine.core.modality import Modality
+
+
+class TextModality(Modality):
+    name = "text"
+    noun = "text"
+    nouns = "texts"
+
+    def reads(self, source) -> bool:
+        from engine.data.texts import is_text_dataset
+        return bool(source) and is_text_dataset(source)
+
+    def scan(self, source, *, seed: int = 0, backbone: str | None = None, progress=None, control=None,
+             max_tokens: int | None = None, text_column: str | None = None, label_column: str | None = None,
+             split_column: str | None = None):
+        """The report of a text dataset, its long texts counted with `backbone`'s tokenizer (default: the
+        default text encoder)."""
+        from engine.data.texts import scan_texts
+        from engine.models.text import tokenizer_from_folder
+        from engine.models.text_catalog import encoder_folder
+        encoder = backbone if self.owns_backbone(backbone) else self.default_backbone
+        tokenizer = tokenizer_from_folder(encoder_folder(encoder), max_tokens)
+        return scan_texts(source, text_column=text_column, label_column=label_column, split_column=split_column,
+                          seed=seed, token_counter=tokenizer.token_counts, max_tokens=tokenizer.max_tokens,
+                          progress=progress, control=control)
+
+    def sample_fields(self, sample) -> dict:
+        return {"text": sample.text or ""}
+
+    def owns_backbone(self, name: str | None) -> bool:
+        from engine.models.text_catalog import is_text_backbone
+        return is_text_backbone(name)
+
+    def backbone_rows(self) -> list[dict]:
+        from engine.models.text_catalog import list_text_encoders
+        return [{**row, "modality": self.name} for row in list_text_encoders()]
+
+    @property
+    def default_backbone(self) -> str:
+        from engine.models.text_catalog import DEFAULT_TEXT_ENCODER
+        return DEFAULT_TEXT_ENCODER
+
+    def prepare_config(self, config):
+        from engine.training.text_trainer import prepare_text_config
+        return prepare_text_config(config)
+
+    def create_bundle(self, config, num_classes: int):
+        from engine.models.text import create_text_model
+        return create_text_model(config.backbone, num_classes, head=config.head, max_tokens=config.max_tokens,
+                                 weights=config.weights)
+
+    def checkpoint_meta(self, bundle, model) -> dict:
+        from engine.models.text import text_checkpoint_meta
+        return text_checkpoint_meta(bundle, model)
+
+    def build_from_meta(self, meta: dict, head: str):
+        from engine.models.text import build_text_model
+        return build_text_model({**meta, "head": head})[0]
+
+    def training_inputs(self, trainer):
+        from engine.training.text_trainer import TextInputs
+        return TextInputs(trainer)
+
+    def eval_inputs(self, model, checkpoint, samples, batch_size: int):
+        from torch.utils.data import DataLoader
+
+        from engine.models.text import collate_texts
+        from engine.training.text_trainer import TextDataset
+        dataset = TextDataset([s.text for s in samples], [s.label for s in samples])
+        return model, DataLoader(dataset, batch_size=batch_size, collate_fn=collate_texts(checkpoint.tokenizer()))
+
+    def recipe_search(self):
+        from engine.search.text_search import TextRecipeSearch
+        return TextRecipeSearch
+
+    def export(self, run_dir, out, *, verify=None, tolerance: float = 1e-3, exporter: str = "auto",
+               dynamic_size: bool = False, progress=None, control=None):
+        from engine.outputs.export import ExportError
+        from engine.outputs.text_export import export_text_run
+        if dynamic_size:
+            raise ExportError("a text model takes any number of texts already; --dynamic-size is for images")
+        return export_text_run(run_dir, out, verify_texts=verify, tolerance=tolerance, exporter=exporter,
+                               progress=progress, control=control)
+
+    def classifier(self, path, kind: str, device: str = "cpu"):
+        from engine.outputs.textpredict import OnnxTextClassifier, TorchTextClassifier
+        return OnnxTextClassifier(path) if kind == "onnx" else TorchTextClassifier(path, device)
+
+    def prediction_items(self, arguments: list[str], *, text_file=None, text_column: str | None = None, **options):
+        """Each argument is a text, a .txt file (one text per line) or a .csv/.tsv file (its text column)."""
+        from pathlib import Path
+
+        from engine.outputs.textpredict import read_text_inputs
+        items = []
+        for argument in arguments:
+            suffix = Path(argument).suffix.lower()
+            if suffix in (".csv", ".tsv") and Path(argument).is_file():
+                items += read_text_inputs(csv_file=argument, column=text_column)
+            elif suffix == ".txt" and Path(argument).is_file():
+                items += read_text_inputs(text_file=argument)
+            else:
+                items += [(f"arg {len(items) + 1}", argument)]
+        items += read_text_inputs(text_file=text_file) if text_file else []
+        if not items:
+            raise ValueError("no texts given: add texts, a .txt file (one per line) or a .csv with a text column")
+        return items, []
+
+    def prediction_input(self, payload):
+        from engine.outputs.textpredict import read_text_input
+        return read_text_input(payload)
+
+    def prediction_fields(self, payload) -> dict:
+        return {"text": payload}
+
+
+TEXTS = TextModality()
