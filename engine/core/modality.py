@@ -93,9 +93,9 @@ class Modality:
         raise NotImplementedError
 
     def recipe_search(self):
-        """The RecipeSearch class whose phases suit this modality."""
-        from engine.search.auto import RecipeSearch
-        return RecipeSearch
+        """The RecipeSearch class whose phases suit this modality (by default the image one's phases:
+        head recipes on cached features, then the last blocks)."""
+        return getattr(importlib.import_module("engine.search.auto"), "RecipeSearch")   # a higher layer
 
     # -- outputs ----------------------------------------------------------------------------------------
     def export(self, run_dir, out, **options) -> dict:
