@@ -64,7 +64,7 @@ def export_text_model(source: str, out_path: str, exporter: str, control: RunCon
 def verification_text(result: "ExportResult", noun: str = "images") -> str:
     """The proof an export passed, in a sentence a user can check."""
     exporter = dict(EXPORTERS).get(result.exporter, result.exporter).split(" (")[0]
-    return (f"<b>✓ Verified</b> on {result.n_images} {noun}: largest |logit difference| "
+    return (f"<b>✓ Verified</b> on {result.n_samples} {noun}: largest |logit difference| "
             f"<b>{result.max_abs_diff:.2g}</b>, top-1 agreement <b>{100 * result.top1_agreement:.0f} %</b> "
             f"(PyTorch vs onnxruntime). Exporter: {exporter}, {result.seconds:.1f} s.")
 

@@ -56,7 +56,7 @@ def val_paths(run: Path, limit: int = 12) -> list[str]:
 def test_export_matches_pytorch_on_real_images(backbone):
     result = exported(backbone)
     assert result.exporter == "dynamo" and result.warnings == []
-    assert result.max_abs_diff <= 1e-4 and result.top1_agreement == 1.0 and result.n_images == 32
+    assert result.max_abs_diff <= 1e-4 and result.top1_agreement == 1.0 and result.n_samples == 32
     assert result.max_input_diff == 0.0
     assert sorted(p.name for p in Path(result.path).parent.glob(f"{backbone}*")) == \
         [f"{backbone}.json", f"{backbone}.onnx"]            # one self-contained file, no .onnx.data
@@ -97,7 +97,7 @@ def test_metadata_lets_a_user_run_the_file_alone(backbone):
 def test_legacy_exporter_and_dynamic_size(tmp_path):
     result = export_run(trained_run("resnet18"), tmp_path / "m.onnx", exporter="legacy", dynamic_size=True)
     assert result.exporter == "legacy" and result.dynamic_size and result.max_abs_diff <= 1e-4
-    assert result.n_images == 64                          # 32 images at two input sizes
+    assert result.n_samples == 64                          # 32 images at two input sizes
     session = ort.InferenceSession(result.path)
     assert session.run(None, {"input": np.zeros((2, 3, 80, 96), np.float32)})[0].shape == (2, 10)
 

@@ -89,7 +89,7 @@ def test_export_dialog_writes_a_verified_onnx_and_opens_its_folder(qtbot, traine
     assert result.path == str(onnx) and onnx.is_file() and onnx.with_suffix(".json").is_file()
     assert result.top1_agreement == 1.0 and result.max_abs_diff <= 1e-3
     verification = read_metadata(onnx)["verification"]
-    assert verification["top1_agreement"] == 1.0 and verification["images"] == result.n_images
+    assert verification["top1_agreement"] == 1.0 and verification["images"] == result.n_samples
     assert dialog.outcome.weights == str(onnx.with_suffix(".safetensors")) and Path(dialog.outcome.weights).is_file()
     text = dialog.result.text()
     assert "Verified" in text and f"{result.max_abs_diff:.2g}" in text and "100 %" in text and str(onnx) in text

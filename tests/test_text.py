@@ -138,7 +138,7 @@ def test_export_is_verified_on_validation_texts_and_predicts_without_torch(head_
     run, _ = head_run
     onnx_path = tmp_path / "texts.onnx"
     result = export_text_run(run, onnx_path)
-    assert result.top1_agreement == 1.0 and result.max_abs_diff < 1e-3 and result.n_images >= 9
+    assert result.top1_agreement == 1.0 and result.max_abs_diff < 1e-3 and result.n_samples >= 9
     assert (tmp_path / "texts.json").is_file() and (tmp_path / "texts.tokenizer.json").is_file()
     assert is_text_model(onnx_path) and is_text_model(run)
     sample = ["The compiler crashed with a segmentation fault.", "Add two cups of flour and bake."]

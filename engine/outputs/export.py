@@ -53,7 +53,7 @@ from engine.outputs.predict import (ONNX_FORMAT, OnnxClassifier, collect_images,
 EXPORTERS = ("dynamo", "legacy")
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-MAX_VERIFY_IMAGES = 32
+MAX_VERIFY_SAMPLES = 32
 _SIZE_PROBE_STEP = 32                       # a second input size tried when dynamic height/width is asked
 
 
@@ -68,7 +68,7 @@ class ExportResult:
     exporter: str                   # 'dynamo' | 'legacy'
     max_abs_diff: float             # max |logit(PyTorch) - logit(onnxruntime)| over the verification images
     top1_agreement: float           # fraction of verification images with the same top-1 class
-    n_images: int
+    n_samples: int                  # the verification images (texts, ...) each format ran
     seconds: float                  # the whole call
     warnings: list[str] = field(default_factory=list)
     max_input_diff: float = 0.0     # numpy preprocessing vs eval_transform, on the same images
@@ -84,7 +84,7 @@ class _Verification:
     max_abs_diff: float
     max_input_diff: float
     top1_agreement: float
-    n_images: int
+    n_samples: int
     ties: int
     problem: str | None             # why the export must be rejected; None when it passed
     probe_logits: np.ndarray | None = None   # onnxruntime's logits for the first image
@@ -122,13 +122,13 @@ def export_run(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.PathLik
         raise ExportError(f"the output file must end in .onnx, not {target.name!r}")
     if exporter not in ("auto", *EXPORTERS):
         raise ExportError(f"exporter must be auto, {' or '.join(EXPORTERS)}, not {exporter!r}")
-    step = _Steps(progress, control)
+    step = ExportSteps(progress, control)
     step("load model")
     checkpoint_path, run_dir = resolve_checkpoint(run_or_checkpoint)
     bare, checkpoint = load_checkpoint(checkpoint_path)
     model = predictor(bare, checkpoint.meta)
     pre = checkpoint.preprocessing
-    images, notes = _verification_images(run_dir, verify_images)
+    images, notes = _verification_samples(run_dir, verify_images)
     if dynamic_size and not accepts_other_sizes(model, pre):
         notes.append(f"{checkpoint.meta['backbone']} cannot run at other input sizes: exported with a fixed "
                      f"{pre.input_size}×{pre.input_size} input")
@@ -139,7 +139,7 @@ def export_run(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.PathLik
         proto, used, verification, export_seconds = _export_verified(
             model, pre, card, images, tolerance, dynamic_size, exporter, Path(scratch), step, notes)
     card.update(exporter=used, verification={
-        "images": verification.n_images, "max_abs_diff": verification.max_abs_diff,
+        modalities.of(card).nouns: verification.n_samples, "max_abs_diff": verification.max_abs_diff,
         "top1_agreement": verification.top1_agreement, "tolerance": tolerance,
         "date": _now()})
     step("write files")
@@ -148,8 +148,72 @@ def export_run(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.PathLik
     sidecar = target.with_suffix(".json")
     write_json(sidecar, card)
     return ExportResult(str(target), str(sidecar), used, verification.max_abs_diff, verification.top1_agreement,
-                        verification.n_images, time.monotonic() - started, notes, verification.max_input_diff,
+                        verification.n_samples, time.monotonic() - started, notes, verification.max_input_diff,
                         export_seconds, dynamic_size)
+
+
+def export_checked(model: torch.nn.Module, card: dict, target: Path, samples: Sequence, *,
+                   torch_inputs: Callable[[Sequence], torch.Tensor], open_exported: Callable[[Path], object],
+                   exporters: Sequence[str], tolerance: float, step, notes: list[str], started: float,
+                   dynamic_axes: dict[int, str] | None = None, sidecar_omits: Sequence[str] = ()) -> ExportResult:
+    """The verified export every modality but images uses (images add preprocessing twins and sizes):
+    each exporter in turn until one's file, run the way users run it (`open_exported(path).logits(samples)`,
+    from the file's own metadata), gives PyTorch's logits on `torch_inputs(samples)` within `tolerance`
+    with the same top-1; then the file (the card in its metadata) and its JSON sidecar, written atomically.
+
+    `dynamic_axes`: the input's axes besides the batch that vary (texts: {2: "length"}).
+    """
+    example = torch_inputs(samples[:2])
+    input_name = card["input"]["name"]
+    with tempfile.TemporaryDirectory(prefix="transferlab-export-") as scratch:
+        proto, used, verification, export_seconds = first_verified(
+            exporters, card, Path(scratch), step, notes,
+            lambda name, path: run_exporter(name, model, example, path, input_name, dynamic_axes or {}),
+            lambda path: verify_exported(model, open_exported(path), samples, torch_inputs, tolerance))
+    card.update(exporter=used, verification={
+        modalities.of(card).nouns: verification.n_samples, "max_abs_diff": verification.max_abs_diff,
+        "top1_agreement": verification.top1_agreement, "tolerance": tolerance, "date": _now()})
+    step("write files")
+    _set_metadata(proto, card)
+    with atomic_path(target) as tmp:
+        onnx.save(proto, str(tmp))
+        if not np.array_equal(open_exported(tmp).logits(samples[:1]), verification.probe_logits):
+            raise ExportError("the written ONNX file does not reproduce the verified logits")
+    sidecar = target.with_suffix(".json")
+    write_json(sidecar, {k: v for k, v in card.items() if k not in sidecar_omits})
+    return ExportResult(str(target), str(sidecar), used, verification.max_abs_diff, verification.top1_agreement,
+                        verification.n_samples, time.monotonic() - started, notes, 0.0, export_seconds, False)
+
+
+def run_exporter(name: str, model: torch.nn.Module, example: torch.Tensor, path: Path, input_name: str,
+                 dynamic_axes: dict[int, str]) -> None:
+    """One exporter ('dynamo' or 'legacy') on a model with one input, its batch axis and `dynamic_axes` free."""
+    model.eval()
+    if name == "dynamo":
+        dims = {0: torch.export.Dim("batch", min=1, max=4096),
+                **{axis: torch.export.Dim(label, min=2, max=8192) for axis, label in dynamic_axes.items()}}
+        torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False, verbose=False,
+                          opset_version=OPSET, input_names=[input_name], output_names=[OUTPUT_NAME],
+                          dynamic_shapes=(dims,))
+        return
+    axes = {input_name: {0: "batch", **dynamic_axes}, OUTPUT_NAME: {0: "batch"}}
+    with warnings.catch_warnings():   # deprecation and tracer warnings: this exporter is chosen knowingly
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(path), dynamo=False, verbose=False, opset_version=OPSET,
+                          input_names=[input_name], output_names=[OUTPUT_NAME], dynamic_axes=axes)
+
+
+def verify_exported(model: torch.nn.Module, exported_classifier, samples: Sequence,
+                    torch_inputs: Callable[[Sequence], torch.Tensor], tolerance: float) -> _Verification:
+    """PyTorch on `torch_inputs(samples)` against the exported file's own classifier; the ONNX side runs
+    the first sample alone and the rest as one batch (another batch size, another length)."""
+    with torch.inference_mode():
+        reference = model(torch_inputs(samples)).float().numpy()
+    first = exported_classifier.logits(samples[:1])
+    rest = [exported_classifier.logits(samples[1:])] if len(samples) > 1 else []
+    verification = compare_logits(reference, np.concatenate([first, *rest]), tolerance)
+    verification.probe_logits = first
+    return verification
 
 
 def _export_verified(model, pre, card, images, tolerance, dynamic_size, exporter, scratch: Path, step, notes):
@@ -291,6 +355,7 @@ def model_card(meta: dict, run_dir: Path | None, dynamic_size: bool) -> dict:
     ensemble = {"ensemble": meta["ensemble"]} if is_ensemble(meta) else {}
     return {
         "format": ONNX_FORMAT,
+        "modality": modalities.of(meta).name,
         "classes": list(meta["classes"]),
         "backbone": meta["backbone"],
         "arch": meta.get("arch"),
@@ -365,7 +430,7 @@ def _write_onnx(proto: onnx.ModelProto, target: Path, probe_image: Image.Image, 
 
 
 # -- verification images ------------------------------------------------------------------------------
-def _verification_images(run_dir: Path | None, verify_images) -> tuple[list[Image.Image], list[str]]:
+def _verification_samples(run_dir: Path | None, verify_images) -> tuple[list[Image.Image], list[str]]:
     notes = []
     if verify_images is not None:
         paths, _ = collect_images(verify_images)
@@ -374,7 +439,7 @@ def _verification_images(run_dir: Path | None, verify_images) -> tuple[list[Imag
         if not paths:
             paths, _ = collect_images([demo_dataset()])
             notes.append("no validation images found for this model: verified on the bundled demo images")
-    paths = _spread(paths, MAX_VERIFY_IMAGES)
+    paths = spread(paths, MAX_VERIFY_SAMPLES)
     images, unusable = [], 0
     for path in paths:
         try:
@@ -409,8 +474,8 @@ def validation_rows(run_dir: Path | None, usable: Callable[[dict], bool]) -> lis
     return []
 
 
-def _spread(paths: list[str], limit: int) -> list[str]:
-    """At most `limit` paths spread evenly over the list (which is grouped by class)."""
+def spread(paths: list, limit: int) -> list:
+    """At most `limit` items spread evenly over the list (which is grouped by class)."""
     if len(paths) <= limit:
         return list(paths)
     return [paths[int(i * len(paths) / limit)] for i in range(limit)]
@@ -444,7 +509,7 @@ def export_weights(run_or_checkpoint: str | os.PathLike, out_path: str | os.Path
 
 
 # -- helpers ------------------------------------------------------------------------------------------
-class _Steps:
+class ExportSteps:
     """Numbers the steps for `progress(step, done, total)`; total is an estimate (a fallback adds two).
     Each step begins with the cancel check, and none begins inside a file write."""
 

@@ -12,25 +12,21 @@ minutes; the torch.export-based one is the fallback.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
-import onnx
 import torch
 
 from engine.core.control import RunControl
-from engine.core.files import atomic_path, write_json, write_text
+from engine.core.files import write_text
 from engine.models.checkpoint import load_checkpoint
-from engine.outputs.export import (MAX_VERIFY_IMAGES, OPSET, ExportError, ExportResult, _now, _set_metadata, _spread,
-                                   _Steps, compare_logits, first_verified, provenance, validation_rows)
+from engine.outputs.export import (MAX_VERIFY_SAMPLES, OUTPUT_NAME, ExportError, ExportResult, ExportSteps,
+                                   export_checked, provenance, spread, validation_rows)
 from engine.outputs.predict import ONNX_FORMAT, resolve_checkpoint
 from engine.outputs.textpredict import OnnxTextClassifier
 
-INPUT_NAME, OUTPUT_NAME = "tokens", "logits"
+INPUT_NAME = "tokens"
 TEXT_EXPORTERS = ("legacy", "dynamo")
 
 
@@ -43,68 +39,22 @@ def export_text_run(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.Pa
     target = Path(onnx_path)
     if target.suffix.lower() != ".onnx":
         raise ExportError(f"the output file must end in .onnx, not {target.name!r}")
-    step = _Steps(progress, control)
+    step = ExportSteps(progress, control)
     step("load model")
     checkpoint_path, run_dir = resolve_checkpoint(run_or_checkpoint)
     model, checkpoint = load_checkpoint(checkpoint_path)
-    if checkpoint.modality != "text":
-        raise ExportError(f"{checkpoint_path.name} classifies images: export it with export_run")
+    if checkpoint.modality != OnnxTextClassifier.modality:
+        raise ExportError(f"{checkpoint_path.name} does not classify texts: export it with export_run")
     tokenizer = checkpoint.tokenizer()
     texts, notes = _verification_texts(run_dir, verify_texts)
     card = text_model_card(checkpoint.meta, run_dir)
     order = TEXT_EXPORTERS if exporter == "auto" else (exporter,)
-    example = torch.from_numpy(tokenizer.encode(texts[:2]))
-    with tempfile.TemporaryDirectory(prefix="transferlab-export-") as scratch:
-        proto, name, verification, export_seconds = first_verified(
-            order, card, Path(scratch), step, notes, lambda exporter_name, path: _run_exporter(
-                exporter_name, model, example, path),
-            lambda path: _verify(model, tokenizer, path, texts, tolerance))
-    card.update(exporter=name, verification={
-        "texts": verification.n_images, "max_abs_diff": verification.max_abs_diff,
-        "top1_agreement": verification.top1_agreement, "tolerance": tolerance, "date": _now()})
-    step("write files")
-    _set_metadata(proto, card)
-    _write_verified(proto, target, texts[0], verification.probe_logits)
-    sidecar = target.with_suffix(".json")
-    write_json(sidecar, {k: v for k, v in card.items() if k != "tokenizer"})
+    result = export_checked(model, card, target, texts, exporters=order, tolerance=tolerance, step=step, notes=notes,
+                            torch_inputs=lambda batch: torch.from_numpy(tokenizer.encode(list(batch))),
+                            open_exported=OnnxTextClassifier, started=started, dynamic_axes={2: "length"},
+                            sidecar_omits=("tokenizer",))
     write_text(target.with_suffix(".tokenizer.json"), tokenizer.json)
-    return ExportResult(str(target), str(sidecar), name, verification.max_abs_diff, verification.top1_agreement,
-                        verification.n_images, time.monotonic() - started, notes, 0.0, export_seconds, False)
-
-
-def _run_exporter(name: str, model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
-    model.eval()
-    if name == "dynamo":
-        dims = {0: torch.export.Dim("batch", min=1, max=4096), 2: torch.export.Dim("length", min=2, max=8192)}
-        torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False, verbose=False,
-                          opset_version=OPSET, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_shapes=(dims,))
-        return
-    axes = {INPUT_NAME: {0: "batch", 2: "length"}, OUTPUT_NAME: {0: "batch"}}
-    with warnings.catch_warnings():   # deprecation and tracer warnings: this exporter is chosen knowingly
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), str(path), dynamo=False, verbose=False, opset_version=OPSET,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes)
-
-
-def _verify(model, tokenizer, path: Path, texts: list[str], tolerance: float):
-    """PyTorch on the checkpoint's tokenizer vs the torch-free classifier reading the exported file; the
-    ONNX side runs the first text alone and the rest as one batch (other batch size, other length)."""
-    classifier = OnnxTextClassifier(path)
-    with torch.inference_mode():
-        reference = model(torch.from_numpy(tokenizer.encode(texts))).float().numpy()
-    first = classifier.logits(texts[:1])
-    exported = np.concatenate([first] + ([classifier.logits(texts[1:])] if len(texts) > 1 else []))
-    verification = compare_logits(reference, exported, tolerance)
-    verification.probe_logits = first
-    return verification
-
-
-def _write_verified(proto: onnx.ModelProto, target: Path, probe_text: str, expected: np.ndarray) -> None:
-    with atomic_path(target) as tmp:
-        onnx.save(proto, str(tmp))
-        if not np.array_equal(OnnxTextClassifier(tmp).logits([probe_text]), expected):
-            raise ExportError("the written ONNX file does not reproduce the verified logits")
+    return result
 
 
 def text_model_card(meta: dict, run_dir: Path | None) -> dict:
@@ -113,7 +63,7 @@ def text_model_card(meta: dict, run_dir: Path | None) -> dict:
     max_tokens = int(meta["max_tokens"])
     return {
         "format": ONNX_FORMAT,
-        "modality": "text",
+        "modality": meta["modality"],
         "classes": list(meta["classes"]),
         "backbone": meta["backbone"],
         "arch": meta.get("arch"),
@@ -140,7 +90,7 @@ def _verification_texts(run_dir: Path | None, verify_texts) -> tuple[list[str], 
     if not texts:
         raise ExportError("no texts to verify the export on: export a run folder (its validation texts are "
                           "used) or give texts to verify on")
-    return _spread(texts, MAX_VERIFY_IMAGES), notes
+    return spread(texts, MAX_VERIFY_SAMPLES), notes
 
 
 def _validation_texts(run_dir: Path | None) -> list[str]:
