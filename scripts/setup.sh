@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 QT_LIBS="libegl1 libgl1 libfontconfig1 libglib2.0-0 libxkbcommon0 libdbus-1-3 fonts-dejavu-core"
 XVFB_LIBS="xvfb xauth libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0
  libxcb-render-util0 libxcb-shape0 libxcb-randr0 libxcb-xfixes0 libxcb-xkb1 libx11-xcb1"
-DATA_PKGS="dataset-fashion-mnist"
+DATA_PKGS="dataset-fashion-mnist fortunes"   # fortunes: the real texts the text tests train on
 
 missing=()
 for pkg in $QT_LIBS $XVFB_LIBS $DATA_PKGS; do

@@ -119,3 +119,14 @@ def windows(qtbot, tmp_path):
             window.shutdown()
             window.close()
             delete_now(window)
+
+
+FORTUNE_FILES = Path("/usr/share/games/fortunes")
+
+
+def pytest_sessionstart(session):
+    """In CI the text tests must run: a machine without Debian's fortunes (the real texts they train on) is
+    a set-up failure, not 22 quiet skips. scripts/setup.sh installs them."""
+    if os.environ.get("CI") and not (FORTUNE_FILES / "computers").is_file():
+        raise pytest.UsageError("Debian's fortunes are not installed (the text tests train on them): "
+                                "run scripts/setup.sh, which installs the package 'fortunes'")
