@@ -51,16 +51,14 @@ def register(subparsers) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from engine.outputs.export import ExportError, export_weights
-    from engine.outputs.predict import model_modality
+    from engine.outputs.export import ExportError, export_model, export_weights
     if not args.onnx and not args.safetensors:
         raise ExportError("say what to write: --onnx OUT.onnx and/or --safetensors OUT.safetensors")
     summary = {}
     if args.onnx:
         with TerminalProgress() as progress:
-            result = model_modality(args.run).export(
-                args.run, args.onnx, verify=args.verify_images, tolerance=args.tolerance, exporter=args.exporter,
-                dynamic_size=args.dynamic_size, progress=progress)
+            result = export_model(args.run, args.onnx, verify=args.verify_images, tolerance=args.tolerance,
+                                  exporter=args.exporter, dynamic_size=args.dynamic_size, progress=progress)
         for warning in result.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         summary.update(result.to_dict())

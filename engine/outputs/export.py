@@ -152,6 +152,13 @@ def export_run(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.PathLik
                         export_seconds, dynamic_size)
 
 
+def export_model(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, **options) -> ExportResult:
+    """A verified ONNX file of any run: the modality its checkpoint names exports it (`options`: that
+    modality's, such as `verify`, `tolerance`, `exporter`, `dynamic_size`, `progress`, `control`)."""
+    from engine.outputs.predict import model_modality
+    return model_modality(run_or_checkpoint).export(run_or_checkpoint, onnx_path, **options)
+
+
 def export_checked(model: torch.nn.Module, card: dict, target: Path, samples: Sequence, *,
                    torch_inputs: Callable[[Sequence], torch.Tensor], open_exported: Callable[[Path], object],
                    exporters: Sequence[str], tolerance: float, step, notes: list[str], started: float,
