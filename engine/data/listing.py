@@ -17,11 +17,11 @@ from engine.data.report import SPLITS, DatasetError, Problem
 from engine.data.split import CARVE_ALL, CARVE_VAL, SPLIT_FOLDER_NAMES
 from engine.data.ziparchive import extract_zip, is_zip
 
-_CHECKPOINT_EVERY = 256  # directory entries between control.checkpoint() calls
+CHECKPOINT_EVERY = 256  # directory entries (or rows) between control.checkpoint() calls
 
 
-class _SparseCheckpoint:
-    """control.checkpoint() every _CHECKPOINT_EVERY ticks: a directory entry is too cheap to check each."""
+class SparseCheckpoint:
+    """control.checkpoint() every CHECKPOINT_EVERY ticks: a directory entry is too cheap to check each."""
 
     def __init__(self, control: RunControl):
         self._control = control
@@ -29,7 +29,7 @@ class _SparseCheckpoint:
 
     def tick(self) -> None:
         self._ticks += 1
-        if self._ticks % _CHECKPOINT_EVERY == 0:
+        if self._ticks % CHECKPOINT_EVERY == 0:
             self._control.checkpoint()
 
 
@@ -47,7 +47,7 @@ class Lister:
     """Walks sources and records candidates and every file it will not use."""
 
     def __init__(self, control: RunControl):
-        self._checkpoints = _SparseCheckpoint(control)
+        self._checkpoints = SparseCheckpoint(control)
         self.candidates: list[ListedFile] = []
         self.problems: list[Problem] = []
         self.class_locations: dict[str, list[str]] = {}  # class -> folders or CSV
