@@ -14,27 +14,14 @@ from engine.data import images
 from engine.data.csvfile import (csv_cell, csv_columns, has_labels_header, is_csv, read_csv_rows,
                                  resolve_csv_path)
 from engine.data.report import SPLITS, DatasetError, Problem
+from engine.data.split import CARVE_ALL, CARVE_VAL, SPLIT_FOLDER_NAMES
 from engine.data.ziparchive import extract_zip, is_zip
 
-SPLIT_FOLDER_NAMES = {
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "test": "test",
-    "testing": "test",
-}
-
-# Split markers for files whose split we must choose ourselves.
-CARVE_ALL = None  # no split given: carve train/val/test
-CARVE_VAL = "train-pool"  # given as train, but no val given: carve val out of it
-
-_CHECKPOINT_EVERY = 256  # directory entries between control.checkpoint() calls
+CHECKPOINT_EVERY = 256  # directory entries (or rows) between control.checkpoint() calls
 
 
-class _SparseCheckpoint:
-    """control.checkpoint() every _CHECKPOINT_EVERY ticks: a directory entry is too cheap to check each."""
+class SparseCheckpoint:
+    """control.checkpoint() every CHECKPOINT_EVERY ticks: a directory entry is too cheap to check each."""
 
     def __init__(self, control: RunControl):
         self._control = control
@@ -42,12 +29,12 @@ class _SparseCheckpoint:
 
     def tick(self) -> None:
         self._ticks += 1
-        if self._ticks % _CHECKPOINT_EVERY == 0:
+        if self._ticks % CHECKPOINT_EVERY == 0:
             self._control.checkpoint()
 
 
 @dataclass
-class Candidate:
+class ListedFile:
     """A file worth decoding, with the label and split its place in the dataset gives it."""
 
     path: str  # absolute
@@ -60,8 +47,8 @@ class Lister:
     """Walks sources and records candidates and every file it will not use."""
 
     def __init__(self, control: RunControl):
-        self._checkpoints = _SparseCheckpoint(control)
-        self.candidates: list[Candidate] = []
+        self._checkpoints = SparseCheckpoint(control)
+        self.candidates: list[ListedFile] = []
         self.problems: list[Problem] = []
         self.class_locations: dict[str, list[str]] = {}  # class -> folders or CSV
         self.empty_folders: list[tuple[str, str]] = []  # (class, folder)
@@ -180,7 +167,7 @@ class Lister:
             self.problem(entry.path, reason)
             return
         key = _relative_key(entry.path, key_root)
-        self.candidates.append(Candidate(entry.path, key, label, split))
+        self.candidates.append(ListedFile(entry.path, key, label, split))
 
     # CSV
 
@@ -223,7 +210,7 @@ class Lister:
         if str(csv_path) not in self.class_locations[label]:
             self.class_locations[label].append(str(csv_path))
         key = _relative_key(path, csv_path.parent)
-        self.candidates.append(Candidate(path, key, label, split))
+        self.candidates.append(ListedFile(path, key, label, split))
         return path
 
     def csv_split(self, path: str, row: int, raw: str, has_val: bool):

@@ -15,7 +15,7 @@ SEVERITIES = ("error", "warning", "info")
 
 @dataclass(frozen=True)
 class Sample:
-    path: str  # absolute path to the image file; for a text, where it is ('reviews.csv:row 14')
+    path: str  # where the sample is, its identity: an image's absolute file path; a text's 'reviews.csv:row 14'
     label: int  # index into report.classes
     split: str  # 'train' | 'val' | 'test'
     text: str | None = None  # the text itself, for a text dataset (None for images)
@@ -45,7 +45,7 @@ class DatasetReport:
     max_size: tuple[int, int] | None  # (w, h) of the largest usable image (by area)
     content_hash: str  # digest of relative paths, file hashes, labels, splits
     source_kind: str = "folder"  # 'folder' | 'csv' | 'zip' | 'multiple' | 'jsonl' | 'tsv'
-    modality: str = "image"  # 'image' | 'text'
+    modality: str = "image"  # 'image' | 'text': what one sample is, a noun ("20 texts")
 
     def split(self, name: str) -> list[Sample]:
         """Samples of one split, in report order."""
@@ -160,8 +160,7 @@ def _format_counts_table(report: DatasetReport) -> list[str]:
         lines.append(f"{name:<{width}}  " + "".join(f"{n:>7}" for n in per_split) + f"{sum(per_split):>8}")
     totals = [sum(counts[s].values()) for s in SPLITS]
     lines.append(f"{'total':<{width}}  " + "".join(f"{n:>7}" for n in totals) + f"{sum(totals):>8}")
-    noun = "texts" if report.modality == "text" else "images"
-    lines.append(f"{len(report.classes)} classes, {len(report.samples)} {noun}")
+    lines.append(f"{len(report.classes)} classes, {plural(len(report.samples), report.modality)}")
     return lines
 
 

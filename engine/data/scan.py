@@ -1,4 +1,4 @@
-"""Turning whatever the user dropped into a checked, split, labelled dataset.
+"""Turning whatever the user dropped into a checked, split, labelled image dataset.
 
 `scan_dataset` accepts a folder (class folders or train/val/test folders), a
 CSV of `path,label[,split]`, a zip of any of these, or several of them at
@@ -6,31 +6,26 @@ once.  It decodes every image once, so that problems surface here, in one
 readable report, instead of as a crash in the middle of training.  Nothing
 is dropped silently: every skipped file appears in `DatasetReport.problems`.
 
-This module orchestrates: listing (engine.data.listing), checking
-(engine.data.checks), splitting (engine.data.split) and the report it
-returns (engine.data.report).  No torch and no Qt here.
+`ImageReader` is the image modality's reader for the shared scan
+(engine.data.pipeline): listing (engine.data.listing) and decoding
+(engine.data.checks); the pipeline splits, checks and reports.  No torch and
+no Qt here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from engine.core.control import RunControl
-from engine.core.progress import Progress, no_progress
-from engine.data.checks import FileCheck, check_files
+from engine.core.progress import Progress
+from engine.data.checks import check_files
 from engine.data.csvfile import is_csv
-from engine.data.listing import Candidate, Lister
-from engine.data.report import SPLITS, DatasetError, DatasetReport, Problem, Sample, plural, sorted_problems
-from engine.data.split import (assign_splits, class_size_problems, duplicate_problems, missing_split_problems,
-                               validation_size_problems)
+from engine.data.listing import ListedFile, Lister
+from engine.data.pipeline import Candidate, Reading, SampleReader, SplitSettings, existing_path, scan_samples
+from engine.data.report import DatasetError, DatasetReport, Problem
 from engine.data.ziparchive import is_zip
-
-_CONTENT_HASH_VERSION = "transferlab-dataset-v1"
 
 
 def scan_dataset(
@@ -55,39 +50,53 @@ def scan_dataset(
     cancelling raises `engine.core.control.Cancelled`.
     Raises DatasetError when the result would be unusable.
     """
-    _check_fractions(val_fraction, test_fraction)
-    sources = _as_path_list(source)
-    control = control or RunControl()
-    lister = Lister(control)
-    for path in sources:
-        lister.add_source(path, several=len(sources) > 1)
-    root = _describe_root(sources)
+    settings = SplitSettings(val_fraction, test_fraction, seed, min_images_per_class)
+    return scan_samples(ImageReader(workers), source, settings, progress=progress, control=control)
 
-    candidates = _remove_repeated_files(lister.candidates, lister.problems)
-    checks = check_files([c.path for c in candidates], workers, progress or no_progress, control)
-    settings = _SplitSettings(val_fraction, test_fraction, seed, min_images_per_class)
-    return _build_report(root, _source_kind(sources), lister, candidates, checks, settings)
+
+class ImageReader(SampleReader):
+    """Image files from folders, CSVs and zips, each decoded and hashed once (`workers` threads)."""
+
+    modality = "image"
+    noun = "image"
+    same_as = "same content as"
+    hash_version = "transferlab-dataset-v1"
+    hash_ascii = True
+    units_span_classes = False
+
+    def __init__(self, workers: int = 4):
+        self.workers = workers
+
+    def read(self, source, progress: Progress, control: RunControl) -> Reading:
+        sources = _as_path_list(source)
+        lister = Lister(control)
+        for path in sources:
+            lister.add_source(path, several=len(sources) > 1)
+        root = _describe_root(sources)
+        listed = _remove_repeated_files(lister.candidates, lister.problems)
+        checks = check_files([f.path for f in listed], self.workers, progress, control)
+        problems = list(lister.problems)
+        candidates = []
+        for file, check in zip(listed, checks):
+            if check.reason is None:
+                candidates.append(Candidate(file.path, file.label, file.split, content=check.digest,
+                                            sort_key=(file.key, file.path), position=(file.label, file.key, file.path),
+                                            hash_fields=(file.key, check.digest), size=check.size))
+            else:
+                problems.append(Problem(file.path, check.reason, "error"))
+        return Reading(root, candidates, problems, _layout_name(lister.layouts), _source_kind(sources),
+                       lister.split_given, lister.class_locations, lister.empty_folders,
+                       _empty_message(root, lister, problems))
 
 
 # --- input normalisation -------------------------------------------------------
-
-
-def _check_fractions(val_fraction: float, test_fraction: float) -> None:
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1):
-        raise ValueError("val_fraction and test_fraction must be in [0, 1)")
-    if val_fraction + test_fraction >= 1:
-        raise ValueError("val_fraction + test_fraction must leave images for training")
 
 
 def _as_path_list(source) -> list[Path]:
     items = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     if not items:
         raise DatasetError("No dataset given")
-    paths = [Path(os.path.abspath(os.fspath(item))) for item in items]
-    for path in paths:
-        if not os.path.lexists(path):
-            raise DatasetError(f"'{path}' does not exist")
-    return paths
+    return [existing_path(item) for item in items]
 
 
 def _describe_root(sources: list[Path]) -> str:
@@ -109,151 +118,40 @@ def _source_kind(sources: list[Path]) -> str:
     return "folder"
 
 
-# --- from checked files to the report ------------------------------------------------
+def _layout_name(layouts: set[str]) -> str:
+    return next(iter(layouts)) if len(layouts) == 1 else "mixed"
 
 
-def _remove_repeated_files(candidates: list[Candidate], problems: list[Problem]) -> list[Candidate]:
+# --- what only files have ----------------------------------------------------------------
+
+
+def _remove_repeated_files(listed: list[ListedFile], problems: list[Problem]) -> list[ListedFile]:
     """The same file reached twice (CSV rows, overlapping sources) is kept once."""
-    first_seen: dict[str, Candidate] = {}
+    first_seen: dict[str, ListedFile] = {}
     unique = []
-    for candidate in candidates:
-        identity = os.path.normcase(os.path.abspath(candidate.path))
+    for file in listed:
+        identity = os.path.normcase(os.path.abspath(file.path))
         earlier = first_seen.get(identity)
         if earlier is None:
-            first_seen[identity] = candidate
-            unique.append(candidate)
-        elif earlier.label != candidate.label:
-            reason = (f"same file listed twice with labels '{earlier.label}' and '{candidate.label}'; "
+            first_seen[identity] = file
+            unique.append(file)
+        elif earlier.label != file.label:
+            reason = (f"same file listed twice with labels '{earlier.label}' and '{file.label}'; "
                       f"kept as '{earlier.label}'")
-            problems.append(Problem(candidate.path, reason, "warning"))
+            problems.append(Problem(file.path, reason, "warning"))
         else:
-            problems.append(Problem(candidate.path, "same file listed twice; kept once", "warning"))
+            problems.append(Problem(file.path, "same file listed twice; kept once", "warning"))
     return unique
 
 
-@dataclass(frozen=True)
-class _SplitSettings:
-    val_fraction: float
-    test_fraction: float
-    seed: int
-    min_images_per_class: int
-
-
-def _build_report(root: str, source_kind: str, lister: Lister, candidates: list[Candidate],
-                  checks: list[FileCheck], settings: _SplitSettings) -> DatasetReport:
-    problems = list(lister.problems)
-    usable = []
-    for candidate, check in zip(candidates, checks):
-        if check.reason is None:
-            usable.append((candidate, check))
-        else:
-            problems.append(Problem(candidate.path, check.reason, "error"))
-
-    labels_with_images = {c.label for c, _ in usable}
-    usable = _drop_classes_without_training_images(usable, problems)
-    classes = sorted({c.label for c, _ in usable})
-    _report_dropped_classes(lister, classes, labels_with_images, problems)
-    _raise_if_unusable(root, lister, classes, usable, problems)
-
-    splits = assign_splits(usable, settings.val_fraction, settings.test_fraction, settings.seed)
-    label_index = {name: i for i, name in enumerate(classes)}
-    rows = sorted(
-        ((c, chk, splits[c.path]) for c, chk in usable),
-        key=lambda row: (SPLITS.index(row[2]), label_index[row[0].label], row[0].key, row[0].path),
-    )
-    samples = [Sample(c.path, label_index[c.label], split) for c, _, split in rows]
-
-    problems += duplicate_problems(rows)
-    problems += class_size_problems(rows, classes, lister.class_locations, root, settings.min_images_per_class)
-    problems += missing_split_problems(rows, classes, lister.class_locations)
-    problems += validation_size_problems([split for _, _, split in rows], root, "images")
-    sizes = [chk.size for _, chk, _ in rows]
-    return DatasetReport(
-        root=root,
-        layout=_layout_name(lister.layouts),
-        classes=classes,
-        samples=samples,
-        problems=sorted_problems(problems),
-        split_given=lister.split_given,
-        min_size=min(sizes, key=_area_then_width),
-        max_size=max(sizes, key=_area_then_width),
-        content_hash=_content_hash(rows),
-        source_kind=source_kind,
-    )
-
-
-def _drop_classes_without_training_images(usable, problems: list[Problem]):
-    """A class seen only in given val/test folders cannot be learned: skip its files."""
-    trainable = {c.label for c, _ in usable if c.split not in ("val", "test")}
-    kept = []
-    for candidate, check in usable:
-        if candidate.label in trainable:
-            kept.append((candidate, check))
-        else:
-            reason = f"class '{candidate.label}' has no training images"
-            problems.append(Problem(candidate.path, reason, "error"))
-    return kept
-
-
-def _report_dropped_classes(lister: Lister, classes: list[str], labels_with_images: set[str],
-                            problems: list[Problem]) -> None:
-    """Class-level problems; files of dropped classes already have their own."""
-    kept = set(classes)
-    empty = set(lister.empty_folders)
-    for label, folder in lister.empty_folders:
-        if label in kept:
-            problems.append(Problem(folder, "empty folder", "warning"))
-        else:
-            problems.append(Problem(folder, "empty class folder (class dropped)", "error"))
-    for label, locations in lister.class_locations.items():
-        if label in kept or label in labels_with_images:
-            continue
-        for location in locations:
-            if (label, location) not in empty:
-                reason = f"no usable images for class '{label}' (class dropped)"
-                problems.append(Problem(location, reason, "error"))
-
-
-def _raise_if_unusable(root: str, lister: Lister, classes: list[str], usable, problems) -> None:
-    problems = sorted_problems(problems)
-    if not usable:
-        raise DatasetError(_no_images_message(root, lister, problems), problems)
-    if len(classes) < 2:
-        found = f"'{classes[0]}' ({plural(len(usable), 'image')})"
-        dropped = sorted(set(lister.class_locations) - set(classes))
-        extra = f"; without usable images: {', '.join(repr(d) for d in dropped[:5])}" if dropped else ""
-        raise DatasetError(f"Need at least 2 classes with usable images; found 1: {found}{extra}", problems)
-
-
-def _no_images_message(root: str, lister: Lister, problems: list[Problem]) -> str:
+def _empty_message(root: str, lister: Lister, problems: list[Problem]) -> str | None:
+    """What to say when no image is usable, where a count of errors would not help: images without class
+    folders, or nothing found at all."""
     if lister.loose_images and not lister.class_locations:
         return (
             f"'{root}' holds {lister.loose_images} images directly but no class folders: "
             "put the images in one sub-folder per class"
         )
-    errors = [p for p in problems if p.severity == "error"]
-    if not errors:
-        return f"No images found in '{root}' (expected one sub-folder of images per class)"
-    by_kind: dict[str, int] = {}
-    for problem in errors:
-        by_kind[problem.kind] = by_kind.get(problem.kind, 0) + 1
-    summary = ", ".join(f"{n} {kind}" for kind, n in sorted(by_kind.items(), key=lambda kv: -kv[1]))
-    return f"No usable images in '{root}' ({summary})"
-
-
-# --- report helpers --------------------------------------------------------------------
-
-
-def _layout_name(layouts: set[str]) -> str:
-    return next(iter(layouts)) if len(layouts) == 1 else "mixed"
-
-
-def _area_then_width(size: tuple[int, int]) -> tuple[int, int]:
-    return (size[0] * size[1], size[0])
-
-
-def _content_hash(rows) -> str:
-    """Stable across machines and folder moves: relative keys, not absolute paths."""
-    entries = sorted([c.key, chk.digest, c.label, split] for c, chk, split in rows)
-    payload = json.dumps([_CONTENT_HASH_VERSION, entries], separators=(",", ":"))
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+    if lister.class_locations or lister.empty_folders or any(p.severity == "error" for p in problems):
+        return None
+    return f"No images found in '{root}' (expected one sub-folder of images per class)"

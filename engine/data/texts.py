@@ -10,10 +10,8 @@ Nothing is dropped silently.  No torch and no Qt here.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
-import random
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,12 +19,13 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Sequence
 
 from engine.core.control import RunControl
-from engine.core.progress import Progress, no_progress
+from engine.core.progress import Progress
 from engine.data.csvfile import _CSV_PATH_COLUMNS, resolve_csv_path
 from engine.data.images import has_image_extension, is_hidden_or_system
-from engine.data.listing import CARVE_ALL, CARVE_VAL, SPLIT_FOLDER_NAMES
-from engine.data.report import SPLITS, DatasetError, DatasetReport, Problem, Sample, plural, sorted_problems
-from engine.data.split import IMBALANCE_RATIO, duplicate_reason, split_counts, validation_size_problems
+from engine.data.listing import CHECKPOINT_EVERY, SparseCheckpoint
+from engine.data.pipeline import Candidate, Reading, SampleReader, SplitSettings, existing_path, scan_samples
+from engine.data.report import SPLITS, DatasetError, DatasetReport, Problem, plural
+from engine.data.split import CARVE_ALL, CARVE_VAL, SPLIT_FOLDER_NAMES
 from engine.data.ziparchive import extract_zip
 
 TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".txt")
@@ -38,8 +37,6 @@ _TEXT_NAMES = ("text", "sentence", "content", "body", "review", "message", "comm
 _LABEL_NAMES = ("label", "labels", "class", "category", "target", "sentiment", "topic", "intent", "y")
 _SPLIT_NAMES = ("split", "set", "subset", "fold", "partition")
 _SPLIT_VALUES = {**SPLIT_FOLDER_NAMES, "dev": "val"}
-_CONTENT_HASH_VERSION = "transferlab-text-dataset-v1"
-_CHECKPOINT_EVERY = 256  # rows or files between control.checkpoint() calls
 _PEEK_BYTES = 64 * 1024  # what is_text_dataset reads of a file
 _PEEK_ENTRIES = 2000  # directory entries is_text_dataset looks at, at most
 _WARN_TRUNCATED_FRACTION = 0.25  # above this share of long texts, truncation is a warning, not info
@@ -93,13 +90,9 @@ def scan_texts(
     (texts -> token counts) and `max_tokens`, one problem tells how many texts will be truncated.
     Raises DatasetError when the result would be unusable.
     """
-    _check_fractions(val_fraction, test_fraction)
-    path = _existing_path(source)
-    reader = _Reader(control or RunControl(), progress or no_progress,
-                     _ColumnRequest(text_column, label_column, split_column))
-    found = reader.read_source(path)
-    settings = _Settings(val_fraction, test_fraction, seed, min_texts_per_class, token_counter, max_tokens)
-    return _build_report(str(path), found, settings, reader.control)
+    reader = TextReader(_ColumnRequest(text_column, label_column, split_column), token_counter, max_tokens)
+    settings = SplitSettings(val_fraction, test_fraction, seed, min_texts_per_class)
+    return scan_samples(reader, source, settings, progress=progress, control=control)
 
 
 def text_columns(path) -> dict:
@@ -107,7 +100,7 @@ def text_columns(path) -> dict:
 
     A folder of .txt files has no columns: every value is then empty/None.
     """
-    source = _existing_path(path)
+    source = existing_path(path)
     table_path = source if _is_table_file(source) else _table_inside(source)
     if table_path is None:
         return {"columns": [], "text": None, "label": None, "split": None}
@@ -119,6 +112,36 @@ def text_columns(path) -> dict:
     name = lambda index: None if index is None else table.columns[index]  # noqa: E731
     return {"columns": list(table.columns), "text": name(roles.text), "label": name(roles.label),
             "split": name(roles.split)}
+
+
+class TextReader(SampleReader):
+    """Texts from a table (CSV/TSV/JSONL), class folders of .txt files, or a zip of either; a sample is
+    where it is ('reviews.csv:row 14', 'pos/a.txt') and its text."""
+
+    modality = "text"
+    noun = "text"
+    hash_version = "transferlab-text-dataset-v1"
+    lists_each_skipped_sample = False
+
+    def __init__(self, request: "_ColumnRequest", token_counter: TokenCounter | None = None,
+                 max_tokens: int | None = None):
+        self.request = request
+        self.token_counter = token_counter
+        self.max_tokens = max_tokens
+
+    def read(self, source, progress: Progress, control: RunControl) -> Reading:
+        path = existing_path(source)
+        found = _SourceReader(control, progress, self.request).read_source(path)
+        problems = list(found.problems)
+        rows = _merge_label_spellings(found.rows, problems)
+        return Reading(str(path), [_candidate(row) for row in rows], problems, found.layout, found.source_kind,
+                       found.split_given, _class_locations(rows), _spelled_as_classes(found.empty_folders, rows))
+
+    def review(self, kept: list[Candidate], root: str, control: RunControl) -> list[Problem]:
+        """How many texts the encoder will truncate (with a token counter and a limit)."""
+        if self.token_counter is None or self.max_tokens is None:
+            return []
+        return _long_text_problems(root, [c.text for c in kept], self.token_counter, self.max_tokens, control)
 
 
 # --- what reading produces ----------------------------------------------------------------------------
@@ -134,10 +157,6 @@ class _Row:
     label: str  # as spelled in the source (surrounding whitespace kept, to report typos)
     mode: str | None  # a given split, CARVE_VAL (given train, val to carve) or CARVE_ALL
     location: str  # the file or class folder, for class-level problems
-    key: str = field(init=False)  # what identical texts share (see _normalised)
-
-    def __post_init__(self) -> None:
-        self.key = _normalised(self.text)
 
 
 @dataclass
@@ -164,16 +183,6 @@ class _Roles:
     split: int | None
 
 
-@dataclass(frozen=True)
-class _Settings:
-    val_fraction: float
-    test_fraction: float
-    seed: int
-    min_texts_per_class: int
-    token_counter: TokenCounter | None
-    max_tokens: int | None
-
-
 @dataclass
 class _Table:
     name: str  # as shown in row locations: 'reviews.csv'
@@ -188,22 +197,6 @@ class _Table:
 # --- input normalisation ------------------------------------------------------------------------------
 
 
-def _check_fractions(val_fraction: float, test_fraction: float) -> None:
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1):
-        raise ValueError("val_fraction and test_fraction must be in [0, 1)")
-    if val_fraction + test_fraction >= 1:
-        raise ValueError("val_fraction + test_fraction must leave texts for training")
-
-
-def _existing_path(source) -> Path:
-    if source is None:
-        raise DatasetError("No dataset given")
-    path = Path(os.path.abspath(os.fspath(source)))
-    if not os.path.lexists(path):
-        raise DatasetError(f"'{path}' does not exist")
-    return path
-
-
 def _is_table_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in (*_TABLE_SUFFIXES, ".txt")
 
@@ -211,19 +204,14 @@ def _is_table_file(path: Path) -> bool:
 # --- reading the source -------------------------------------------------------------------------------
 
 
-class _Reader:
+class _SourceReader:
     """Turns a file, folder or zip into rows and the problems met on the way."""
 
     def __init__(self, control: RunControl, progress: Progress, request: _ColumnRequest):
         self.control = control
         self.progress = progress
         self.request = request
-        self._ticks = 0
-
-    def tick(self) -> None:
-        self._ticks += 1
-        if self._ticks % _CHECKPOINT_EVERY == 0:
-            self.control.checkpoint()
+        self.tick = SparseCheckpoint(control).tick
 
     def read_source(self, path: Path) -> _Found:
         if path.is_dir():
@@ -716,41 +704,34 @@ def _fewest_values_column(table: _Table, taken: set[int]) -> int | None:
     return min(free, key=lambda i: (distinct[i] < 2, distinct[i], i))
 
 
-# --- from rows to the report -------------------------------------------------------------------------
+# --- from rows to candidates ------------------------------------------------------------------------
 
 
-def _build_report(root: str, found: _Found, settings: _Settings, control: RunControl) -> DatasetReport:
-    problems = list(found.problems)
-    rows = _merge_label_spellings(found.rows, problems)
-    _raise_if_no_rows(root, rows, problems)
-    splits = _assign_splits(rows, settings)
-    rows, splits = _drop_classes_without_training_texts(rows, splits, problems)
-    classes = sorted({row.label for row in rows})
-    _report_empty_folders(found.empty_folders, classes, problems)
-    _raise_if_too_few_classes(rows, classes, problems)
+def _candidate(row: _Row) -> Candidate:
+    content = _normalised(row.text)
+    return Candidate(row.where, row.label, row.mode, content=content, sort_key=(content,), position=(row.order,),
+                     hash_fields=(row.text,), text=row.text)
 
-    label_index = {name: i for i, name in enumerate(classes)}
-    ordered = sorted(zip(rows, splits), key=lambda pair: (SPLITS.index(pair[1]), pair[0].order))
-    samples = [Sample(row.where, label_index[row.label], split, text=row.text) for row, split in ordered]
 
-    problems += _duplicate_problems(ordered)
-    problems += _class_size_problems(ordered, classes, root, settings.min_texts_per_class)
-    problems += _missing_split_problems(ordered, classes)
-    problems += validation_size_problems([split for _, split in ordered], root, "texts")
-    problems += _long_text_problems(root, [row.text for row, _ in ordered], settings, control)
-    return DatasetReport(
-        root=root,
-        layout=found.layout,
-        classes=classes,
-        samples=samples,
-        problems=sorted_problems(problems),
-        split_given=found.split_given,
-        min_size=None,
-        max_size=None,
-        content_hash=_content_hash(samples, classes),
-        source_kind=found.source_kind,
-        modality="text",
-    )
+def _normalised(text: str) -> str:
+    """What makes two texts 'identical': same words, whitespace aside; case kept."""
+    return " ".join(text.split())
+
+
+def _class_locations(rows: list[_Row]) -> dict[str, list[str]]:
+    """class -> the tables or class folders its texts come from, in reading order."""
+    locations: dict[str, list[str]] = {}
+    for row in rows:
+        seen = locations.setdefault(row.label, [])
+        if row.location not in seen:
+            seen.append(row.location)
+    return locations
+
+
+def _spelled_as_classes(empty_folders, rows: list[_Row]) -> list[tuple[str, str]]:
+    """An empty 'POS' folder belongs to the class 'pos' once label spellings are merged."""
+    spelling = {_label_key(row.label): row.label for row in rows}
+    return [(spelling.get(_label_key(label), label), folder) for label, folder in empty_folders]
 
 
 def _merge_label_spellings(rows: list[_Row], problems: list[Problem]) -> list[_Row]:
@@ -784,177 +765,22 @@ def _replace_label(row: _Row, label: str) -> _Row:
     return row if row.label == label else _Row(row.where, row.order, row.text, label, row.mode, row.location)
 
 
-def _raise_if_no_rows(root: str, rows: list[_Row], problems: list[Problem]) -> None:
-    if rows:
-        return
-    errors = Counter(p.kind for p in problems if p.severity == "error")
-    summary = ", ".join(f"{n} {kind}" for kind, n in errors.most_common())
-    detail = f" ({summary})" if summary else ""
-    raise DatasetError(f"No usable texts in '{root}'{detail}", sorted_problems(problems))
-
-
-def _raise_if_too_few_classes(rows: list[_Row], classes: list[str], problems: list[Problem]) -> None:
-    if len(classes) >= 2:
-        return
-    found = f"'{classes[0]}' ({plural(len(rows), 'text')})" if classes else "none"
-    raise DatasetError(f"Need at least 2 classes with usable texts; found {len(classes)}: {found}",
-                       sorted_problems(problems))
-
-
-def _report_empty_folders(empty_folders, classes: list[str], problems: list[Problem]) -> None:
-    kept = {_label_key(name) for name in classes}
-    for label, folder in empty_folders:
-        if _label_key(label) in kept:
-            problems.append(Problem(folder, "empty folder", "warning"))
-        else:
-            problems.append(Problem(folder, "empty class folder (class dropped)", "error"))
-
-
-# --- splitting ---------------------------------------------------------------------------------------
-
-
-def _normalised(text: str) -> str:
-    """What makes two texts 'identical': same words, whitespace aside; case kept."""
-    return " ".join(text.split())
-
-
-def _assign_splits(rows: list[_Row], settings: _Settings) -> list[str]:
-    """The split of every row: given splits kept, the rest a seeded split stratified by class.
-
-    Identical texts form one unit that lands in one split, and a text without a split follows an
-    identical text whose split was given, so choosing splits never leaks a text across them.
-    """
-    splits: list[str | None] = [row.mode if row.mode in SPLITS else None for row in rows]
-    given_split_of = {}
-    for row, split in zip(rows, splits):
-        if split is not None:
-            given_split_of.setdefault(row.key, split)
-    units: dict[str, list[int]] = {}
-    for index, row in enumerate(rows):
-        if splits[index] is not None:
-            continue
-        if row.mode is CARVE_ALL and row.key in given_split_of:
-            splits[index] = given_split_of[row.key]
-        else:
-            units.setdefault(row.key, []).append(index)
-    for index, split in _split_units(rows, units, settings).items():
-        splits[index] = split
-    return splits  # type: ignore[return-value]
-
-
-def _split_units(rows: list[_Row], units: dict[str, list[int]], settings: _Settings) -> dict[int, str]:
-    pools: dict[tuple[str, str], list[tuple[str, list[int]]]] = {}
-    for key, members in units.items():
-        if len(members) == 1:
-            label, mode = rows[members[0]].label, rows[members[0]].mode or ""
-        else:  # identical texts, possibly labelled differently: stratified by the majority label
-            label = Counter(rows[i].label for i in members).most_common(1)[0][0]
-            mode = CARVE_VAL if any(rows[i].mode == CARVE_VAL for i in members) else ""
-        pools.setdefault((label, mode), []).append((key, members))
-    result = {}
-    for (label, mode), pool in sorted(pools.items()):
-        pool.sort(key=lambda unit: unit[0])  # by content: the split does not depend on row order
-        random.Random(f"{settings.seed}:{label}").shuffle(pool)
-        test_fraction = 0.0 if mode == CARVE_VAL else settings.test_fraction
-        n_test, n_val = split_counts(len(pool), settings.val_fraction, test_fraction)
-        for position, (_, members) in enumerate(pool):
-            split = "test" if position < n_test else "val" if position < n_test + n_val else "train"
-            result.update((i, split) for i in members)
-    return result
-
-
-def _drop_classes_without_training_texts(rows: list[_Row], splits: list[str], problems: list[Problem]):
-    """A class with no training text cannot be learned: its texts are skipped, with one warning."""
-    trainable = {row.label for row, split in zip(rows, splits) if split == "train"}
-    dropped: dict[str, list[_Row]] = {}
-    kept_rows, kept_splits = [], []
-    for row, split in zip(rows, splits):
-        if row.label in trainable:
-            kept_rows.append(row)
-            kept_splits.append(split)
-        else:
-            dropped.setdefault(row.label, []).append(row)
-    for label, members in sorted(dropped.items()):
-        problems.append(Problem(
-            members[0].location,
-            f"no training texts: class '{label}' dropped ({plural(len(members), 'text')} skipped)",
-            "warning",
-        ))
-    return kept_rows, kept_splits
-
-
-# --- warnings once every text has its split ---------------------------------------------------------
-
-
-def _duplicate_problems(ordered: list[tuple[_Row, str]]) -> list[Problem]:
-    groups: dict[str, list[tuple[_Row, str]]] = {}
-    for row, split in ordered:
-        groups.setdefault(row.key, []).append((row, split))
-    problems = []
-    for group in groups.values():
-        first, first_split = group[0]  # `ordered` is by split then source order
-        for row, split in group[1:]:
-            problems.append(Problem(row.where, _duplicate_reason(first, first_split, row, split), "warning"))
-    return problems
-
-
-def _duplicate_reason(first: _Row, first_split: str, other: _Row, split: str) -> str:
-    return duplicate_reason((first.label, first_split), (other.label, split), "text", f"same as {first.where}")
-
-
-def _class_size_problems(ordered, classes: list[str], root: str, min_texts: int) -> list[Problem]:
-    totals = Counter(row.label for row, _ in ordered)
-    location = {}
-    for row, _ in ordered:
-        location.setdefault(row.label, row.location)
-    problems = []
-    for name in classes:
-        if totals[name] < min_texts:
-            reason = (f"few texts: class '{name}' has only {totals[name]} usable "
-                      f"(at least {min_texts} recommended)")
-            problems.append(Problem(location[name], reason, "warning"))
-    largest = max(classes, key=lambda n: totals[n])
-    smallest = min(classes, key=lambda n: totals[n])
-    if totals[largest] >= IMBALANCE_RATIO * totals[smallest]:
-        problems.append(Problem(root, f"class imbalance: '{largest}' has {plural(totals[largest], 'text')}, "
-                                f"'{smallest}' only {totals[smallest]}", "warning"))
-    return problems
-
-
-def _missing_split_problems(ordered, classes: list[str]) -> list[Problem]:
-    """With a given val/test split, a class absent from it cannot be evaluated there."""
-    present = {(row.label, split) for row, split in ordered}
-    given = {row.mode for row, _ in ordered if row.mode in ("val", "test")}
-    location = {}
-    for row, _ in ordered:
-        location.setdefault(row.label, row.location)
-    return [Problem(location[name], f"no {split} texts: class '{name}'", "warning")
-            for split in sorted(given, key=SPLITS.index) for name in classes if (name, split) not in present]
-
-
-def _long_text_problems(root: str, texts: list[str], settings: _Settings,
+def _long_text_problems(root: str, texts: list[str], token_counter: TokenCounter, max_tokens: int,
                         control: RunControl) -> list[Problem]:
     """One summary, not one line per text: truncation is expected, its extent is what matters."""
-    if settings.token_counter is None or settings.max_tokens is None or not texts:
+    if not texts:
         return []
     long_texts = 0
-    for start in range(0, len(texts), _CHECKPOINT_EVERY):
+    for start in range(0, len(texts), CHECKPOINT_EVERY):
         control.checkpoint()
-        counts = settings.token_counter(texts[start:start + _CHECKPOINT_EVERY])
-        long_texts += sum(1 for n in counts if n > settings.max_tokens)
+        counts = token_counter(texts[start:start + CHECKPOINT_EVERY])
+        long_texts += sum(1 for n in counts if n > max_tokens)
     if not long_texts:
         return []
     severity = "warning" if long_texts > _WARN_TRUNCATED_FRACTION * len(texts) else "info"
     reason = (f"long texts: {long_texts} of {plural(len(texts), 'text')} are longer than "
-              f"{settings.max_tokens} tokens and will be truncated")
+              f"{max_tokens} tokens and will be truncated")
     return [Problem(root, reason, severity)]
-
-
-def _content_hash(samples: list[Sample], classes: list[str]) -> str:
-    """Stable across runs, machines and row order: only the content, sorted."""
-    entries = sorted([s.text, classes[s.label], s.split] for s in samples)
-    payload = json.dumps([_CONTENT_HASH_VERSION, entries], ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
 # --- is_text_dataset helpers -------------------------------------------------------------------------
