@@ -1,6 +1,7 @@
 """The house rules, enforced: the engine's layers and its independence from Qt (import-linter's contracts in
 pyproject.toml), and that importing the whole engine loads no Qt."""
 import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -49,3 +50,36 @@ def test_import_contracts_are_kept():
     done = subprocess.run([lint, "--no-cache"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr
     assert "0 broken" in done.stdout
+
+
+MODALITY_NAMES = {"image", "text"}
+MODALITY_TESTS = re.compile(r"\bis_text\w*|\bis_image\w*|\bbackbone_is_text\b|\bchosen_is_text\b")
+MODALITY_PACKAGES = ROOT / "engine" / "modalities"
+
+
+def _modality_branches(path: Path) -> list[str]:
+    """Lines that decide by a modality's name: a comparison with 'image'/'text' (==, !=, in), a
+    `.modality` compared with anything, or an is_text-style test."""
+    source = path.read_text(encoding="utf-8")
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            named = any(isinstance(s, ast.Constant) and s.value in MODALITY_NAMES for s in sides)
+            asks = any(isinstance(s, ast.Attribute) and s.attr == "modality" for s in sides)
+            if named or asks:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.get_source_segment(source, node)}")
+    for number, line in enumerate(source.splitlines(), start=1):
+        if MODALITY_TESTS.search(line):
+            found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    return found
+
+
+def test_outside_the_modality_packages_no_code_branches_on_a_modality_name():
+    """Images and texts differ only inside engine.modalities: everything else asks the modality
+    (engine.core.modality), so a third one plugs in without an `else` that means "not text, so image"."""
+    files = [p for folder in (ROOT / "engine", ROOT / "gui") for p in folder.rglob("*.py")
+             if MODALITY_PACKAGES not in p.parents]
+    assert len(files) > 100
+    branches = [line for path in sorted(files) for line in _modality_branches(path)]
+    assert not branches, "\n".join(branches)
