@@ -23,7 +23,7 @@ from engine.models.checkpoint import load_checkpoint, save_ensemble_checkpoint
 from engine.training.config import TrainConfig
 from engine.training.evaluation import evaluate_split, evaluate_test_split
 from engine.training.metrics import classification_metrics
-from engine.training.trainer import summarize_metrics
+from engine.training.trainer import Trainer, summarize_metrics
 
 MEMBERS_DIR = "members"
 
@@ -80,13 +80,11 @@ def train_ensemble(report: DatasetReport, configs: list[TrainConfig], run_dir: s
                    progress: Progress | None = None) -> dict:
     """Train each member config into RUN/members/N, combine them into RUN and evaluate its test split:
     what `--config` does with an ensemble winner's config.json. Returns the metrics."""
-    from engine.training.datasets import trainer_class
     control = control or RunControl()
     runs = []
     for index, config in enumerate(configs):
         folder = Path(run_dir) / MEMBERS_DIR / str(index)
-        result = trainer_class(report)(report, config, folder, list(callbacks or []), control,
-                                       evaluate_test=False).fit()
+        result = Trainer(report, config, folder, list(callbacks or []), control, evaluate_test=False).fit()
         if result.status != "completed":
             raise Cancelled() if result.status == "cancelled" else RuntimeError(
                 f"ensemble member {index} {result.status}")

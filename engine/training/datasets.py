@@ -1,4 +1,5 @@
-"""One entry point for whatever a user drops, images or texts: the report, and the trainer that fits it.
+"""One entry point for whatever a user drops, images or texts: its report (the Trainer then picks the
+inputs for it, engine.training.inputs.inputs_for).
 
 The window and the command line both call these, so a text file and a photo folder take the same path
 from a drop to a run folder. Texts are scanned with the encoder's own tokenizer, so the report says how
@@ -33,11 +34,3 @@ def scan_any(source, *, seed: int = 0, encoder: str | None = None, max_tokens: i
                       seed=seed, token_counter=tokenizer.token_counts, max_tokens=tokenizer.max_tokens,
                       progress=progress, control=control)
 
-
-def trainer_class(report: DatasetReport):
-    """Trainer for images, TextTrainer for texts: both take the same arguments and emit the same events."""
-    if report.modality == "text":
-        from engine.training.text_trainer import TextTrainer
-        return TextTrainer
-    from engine.training.trainer import Trainer
-    return Trainer
