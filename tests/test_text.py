@@ -163,6 +163,39 @@ def test_export_is_verified_on_validation_texts_and_predicts_without_torch(head_
     assert np.allclose([r["score"] for r in rows], [p.score for p in engine_rows], atol=1e-5)
 
 
+def test_text_runs_combine_into_an_ensemble_that_predicts_and_exports_like_one_run(head_run, report, tmp_path):
+    """Two text runs (another seed, another head) as one checkpoint: the mean of their probabilities, scored
+    like a run, predicted and exported through the single text model's functions."""
+    from engine.search.ensemble import combine_runs
+    from engine.training.evaluation import evaluate_test_split
+    run, _ = head_run
+    other = tmp_path / "mlp"
+    Trainer(report, TrainConfig(backbone="all-minilm-l6-v2", epochs=3, lr=1e-2, head="mlp", seed=1), other,
+            evaluate_test=False).fit()
+    ensemble = tmp_path / "ensemble"
+    metrics = combine_runs(report, [run, other], ensemble)
+    assert metrics["val_accuracy"] is not None and [m["head"] for m in metrics["ensemble"]] == ["linear", "mlp"]
+    metrics = evaluate_test_split(ensemble, report)
+    assert metrics["test_accuracy"] is not None
+    predictions = json.loads((ensemble / "predictions.json").read_text())
+    texts = {s.path: s.text for s in report.samples}
+    assert all(row["text"] == texts[row["path"]] for split in ("val", "test") for row in predictions[split])
+
+    sample = ["The compiler crashed with a segmentation fault.", "Add two cups of flour and bake."]
+    members = [TorchTextClassifier(folder / "model.safetensors").logits(sample) for folder in (run, other)]
+    mean = np.mean([torch.from_numpy(m).softmax(-1).numpy() for m in members], axis=0)
+    assert is_text_model(ensemble)
+    combined = TorchTextClassifier(ensemble / "model.safetensors")
+    assert np.allclose(torch.from_numpy(combined.logits(sample)).softmax(-1).numpy(), mean, atol=1e-5)
+    top = predict_texts(combined, list(enumerate(sample)), top_k=1).predictions
+    assert [p.label for p in top] == [report.classes[i] for i in mean.argmax(1)]
+
+    result = export_text_run(ensemble, tmp_path / "ensemble.onnx")
+    assert result.top1_agreement == 1.0 and result.max_abs_diff < 1e-3
+    assert np.allclose(OnnxTextClassifier(tmp_path / "ensemble.onnx").logits(sample), combined.logits(sample),
+                       atol=1e-3)
+
+
 def test_predict_skips_empty_texts_and_ranks_every_class(head_run):
     run, _ = head_run
     classifier = TorchTextClassifier(run / "model.safetensors")

@@ -59,11 +59,8 @@ def _train_ensemble(args, data: dict) -> int:
     """`train DATA --out RUN --config ENSEMBLE/config.json`: each member's recipe trained again, combined
     and tested as the search did (engine.search.ensemble)."""
     from engine.search.ensemble import member_configs, train_ensemble
-    from engine.training.datasets import is_text_data
     if args.auto:
         raise BadInput("--config with an ensemble trains that ensemble: leave out --auto")
-    if is_text_data(args.data):
-        raise BadInput("ensembles combine image classifiers; a text dataset trains one model")
     try:
         configs = member_configs(data)
     except ValueError as exc:

@@ -20,6 +20,8 @@ from engine.models.predictor import tta_setting
 
 FORMAT = "transferlab-checkpoint/1"
 META_KEY = "transferlab"
+SHARED_FIELDS = ("classes", "preprocessing", "modality", "tokenizer")
+"""What every member of an ensemble must have in common: they read one input and name the same classes."""
 
 
 class CheckpointError(ValueError):
@@ -74,16 +76,18 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, bundle: ModelBund
 def save_ensemble_checkpoint(path: str | os.PathLike, members: list[tuple[nn.Module, dict]],
                              extra: dict | None = None) -> dict:
     """One checkpoint holding several trained models (bare, with their checkpoint metadata) that share
-    classes and preprocessing; it loads as `engine.models.ensemble.ProbabilityAverage`. The top level
-    describes the first member, so code that only reads "backbone" or "preprocessing" still works."""
+    classes and preprocessing (texts: modality and tokenizer too); it loads as
+    `engine.models.ensemble.ProbabilityAverage`. The top level describes the first member, so code that only
+    reads "backbone", "preprocessing" or a text model's tokenizer still works."""
     first = members[0][1]
     for _, meta in members[1:]:
-        if meta["classes"] != first["classes"] or meta.get("preprocessing") != first.get("preprocessing"):
-            raise CheckpointError("ensemble members must share their classes and preprocessing")
+        if any(meta.get(name) != first.get(name) for name in SHARED_FIELDS):
+            raise CheckpointError("ensemble members must share their classes and preprocessing (texts: their "
+                                  "tokenizer)")
     described = [{name: meta.get(name) for name in MEMBER_FIELDS} for _, meta in members]
     meta = {"format": FORMAT, "backbone": first["backbone"], "arch": first["arch"],
             "preprocessing": first["preprocessing"], "head": first.get("head", "linear"), "tta": "none",
-            "classes": list(first["classes"]), "ensemble": described,
+            "classes": list(first["classes"]), "ensemble": described, **_text_members(members),
             "weights_origin": first.get("weights_origin"),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra or {})}
     state = {f"members.{index}.{key}": value.detach().contiguous().to("cpu", copy=True)
@@ -91,6 +95,17 @@ def save_ensemble_checkpoint(path: str | os.PathLike, members: list[tuple[nn.Mod
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={META_KEY: json.dumps(meta)})
     return meta
+
+
+def _text_members(members: list[tuple[nn.Module, dict]]) -> dict:
+    """What rebuilds the text members of an ensemble: the shared tokenizer, and each member's encoder
+    architecture ({} for image members, which their backbone names)."""
+    first = members[0][1]
+    if first.get("modality") != "text":
+        return {}
+    return {"modality": "text", "tokenizer": first["tokenizer"], "max_tokens": first["max_tokens"],
+            "member_encoders": [{"encoder_config": meta["encoder_config"], "normalize": bool(meta.get("normalize"))}
+                                for _, meta in members]}
 
 
 def read_checkpoint_meta(path: str | os.PathLike) -> dict:
@@ -142,8 +157,7 @@ def _load_ensemble(path: str | os.PathLike, meta: dict) -> nn.Module:
         for index, member in enumerate(meta["ensemble"]):
             if member.get("head", "linear") not in HEADS:
                 raise ValueError(f"unknown head {member.get('head')!r}")
-            model = build_architecture(get_spec(member["backbone"]).name, len(meta["classes"]),
-                                       member.get("head", "linear"))
+            model = _member_architecture(meta, index)
             prefix = f"members.{index}."
             model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
             bare.append(model.eval())
@@ -153,3 +167,12 @@ def _load_ensemble(path: str | os.PathLike, meta: dict) -> nn.Module:
         raise CheckpointError(f"{os.path.basename(path)} does not match its ensemble: "
                               f"{str(exc).splitlines()[0][:200]}") from None
     return ensemble_module(bare, meta["ensemble"]).eval()
+
+
+def _member_architecture(meta: dict, index: int) -> nn.Module:
+    """Member `index` of an ensemble checkpoint, weights still to be loaded."""
+    member = meta["ensemble"][index]
+    if meta.get("modality") == "text":
+        from engine.models.text import build_text_model
+        return build_text_model({**meta, **member, **meta["member_encoders"][index]})[0]
+    return build_architecture(get_spec(member["backbone"]).name, len(meta["classes"]), member.get("head", "linear"))

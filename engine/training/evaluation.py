@@ -35,16 +35,24 @@ def evaluate_test_split(run_dir: str | Path, report: DatasetReport, control: Run
     test = evaluate_split(model, checkpoint, samples, control, progress)
     predictions = json.loads(files.predictions.read_text(encoding="utf-8")) if files.predictions.exists() else {}
     predictions["test"] = test.pop("predictions")
-    if checkpoint.modality == "text":
-        texts = {s.path: s.text for s in samples}
-        for row in predictions["test"] + test["most_confident_wrong"]:
-            row["text"] = texts.get(row["path"], "")
+    add_texts(checkpoint, samples, predictions["test"], test["most_confident_wrong"])
     metrics.setdefault("splits", {})["test"] = test
     metrics.update(test_accuracy=test["accuracy"], evaluated_on="test", per_class=test["per_class"],
                    confusion_matrix=test["confusion_matrix"], most_confident_wrong=test["most_confident_wrong"])
     write_json(files.predictions, predictions)
     write_json(files.metrics, metrics)
     return metrics
+
+
+def add_texts(checkpoint, samples, *row_lists: list[dict]) -> None:
+    """A text checkpoint's rows get each text beside its path, as a text fit writes them (the results view
+    shows them; the export verifies on them). Image rows stay as they are."""
+    if checkpoint.modality != "text":
+        return
+    texts = {s.path: s.text for s in samples}
+    for rows in row_lists:
+        for row in rows:
+            row["text"] = texts.get(row["path"], "")
 
 
 def evaluate_split(model, checkpoint, samples, control: RunControl | None = None,
