@@ -26,7 +26,8 @@ import numpy as np  # noqa: E402
 
 from engine.models.text_catalog import DEFAULT_TEXT_ENCODER  # noqa: E402
 from engine.training.config import TrainConfig  # noqa: E402
-from engine.training.datasets import scan_any, trainer_class  # noqa: E402
+from engine.training.datasets import scan_any  # noqa: E402
+from engine.training.trainer import Trainer  # noqa: E402
 
 
 def one_dataset(data: str, seeds: int, tmp: Path) -> list[dict]:
@@ -37,7 +38,7 @@ def one_dataset(data: str, seeds: int, tmp: Path) -> list[dict]:
         row = {}
         for keep in ("best", "last"):
             config = TrainConfig(seed=seed, checkpoint=keep, **encoder)
-            row[keep] = trainer_class(report)(report, config, tmp / f"{keep}-{seed}").fit().metrics["test_accuracy"]
+            row[keep] = Trainer(report, config, tmp / f"{keep}-{seed}").fit().metrics["test_accuracy"]
         rows.append(row)
     return rows
 

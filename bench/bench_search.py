@@ -41,7 +41,8 @@ from engine.search.assess import assess_backbones  # noqa: E402
 from engine.search.auto import RecipeSearch, parse_budget  # noqa: E402
 from engine.search.text_search import TextRecipeSearch  # noqa: E402
 from engine.training.config import TrainConfig  # noqa: E402
-from engine.training.datasets import scan_any, trainer_class  # noqa: E402
+from engine.training.datasets import scan_any  # noqa: E402
+from engine.training.trainer import Trainer  # noqa: E402
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -60,7 +61,7 @@ def recipe_summary(config: dict) -> dict:
 
 def timed_fit(report, config: TrainConfig, folder: Path) -> dict:
     began = time.monotonic()
-    result = trainer_class(report)(report, config, folder).fit()
+    result = Trainer(report, config, folder).fit()
     return {"val_accuracy": result.metrics["val_accuracy"], "test_accuracy": result.metrics["test_accuracy"],
             "seconds": round(time.monotonic() - began, 1)}
 

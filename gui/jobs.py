@@ -247,9 +247,8 @@ class TrainingRun:
         self.trainer: "Trainer | None" = None
 
     def __call__(self, progress) -> "FitResult":
-        from engine.training.datasets import trainer_class
-        trainer = trainer_class(self.report)          # Trainer, or TextTrainer for texts
-        self.trainer = trainer(self.report, self.config, self.run_dir, [self.events], self.control,
+        from engine.training.trainer import Trainer
+        self.trainer = Trainer(self.report, self.config, self.run_dir, [self.events], self.control,
                                resume=self.resume)
         return self.trainer.fit()
 

@@ -33,14 +33,15 @@ def test_version_and_help_do_not_import_torch(args):
 
 
 def test_train_options_follow_train_config():
-    from engine.cli.main import TRAIN_OPTIONS, _config_from_args, build_parser
+    from engine.cli.common import TRAIN_OPTIONS, config_from_args
+    from engine.cli.main import build_parser
     from engine.training.config import TrainConfig
     args = build_parser().parse_args(["train", "data", "--out", "run"])
-    config = _config_from_args(args)
+    config = config_from_args(args)
     assert all(getattr(config, name) == getattr(TrainConfig(), name) for name, _ in TRAIN_OPTIONS)
     args = build_parser().parse_args(["train", "data", "--out", "run", "--schedule", "onecycle", "--lr", "0.02",
                                       "--balance", "sampler", "--batch-size", "8"])
-    config = _config_from_args(args)
+    config = config_from_args(args)
     assert (config.schedule, config.lr, config.balance, config.batch_size) == ("onecycle", 0.02, "sampler", 8)
 
 
@@ -103,9 +104,10 @@ def test_one_class_dataset_is_bad_input(tmp_path):
 
 
 def test_cached_views_reach_the_config_and_zero_is_refused(tmp_path):
-    from engine.cli.main import _config_from_args, build_parser
+    from engine.cli.common import config_from_args
+    from engine.cli.main import build_parser
     args = build_parser().parse_args(["train", str(tmp_path), "--out", str(tmp_path / "run"), "--cached-views", "3"])
-    assert _config_from_args(args).cached_views == 3
+    assert config_from_args(args).cached_views == 3
     args = build_parser().parse_args(["train", str(tmp_path), "--out", str(tmp_path / "run"), "--cached-views", "0"])
     with pytest.raises(ValueError, match="cached_views"):
-        _config_from_args(args)
+        config_from_args(args)

@@ -249,7 +249,7 @@ def test_images_deleted_during_training_are_skipped_and_noted(colour_dataset, tm
     trainer = Trainer(report, TrainConfig(**SMALL, cache="off"), tmp_path / "run", [DeleteAfterFirstEpoch(gone)])
     result = trainer.fit()
     assert result.status == "completed" and len(result.history) == 2
-    assert set(trainer.unreadable) == set(gone)
+    assert set(trainer.inputs.unreadable) == set(gone)
     names = ", ".join("/".join(Path(p).parts[-2:]) for p in gone)
     assert f"skipped 2 images that could not be read during training: {names}" in trainer.path_notes
     assert set(json.loads((tmp_path / "run" / "metrics.json").read_text())["skipped_images"]) == set(gone), \
@@ -268,10 +268,10 @@ def test_images_gone_or_broken_before_the_feature_pass_are_left_out(colour_datas
     trainer = Trainer(report, TrainConfig(**SMALL, augmentation="none"), tmp_path / "run")
     result = trainer.fit()
     assert result.status == "completed" and result.metrics["test_accuracy"] is not None
-    assert set(trainer.unreadable) == {train[1].path, test[0].path}
+    assert set(trainer.inputs.unreadable) == {train[1].path, test[0].path}
     assert any(note.startswith("skipped 2 images") for note in trainer.path_notes), trainer.path_notes
     assert _predicted_paths(tmp_path / "run")["test"] == [s.path for s in test[1:]]
-    entries = list(trainer.feature_cache.folder.glob("*.safetensors"))
+    entries = list(trainer.inputs.feature_cache.folder.glob("*.safetensors"))
     assert entries and all(torch.isfinite(read_entry(e)).all() for e in entries), "no pass with gaps kept"
 
 

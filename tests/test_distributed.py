@@ -105,3 +105,34 @@ def test_options_that_run_in_one_process_are_refused_once(colour_dataset, tmp_pa
     done = torchrun_train(colour_dataset, tmp_path / "run", tmp_path, "--auto")
     assert done.returncode != 0
     assert done.stderr.count("error: --auto runs in one process") == 1
+
+
+RUN_FILES = ["model.safetensors", "metrics.json", "predictions.json", "history.json", "config.json",
+             "dataset_report.txt", "status.json"]
+
+
+@pytest.mark.skipif(not Path("/usr/share/games/fortunes/computers").is_file(),
+                    reason="Debian's fortunes package is not installed")
+def test_two_processes_train_texts_into_one_run_folder(tmp_path):
+    """Texts under torchrun: the last encoder layer on cached hidden states, in DistributedDataParallel;
+    the run folder is a one-process text run's (texts beside their predictions)."""
+    from test_text import write_fortunes_csv
+    texts = write_fortunes_csv(tmp_path / "fortunes.csv", per_class=12)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    out = tmp_path / "run"
+    done = torchrun_train(texts, out, scratch, "--epochs", "1", "--freeze", "all-but-last-1", "--max-tokens", "32",
+                          "--lr", "0.001")
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    summaries = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(summaries) == 1 and json.loads(summaries[0])["status"] == "completed"
+    assert sorted(p.name for p in out.iterdir()) == sorted(RUN_FILES)
+    assert "distributed: 2 processes (gloo)" in done.stderr
+    assert "training on cached hidden states" in done.stderr
+    assert not list(scratch.glob("transferlab-*"))
+    assert [logs["epoch"] for logs in json.loads((out / "history.json").read_text())] == [1]
+    predictions = json.loads((out / "predictions.json").read_text())
+    assert predictions["test"] and all(row["text"] for row in predictions["test"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["backbone"] == "all-minilm-l6-v2" and metrics["test_accuracy"] is not None

@@ -188,8 +188,8 @@ def test_predictions_keep_class_probabilities_only_within_a_json_friendly_size(m
 def test_a_single_run_config_reader_refuses_an_ensemble_config(tmp_path):
     """`torchrun ... train --config` reads one TrainConfig: an ensemble's config is refused, not read as
     the defaults (TrainConfig.from_dict ignores unknown keys)."""
-    from engine.cli.main import BadInput, _config_from_file
+    from engine.cli.common import BadInput, config_from_file
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"ensemble": [TrainConfig().to_dict(), TrainConfig(seed=1).to_dict()]}))
     with pytest.raises(BadInput, match="ensemble's config"):
-        _config_from_file(str(path))
+        config_from_file(str(path))

@@ -154,16 +154,16 @@ def test_a_second_fit_reuses_features_until_an_image_changes(colour_dataset, tmp
     first.fit()
     second = Trainer(scan_dataset(colour_dataset, seed=0), config, tmp_path / "b")
     second.fit()
-    assert first.feature_cache.misses > 0 and second.feature_cache.misses == 0
+    assert first.inputs.feature_cache.misses > 0 and second.inputs.feature_cache.misses == 0
     image = next((colour_dataset / "red").iterdir())
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(image)
     third = Trainer(scan_dataset(colour_dataset, seed=0), config, tmp_path / "c")
     third.fit()
-    assert third.feature_cache.misses > 0
+    assert third.inputs.feature_cache.misses > 0
 
 
 def test_too_large_a_cache_falls_back_to_images_and_says_why(report, tmp_path, monkeypatch):
-    monkeypatch.setattr("engine.training.trainer.memory_budget", lambda: 1000)
+    monkeypatch.setattr("engine.training.image_inputs.memory_budget", lambda: 1000)
     started = FitStart()
     config = TrainConfig(image_size=64, batch_size=8, epochs=1, freeze="last-n")
     Trainer(report, config, tmp_path / "r", [started]).fit()

@@ -62,11 +62,11 @@ def test_a_fit_gives_the_same_features_and_predictions_with_both_runtimes(report
     onnx, onnx_result, onnx_chosen, onnx_config = _fit(report, tmp_path / "onnx", monkeypatch, **freeze)
     torch_, torch_result, torch_chosen, torch_config = _fit(report, tmp_path / "torch", monkeypatch, **freeze,
                                                             frozen_runtime="pytorch")
-    assert onnx.feature_cache.runtime_used == "onnxruntime" and onnx_config["frozen_pass"] == "onnxruntime"
-    assert torch_.feature_cache.runtime_used == "pytorch" and torch_config["frozen_pass"] == "pytorch"
+    assert onnx.inputs.feature_cache.runtime_used == "onnxruntime" and onnx_config["frozen_pass"] == "onnxruntime"
+    assert torch_.inputs.feature_cache.runtime_used == "pytorch" and torch_config["frozen_pass"] == "pytorch"
     assert any(note.startswith("frozen layers ran in ONNX Runtime") for note in onnx.path_notes)
     assert "frozen layers ran in PyTorch: frozen_runtime is 'pytorch'" in torch_.path_notes
-    ours, theirs = onnx.feature_cache._memory, torch_.feature_cache._memory      # same keys: same inputs
+    ours, theirs = onnx.inputs.feature_cache._memory, torch_.inputs.feature_cache._memory      # same keys: same inputs
     assert ours.keys() == theirs.keys() and len(ours) >= 2
     for key, reference in theirs.items():
         scale = max(1.0, float(reference.abs().max()))

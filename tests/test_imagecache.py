@@ -172,7 +172,7 @@ def test_head_only_reads_each_image_once_and_a_second_run_reads_none(colour_data
     decoded.clear()
     again = Trainer(report, config, tmp_path / "r2")
     assert again.fit().status == "completed"
-    assert decoded == [] and again.feature_cache.misses == 0
+    assert decoded == [] and again.inputs.feature_cache.misses == 0
 
 
 def test_augmented_views_decode_each_image_once(colour_dataset, tmp_path, monkeypatch):

@@ -128,11 +128,11 @@ def test_flip_trains_on_two_views_whose_cache_entries_every_fit_and_a_search_sha
     first = Trainer(report, TrainConfig(**config, augmentation="flip"), tmp_path / "a")
     first.fit()
     assert any("cached features (2 views" in note for note in first.path_notes)
-    assert first.feature_cache.misses == 4                 # train plain + mirrored, val and test plain
+    assert first.inputs.feature_cache.misses == 4                 # train plain + mirrored, val and test plain
     for augmentation in ("flip", "light", "none"):         # the plain view is one entry for every augmentation
         again = Trainer(report, TrainConfig(**config, augmentation=augmentation), tmp_path / augmentation)
         again.fit()
-        assert again.feature_cache.misses == 0 and again.feature_cache.hits > 0, augmentation
+        assert again.inputs.feature_cache.misses == 0 and again.inputs.feature_cache.hits > 0, augmentation
     search = FeatureCache(first.model)                     # a new cache over the same frozen backbone
     train, pre = report.split("train"), first.bundle.preprocessing
     for view in ("plain", "mirrored"):                     # the call a recipe search makes, from disk

@@ -22,8 +22,10 @@ from engine.models.text import create_text_model
 from engine.outputs.text_export import export_text_run
 from engine.outputs.textpredict import OnnxTextClassifier, TorchTextClassifier, is_text_model, predict_texts
 from engine.training.config import TrainConfig
-from engine.training.datasets import scan_any, trainer_class
-from engine.training.text_trainer import TextTrainer
+from engine.training.datasets import scan_any
+from engine.training.inputs import inputs_for
+from engine.training.text_trainer import TextInputs
+from engine.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 FORTUNES = Path("/usr/share/games/fortunes")
@@ -81,14 +83,14 @@ def report(texts_csv):
 def head_run(report, cache, tmp_path_factory):
     run = tmp_path_factory.mktemp("run") / "head"
     config = TrainConfig(backbone="all-minilm-l6-v2", epochs=15, lr=1e-2)
-    result = trainer_class(report)(report, config, run).fit()
+    result = Trainer(report, config, run).fit()
     return run, result
 
 
 def test_a_text_csv_is_scanned_as_texts_with_the_encoders_token_count(report):
     assert report.modality == "text" and report.classes == sorted(CATEGORIES)
     assert len(report.samples) == 90 and all(s.text for s in report.samples)
-    assert trainer_class(report) is TextTrainer
+    assert isinstance(inputs_for(report), TextInputs)
 
 
 def test_the_text_model_has_the_image_models_layer_tree_and_presets():
@@ -120,7 +122,7 @@ def test_head_only_trains_on_cached_sentence_vectors_and_learns(head_run, report
 
 def test_a_second_fit_reads_the_sentence_vectors_back(head_run, report, tmp_path):
     config = TrainConfig(backbone="all-minilm-l6-v2", epochs=2)
-    TextTrainer(report, config, tmp_path / "again").fit()
+    Trainer(report, config, tmp_path / "again").fit()
     assert json.loads((tmp_path / "again" / "config.json").read_text())["frozen_pass"] == "reused"
 
 
@@ -161,6 +163,39 @@ def test_export_is_verified_on_validation_texts_and_predicts_without_torch(head_
     assert np.allclose([r["score"] for r in rows], [p.score for p in engine_rows], atol=1e-5)
 
 
+def test_text_runs_combine_into_an_ensemble_that_predicts_and_exports_like_one_run(head_run, report, tmp_path):
+    """Two text runs (another seed, another head) as one checkpoint: the mean of their probabilities, scored
+    like a run, predicted and exported through the single text model's functions."""
+    from engine.search.ensemble import combine_runs
+    from engine.training.evaluation import evaluate_test_split
+    run, _ = head_run
+    other = tmp_path / "mlp"
+    Trainer(report, TrainConfig(backbone="all-minilm-l6-v2", epochs=3, lr=1e-2, head="mlp", seed=1), other,
+            evaluate_test=False).fit()
+    ensemble = tmp_path / "ensemble"
+    metrics = combine_runs(report, [run, other], ensemble)
+    assert metrics["val_accuracy"] is not None and [m["head"] for m in metrics["ensemble"]] == ["linear", "mlp"]
+    metrics = evaluate_test_split(ensemble, report)
+    assert metrics["test_accuracy"] is not None
+    predictions = json.loads((ensemble / "predictions.json").read_text())
+    texts = {s.path: s.text for s in report.samples}
+    assert all(row["text"] == texts[row["path"]] for split in ("val", "test") for row in predictions[split])
+
+    sample = ["The compiler crashed with a segmentation fault.", "Add two cups of flour and bake."]
+    members = [TorchTextClassifier(folder / "model.safetensors").logits(sample) for folder in (run, other)]
+    mean = np.mean([torch.from_numpy(m).softmax(-1).numpy() for m in members], axis=0)
+    assert is_text_model(ensemble)
+    combined = TorchTextClassifier(ensemble / "model.safetensors")
+    assert np.allclose(torch.from_numpy(combined.logits(sample)).softmax(-1).numpy(), mean, atol=1e-5)
+    top = predict_texts(combined, list(enumerate(sample)), top_k=1).predictions
+    assert [p.label for p in top] == [report.classes[i] for i in mean.argmax(1)]
+
+    result = export_text_run(ensemble, tmp_path / "ensemble.onnx")
+    assert result.top1_agreement == 1.0 and result.max_abs_diff < 1e-3
+    assert np.allclose(OnnxTextClassifier(tmp_path / "ensemble.onnx").logits(sample), combined.logits(sample),
+                       atol=1e-3)
+
+
 def test_predict_skips_empty_texts_and_ranks_every_class(head_run):
     run, _ = head_run
     classifier = TorchTextClassifier(run / "model.safetensors")
@@ -193,7 +228,7 @@ def test_the_last_layer_fine_tunes_on_cached_hidden_states_and_the_rest_stays(re
     config = TrainConfig(backbone="all-minilm-l6-v2", epochs=1, freeze="last-n", freeze_blocks=1, lr=1e-3,
                          max_tokens=32)
     before = create_text_model("all-minilm-l6-v2", 3).model.state_dict()
-    result = TextTrainer(report, config, tmp_path / "deep").fit()
+    result = Trainer(report, config, tmp_path / "deep").fit()
     assert result.status == "completed"
     assert json.loads((tmp_path / "deep" / "config.json").read_text())["frozen_pass"] == "pytorch"
     model, _ = load_checkpoint(tmp_path / "deep" / "model.safetensors")
@@ -219,12 +254,12 @@ class CancelAfterEpoch(Callback):
 ], ids=["head", "last-layer"])
 def test_a_cancelled_text_fit_resumes_to_the_same_end(report, cache, tmp_path, layers):
     config = dict(backbone="all-minilm-l6-v2", epochs=4 if not layers else 3, **layers)
-    whole = TextTrainer(report, TrainConfig(**config), tmp_path / "whole").fit()
+    whole = Trainer(report, TrainConfig(**config), tmp_path / "whole").fit()
     control = RunControl()
-    stopped = TextTrainer(report, TrainConfig(**config), tmp_path / "part",
-                          [CancelAfterEpoch(control, 2)], control).fit()
+    stopped = Trainer(report, TrainConfig(**config), tmp_path / "part",
+                      [CancelAfterEpoch(control, 2)], control).fit()
     assert stopped.status == "cancelled"
-    resumed = TextTrainer(report, TrainConfig(**config), tmp_path / "part", resume=True).fit()
+    resumed = Trainer(report, TrainConfig(**config), tmp_path / "part", resume=True).fit()
     assert resumed.status == "completed"
     assert [h["val_accuracy"] for h in resumed.history] == [h["val_accuracy"] for h in whole.history]
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]

@@ -1,9 +1,10 @@
 """`torchrun --nproc-per-node N main.py train DATA --out RUN ...`: one process's part of a distributed fit.
 
-Every process scans the data and trains its share (engine.training.distributed); process 0 alone shows
-progress, writes the run folder and prints the summary line. A bad input is said once, by process 0 (every
-process meets it; the others wait for torchrun to end them); a failure elsewhere is one line naming the
-process, and torchrun then ends the others.
+Every process scans the data (images or texts, as one-process `train` does) and trains its share
+(engine.training.strategy.DistributedStrategy); process 0 alone shows progress, writes the run folder and
+prints the summary line. A bad input is said once, by process 0 (every process meets it; the others wait
+for torchrun to end them); a failure elsewhere is one line naming the process, and torchrun then ends the
+others.
 """
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from engine.cli.main import (EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, BadInput, _bad_input_types, _check_device,
-                             _config_from_args, _config_from_file, _print_problem_summary, fit_summary)
+from engine.cli.common import (EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, BadInput, bad_input_types, check_device,
+                               config_for_data, config_from_args, config_from_file, fit_summary,
+                               print_problem_summary, scan_data)
 from engine.cli.progress import TerminalProgress
 from engine.core.errors import first_line, readable_error
 from engine.core.files import write_text
@@ -39,7 +41,7 @@ def train_distributed(args) -> int:
     except Exception as exc:  # noqa: BLE001 - process 0 reports through main(); the others in one line
         if rank == 0:
             raise
-        if isinstance(exc, _bad_input_types()):
+        if isinstance(exc, bad_input_types()):
             # process 0 meets the same input and says it; leaving first could get it ended by torchrun
             # before it does. Only a mistake this process alone met is said here.
             time.sleep(BAD_INPUT_GRACE_S)
@@ -50,25 +52,24 @@ def train_distributed(args) -> int:
 
 
 def _train(args) -> int:
-    from engine.data.scan import scan_dataset
-    from engine.training.distributed import DistributedContext, DistributedTrainer, process_group
+    from engine.training.distributed import DistributedContext, process_group
+    from engine.training.strategy import DistributedStrategy
+    from engine.training.trainer import Trainer
     if args.resume or args.auto:
         raise BadInput(f"--{'resume' if args.resume else 'auto'} runs in one process: start it without torchrun")
     if not args.data or not args.out:
         raise BadInput("train needs DATA and --out RUN")
-    from engine.training.datasets import is_text_data
-    if is_text_data(args.data):
-        raise BadInput("texts train in one process: start it without torchrun")
-    config = _config_from_file(args.config) if args.config else _config_from_args(args)
-    device = _check_device(config.device)
+    config = config_from_file(args.config) if args.config else config_from_args(args)
+    config = config_for_data(config, args)
+    device = check_device(config.device)
     context = DistributedContext.from_env(uses_cuda=device.type == "cuda")
     out = Path(args.out)
     quiet = {} if context.is_main else {"stream": io.StringIO(), "live": False}
-    with process_group(context), TerminalProgress(**quiet) as progress:
-        report = scan_dataset(args.data, seed=config.seed, progress=progress)
+    with process_group(context), DistributedStrategy(context) as strategy, TerminalProgress(**quiet) as progress:
+        report = scan_data(args.data, config, progress, args)
         if context.is_main:
-            _print_problem_summary(report)
-        result = DistributedTrainer(context, report, config, out, [progress]).fit()
+            print_problem_summary(report)
+        result = Trainer(report, config, out, [progress], strategy=strategy).fit()
     status = EXIT_OK if result.status != "cancelled" else EXIT_FAILURE
     if context.is_main:
         write_text(RunFolder(out).dataset_report, report.format_text() + "\n")

@@ -64,16 +64,10 @@ class Modality:
     def default_backbone(self) -> str | None:
         return None
 
+    takes_model_folders = False   # whether a local model folder (a Hugging Face one) is a backbone too
+
     def check_backbone(self, name: str) -> None:
         """Raise a one-line error when `name` cannot be built, before any work starts."""
-
-    def prepare_config(self, config):
-        """The TrainConfig as this modality trains it (a text encoder's own token count, say)."""
-        return config
-
-    def create_bundle(self, config, num_classes: int):
-        """The model to train (a bundle with `.model`, `.spec`, `.preprocessing`, `.weights`)."""
-        raise NotImplementedError
 
     def checkpoint_meta(self, bundle, model) -> dict:
         """What a checkpoint records to rebuild `model` ("modality", "backbone", "head", ...)."""
@@ -83,9 +77,20 @@ class Modality:
         """The bare, untrained architecture a checkpoint's metadata describes (weights are loaded after)."""
         raise NotImplementedError
 
+    def ensemble_meta(self, member_metas: list[dict]) -> dict:
+        """What an ensemble checkpoint records, beside each member's backbone and head, to rebuild its
+        members (texts: the shared tokenizer and each encoder's architecture)."""
+        return {}
+
+    def build_member(self, meta: dict, index: int):
+        """Member `index` of an ensemble checkpoint, weights still to be loaded."""
+        member = meta["ensemble"][index]
+        return self.build_from_meta({**meta, **member}, member.get("head", "linear"))
+
     # -- training ---------------------------------------------------------------------------------------
-    def training_inputs(self, trainer):
-        """The trainer's input pipeline (engine.training.inputs.TrainingInputs) for this modality."""
+    def training_inputs(self):
+        """A fresh input pipeline (engine.training.inputs.TrainingInputs) for one fit: it builds the model
+        and feeds the trainer this modality's samples."""
         raise NotImplementedError
 
     def eval_inputs(self, model, checkpoint, samples, batch_size: int):

@@ -21,6 +21,8 @@ from engine.models.predictor import tta_setting
 
 FORMAT = "transferlab-checkpoint/1"
 META_KEY = "transferlab"
+SHARED_FIELDS = ("classes", "preprocessing", "modality", "tokenizer")
+"""What every member of an ensemble must have in common: they read one input and name the same classes."""
 
 
 class CheckpointError(ValueError):
@@ -58,7 +60,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, bundle: ModelBund
     model predicts with (engine.models.predictor), for `predict` and the ONNX export.
     """
     modality = modalities.of(bundle.modality)
-    meta = {"format": FORMAT, "modality": modality.name, **modality.checkpoint_meta(bundle, model), "classes": list(classes), "tta": tta_setting({"tta": tta}),
+    meta = {"format": FORMAT, "modality": modality.name, **modality.checkpoint_meta(bundle, model),
+            "classes": list(classes), "tta": tta_setting({"tta": tta}),
             "weights_origin": bundle.weights, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **(extra or {})}
     # CPU tensors, so a checkpoint trained on a GPU loads anywhere (`to(copy=True)`: the clone as before)
@@ -71,16 +74,20 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, bundle: ModelBund
 def save_ensemble_checkpoint(path: str | os.PathLike, members: list[tuple[nn.Module, dict]],
                              extra: dict | None = None) -> dict:
     """One checkpoint holding several trained models (bare, with their checkpoint metadata) that share
-    classes and preprocessing; it loads as `engine.models.ensemble.ProbabilityAverage`. The top level
-    describes the first member, so code that only reads "backbone" or "preprocessing" still works."""
+    classes and preprocessing (texts: modality and tokenizer too); it loads as
+    `engine.models.ensemble.ProbabilityAverage`. The top level describes the first member, so code that only
+    reads "backbone", "preprocessing" or a text model's tokenizer still works."""
     first = members[0][1]
+    modality = modalities.of(first)
     for _, meta in members[1:]:
-        if meta["classes"] != first["classes"] or meta.get("preprocessing") != first.get("preprocessing"):
-            raise CheckpointError("ensemble members must share their classes and preprocessing")
+        if any(meta.get(name) != first.get(name) for name in SHARED_FIELDS):
+            raise CheckpointError("ensemble members must share their classes and preprocessing (texts: their "
+                                  "tokenizer)")
     described = [{name: meta.get(name) for name in MEMBER_FIELDS} for _, meta in members]
     meta = {"format": FORMAT, "backbone": first["backbone"], "arch": first["arch"],
             "preprocessing": first["preprocessing"], "head": first.get("head", "linear"), "tta": "none",
-            "classes": list(first["classes"]), "ensemble": described,
+            "classes": list(first["classes"]), "ensemble": described, "modality": modality.name,
+            **modality.ensemble_meta([meta for _, meta in members]),
             "weights_origin": first.get("weights_origin"),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(extra or {})}
     state = {f"members.{index}.{key}": value.detach().contiguous().to("cpu", copy=True)
@@ -135,7 +142,7 @@ def _load_ensemble(path: str | os.PathLike, meta: dict) -> nn.Module:
         for index, member in enumerate(meta["ensemble"]):
             if member.get("head", "linear") not in HEADS:
                 raise ValueError(f"unknown head {member.get('head')!r}")
-            model = modalities.of(meta).build_from_meta({**meta, **member}, member.get("head", "linear"))
+            model = modalities.of(meta).build_member(meta, index)
             prefix = f"members.{index}."
             model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
             bare.append(model.eval())

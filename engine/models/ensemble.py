@@ -1,4 +1,5 @@
-"""An ensemble of classifiers that see the same input: the mean of their class probabilities.
+"""An ensemble of classifiers that see the same input (an image, or a text's tokens): the mean of their
+class probabilities.
 
 Averaging the probabilities of independently trained networks is the standard ensemble (Lakshminarayanan
 et al., "Simple and Scalable Predictive Uncertainty Estimation using Deep Ensembles", NeurIPS 2017). The

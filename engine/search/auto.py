@@ -47,9 +47,9 @@ from engine.data.report import DatasetReport
 from engine.search.assess import Assessment, assess_backbone, available_backbones, backbone_features, pretrained
 from engine.search.crossval import FeatureViews, head_recipe_accuracy
 from engine.training.config import TrainConfig
-from engine.training.datasets import trainer_class
 from engine.training.evaluation import evaluate_test_split, stored_correctness
 from engine.training.folds import near_duplicate_groups, stratified_folds, usable_folds
+from engine.training.trainer import Trainer
 
 DEFAULT_BUDGET_S = 600.0
 ASSESS_SHARE = 0.3              # a backbone is assessed when its feature pass takes at most this share of the rest
@@ -248,8 +248,8 @@ class RecipeSearch:
         """Train `config` as a run in candidates/NAME (no test split), scored on the validation images."""
         began = time.monotonic()
         folder = self.run_dir / "candidates" / name.replace(" ", "-")
-        trainer = trainer_class(self.report)(self.report, config, folder, [*self.callbacks.callbacks, *callbacks],
-                                             control or self.control, evaluate_test=False)
+        trainer = Trainer(self.report, config, folder, [*self.callbacks.callbacks, *callbacks],
+                          control or self.control, evaluate_test=False)
         result = trainer.fit()
         if result.status == "cancelled" and self.control.cancelled:
             raise Cancelled()

@@ -21,9 +21,9 @@ from engine.core.runfolder import RunFolder
 from engine.data.report import DatasetReport
 from engine.models.checkpoint import load_checkpoint, save_ensemble_checkpoint
 from engine.training.config import TrainConfig
-from engine.training.evaluation import evaluate_split, evaluate_test_split
+from engine.training.evaluation import add_sample_fields, evaluate_split, evaluate_test_split
 from engine.training.metrics import classification_metrics
-from engine.training.trainer import summarize_metrics
+from engine.training.trainer import Trainer, summarize_metrics
 
 MEMBERS_DIR = "members"
 
@@ -53,8 +53,6 @@ def combine_runs(report: DatasetReport, member_runs: list[str | Path], run_dir: 
     configs = [json.loads(RunFolder(run).config.read_text(encoding="utf-8")) for run in member_runs]
     if any(checkpoint.meta.get("ensemble") for _, checkpoint in members):
         raise ValueError("an ensemble member cannot itself be an ensemble")
-    if any(checkpoint.modality != "image" for _, checkpoint in members):
-        raise ValueError("ensembles combine image classifiers only")
     save_ensemble_checkpoint(files.checkpoint, [(model, checkpoint.meta) for model, checkpoint in members],
                              {"config": {"ensemble": configs}})
     model, checkpoint = load_checkpoint(files.checkpoint)
@@ -66,6 +64,7 @@ def combine_runs(report: DatasetReport, member_runs: list[str | Path], run_dir: 
         val = classification_metrics(mean, torch.tensor([s.label for s in samples]), checkpoint.classes,
                                      [s.path for s in samples])
     predictions = {"val": val.pop("predictions")}
+    add_sample_fields(checkpoint, samples, predictions["val"], val["most_confident_wrong"])
     metrics = summarize_metrics(report.classes, {"val": val}, checkpoint.meta["backbone"],
                                 checkpoint.meta.get("weights_origin"), {"ensemble": configs},
                                 ensemble=checkpoint.meta["ensemble"])
@@ -80,13 +79,11 @@ def train_ensemble(report: DatasetReport, configs: list[TrainConfig], run_dir: s
                    progress: Progress | None = None) -> dict:
     """Train each member config into RUN/members/N, combine them into RUN and evaluate its test split:
     what `--config` does with an ensemble winner's config.json. Returns the metrics."""
-    from engine.training.datasets import trainer_class
     control = control or RunControl()
     runs = []
     for index, config in enumerate(configs):
         folder = Path(run_dir) / MEMBERS_DIR / str(index)
-        result = trainer_class(report)(report, config, folder, list(callbacks or []), control,
-                                       evaluate_test=False).fit()
+        result = Trainer(report, config, folder, list(callbacks or []), control, evaluate_test=False).fit()
         if result.status != "completed":
             raise Cancelled() if result.status == "cancelled" else RuntimeError(
                 f"ensemble member {index} {result.status}")

@@ -40,7 +40,7 @@ class TextRecipeSearch(RecipeSearch):
     """RecipeSearch on a text dataset; the same leaderboard, run folder and result."""
 
     deep_name = f"last {DEEP_LAYERS} layers"
-    ensembles = False                   # text checkpoints are not combined (engine.models.ensemble: images)
+    ensembles = False                   # not tried by the text search (engine.search.ensemble combines text runs)
     noun = "texts"
 
     def __init__(self, report: DatasetReport, run_dir: str | Path, budget_s: float = DEFAULT_BUDGET_S,
@@ -118,7 +118,7 @@ class TextRecipeSearch(RecipeSearch):
 def text_step_seconds(bundle, config: TrainConfig, report: DatasetReport, repeats: int = 2) -> tuple[float, float]:
     """(seconds of the frozen layers' pass for a batch, seconds of one training step of what `config`
     trains) on a batch of the dataset's own training texts (their lengths set the cost), on cached hidden
-    states as the TextTrainer trains; the best of `repeats` after a warm-up. The weights are put back."""
+    states as a text fit trains (engine.training.text_trainer); the best of `repeats` after a warm-up. The weights are put back."""
     from engine.models.layers import LayerTree
     from engine.training.text_trainer import SuffixOnTextActivations, activation_boundary, frozen_prefix
     from engine.training.timing import best_step_seconds

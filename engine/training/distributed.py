@@ -2,11 +2,12 @@
 
 `torchrun --nproc-per-node N main.py train DATA --out RUN` starts N copies of the command; each finds its
 place in the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), and
-`DistributedTrainer` splits the work between them:
+`engine.training.strategy.DistributedStrategy` splits the work between them, with the collectives here:
 
-* the frozen layers' single pass (cached features or activations) is sharded: each process computes a
-  contiguous slice of the images, the slices are gathered in rank order, so every process holds the whole
-  cached tensor in the order one process would have computed; process 0 alone writes the disk entry;
+* the frozen layers' single pass over images (cached features or activations) is sharded: each process
+  computes a contiguous slice of the images, the slices are gathered in rank order, so every process holds
+  the whole cached tensor in the order one process would have computed; process 0 alone writes the disk
+  entry (texts' sentence vectors and hidden states are computed by every process);
 * the trainable part is wrapped in DistributedDataParallel (gradients averaged, frozen parameters left
   out), the training loader draws through a seeded DistributedSampler, so an epoch takes 1/N of the steps
   with N times the batch;
@@ -16,20 +17,16 @@ place in the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADD
 * every collective has a timeout, so a process whose peer died never waits forever (torchrun also ends
   the others as soon as one exits with an error).
 
-Without torchrun none of this is imported by the fit: the same command runs as before, in one process.
+Without torchrun none of this runs: the same command trains in one process (`SingleProcess`).
 Training states are written after each epoch only (not within one); `train --resume RUN` continues such
 a run in one process.
 """
 from __future__ import annotations
 
-import math
 import os
-import shutil
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -39,7 +36,6 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from engine.core.callbacks import Callback
 from engine.data.transforms import ReadableLoader
-from engine.training.trainer import Trainer
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 DEFAULT_TIMEOUT_S = 30 * 60      # the longest a process waits for its peers (process 0 validating alone)
@@ -171,9 +167,8 @@ class StopAgreement(Callback):
     """Keeps the processes in step: a cancel on any process stops every one after the same batch, and
     process 0's early-stopping decision (it alone validates) is every process's."""
 
-    def __init__(self, context: DistributedContext):
-        self.context = context
-        self.trainer: Trainer | None = None
+    def __init__(self, context: DistributedContext, trainer):
+        self.context, self.trainer = context, trainer
 
     def on_batch_end(self, step: int, logs: dict) -> None:
         if any_rank(self.trainer.control.cancelled, self.context):
@@ -188,144 +183,16 @@ def unwrapped(net: nn.Module) -> nn.Module:
     return net.module if isinstance(net, DistributedDataParallel) else net
 
 
-class DistributedTrainer(Trainer):
-    """A `Trainer` for one of the processes torchrun started (module docstring). Build and `fit()` it in
-    every process, inside `process_group(context)`."""
-
-    def __init__(self, context: DistributedContext, report, config, run_dir, callbacks=None, control=None,
-                 bundle=None, evaluate_test: bool = True):
-        if config.balance == "sampler":
-            raise ValueError("--balance sampler is not available with torchrun (each process draws its share "
-                             "with a DistributedSampler): use --balance loss")
-        self.context = context
-        self._scratch = None if context.is_main else \
-            Path(tempfile.mkdtemp(prefix=f"transferlab-rank{context.rank}-"))     # what the others write
-        agreement = StopAgreement(context)
-        try:
-            super().__init__(report, config, self._scratch or run_dir, [agreement, *(callbacks or [])],
-                             control, bundle, evaluate_test, resume=False, state_every_s=math.inf)
-        except Exception:
-            self._remove_scratch()
-            raise
-        agreement.trainer = self
-        if context.backend == "nccl":
-            self.device = context.device     # one GPU per process: the one torchrun's LOCAL_RANK names
-        self._sharded = True            # passes are shared until process 0 evaluates alone
-        self._ddp: nn.Module | None = None
-
-    def fit(self):
-        try:
-            return super().fit()
-        finally:
-            self._remove_scratch()
-
-    def _remove_scratch(self) -> None:
-        if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
-
-    # -- what only process 0 writes ------------------------------------------------------------------
-    def _save_state(self, optimizer, schedule) -> None:
-        if self.context.is_main:
-            super()._save_state(optimizer, schedule)
-
-    def _keep_cancelled_position(self) -> None:
-        """Nothing within an epoch: its position is this process's share of a distributed order, which
-        a resume (in one process) could not continue; the state after the last whole epoch stays."""
-
-    def _save_checkpoint(self, epoch: int, logs: dict) -> None:
-        if self.context.is_main:
-            super()._save_checkpoint(epoch, logs)
-
-    def _write_status(self, status: str, durable: bool = True) -> None:
-        if self.context.is_main:
-            super()._write_status(status, durable)
-
-    def _final_metrics(self) -> dict:
-        """Process 0 alone (the others have no checkpoint): its passes are no longer shared."""
-        self._sharded = False
-        return super()._final_metrics()
-
-    # -- inputs --------------------------------------------------------------------------------------
-    def _image_source(self, samples):
-        """No decoded-image cache: N processes on one machine would each hold every image, and a process
-        sees a different share of them every epoch."""
-        return None
-
-    def _pipeline(self):
-        self._ddp = None                 # the previous stage's wrapper lets go of its gradient hooks
-        net, train, val, path = super()._pipeline()
-        self._ddp = wrap_trainable(net, self.context)
-        note = (f"distributed: {self.context.world_size} processes ({self.context.backend}), "
-                f"{train.batch_size} images per process and step")
-        if note not in self.path_notes:
-            self.path_notes.append(note)
-        return self._ddp, self._distributed_loader(train), val, path
-
-    def _distributed_loader(self, loader: DataLoader) -> DataLoader:
-        """The training loader again, drawing this process's share of each epoch (seeded, reshuffled by
-        `set_epoch`; every process gets the same number of batches)."""
-        sampler = DistributedSampler(loader.dataset, num_replicas=self.context.world_size,
-                                     rank=self.context.rank, shuffle=True, seed=self.config.seed)
-        options = {"batch_size": loader.batch_size, "sampler": sampler, "num_workers": loader.num_workers,
-                   "pin_memory": loader.pin_memory}
-        if isinstance(loader, ReadableLoader):
-            return ReadableLoader(loader.dataset, loader.on_unreadable, **options)
-        return DataLoader(loader.dataset, collate_fn=loader.collate_fn, **options)
-
-    def _cached_pipeline(self, plan):
-        """Also the test split's cached inputs, while the processes share passes: process 0 evaluates
-        it alone at the end and then finds them computed."""
-        cached = super()._cached_pipeline(plan)
-        if cached is not None and self.evaluate_test and self.test_samples:
-            self._eval_set(self.test_samples)
-        return cached
-
-    def _features(self, samples, transforms, transform_id: str, views_of_split: int | None = None):
-        if not self._sharded or not samples:
-            return super()._features(samples, transforms, transform_id, views_of_split)
-        try:
-            return self._sharded_features(samples, transforms, transform_id)
-        finally:
-            self._note_cache(self.feature_cache)
-
-    def _sharded_features(self, samples, transforms, transform_id: str) -> torch.Tensor:
-        """[V, N, ...] as `FeatureCache.features` returns them: read when every process has them cached,
-        else each process computes its slice and all gather the whole."""
-        cache, seed, context = self.feature_cache, self.config.seed, self.context
-        paths, labels = [s.path for s in samples], [s.label for s in samples]
-        key, found = cache.lookup(paths, self.report.content_hash, transform_id, seed, len(transforms))
-        if not any_rank(found is None, context):
-            return found
-        share = shard_range(len(samples), context.rank, context.world_size)
-        local, missing = (None, set())
-        if len(share):
-            local, missing = cache.compute(paths[share.start:share.stop], labels[share.start:share.stop],
-                                           transforms, seed, self.control, self.callbacks.on_progress,
-                                           skip_unreadable=True)
-        views = gather_shards(local, context)
-        unreadable = {}
-        for part in all_gather_objects({paths[share.start + row]: cache.unreadable[paths[share.start + row]]
-                                        for row in missing}, context):
-            unreadable.update(part)
-        cache.unreadable.update(unreadable)
-        if not unreadable:
-            cache.adopt(key, views, on_disk=context.is_main)
-        return views
-
-    # -- the loop ------------------------------------------------------------------------------------
-    def _train_epoch(self, net, loader, optimizer, schedule, stage, progress):
-        """One epoch of this process's share; the loss and accuracy reported are over every process's."""
-        loader.sampler.set_epoch(self._epoch)
-        super()._train_epoch(net, loader, optimizer, schedule, stage, progress)
-        loss_sum, correct, seen = sum_over_ranks([progress.loss_sum, progress.correct, progress.seen],
-                                                 self.context)
-        return loss_sum / max(seen, 1), correct / max(seen, 1)
-
-    def _validate(self, net, loader):
-        """Process 0 validates; the others wait for its decisions (StopAgreement)."""
-        if not self.context.is_main:
-            return float("nan"), float("nan")
-        return super()._validate(unwrapped(net), loader)
+def distributed_loader(loader: DataLoader, context: DistributedContext, seed: int) -> DataLoader:
+    """The training loader again, drawing this process's share of each epoch (seeded, reshuffled by
+    `set_epoch`; every process gets the same number of batches)."""
+    sampler = DistributedSampler(loader.dataset, num_replicas=context.world_size, rank=context.rank,
+                                 shuffle=True, seed=seed)
+    options = {"batch_size": loader.batch_size, "sampler": sampler, "num_workers": loader.num_workers,
+               "pin_memory": loader.pin_memory}
+    if isinstance(loader, ReadableLoader):
+        return ReadableLoader(loader.dataset, loader.on_unreadable, **options)
+    return DataLoader(loader.dataset, collate_fn=loader.collate_fn, **options)
 
 
 def wrap_trainable(net: nn.Module, context: DistributedContext) -> nn.Module:

@@ -34,15 +34,23 @@ def evaluate_test_split(run_dir: str | Path, report: DatasetReport, control: Run
     test = evaluate_split(model, checkpoint, samples, control, progress)
     predictions = json.loads(files.predictions.read_text(encoding="utf-8")) if files.predictions.exists() else {}
     predictions["test"] = test.pop("predictions")
-    shown = {s.path: modalities.of(checkpoint).sample_fields(s) for s in samples}
-    for row in predictions["test"] + test["most_confident_wrong"]:
-        row.update(shown.get(row["path"], {}))
+    add_sample_fields(checkpoint, samples, predictions["test"], test["most_confident_wrong"])
     metrics.setdefault("splits", {})["test"] = test
     metrics.update(test_accuracy=test["accuracy"], evaluated_on="test", per_class=test["per_class"],
                    confusion_matrix=test["confusion_matrix"], most_confident_wrong=test["most_confident_wrong"])
     write_json(files.predictions, predictions)
     write_json(files.metrics, metrics)
     return metrics
+
+
+def add_sample_fields(checkpoint, samples, *row_lists: list[dict]) -> None:
+    """Each row gets what its modality shows beside the path (a text's text), as the fit writes them: the
+    results view shows them, the export verifies on them. Image rows stay as they are."""
+    modality = modalities.of(checkpoint)
+    shown = {s.path: modality.sample_fields(s) for s in samples}
+    for rows in row_lists:
+        for row in rows:
+            row.update(shown.get(row["path"], {}))
 
 
 def evaluate_split(model, checkpoint, samples, control: RunControl | None = None,

@@ -1,6 +1,6 @@
-"""Training on texts: the image Trainer's loop, callbacks, checkpoints and resumable state, with texts as
-its inputs. Only what a modality changes is here: the model (engine.models.text), the loaders (tokens, or
-sentence vectors cached once when only the head trains) and evaluation's inputs.
+"""Training inputs for texts (`TextInputs`): the Trainer's loop, callbacks, checkpoints and resumable state,
+with texts as its inputs. Only what a modality changes is here: the model (engine.models.text), the loaders
+(tokens, or sentence vectors cached once when only the head trains) and evaluation's inputs.
 
 Head-only training runs on the frozen encoder's pooled sentence vectors, computed once per (encoder,
 tokenizer, texts) and kept on disk like the image feature cache, so a head trains in seconds and a second
@@ -11,7 +11,6 @@ trains on tokens.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -21,16 +20,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from engine.core.control import RunControl
-from engine.core.files import write_json
 from engine.core.memory import MEMORY_FRACTION, format_bytes, memory_budget
 from engine.core.paths import cache_dir
-from engine.data.report import DatasetReport
+from engine.core.runtime import release_freed_memory
 from engine.models.text import (SORT_BATCH, TextBundle, TextClassifier, TextTokenizer, collate_texts, create_text_model,
                                 mean_pool)
 from engine.training.caches import FeatureDataset, HeadOnFeatures, classifier_parameter_names, read_entry, write_entry
 from engine.training.config import TrainConfig
+from engine.training.inputs import TrainingInputs
 from engine.training.optim import seed_everything
-from engine.training.trainer import Trainer
 
 log = logging.getLogger("transferlab")
 
@@ -272,138 +270,142 @@ def prepare_text_config(config: TrainConfig) -> TrainConfig:
     return config
 
 
-class TextTrainer(Trainer):
-    """The Trainer for a text dataset (report.modality == 'text') and a text encoder (config.backbone)."""
+class TextInputs(TrainingInputs):
+    """The inputs of a fit on a text dataset (report.modality == 'text') with a text encoder
+    (config.backbone): sentence vectors, hidden states or tokens (module docstring)."""
 
-    def __init__(self, report: DatasetReport, config: TrainConfig, run_dir, callbacks=None, control=None,
-                 bundle: TextBundle | None = None, evaluate_test: bool = True, resume: bool = False,
-                 state_every_s: float | None = None):
-        if report.modality != "text":
-            raise ValueError("TextTrainer trains on a text dataset; this one holds images")
-        super().__init__(report, prepare_text_config(replace(config)), run_dir, callbacks, control, bundle,
-                         evaluate_test, resume, state_every_s)
+    def __init__(self):
+        super().__init__()
+        self.cached_net: nn.Module | None = None     # set while a stage trains on cached inputs
         self._embeddings: EmbeddingCache | None = None
         self._activations: TextActivations | None = None
 
-    def _prepare(self) -> None:
-        if self.bundle is None:
-            seed_everything(self.config.seed)     # the fresh head's weights: the same for a resumed fit
-            self.bundle = create_text_model(self.config.backbone, len(self.report.classes), head=self.config.head,
-                                            max_tokens=self.config.max_tokens, weights=self.config.weights)
-        super()._prepare()
+    def configure(self, config: TrainConfig) -> TrainConfig:
+        return prepare_text_config(replace(config))
 
-    # -- inputs ---------------------------------------------------------------------------------------
+    def create_bundle(self, config: TrainConfig, num_classes: int) -> TextBundle:
+        """The encoder and a fresh head (seeded: the same for a resumed fit); training then draws from
+        freshly seeded streams."""
+        bundle = create_text_model(config.backbone, num_classes, head=config.head, max_tokens=config.max_tokens,
+                                   weights=config.weights)
+        seed_everything(config.seed)
+        return bundle
+
+    # -- the pipeline ----------------------------------------------------------------------------------
     def _head_only(self) -> bool:
-        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
-        return trainable == classifier_parameter_names(self.model)
+        model = self.trainer.model
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        return trainable == classifier_parameter_names(model)
 
-    def _pipeline(self):
+    def pipeline(self):
         """(network, train loader, val loader, path): cached sentence vectors when only the head trains
-        ('embeddings'), else tokens through the encoder ('tokens')."""
-        self._cached_net = None
-        if self.config.cache == "auto" and self._head_only():
-            self.path_notes.append("training on cached sentence vectors (the encoder is frozen)")
-            self._cached_net = HeadOnFeatures(self.model)
-            train = self._vector_loader(self.train_samples, shuffle=True)
-            val = self._vector_loader(self.val_samples, shuffle=False)
-            return self._cached_net, train, val, "embeddings"
-        boundary = activation_boundary(self.model) if self.config.cache == "auto" else None
+        ('embeddings'), hidden states after the frozen layers ('hidden-states'), else tokens through the
+        encoder ('tokens')."""
+        trainer = self.trainer
+        self.cached_net = None
+        cache_on = trainer.config.cache == "auto"
+        if cache_on and self._head_only():
+            trainer.path_notes.append("training on cached sentence vectors (the encoder is frozen)")
+            self.cached_net = HeadOnFeatures(trainer.model)
+            train = self._vector_loader(trainer.train_samples, shuffle=True)
+            val = self._vector_loader(trainer.val_samples, shuffle=False)
+            return self.cached_net, train, val, "embeddings"
+        boundary = activation_boundary(trainer.model) if cache_on else None
         if boundary is not None:
             cached = self._activation_pipeline(boundary)
             if cached is not None:
                 return cached
-        self.path_notes.append("training on tokens" + ("" if self.config.cache == "auto" else " (cache off)"))
-        train = self._token_loader(self.train_samples, shuffle=True)
-        val = self._token_loader(self.val_samples, shuffle=False)
-        return self.model, train, val, "tokens"
+        trainer.path_notes.append("training on tokens" + ("" if cache_on else " (cache off)"))
+        train = self._token_loader(trainer.train_samples, shuffle=True)
+        val = self._token_loader(trainer.val_samples, shuffle=False)
+        return trainer.model, train, val, "tokens"
 
     def _activation_pipeline(self, boundary: int):
         """The frozen layers run once per text; each epoch runs the layers from `boundary` on. None when the
         hidden states would not fit in memory (then the fit trains on tokens)."""
-        self._activations = TextActivations(self.model, self.bundle.tokenizer, boundary)
+        trainer = self.trainer
+        self._activations = TextActivations(trainer.model, trainer.bundle.tokenizer, boundary)
         self.feature_cache = self._activations
-        train = self._activation_loader(self.train_samples, shuffle=True)
-        needed = TextActivations.nbytes(train.dataset.activations) * (len(self.report.samples) /
-                                                                       max(1, len(self.train_samples)))
+        train = self._activation_loader(trainer.train_samples, shuffle=True)
+        needed = TextActivations.nbytes(train.dataset.activations) * (len(trainer.report.samples) /
+                                                                       max(1, len(trainer.train_samples)))
         if needed > memory_budget():
-            self.path_notes.append(f"training on tokens: cached hidden states would need {format_bytes(needed)}, "
-                                   f"more than {MEMORY_FRACTION:.0%} of RAM")
+            trainer.path_notes.append(f"training on tokens: cached hidden states would need "
+                                      f"{format_bytes(needed)}, more than {MEMORY_FRACTION:.0%} of RAM")
             self._activations = None
             return None
-        self._cached_net = SuffixOnTextActivations(self.model, boundary)
-        val = self._activation_loader(self.val_samples, shuffle=False)
-        self.path_notes.append(f"training on cached hidden states after layer {boundary - 1} "
-                               f"({format_bytes(needed)}; the layers before it run once per text)")
-        return self._cached_net, train, val, "hidden-states"
+        self.cached_net = SuffixOnTextActivations(trainer.model, boundary)
+        val = self._activation_loader(trainer.val_samples, shuffle=False)
+        trainer.path_notes.append(f"training on cached hidden states after layer {boundary - 1} "
+                                  f"({format_bytes(needed)}; the layers before it run once per text)")
+        return self.cached_net, train, val, "hidden-states"
+
+    def _loader(self, dataset: Dataset, samples, shuffle: bool, collate_fn=None) -> DataLoader:
+        """A loader in the fit's batches: shuffled (or balanced) by the fit's generator for training."""
+        sampler = self.balanced_sampler(samples) if shuffle else None
+        return DataLoader(dataset, batch_size=self.trainer.config.batch_size, shuffle=shuffle and sampler is None,
+                          sampler=sampler, generator=self.trainer.generator if shuffle else None,
+                          collate_fn=collate_fn, pin_memory=self.pin_memory)
 
     def _activation_loader(self, samples, shuffle: bool) -> DataLoader:
-        states = self._activations.activations([s.text for s in samples], self.control, self.callbacks.on_progress)
-        dataset = ActivationDataset(states, [s.label for s in samples])
-        sampler = self._balanced_sampler(samples) if shuffle else None
-        return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=shuffle and sampler is None,
-                          sampler=sampler, generator=self.generator if shuffle else None,
-                          collate_fn=pack_activations, pin_memory=self._pin_memory)
+        trainer = self.trainer
+        states = self._activations.activations([s.text for s in samples], trainer.control,
+                                               trainer.callbacks.on_progress)
+        return self._loader(ActivationDataset(states, [s.label for s in samples]), samples, shuffle,
+                            pack_activations)
 
     def _token_loader(self, samples, shuffle: bool) -> DataLoader:
         dataset = TextDataset([s.text for s in samples], [s.label for s in samples])
-        sampler = self._balanced_sampler(samples) if shuffle else None
-        return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=shuffle and sampler is None,
-                          sampler=sampler, generator=self.generator if shuffle else None,
-                          collate_fn=collate_texts(self.bundle.tokenizer), pin_memory=self._pin_memory)
+        return self._loader(dataset, samples, shuffle, collate_texts(self.trainer.bundle.tokenizer))
 
     def _vector_loader(self, samples, shuffle: bool) -> DataLoader:
-        vectors = self._vectors(samples)
-        dataset = FeatureDataset([vectors], [s.label for s in samples])
+        dataset = FeatureDataset([self._vectors(samples)], [s.label for s in samples])
         if not shuffle:
-            return DataLoader(dataset, batch_size=256, pin_memory=self._pin_memory)
-        sampler = self._balanced_sampler(samples)
-        return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=sampler is None, sampler=sampler,
-                          generator=self.generator, pin_memory=self._pin_memory)
+            return DataLoader(dataset, batch_size=256, pin_memory=self.pin_memory)
+        return self._loader(dataset, samples, shuffle)
 
     def _vectors(self, samples) -> torch.Tensor:
+        trainer = self.trainer
         if self._embeddings is None:
-            self._embeddings = EmbeddingCache(self.model, self.bundle.tokenizer)
+            self._embeddings = EmbeddingCache(trainer.model, trainer.bundle.tokenizer)
             self.feature_cache = self._embeddings
         try:
-            return self._embeddings.embeddings([s.text for s in samples], self.control, self.callbacks.on_progress)
+            return self._embeddings.embeddings([s.text for s in samples], trainer.control,
+                                               trainer.callbacks.on_progress)
         finally:
-            self.path_notes.extend(n for n in self._embeddings.notes if n not in self.path_notes)
+            for note in self._embeddings.notes:
+                self.note_once(note)
 
-    def _eval_inputs(self, samples) -> tuple[nn.Module, DataLoader]:
-        if self._cached_net is None:
-            return self._evaluated(self.model), self._token_loader(samples, shuffle=False)
-        if isinstance(self._cached_net, SuffixOnTextActivations):
-            return self._cached_net, self._activation_loader(samples, shuffle=False)
-        return self._cached_net, self._vector_loader(samples, shuffle=False)
+    # -- evaluation and the fit's record ---------------------------------------------------------------
+    def eval_inputs(self, samples) -> tuple[nn.Module, DataLoader]:
+        if self.cached_net is None:
+            return self.evaluated(self.trainer.model), self._token_loader(samples, shuffle=False)
+        if isinstance(self.cached_net, SuffixOnTextActivations):
+            return self.cached_net, self._activation_loader(samples, shuffle=False)
+        return self.cached_net, self._vector_loader(samples, shuffle=False)
 
-    def _cache_fingerprint(self, path: str) -> str | None:
+    def cache_fingerprint(self, path: str) -> str | None:
         if path == "hidden-states" and self._activations is not None:
             return self._activations.fingerprint
         return self._embeddings.fingerprint if path == "embeddings" and self._embeddings else None
 
-    def _frozen_pass(self, path: str) -> str:
+    def frozen_pass(self, path: str) -> str:
         if path == "hidden-states":
             return "pytorch"                 # hidden states are kept in memory only, computed by each fit
         if path != "embeddings" or self._embeddings is None:
             return "none"
         return self._embeddings.runtime_used or "reused"
 
-    def _final_metrics(self) -> dict:
-        """The image metrics, with each text beside its row in the most-confidently-wrong list and in
-        predictions.json (the results view shows them; the export verifies on them)."""
-        metrics = super()._final_metrics()
-        texts = {s.path: s.text for s in self.report.samples}
+    def annotate_metrics(self, metrics: dict, predictions: dict) -> None:
+        """Each text beside its row in the most-confidently-wrong list and in predictions.json (the results
+        view shows them; the export verifies on them)."""
+        texts = {s.path: s.text for s in self.trainer.report.samples}
         for item in metrics.get("most_confident_wrong", []):
             item["text"] = texts.get(item["path"], "")
-        write_json(self.files.metrics, metrics)
-        predictions = json.loads(self.files.predictions.read_text(encoding="utf-8"))
         for rows in predictions.values():
             for row in rows:
                 row["text"] = texts.get(row["path"], "")
-        write_json(self.files.predictions, predictions)
-        return metrics
 
-    def _release_caches(self) -> None:
-        super()._release_caches()
-        self._embeddings = self._activations = None
-
+    def release(self) -> None:
+        self.cached_net = self._embeddings = self._activations = None
+        release_freed_memory()

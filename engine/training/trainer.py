@@ -6,17 +6,21 @@ with checkpoint 'best', whenever validation improves), so stopping at any moment
 every epoch, every few minutes within one and at a cancel it also keeps the last training state, from
 which `resume=True` continues the fit to exactly the end it would have reached (engine.training.runstate,
 engine.training.snapshot).
+
+The loop is the same for every dataset and every launch: what it trains on comes from a
+`TrainingInputs` (engine.training.inputs: images, texts), how the work is spread over processes from a
+strategy (engine.training.strategy: one process, or one of several torchrun started).
 """
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from engine.core.callbacks import Callback, CallbackList
 from engine.core.control import Cancelled, RunControl
@@ -24,21 +28,17 @@ from engine.core.device import (BatchSizeBackoff, amp_policy, device_label, grad
                                 release_device_memory, resolve_device, short_name, to_device)
 from engine.core.errors import readable_error
 from engine.core.files import write_json
-from engine.core.memory import MEMORY_FRACTION, format_bytes, memory_budget
 from engine.core.runfolder import RunFolder
-from engine.core.runtime import release_freed_memory, tune_malloc
-from engine.data.imagecache import DecodedImageCache, DecodedImages
+from engine.core.runtime import tune_malloc
 from engine.data.report import DatasetReport
-from engine.data.transforms import ImageDataset, ReadableLoader, eval_transform, train_transform
-from engine.models.catalog import ModelBundle, create_model
+from engine.models.catalog import ModelBundle
 from engine.models.checkpoint import save_checkpoint
 from engine.models.heads import set_head
-from engine.models.layers import LayerTree, SuffixOnActivations, frozen_batchnorm_to_eval
-from engine.models.predictor import predictor
-from engine.training.caches import (ActivationCache, CachePlan, FeatureCache, FeatureDataset, HeadOnFeatures,
-                                    ViewAveraged, plan_cache, view_id, view_transform)
+from engine.models.layers import LayerTree, frozen_batchnorm_to_eval
+from engine.training.caches import FeatureDataset, HeadOnFeatures
 from engine.training.callbacks import BestCheckpoint, EarlyStopping
 from engine.training.config import TrainConfig
+from engine.training.inputs import TrainingInputs, inputs_for
 from engine.training.metrics import classification_metrics, predict_logits
 from engine.training.optim import class_weights, make_optimizer, make_schedule, param_groups, seed_everything
 from engine.training.runstate import (STATE_EVERY_S, ResumeRefused, SavedState, active_run, check_resume,
@@ -48,6 +48,7 @@ from engine.training.runstate import (STATE_EVERY_S, ResumeRefused, SavedState, 
 from engine.training.snapshot import (EpochProgress, RandomStreams, StateMismatch, model_tensors,
                                       optimizer_state, restore_model, restore_optimizer, schedule_state,
                                       skippable, weights_digest)
+from engine.training.strategy import SingleProcess
 
 log = logging.getLogger("transferlab")
 
@@ -89,24 +90,6 @@ def plan_stages(config: TrainConfig) -> list[Stage]:
                   config.frozen_parameters, second, config.freeze_blocks)]
 
 
-def cached_view_count(config: TrainConfig) -> int:
-    """Views of each training image on a cached path: the plain one alone without augmentation, plain and
-    mirrored for 'flip' (whatever `cached_views` says), else `cached_views` (1 plain + random ones).
-
-    Epochs take the views in turn, so an epoch costs the same with or without them and the recipe search's
-    cross-validation trains the same way. Both flip views in every epoch (twice the steps) was no better:
-    on Fashion-MNIST photos (600, 3 splits x 2 seeds, 10 epochs) test accuracy 0.776 vs 0.781 in turn with
-    a linear head, 0.785 vs 0.780 with the MLP, within the ±2-point noise of the mean."""
-    if config.augmentation == "none":
-        return 1
-    return 2 if config.augmentation == "flip" else max(1, config.cached_views)
-
-
-def eval_views(config: TrainConfig) -> tuple[str, ...]:
-    """The cached views evaluation reads: the plain one, and the mirrored one for test-time flip."""
-    return ("plain", "mirrored") if config.tta == "flip" else ("plain",)
-
-
 def apply_stage_freeze(tree: LayerTree, stage: Stage) -> None:
     if stage.frozen is not None:
         tree.freeze_parameters(stage.frozen)
@@ -120,23 +103,34 @@ class Trainer:
     `resume=True` continues the fit `run_dir` holds from its last state (engine.training.runstate) and ends
     as that fit would have; it raises ResumeRefused here, before any work, when it cannot.
     `state_every_s`: seconds between training states within an epoch (default STATE_EVERY_S).
+    `inputs`: what the fit trains on (default: `inputs_for(report)`, the dataset's modality);
+    `strategy`: how the work is spread over processes (default: `SingleProcess`).
     """
 
     def __init__(self, report: DatasetReport, config: TrainConfig, run_dir: str | Path,
                  callbacks: list[Callback] | None = None, control: RunControl | None = None,
                  bundle: ModelBundle | None = None, evaluate_test: bool = True, resume: bool = False,
-                 state_every_s: float | None = None):
+                 state_every_s: float | None = None, strategy: SingleProcess | None = None,
+                 inputs: TrainingInputs | None = None):
+        self.strategy = strategy or SingleProcess()
+        self.inputs = inputs or inputs_for(report)
+        config = self.inputs.configure(config)
+        refusal = self.strategy.refusal(config)
+        if refusal:
+            raise ValueError(refusal)
         config.validate()
-        self.device = resolve_device(config.device)   # a device that is not there: refused before any work
+        # a device that is not there: refused before any work
+        self.device = self.strategy.device(resolve_device(config.device))
         if resume:
             check_resume(run_dir, report, config)
         self.report = report
         self.config = config
-        self.run_dir = Path(run_dir)
+        self.run_dir = self.strategy.folder(Path(run_dir))
         self.checkpointer = BestCheckpoint(self._save_checkpoint, keep_last=config.checkpoint == "last")
         self.early_stopping = EarlyStopping(config.early_stopping)
         # the trainer's own callbacks first: they set logs["best"] before anyone else sees an epoch
-        self.callbacks = CallbackList([self.checkpointer, self.early_stopping, *(callbacks or [])])
+        self.callbacks = CallbackList([self.checkpointer, self.early_stopping, *self.strategy.callbacks(self),
+                                       *(callbacks or [])])
         self.control = control or RunControl()
         self.bundle = bundle
         self.evaluate_test = evaluate_test  # a recipe search's candidates never see the test split
@@ -146,6 +140,8 @@ class Trainer:
         self._step = 0                                   # batches done, all epochs
         self.resume = resume
         self.state_every_s = STATE_EVERY_S if state_every_s is None else state_every_s
+        if not self.strategy.saves_within_epoch:
+            self.state_every_s = math.inf
         self._stages: list[Stage] = []
         self._stage_index = 0
         self._epoch_in_stage = 0                         # epochs done in the current stage
@@ -158,13 +154,8 @@ class Trainer:
         self._last_state_time = 0.0
         self._saved_at: tuple[int, int] | None = None   # (step, batches) of the last state written
         self._optimizer = self._schedule = self._sampler = None   # of the stage that trains now
-        self.feature_cache: FeatureCache | None = None   # the cache the current stage trains on
-        self._caches: dict[tuple, FeatureCache] = {}
-        self._cached_net: nn.Module | None = None        # set while a stage trains on cached inputs
-        self.decoded: DecodedImages | None = None        # every image decoded once, built on first use
-        self._decoded_index: dict[str, int] | None = None
         self.path_notes: list[str] = []                  # where inputs come from, or why not cached
-        self.unreadable: dict[str, str] = {}             # images that could not be read mid-fit -> why
+        self.inputs.bind(self)
 
     # -- set-up ---------------------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -172,8 +163,7 @@ class Trainer:
         self.generator = seed_everything(self.config.seed)
         classes = self.report.classes
         if self.bundle is None:
-            self.bundle = create_model(self.config.backbone, len(classes), weights=self.config.weights,
-                                       input_size=self.config.image_size, head=self.config.head)
+            self.bundle = self.inputs.create_bundle(self.config, len(classes))
         set_head(self.bundle.model, self.config.head)     # a bundle passed in trains the configured head
         # channels_last: 1.4x inference and 1.7x training for EfficientNet-Lite0 on CPU, never slower
         # for the other backbones (bench/bench_settings.py, bench/RESULTS.md)
@@ -200,176 +190,6 @@ class Trainer:
         self.scaler = grad_scaler(self.amp, self.device)
         self._micro_batch = self.config.batch_size    # halved after running out of GPU memory
 
-    @property
-    def _pin_memory(self) -> bool:
-        """Page-locked batches copy to a GPU asynchronously; on a CPU they would only cost time."""
-        return self.device.type == "cuda"
-
-    def _image_loader(self, samples, transform, shuffle: bool) -> DataLoader:
-        """Images that can no longer be read (deleted or damaged since the scan) are left out and noted."""
-        dataset = ImageDataset([s.path for s in samples], [s.label for s in samples], transform,
-                               self._image_source(samples), skip_unreadable=True)
-        sampler = self._balanced_sampler(samples) if shuffle else None
-        return ReadableLoader(dataset, self._note_unreadable, batch_size=self.config.batch_size,
-                              shuffle=shuffle and sampler is None, sampler=sampler,
-                              generator=self.generator if shuffle else None,
-                              num_workers=self.config.num_workers, drop_last=False,
-                              pin_memory=self._pin_memory)
-
-    def _note_unreadable(self, path: str, reason: str) -> None:
-        """One path note for every image skipped so far: the fit goes on without them."""
-        if path in self.unreadable:
-            return
-        log.warning("%s: cannot be read any more (%s); skipped for the rest of this fit", path, reason)
-        before = skipped_images_note(self.unreadable)
-        self.unreadable[path] = reason
-        if before and before in self.path_notes:
-            self.path_notes.remove(before)
-        self.path_notes.append(skipped_images_note(self.unreadable))
-
-    def _unreadable_rows(self, samples) -> list[int]:
-        return [row for row, sample in enumerate(samples) if sample.path in self.unreadable]
-
-    def _note_cache(self, cache: FeatureCache) -> None:
-        """What a feature pass had to say: images it could not read, entries damaged or not kept on disk."""
-        for path, reason in cache.unreadable.items():
-            self._note_unreadable(path, reason)
-        self.path_notes.extend(note for note in cache.notes if note not in self.path_notes)
-
-    def _balanced_sampler(self, samples) -> WeightedRandomSampler | None:
-        if self.config.balance != "sampler":
-            return None
-        labels = [s.label for s in samples]
-        weights = class_weights(labels, len(self.report.classes))[labels]
-        return WeightedRandomSampler(weights, len(samples), replacement=True, generator=self.generator)
-
-    def _image_source(self, samples):
-        """Images decoded once per fit (`cache='auto'` and it fits), or None: decode on every use."""
-        if self.config.cache != "auto":
-            return None
-        if self._decoded_index is None:
-            every = self.train_samples + self.val_samples + self.test_samples
-            paths = list(dict.fromkeys(s.path for s in every))
-            self.decoded, note = DecodedImageCache().build(
-                paths, self.report.content_hash, self.bundle.preprocessing, self.control,
-                self.callbacks.on_progress)
-            self._decoded_index = {path: index for index, path in enumerate(paths)}
-            self.path_notes.append(note)
-        if self.decoded is None:
-            return None
-        return self.decoded.source([self._decoded_index[s.path] for s in samples])
-
-    def _pipeline(self):
-        """(network to step, train loader, val loader, path name) for the current freeze state.
-
-        The frozen part is computed once where that is exact: pooled features when only the classifier
-        trains ('features'), activations at the freeze boundary when training starts at a later block
-        ('activations'). Anything else trains on images, decoded once ('images').
-        """
-        self._cached_net = None
-        plan = plan_cache(self.model, self.config.train_frozen_bn) if self.config.cache == "auto" \
-            else CachePlan("images", reason="cache off")
-        if plan.kind != "images":
-            cached = self._cached_pipeline(plan)
-            if cached is not None:
-                return cached
-        else:
-            self.path_notes.append(f"training on images: {plan.reason}")
-        pre = self.bundle.preprocessing
-        train = self._image_loader(self.train_samples, train_transform(pre, self.config.augmentation), True)
-        val = self._image_loader(self.val_samples, eval_transform(pre), False)
-        return self.model, train, val, "images"
-
-    def _cached_pipeline(self, plan: CachePlan):
-        """The loaders of `_pipeline` on cached features or activations; None when they would not fit."""
-        pre, config = self.bundle.preprocessing, self.config
-        key = (plan.kind, plan.boundary)
-        if key not in self._caches:
-            runtime = config.frozen_runtime
-            self._caches[key] = FeatureCache(self.model, frozen_runtime=runtime) if plan.kind == "features" \
-                else ActivationCache(self.model, plan.boundary, frozen_runtime=runtime)
-        cache = self._caches[key]
-        views = cached_view_count(config)
-        count = views * len(self.train_samples) + len(eval_views(config)) * (len(self.val_samples) +
-                                                                             len(self.test_samples))
-        cache.planned_images = count
-        needed = cache.item_bytes(pre.input_size) * count
-        if needed > memory_budget():
-            self.path_notes.append(f"training on images: cached {plan.kind} would need {format_bytes(needed)}, "
-                                   f"more than {MEMORY_FRACTION:.0%} of RAM")
-            return None
-        self.feature_cache = cache
-        self._cached_net = HeadOnFeatures(self.model) if plan.kind == "features" else \
-            SuffixOnActivations(self.model, plan.boundary)
-        self.path_notes.append(f"training on cached {plan.kind} ({views} view{'s' * (views > 1)}, "
-                               f"{format_bytes(needed)})")
-        if views == 1 and config.augmentation != "none":
-            self.path_notes.append(f"augmentation not applied: each image's {plan.kind} are computed once "
-                                   "(cached_views=1; each extra view costs one more pass and did not "
-                                   "improve accuracy in our measurements)")
-        train_set = FeatureDataset(self._train_views(views), [s.label for s in self.train_samples],
-                                   skip=self._unreadable_rows(self.train_samples))
-        val_set = self._eval_set(self.val_samples)
-        if cache.runtime_note and cache.runtime_note not in self.path_notes:
-            self.path_notes.append(cache.runtime_note)
-        batch = max(config.batch_size, 1)
-        sampler = self._balanced_sampler(self.train_samples)
-        train = DataLoader(train_set, batch_size=batch, shuffle=sampler is None, sampler=sampler,
-                           generator=self.generator, pin_memory=self._pin_memory)
-        val = DataLoader(val_set, batch_size=256 if plan.kind == "features" else batch,
-                         pin_memory=self._pin_memory)
-        return self._cached_net, train, val, plan.kind
-
-    def _train_views(self, views: int) -> list[torch.Tensor]:
-        """The training split's cached views: the plain one (the same cache entry for every augmentation),
-        then the mirrored one for 'flip', or `views - 1` random augmented ones."""
-        pre, augmentation = self.bundle.preprocessing, self.config.augmentation
-        plain = self._view_features(self.train_samples, "plain", views)
-        if views == 1:
-            return [plain]
-        if augmentation == "flip":
-            return [plain, self._view_features(self.train_samples, "mirrored", views)]
-        augmented = self._features(self.train_samples, [train_transform(pre, augmentation)] * (views - 1),
-                                   f"{pre.to_dict()}|{augmentation}", views)
-        return [plain, *augmented]
-
-    def _eval_set(self, samples) -> FeatureDataset:
-        """Cached inputs to evaluate `samples` on; with test-time flip each item holds both views, which
-        `_evaluated` averages."""
-        views = eval_views(self.config)
-        dataset = FeatureDataset([self._view_features(samples, view, len(views)) for view in views],
-                                 [s.label for s in samples], skip=self._unreadable_rows(samples))
-        dataset.view = None if len(views) > 1 else 0
-        return dataset
-
-    def _view_features(self, samples, view: str, views_of_split: int) -> torch.Tensor:
-        """One deterministic view of a split, [N, ...]: one cache call per (split, view), keyed as a recipe
-        search computing the same view of the same images with the same seed keys it."""
-        pre = self.bundle.preprocessing
-        return self._features(samples, [view_transform(pre, view)], view_id(pre, view), views_of_split)[0]
-
-    def _evaluated(self, net: nn.Module) -> nn.Module:
-        """What predicts in evaluation: the model's predictor (test-time flip included), or on cached inputs
-        the mean over each item's cached views."""
-        if net is self.model:
-            return predictor(net, self.config)
-        return ViewAveraged(net) if len(eval_views(self.config)) > 1 else net
-
-    def _features(self, samples, transforms, transform_id: str, views_of_split: int | None = None) -> torch.Tensor:
-        def open_images():
-            # with one view each image is read once either way: decoding them all first only pays
-            # when they are decoded already (an earlier split) or each is read for several views
-            if max(len(transforms), views_of_split or 1) > 1 or self._decoded_index is not None:
-                return self._image_source(samples)
-            return None
-        try:
-            return self.feature_cache.features(
-                [s.path for s in samples], [s.label for s in samples], self.report.content_hash, transforms,
-                transform_id, self.config.seed, self.control,
-                self.callbacks.on_progress, open_images, skip_unreadable=True)
-        finally:
-            self._note_cache(self.feature_cache)
-
     # -- the loop -------------------------------------------------------------------------------
     def fit(self) -> FitResult:
         try:
@@ -391,7 +211,8 @@ class Trainer:
                 stage, self._stage_index = stages[index], index
                 apply_stage_freeze(self.tree, stage)
                 self._trained |= {n for n, p in self.model.named_parameters() if p.requires_grad}
-                net, train_loader, val_loader, path = self._pipeline()
+                net, train_loader, val_loader, path = self.inputs.pipeline()
+                net, train_loader = self.strategy.distribute(net, train_loader, self.config.seed, self.path_notes)
                 self._sampler = skippable(train_loader)
                 self._same_path_as_saved(path)
                 if not started:
@@ -405,8 +226,8 @@ class Trainer:
             self._keep_cancelled_position()
         metrics = {}
         if status != "cancelled" and self.files.has_checkpoint():
-            metrics = self._final_metrics()
-        self._release_caches()
+            metrics = self.strategy.alone(self._final_metrics)
+        self.inputs.release()
         result = FitResult(status, str(self.run_dir),
                            str(self.files.checkpoint) if self.files.has_checkpoint() else None,
                            metrics, self.history)
@@ -421,7 +242,7 @@ class Trainer:
         return result
 
     def _announce(self, stages: list[Stage], steps_per_epoch: int, path: str) -> None:
-        write_json(self.files.config, {**self.config.to_dict(), "frozen_pass": self._frozen_pass(path),
+        write_json(self.files.config, {**self.config.to_dict(), "frozen_pass": self.inputs.frozen_pass(path),
                                        "device_used": str(self.device)})
         total, trainable = self.tree.counts()
         self.callbacks.on_fit_start({
@@ -430,22 +251,9 @@ class Trainer:
             "n_test": len(self.test_samples), "classes": list(self.report.classes), "path": path,
             "params_total": total, "params_trainable": trainable, "backbone": self.bundle.spec.name,
             "stages": [s.name for s in stages], "path_note": "; ".join(self.path_notes),
-            "augmented": self._augmented(path), "images_decoded_once": self.decoded is not None,
+            **self.inputs.fit_start(path),
             "resumed_from_epoch": self._resumed_from, "history": [dict(logs) for logs in self.history],
             "device": str(self.device), "device_label": device_label(self.device)})
-
-    def _frozen_pass(self, path: str) -> str:
-        """Which engine computed the frozen layers' output: 'onnxruntime' | 'pytorch', 'reused' (read from
-        the cache) or 'none' (training on images)."""
-        if path == "images" or self.feature_cache is None:
-            return "none"
-        return self.feature_cache.runtime_used or "reused"
-
-    def _augmented(self, path: str) -> bool:
-        """Whether training sees augmented images: cached inputs only through extra views."""
-        if self.config.augmentation == "none":
-            return False
-        return path == "images" or cached_view_count(self.config) > 1
 
     def _run_stage(self, stage: Stage, net: nn.Module, train_loader, val_loader) -> str:
         if self.config.optimizer == "lbfgs":
@@ -510,6 +318,13 @@ class Trainer:
 
     def _train_epoch(self, net, loader, optimizer, schedule, stage: Stage,
                      progress: EpochProgress) -> tuple[float, float]:
+        """(loss, accuracy) of one epoch, over every process's share of it."""
+        loss_sum, correct, seen = self.strategy.run_epoch(
+            loader, self._epoch, lambda: self._train_batches(net, loader, optimizer, schedule, stage, progress))
+        return loss_sum / max(seen, 1), correct / max(seen, 1)
+
+    def _train_batches(self, net, loader, optimizer, schedule, stage: Stage, progress: EpochProgress) -> list[float]:
+        """This process's batches of the epoch; [loss sum, correct, seen] of them."""
         if isinstance(loader.dataset, FeatureDataset):
             loader.dataset.view = (self._epoch - 1) % len(loader.dataset.views)
         net.train()
@@ -540,7 +355,7 @@ class Trainer:
                 "stage": stage.name})
             if time.monotonic() - self._last_state_time >= self.state_every_s:
                 self._save_state(optimizer, schedule)
-        return progress.loss_sum / max(progress.seen, 1), progress.correct / max(progress.seen, 1)
+        return [progress.loss_sum, progress.correct, progress.seen]
 
     def _step_within_memory(self, net, inputs, targets, optimizer, params) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on the batch. When the GPU runs out of memory the step is done again in
@@ -645,7 +460,7 @@ class Trainer:
     def _same_path_as_saved(self, path: str) -> None:
         """A resumed stage must train on what it trained on before (cached features of the same frozen
         layers, or images): memory or a changed backbone could choose otherwise, and change the run."""
-        identity = {"path": path, "fingerprint": self._cache_fingerprint(path)}
+        identity = {"path": path, "fingerprint": self.inputs.cache_fingerprint(path)}
         saved, self._cache_identity = self._resume_point, identity
         if saved is None or saved.meta.get("cache") is None or saved.position["stage"] != self._stage_index:
             return
@@ -656,14 +471,12 @@ class Trainer:
         if before["fingerprint"] != identity["fingerprint"]:
             raise ResumeRefused(f"the cached {path} differ from the ones this run trained on")
 
-    def _cache_fingerprint(self, path: str) -> str | None:
-        """What identifies the cached inputs a stage trains on (None when it trains on images)."""
-        return None if path == "images" else self.feature_cache.fingerprint
-
     def _save_state(self, optimizer, schedule) -> None:
         """Write the state to continue from: after every epoch, every `state_every_s` within one, and at a
         cancel. A stage whose epochs are all done is saved as the next stage's start (no optimizer: the
-        next stage builds its own), unless it is the last or the fit stops early there."""
+        next stage builds its own), unless it is the last or the fit stops early there. Process 0 alone."""
+        if not self.strategy.is_main:
+            return
         progress = self._progress
         stage, epoch_in_stage = self._stage_index, self._epoch_in_stage
         stage_over = progress is None and epoch_in_stage == self._stages[stage].epochs
@@ -687,16 +500,17 @@ class Trainer:
         self._write_status("running", durable=False)
 
     def _keep_cancelled_position(self) -> None:
-        """A cancel inside an epoch keeps its batches: the state at the last batch done, unless written."""
+        """A cancel inside an epoch keeps its batches: the state at the last batch done, unless written (or
+        the position is one process's share of the epoch, which a resume could not continue)."""
         progress = self._progress
-        if progress is not None and progress.batches and self._saved_at != (self._step, progress.batches):
+        if self.strategy.saves_within_epoch and progress is not None and progress.batches and self._saved_at != (self._step, progress.batches):
             self._save_state(self._optimizer, self._schedule)
 
     def _parameter_names(self) -> dict[int, str]:
         return {id(p): name for name, p in self.model.named_parameters()}
 
     def _write_status(self, status: str, durable: bool = True) -> None:
-        if self._status is None:
+        if self._status is None or not self.strategy.is_main:
             return
         best = self.checkpointer.best
         self._status.update(status=status, epoch=len(self.history), best_val_accuracy=best[0] if best else None)
@@ -710,13 +524,18 @@ class Trainer:
             log.warning("could not mark %s as failed: %s", self.run_dir, exc)
 
     def _validate(self, net, loader) -> tuple[float, float]:
-        logits, labels = predict_logits(self._evaluated(net), loader, self.control, amp=self.amp)
+        return self.strategy.validate(net, lambda whole: self._val_loss_accuracy(whole, loader))
+
+    def _val_loss_accuracy(self, net, loader) -> tuple[float, float]:
+        logits, labels = predict_logits(self.inputs.evaluated(net), loader, self.control, amp=self.amp)
         if not len(labels):
             return float("nan"), float("nan")
         loss = float(self.eval_criterion(logits, labels))
         return loss, float((logits.argmax(1) == labels).float().mean())
 
     def _save_checkpoint(self, epoch: int, logs: dict) -> None:
+        if not self.strategy.is_main:
+            return
         save_checkpoint(self.files.checkpoint, self.model, self.bundle, self.report.classes,
                         {"epoch": epoch, "val_accuracy": logs["val_accuracy"], "val_loss": logs["val_loss"],
                          "config": self.config.to_dict()}, tta=self.config.tta)
@@ -731,7 +550,7 @@ class Trainer:
         splits = [(split, samples) for split, samples in (("val", self.val_samples), ("test", test)) if samples]
         total, evaluated = sum(len(samples) for _, samples in splits), 0
         for split, samples in splits:
-            net, loader = self._eval_inputs(samples)
+            net, loader = self.inputs.eval_inputs(samples)
             logits, labels = predict_logits(
                 net, loader, self.control,
                 lambda stage, done, _, before=evaluated: self.callbacks.on_progress(stage, before + done, total),
@@ -742,37 +561,11 @@ class Trainer:
             predictions[split] = results[split].pop("predictions")
         metrics = summarize_metrics(self.report.classes, results, self.bundle.spec.name, self.bundle.weights,
                                     self.config.to_dict())
-        metrics["skipped_images"] = dict(self.unreadable)     # read at the scan, unreadable during the fit
+        metrics["skipped_images"] = dict(self.inputs.unreadable)     # read at the scan, unreadable during the fit
+        self.inputs.annotate_metrics(metrics, predictions)
         write_json(self.files.metrics, metrics)
         write_json(self.files.predictions, predictions)
         return metrics
-
-    def _eval_inputs(self, samples) -> tuple[nn.Module, DataLoader]:
-        """Network and loader for the checkpoint: cached inputs when the last stage trained on them
-        (its frozen part is the same, and the cache key checks it), else images."""
-        if self._cached_net is None:
-            loader = self._image_loader(samples, eval_transform(self.bundle.preprocessing), False)
-            return self._evaluated(self.model), loader
-        return self._evaluated(self._cached_net), DataLoader(self._eval_set(samples),
-                                                             batch_size=self.config.batch_size,
-                                                             pin_memory=self._pin_memory)
-
-    def _release_caches(self) -> None:
-        """Cached images and activations can take a quarter of RAM each: free them with the fit."""
-        self.decoded, self._decoded_index, self._caches, self._cached_net = None, None, {}, None
-        release_freed_memory()
-
-
-def skipped_images_note(unreadable: dict[str, str], shown: int = 10) -> str:
-    """'skipped 2 images that could not be read during training: red/a.png, blue/b.png' ('' for none)."""
-    if not unreadable:
-        return ""
-    names = ["/".join(Path(path).parts[-2:]) for path in list(unreadable)[:shown]]
-    more = f" and {len(unreadable) - shown} more" if len(unreadable) > shown else ""
-    count = len(unreadable)
-    return (f"skipped {count} image{'s' * (count > 1)} that could not be read during training: "
-            f"{', '.join(names)}{more}")
-
 
 def evaluated_paths(samples, loader) -> list[str]:
     """The paths of the samples an evaluation pass really scored, in order: without the images its loader

@@ -39,11 +39,6 @@ class ImageModality(Modality):
         from engine.models.catalog import get_spec
         get_spec(name)
 
-    def create_bundle(self, config, num_classes: int):
-        from engine.models.catalog import create_model
-        return create_model(config.backbone, num_classes, weights=config.weights, input_size=config.image_size,
-                            head=config.head)
-
     def checkpoint_meta(self, bundle, model) -> dict:
         from engine.models.heads import head_kind
         return {"backbone": bundle.spec.name, "arch": bundle.spec.arch,
@@ -53,9 +48,9 @@ class ImageModality(Modality):
         from engine.models.catalog import build_architecture, get_spec
         return build_architecture(get_spec(meta["backbone"]).name, len(meta["classes"]), head)
 
-    def training_inputs(self, trainer):
+    def training_inputs(self):
         from engine.training.image_inputs import ImageInputs
-        return ImageInputs(trainer)
+        return ImageInputs()
 
     def eval_inputs(self, model, checkpoint, samples, batch_size: int):
         import torch

@@ -13,6 +13,7 @@ class TextModality(Modality):
     name = "text"
     noun = "text"
     nouns = "texts"
+    takes_model_folders = True
 
     def reads(self, source) -> bool:
         from engine.data.texts import is_text_dataset
@@ -48,15 +49,6 @@ class TextModality(Modality):
         from engine.models.text_catalog import DEFAULT_TEXT_ENCODER
         return DEFAULT_TEXT_ENCODER
 
-    def prepare_config(self, config):
-        from engine.training.text_trainer import prepare_text_config
-        return prepare_text_config(config)
-
-    def create_bundle(self, config, num_classes: int):
-        from engine.models.text import create_text_model
-        return create_text_model(config.backbone, num_classes, head=config.head, max_tokens=config.max_tokens,
-                                 weights=config.weights)
-
     def checkpoint_meta(self, bundle, model) -> dict:
         from engine.models.text import text_checkpoint_meta
         return text_checkpoint_meta(bundle, model)
@@ -65,9 +57,20 @@ class TextModality(Modality):
         from engine.models.text import build_text_model
         return build_text_model({**meta, "head": head})[0]
 
-    def training_inputs(self, trainer):
+    def ensemble_meta(self, member_metas: list[dict]) -> dict:
+        first = member_metas[0]
+        return {"tokenizer": first["tokenizer"], "max_tokens": first["max_tokens"],
+                "member_encoders": [{"encoder_config": meta["encoder_config"], "normalize": bool(meta.get("normalize"))}
+                                    for meta in member_metas]}
+
+    def build_member(self, meta: dict, index: int):
+        from engine.models.text import build_text_model
+        member = meta["ensemble"][index]
+        return build_text_model({**meta, **member, **meta["member_encoders"][index]})[0]
+
+    def training_inputs(self):
         from engine.training.text_trainer import TextInputs
-        return TextInputs(trainer)
+        return TextInputs()
 
     def eval_inputs(self, model, checkpoint, samples, batch_size: int):
         from torch.utils.data import DataLoader
