@@ -89,6 +89,9 @@ class MainWindow(QMainWindow):
         training = self.training
         self.training_started, self.training_finished = training.training_started, training.training_finished
         self.training_failed, self.epoch_ended = training.training_failed, training.epoch_ended
+        self.training_config, self.start_training = training.training_config, training.start_training
+        self.resume_training, self.set_paused = training.resume_training, training.set_paused
+        self.record_correction = training.record_correction
         for controller in (self.scans, self.models, self.assessment, self.training):
             self._show_messages_of(controller)
 
@@ -210,23 +213,8 @@ class MainWindow(QMainWindow):
     def search_backbones(self, names: list[str] | None) -> None:
         self.state.search_backbones = names
 
-    def training_config(self):
-        return self.training.training_config()
-
-    def start_training(self):
-        return self.training.start_training()
-
-    def resume_training(self, run_dir: str):
-        return self.training.resume_training(run_dir)
-
-    def set_paused(self, paused: bool) -> None:
-        self.training.set_paused(paused)
-
     def toggle_pause(self) -> None:
         self.training.set_paused(self.pause_action.isChecked())
-
-    def record_correction(self, path: str, action: str, label: str = "") -> None:
-        self.training.record_correction(path, action, label)
 
     # -- project, export ------------------------------------------------------------------------
     def _show_title(self, path: str | None) -> None:

@@ -5,7 +5,8 @@ shows either one matrix cell or the most confidently wrong images. From the gall
 corrects labels (recorded in the application state by the window, applied from the next run), opens
 an image larger with its Grad-CAM, and retrains; "Compare runs" lists the state's runs. Everything
 shown comes from the run folder (`metrics.json`, `predictions.json`), so an old run shows like a new
-one. Slow work (thumbnails, Grad-CAM) runs on the window's task group, which joins it on closing.
+one. Slow work (thumbnails, Grad-CAM) runs through task slots of the window's task group, which joins it
+on closing.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """The one application state the window and every panel share (napari's ViewerModel, in small).
 
 Plain Python and psygnal: no Qt and no torch at import. Panels render it and write the user's intent
-into it; the window reacts to it by starting engine work (scan the sources, build the chosen backbone
-for the dataset's classes); a project file is its serialisation (gui.project_io). Assigning a field
+into it; the controllers (gui.controllers) react to it by starting engine work (scan the sources, build
+the chosen backbone for the dataset's classes); a project file is its serialisation (gui.project_io). Assigning a field
 emits `state.events.<field>(new, old)`; `corrections`, `settings` and `runs` are evented containers
 whose own `events` report each change.
 """

@@ -139,24 +139,17 @@ class Task(QObject):
 
 
 class TaskGroup:
-    """The one way to run background work: the window owns a group and hands it to its panels and
-    dialogs. Tasks are started with the owner as parent, forgotten when done, and all cancelled and
-    joined by `shutdown()` before the owner goes away."""
+    """Every task of a window: the window owns a group and hands it to its controllers, panels and dialogs,
+    whose `TaskSlot`s start their tasks in it. Tasks have the owner as parent, are forgotten when done, and
+    are all cancelled and joined by `shutdown()` before the owner goes away."""
 
     def __init__(self, owner: QObject):
         self.owner = owner
         self.running: set[Task] = set()
 
-    def start(self, job: Job, control: RunControl | None = None) -> Task:
-        """Run a job on its own thread. Connecting to the task right after is safe: its signals are
-        queued to the owner's thread, so none is delivered before control returns to the event loop."""
-        task = self.prepare(job, control)
-        task.start()
-        return task
-
     def prepare(self, job: Job, control: RunControl | None = None) -> Task:
-        """A task under this group's shutdown, not started yet: for a caller that must announce it
-        (so listeners can connect to its worker) before its thread runs."""
+        """A task under this group's shutdown, not started yet (its `TaskSlot` connects to it, announces it,
+        then starts it). Connecting before the start is safe: its signals are queued to the owner's thread."""
         task = Task(job, control, self.owner)
         task.done.connect(self._on_done)
         self.running.add(task)

@@ -53,11 +53,11 @@ class Soak:
     def actions(self) -> list[tuple[int, object]]:
         """(weight, action): cheap ones often, those that start engine work less."""
         return [(8, self.switch_step), (4, self.drop_images), (1, self.drop_texts), (2, self.cancel_scan),
-                (5, self.start_training), (1, self.start_search), (4, self.pause_or_resume), (3, self.stop),
+                (5, self.start_training), (1, self.start_search), (2, self.pause_or_resume), (1, self.stop),
                 (2, self.export), (2, self.save_project), (1, self.open_project), (4, self.select_result),
                 (2, self.select_run), (2, self.choose_preset), (1, self.choose_backbone), (1, self.assess),
                 (1, self.cancel_assessment), (2, self.predict), (1, self.explain), (2, self.correct),
-                (1, self.new_project), (3, self.wait)]
+                (1, self.new_project), (4, self.wait)]
 
     def run(self, steps: int) -> None:
         weights, actions = zip(*self.actions())
@@ -123,7 +123,7 @@ class Soak:
         self.window.train_panel.stop_button.click()
 
     def wait(self) -> None:
-        self.qtbot.wait(self.rng.choice((50, 200, 500)))
+        self.qtbot.wait(self.rng.choice((50, 500, 2000)))     # time for a scan, a build or a run to end
 
     # -- results, try it, export ----------------------------------------------------------------------
     def select_result(self) -> None:
@@ -226,20 +226,23 @@ def soak(qtbot, windows, tmp_path, monkeypatch, seed: int, steps: int, texts: bo
     window = windows(tmp_path / "settings.ini")
     actions = Soak(qtbot, window, tmp_path, random.Random(seed), texts)
     actions.run(steps)
+    runs = [record.status for record in window.state.runs]
     close_and_check(qtbot, window, threads_before)
-    return actions.done
+    print(f"soak {seed}: {steps} actions, runs {runs}")
+    return actions.done, runs
 
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("seed", [20240601])
 def test_a_random_soak_of_the_window_leaves_nothing_running(qtbot, windows, tmp_path, monkeypatch, seed):
-    done = soak(qtbot, windows, tmp_path, monkeypatch, seed, steps=200, texts=False)
+    done, runs = soak(qtbot, windows, tmp_path, monkeypatch, seed, steps=200, texts=False)
     assert len(done) == 200 and {"start_training", "drop_images", "export", "save_project"} <= set(done)
+    assert runs, "some run was started and recorded"
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_a_long_random_soak_of_the_window(qtbot, windows, tmp_path, monkeypatch, seed):
-    done = soak(qtbot, windows, tmp_path, monkeypatch, seed, steps=2000)
-    assert len(done) == 2000
+    done, runs = soak(qtbot, windows, tmp_path, monkeypatch, seed, steps=2000)
+    assert len(done) == 2000 and runs
