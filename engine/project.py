@@ -39,6 +39,23 @@ class RunRecord:
     config: dict = field(default_factory=dict)
 
 
+def run_record_config(config: dict, search_minutes: float | None = None, winner: str | None = None,
+                      fit_info: dict | None = None) -> dict:
+    """What a run record keeps of a run's settings, for "Compare runs": its TrainConfig dict (an ensemble's
+    first member's, with the members' count), an automatic search's minutes and winner, and how many
+    parameters the fit had and trained (`fit_info`: a trainer's on_fit_start info, once its fit started)."""
+    if "ensemble" in config:
+        config = {**config["ensemble"][0], "ensemble_members": len(config["ensemble"])}
+    record = dict(config)
+    if search_minutes is not None:
+        record["search_minutes"] = search_minutes
+    if winner is not None:
+        record["search_winner"] = winner
+    if fit_info is not None:
+        record.update(params_total=fit_info["params_total"], params_trainable=fit_info["params_trainable"])
+    return record
+
+
 @dataclass
 class Project:
     dataset_sources: list[str] = field(default_factory=list)

@@ -8,27 +8,17 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QImage
 from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QGridLayout, QHBoxLayout, QLabel,
                                QPushButton, QVBoxLayout, QWidget)
 
 from gui.gallery import GalleryItem, correction_text, scaled_pixmap
-from gui.thumbnails import rgb_qimage, thumbnail
+from gui.jobs import Explanation
+from gui.thumbnails import thumbnail
 
 SHOWN_PX = 320
 CACHED_MODELS = 2
-
-
-@dataclass
-class Explanation:
-    path: str
-    class_index: int
-    class_name: str
-    probability: float
-    overlay: QImage                   # what the model saw, blended with the heat map
 
 
 class ModelCache:
@@ -48,21 +38,6 @@ class ModelCache:
                 self._models.popitem(last=False)
         self._models.move_to_end(checkpoint)
         return self._models[checkpoint]
-
-
-def explain(cache: ModelCache, checkpoint: str, path: str, class_index: int | None, progress) -> Explanation:
-    """Worker job: Grad-CAM of `path` for `class_index` (None: the predicted class)."""
-    from engine.data.images import load_image
-    from engine.outputs.gradcam import grad_cam, overlay
-    image = load_image(path)
-    with cache.lock:
-        progress("Loading the model", 0, 2)
-        model, meta = cache.get(checkpoint)
-        progress("Computing Grad-CAM", 1, 2)
-        heat, index, probability = grad_cam(model, image, meta.preprocessing, class_index)
-    blended = overlay(image, heat, meta.preprocessing)
-    picture = rgb_qimage(blended)
-    return Explanation(path, index, meta.classes[index], probability, picture)
 
 
 class ImageDialog(QDialog):

@@ -6,7 +6,6 @@ The plain `.safetensors` weights for PyTorch users come alone or beside the ONNX
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +17,8 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, 
                                QWidget)
 
 from engine.core.control import RunControl
+from gui.jobs import ExportOutcome, export_model, export_text_model
+from gui.workers import TaskSlot
 
 if TYPE_CHECKING:
     from engine.outputs.export import ExportResult
@@ -28,37 +29,6 @@ FORMATS = (("onnx", "ONNX (.onnx), verified against PyTorch"),
 EXPORTERS = (("auto", "Automatic (torch.export, else TorchScript)"), ("dynamo", "torch.export"),
              ("legacy", "TorchScript (deprecated, fast)"))
 SUFFIXES = {"onnx": ".onnx", "safetensors": ".safetensors"}
-
-
-@dataclass
-class ExportOutcome:
-    onnx: "ExportResult | None"      # None when only weights were asked for
-    weights: str | None              # path of the plain .safetensors file, if written
-
-
-def export_model(source: str, out_path: str, fmt: str, with_weights: bool, exporter: str, dynamic_size: bool,
-                 control: RunControl, progress) -> ExportOutcome:
-    """Worker job: the verified ONNX export and/or the plain weights file."""
-    from engine.outputs.export import export_run, export_weights
-    out = Path(out_path)
-    if fmt == "safetensors":
-        progress("write weights", 0, 1)
-        return ExportOutcome(None, export_weights(source, out))
-    result = export_run(source, out, exporter=exporter, dynamic_size=dynamic_size, progress=progress,
-                        control=control)
-    weights = None
-    if with_weights:
-        progress("write weights", 1, 1)
-        weights = export_weights(source, out.with_suffix(".safetensors"))
-    return ExportOutcome(result, weights)
-
-
-def export_text_model(source: str, out_path: str, exporter: str, control: RunControl, progress) -> ExportOutcome:
-    """Worker job for a text run: the verified ONNX export with its tokenizer (OUT.tokenizer.json) and
-    sidecar (OUT.json) beside it (engine.outputs.text_export)."""
-    from engine.outputs.text_export import export_text_run
-    return ExportOutcome(export_text_run(source, out_path, exporter=exporter, progress=progress, control=control),
-                         None)
 
 
 def verification_text(result: "ExportResult", noun: str = "images") -> str:
@@ -81,9 +51,8 @@ class ExportDialog(QDialog):
         self.setWindowTitle("Export model")
         self.source = source
         self.text = text                  # a text classifier: ONNX with its tokenizer, verified on texts
-        self.tasks = tasks
+        self.slot = TaskSlot(tasks)
         self.ask_save_path = self._ask_save_path
-        self.task: Task | None = None
         self.outcome: ExportOutcome | None = None
         self.format = QComboBox()
         for key, label in FORMATS:
@@ -214,13 +183,14 @@ class ExportDialog(QDialog):
         self._set_running(True)
         self.result.setText("")
         self.open_folder_button.setVisible(False)
-        self.task = self.tasks.start(job, control)
-        self.task.progress.connect(self._on_progress)
-        self.task.succeeded.connect(self._on_succeeded)
-        self.task.failed.connect(self._on_failed)
-        self.task.cancelled.connect(self._on_cancelled)
-        self.task.done.connect(self._on_task_done)
-        return self.task
+        return self.slot.start(job, control, on_result=self._on_succeeded, on_failed=self._on_failed,
+                               on_progress=self._on_progress, on_cancelled=self._on_cancelled,
+                               on_done=self._on_task_done)
+
+    @property
+    def task(self) -> Task | None:
+        """The export running, until its thread has ended (closing waits for it)."""
+        return self.slot.task
 
     def _set_running(self, running: bool) -> None:
         for widget in (self.format, self.path, self.browse_button, self.with_weights, self.exporter,
@@ -258,7 +228,7 @@ class ExportDialog(QDialog):
     def cancel_export(self) -> None:
         """Stops at the next step: an exporter call in progress (seconds) runs to its end first."""
         if self.task is not None:
-            self.task.cancel()
+            self.slot.cancel()
             self.cancel_button.setEnabled(False)
             self.stage.setText("Cancelling after the current step…")
 
@@ -275,7 +245,6 @@ class ExportDialog(QDialog):
         self.result.setToolTip(details.strip().splitlines()[-1] if details.strip() else "")
 
     def _on_task_done(self, _task: Task) -> None:
-        self.task = None
         self._set_running(False)
 
     def exported_folder(self) -> str | None:

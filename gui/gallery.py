@@ -13,9 +13,9 @@ from PySide6.QtGui import QAction, QColor, QFont, QFontMetrics, QImage, QPixmap
 from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QInputDialog, QLabel, QListView, QMenu,
                                QPushButton, QStyledItemDelegate, QStyleOptionViewItem, QVBoxLayout, QWidget)
 
-from gui.thumbnails import thumbnail
+from gui.jobs import GALLERY_THUMBNAIL_PX
 
-THUMBNAIL_PX = 96
+THUMBNAIL_PX = GALLERY_THUMBNAIL_PX
 TILE_WIDTH = THUMBNAIL_PX + 64
 CAPTION_LINES = 3                      # true class, predicted class and score, the user's correction
 CAPTION_MARGIN = 8                     # what the style keeps of a tile's width around its text
@@ -281,16 +281,6 @@ def _button_for(action: QAction) -> QPushButton:
     button.clicked.connect(action.trigger)
     action.changed.connect(lambda: button.setEnabled(action.isEnabled()))
     return button
-
-
-def load_thumbnails(paths: list[str], control, progress) -> dict[str, QImage]:
-    """Worker job: thumbnails for `paths` (QImage is safe to build off the GUI thread)."""
-    images = {}
-    for done, path in enumerate(paths, 1):
-        control.checkpoint()
-        images[path] = thumbnail(path, THUMBNAIL_PX)
-        progress("thumbnails", done, len(paths))
-    return images
 
 
 def scaled_pixmap(image: QImage, longest: int) -> QPixmap:

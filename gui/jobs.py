@@ -1,4 +1,4 @@
-"""The engine work the window starts, as plain functions run by `workers.Task` on a worker thread.
+"""Every job gui/ runs on a worker (through a `workers.TaskSlot`), as plain functions in one module.
 
 Each returns plain results (dataclasses, lists, QImages, which may be built off the GUI thread) and
 imports the engine lazily, so the window can appear before torch is loaded.
@@ -15,17 +15,23 @@ from PySide6.QtGui import QImage, QPainter
 from engine.core.callbacks import Callback
 from engine.core.control import RunControl
 from engine.core.progress import Throttle
-from gui.thumbnails import thumbnail
+from engine.core.runfolder import RunFolder
+from gui.thumbnails import rgb_qimage, thumbnail
 
 if TYPE_CHECKING:
     from engine.data.report import DatasetReport
+    from engine.outputs.export import ExportResult
+    from engine.outputs.predict import PredictionReport
     from engine.models.layers import LayerTree
     from engine.training.config import TrainConfig
     from engine.search.auto import RecipeSearch, SearchResult
     from engine.training.trainer import FitResult, Trainer
+    from gui.explain import ModelCache
 
 THUMBNAIL_PX = 44
 THUMBNAILS_PER_CLASS = 6
+GALLERY_THUMBNAIL_PX = 96          # the Results gallery's tiles
+PREDICT_THUMBNAIL_PX = 72          # the Try it table's rows
 
 
 # -- start-up ----------------------------------------------------------------------------------
@@ -275,3 +281,118 @@ class SearchRun(TrainingRun):
             self.search = RecipeSearch(self.report, self.run_dir, self.budget_s, self.config, [self.events],
                                        self.control, self.backbones)
         return self.search.run()
+
+
+# -- results -----------------------------------------------------------------------------------------
+def load_thumbnails(paths: list[str], control, progress) -> dict[str, QImage]:
+    """Worker job: thumbnails for `paths` (QImage is safe to build off the GUI thread)."""
+    images = {}
+    for done, path in enumerate(paths, 1):
+        control.checkpoint()
+        images[path] = thumbnail(path, GALLERY_THUMBNAIL_PX)
+        progress("thumbnails", done, len(paths))
+    return images
+
+
+@dataclass
+class Explanation:
+    path: str
+    class_index: int
+    class_name: str
+    probability: float
+    overlay: QImage                   # what the model saw, blended with the heat map
+
+
+def explain(cache: "ModelCache", checkpoint: str, path: str, class_index: int | None, progress) -> Explanation:
+    """Worker job: Grad-CAM of `path` for `class_index` (None: the predicted class)."""
+    from engine.data.images import load_image
+    from engine.outputs.gradcam import grad_cam, overlay
+    image = load_image(path)
+    with cache.lock:
+        progress("Loading the model", 0, 2)
+        model, meta = cache.get(checkpoint)
+        progress("Computing Grad-CAM", 1, 2)
+        heat, index, probability = grad_cam(model, image, meta.preprocessing, class_index)
+    blended = overlay(image, heat, meta.preprocessing)
+    picture = rgb_qimage(blended)
+    return Explanation(path, index, meta.classes[index], probability, picture)
+
+
+# -- try it ------------------------------------------------------------------------------------------
+@dataclass
+class PredictOutcome:
+    model_key: tuple                 # (path, modification time) of the model the classifier came from
+    classifier: object               # engine.outputs.predict.TorchClassifier | OnnxClassifier, reused next time
+    report: "PredictionReport"
+    thumbnails: dict[str, QImage] = field(default_factory=dict)
+
+
+def model_key(path: str) -> tuple:
+    checkpoint = RunFolder(path).checkpoint if Path(path).is_dir() else Path(path)
+    return str(path), checkpoint.stat().st_mtime_ns if checkpoint.exists() else 0
+
+
+def cached_classifier(model_path: str, cached: PredictOutcome | None, load, progress) -> tuple[tuple, object]:
+    """(model key, classifier): the cached one while the file is the same (path and modification time),
+    else `load(model_path)` afresh."""
+    key = model_key(model_path)
+    if cached is not None and cached.model_key == key:
+        return key, cached.classifier
+    progress("Loading the model", 0, 0)
+    return key, load(model_path)
+
+
+def predict_job(model_path: str, cached: PredictOutcome | None, inputs: list[str], top_k: int,
+                control: RunControl, progress) -> PredictOutcome:
+    """Load the classifier (unless the cached one is for the same file), predict, draw thumbnails."""
+    from engine.outputs.predict import load_classifier, predict_images
+    key, classifier = cached_classifier(model_path, cached, load_classifier, progress)
+    report = predict_images(classifier, inputs, top_k=top_k, progress=lambda _s, d, t: progress("Predicting", d, t),
+                            control=control)
+    thumbnails = {}
+    for prediction in report.predictions:
+        control.checkpoint()
+        thumbnails[prediction.path] = thumbnail(prediction.path, PREDICT_THUMBNAIL_PX)
+    return PredictOutcome(key, classifier, report, thumbnails)
+
+
+def predict_text_job(model_path: str, cached: PredictOutcome | None, items: list[tuple[str, str]], top_k: int,
+                     control: RunControl, progress) -> PredictOutcome:
+    """Load the text classifier (unless the cached one is for the same file) and predict each (origin, text)."""
+    from engine.outputs.textpredict import load_text_classifier, predict_texts
+    key, classifier = cached_classifier(model_path, cached, load_text_classifier, progress)
+    report = predict_texts(classifier, items, top_k=top_k, progress=lambda _s, d, t: progress("Predicting", d, t),
+                           control=control)
+    return PredictOutcome(key, classifier, report)
+
+
+# -- export ------------------------------------------------------------------------------------------
+@dataclass
+class ExportOutcome:
+    onnx: "ExportResult | None"      # None when only weights were asked for
+    weights: str | None              # path of the plain .safetensors file, if written
+
+
+def export_model(source: str, out_path: str, fmt: str, with_weights: bool, exporter: str, dynamic_size: bool,
+                 control: RunControl, progress) -> ExportOutcome:
+    """Worker job: the verified ONNX export and/or the plain weights file."""
+    from engine.outputs.export import export_run, export_weights
+    out = Path(out_path)
+    if fmt == "safetensors":
+        progress("write weights", 0, 1)
+        return ExportOutcome(None, export_weights(source, out))
+    result = export_run(source, out, exporter=exporter, dynamic_size=dynamic_size, progress=progress,
+                        control=control)
+    weights = None
+    if with_weights:
+        progress("write weights", 1, 1)
+        weights = export_weights(source, out.with_suffix(".safetensors"))
+    return ExportOutcome(result, weights)
+
+
+def export_text_model(source: str, out_path: str, exporter: str, control: RunControl, progress) -> ExportOutcome:
+    """Worker job for a text run: the verified ONNX export with its tokenizer (OUT.tokenizer.json) and
+    sidecar (OUT.json) beside it (engine.outputs.text_export)."""
+    from engine.outputs.text_export import export_text_run
+    return ExportOutcome(export_text_run(source, out_path, exporter=exporter, progress=progress, control=control),
+                         None)

@@ -8,7 +8,6 @@ responsive on a large folder and the user can cancel.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,71 +20,23 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QHBoxL
                                QStyleOptionViewItem, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from engine.core.control import RunControl
-from engine.core.runfolder import RunFolder
 from engine.data.images import IMAGE_EXTENSIONS, has_image_extension
 from engine.models.text_catalog import is_text_backbone
 from gui.drop_zone import DropZone
-from gui.thumbnails import thumbnail
+from gui.jobs import PREDICT_THUMBNAIL_PX, PredictOutcome, predict_job, predict_text_job
+from gui.workers import TaskSlot
 
 if TYPE_CHECKING:
     from engine.outputs.predict import PredictionReport
     from gui.state import AppState
     from gui.workers import Task, TaskGroup
 
-THUMBNAIL_PX = 72
+THUMBNAIL_PX = PREDICT_THUMBNAIL_PX
 TOPK_ROLE = Qt.ItemDataRole.UserRole + 1
 SOURCES = (("latest", "Latest training run"), ("onnx", "An exported ONNX file…"),
            ("checkpoint", "A checkpoint or run folder…"))
 COLUMNS = ("Image", "File", "Top classes")
 TEXT_COLUMNS = ("", "Text", "Top classes")
-
-
-# -- the worker job -------------------------------------------------------------------------------
-@dataclass
-class PredictOutcome:
-    model_key: tuple                 # (path, modification time) of the model the classifier came from
-    classifier: object               # engine.outputs.predict.TorchClassifier | OnnxClassifier, reused next time
-    report: "PredictionReport"
-    thumbnails: dict[str, QImage] = field(default_factory=dict)
-
-
-def model_key(path: str) -> tuple:
-    checkpoint = RunFolder(path).checkpoint if Path(path).is_dir() else Path(path)
-    return str(path), checkpoint.stat().st_mtime_ns if checkpoint.exists() else 0
-
-
-def cached_classifier(model_path: str, cached: PredictOutcome | None, load, progress) -> tuple[tuple, object]:
-    """(model key, classifier): the cached one while the file is the same (path and modification time),
-    else `load(model_path)` afresh."""
-    key = model_key(model_path)
-    if cached is not None and cached.model_key == key:
-        return key, cached.classifier
-    progress("Loading the model", 0, 0)
-    return key, load(model_path)
-
-
-def predict_job(model_path: str, cached: PredictOutcome | None, inputs: list[str], top_k: int,
-                control: RunControl, progress) -> PredictOutcome:
-    """Load the classifier (unless the cached one is for the same file), predict, draw thumbnails."""
-    from engine.outputs.predict import load_classifier, predict_images
-    key, classifier = cached_classifier(model_path, cached, load_classifier, progress)
-    report = predict_images(classifier, inputs, top_k=top_k, progress=lambda _s, d, t: progress("Predicting", d, t),
-                            control=control)
-    thumbnails = {}
-    for prediction in report.predictions:
-        control.checkpoint()
-        thumbnails[prediction.path] = thumbnail(prediction.path, THUMBNAIL_PX)
-    return PredictOutcome(key, classifier, report, thumbnails)
-
-
-def predict_text_job(model_path: str, cached: PredictOutcome | None, items: list[tuple[str, str]], top_k: int,
-                     control: RunControl, progress) -> PredictOutcome:
-    """Load the text classifier (unless the cached one is for the same file) and predict each (origin, text)."""
-    from engine.outputs.textpredict import load_text_classifier, predict_texts
-    key, classifier = cached_classifier(model_path, cached, load_text_classifier, progress)
-    report = predict_texts(classifier, items, top_k=top_k, progress=lambda _s, d, t: progress("Predicting", d, t),
-                           control=control)
-    return PredictOutcome(key, classifier, report)
 
 
 def model_is_text(path: str) -> bool:
@@ -159,14 +110,11 @@ class PredictPanel(QWidget):
     def __init__(self, state: AppState, tasks: TaskGroup, parent: QWidget | None = None):
         super().__init__(parent)
         self.state = state
-        self.tasks = tasks
         self.ask_model_path = self._ask_model_path
         self.ask_images = self._ask_images
         self.ask_folder = self._ask_folder
-        self.chosen_model: str | None = None       # for the 'onnx' and 'checkpoint' sources
-        self.chosen_is_text = False                 # whether chosen_model classifies texts
         self._texts: dict[str, str] = {}            # origin -> text of the texts last predicted
-        self.task: Task | None = None
+        self.slot = TaskSlot(tasks)                 # one prediction at a time: a new one replaces the last
         self._cached: PredictOutcome | None = None
         self._last_inputs: list[str] = []
         self.source = QComboBox()
@@ -256,13 +204,13 @@ class PredictPanel(QWidget):
     @property
     def model_path(self) -> str | None:
         if self.source.currentData() != "latest":
-            return self.chosen_model
+            return self.state.predict_model
         return self.state.latest_run.run_dir if self.state.latest_run else None
 
     def set_model(self, path: str) -> None:
         """Use an `.onnx` file, a checkpoint or a run folder (what the source menu asks for)."""
-        self.chosen_model = str(path)
-        self.chosen_is_text = model_is_text(path)
+        self.state.predict_model_is_text = model_is_text(path)
+        self.state.predict_model = str(path)
         self.source.setCurrentIndex(self.source.findData("onnx" if str(path).lower().endswith(".onnx") else "checkpoint"))
         self._show_model()
 
@@ -273,7 +221,8 @@ class PredictPanel(QWidget):
             if path:
                 self.set_model(path)
                 return
-            if self.chosen_model is None or (kind == "onnx") != self.chosen_model.lower().endswith(".onnx"):
+            chosen = self.state.predict_model
+            if chosen is None or (kind == "onnx") != chosen.lower().endswith(".onnx"):
                 self.source.setCurrentIndex(0)
         self._show_model()
 
@@ -290,7 +239,7 @@ class PredictPanel(QWidget):
     def text_model(self) -> bool:
         """The chosen model classifies texts: the panel takes typed texts instead of photos."""
         if self.source.currentData() != "latest":
-            return self.chosen_model is not None and self.chosen_is_text
+            return self.state.predict_model is not None and self.state.predict_model_is_text
         return self.state.latest_run is not None and is_text_backbone(self.state.latest_run.backbone)
 
     def _show_model(self) -> None:
@@ -383,19 +332,20 @@ class PredictPanel(QWidget):
                                "or a checkpoint above.")
         return path or None
 
+    @property
+    def task(self) -> Task | None:
+        """The prediction running, until its thread has ended."""
+        return self.slot.task
+
     def _start(self, job, control: RunControl, message: str) -> Task:
-        if self.task is not None:
-            self.task.abandon()      # the user asked again: the old answer no longer matters
-        self.task = self.tasks.start(job, control)
-        self.task.progress.connect(self._on_progress)
-        self.task.succeeded.connect(self._on_succeeded)
-        self.task.failed.connect(self._on_failed)
-        self.task.cancelled.connect(self._on_cancelled)
-        self.task.done.connect(self._on_task_done)
+        """A new prediction replaces one still running: the user asked again, the old answer no longer matters."""
+        task = self.slot.start(job, control, on_result=self._on_succeeded, on_failed=self._on_failed,
+                               on_progress=self._on_progress, on_cancelled=self._on_cancelled,
+                               on_done=self._on_task_done)
         self._set_running(True)
         self.summary.setStyleSheet("")
         self.summary.setText(message)
-        return self.task
+        return task
 
     def predict(self, inputs: list[str]) -> Task | None:
         """Classify image files and folders with the chosen model on a worker."""
@@ -411,8 +361,7 @@ class PredictPanel(QWidget):
                            control, f"Classifying {self._describe(self._last_inputs)} with {Path(path).name}…")
 
     def cancel(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
+        self.slot.cancel()
 
     @staticmethod
     def _describe(inputs: list[str]) -> str:
@@ -441,10 +390,8 @@ class PredictPanel(QWidget):
     def _on_cancelled(self) -> None:
         self.summary.setText("Cancelled.")
 
-    def _on_task_done(self, task: Task) -> None:
-        if task is self.task:
-            self.task = None
-            self._set_running(False)
+    def _on_task_done(self, _task: Task) -> None:
+        self._set_running(False)
 
     def _show_failure(self, message: str) -> None:
         self.summary.setStyleSheet("QLabel { color: #b00020; }")

@@ -3,8 +3,8 @@
 `engine.project.Project` is the file format. Saving serialises the state (`project_from_state`);
 opening loads a Project into it (`load_into_state`), and the window reacts as it does to a user's
 choices: it scans the dataset and builds the backbone for its classes, and the built model takes the
-saved freeze state. The training settings saved and restored are the form's FIELDS, so a setting
-added to the form round-trips with no change here.
+saved freeze state. The training settings saved and restored are the form's FIELDS (`gui.train_fields`),
+so a setting added to the form round-trips with no change here.
 
 Every question the controller asks goes through a replaceable attribute (`ask_open_path`,
 `ask_save_path`, `ask_dataset_location`), and every message box is opened non-modally, so tests drive
@@ -24,7 +24,7 @@ from engine.core.files import write_json
 from engine.core.paths import user_data_dir
 from engine.models.text_catalog import is_text_backbone
 from engine.project import PROJECT_SUFFIX, Project, ProjectError, load_project
-from gui.train_panel import FIELDS
+from gui.train_fields import FIELDS
 
 if TYPE_CHECKING:
     from gui.state import AppState

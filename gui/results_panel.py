@@ -5,7 +5,8 @@ shows either one matrix cell or the most confidently wrong images. From the gall
 corrects labels (recorded in the application state by the window, applied from the next run), opens
 an image larger with its Grad-CAM, and retrains; "Compare runs" lists the state's runs. Everything
 shown comes from the run folder (`metrics.json`, `predictions.json`), so an old run shows like a new
-one. Slow work (thumbnails, Grad-CAM) runs on the window's task group, which joins it on closing.
+one. Slow work (thumbnails, Grad-CAM) runs through task slots of the window's task group, which joins it
+on closing.
 """
 from __future__ import annotations
 
@@ -25,13 +26,15 @@ from engine.core.runfolder import RunFolder
 from engine.core.significance import wilson_interval
 from gui.compare_runs import CompareRuns
 from gui.confusion_view import ConfusionView
-from gui.explain import ImageDialog, ModelCache, explain
-from gui.gallery import Gallery, GalleryItem, load_thumbnails
+from gui.explain import ImageDialog, ModelCache
+from gui.gallery import Gallery, GalleryItem
+from gui.jobs import explain, load_thumbnails
 from gui.text_views import TextTable
+from gui.workers import TaskSlot
 
 if TYPE_CHECKING:
     from gui.state import AppState
-    from gui.workers import Task, TaskGroup
+    from gui.workers import TaskGroup
 
 STATUS_TEXT = {"completed": "Training finished.", "stopped-early": "Training stopped early (no more improvement).",
                "cancelled": "Training was stopped; the checkpoint so far is kept."}
@@ -127,19 +130,18 @@ class ResultsPanel(QWidget):
     correction_requested = Signal(str, str, str)     # path, 'exclude' | 'relabel' | 'restore', label
     retrain_requested = Signal()
     thumbnails_loaded = Signal()
-    explanation_ready = Signal(object)               # gui.explain.Explanation
+    explanation_ready = Signal(object)               # gui.jobs.Explanation
     explanation_failed = Signal(str)
 
     def __init__(self, state: AppState, tasks: TaskGroup, parent: QWidget | None = None):
         super().__init__(parent)
         self.state = state
-        self.tasks = tasks
         self.run: RunView | None = None
         self.thumbnails: dict[str, QImage] = {}
         self.model_cache = ModelCache()
         self.image_dialog: ImageDialog | None = None
-        self._thumbnail_task: Task | None = None
-        self._explain_task: Task | None = None
+        self.thumbnail_slot = TaskSlot(tasks)       # the gallery's thumbnails: a new page replaces the last
+        self.explain_slot = TaskSlot(tasks)         # Grad-CAM of the image shown
         self._make_widgets()
         self._layout()
         self.show_result(None)
@@ -325,16 +327,12 @@ class ResultsPanel(QWidget):
         self.gallery.show_items(title, items, self.run.classes)
 
     def _load_thumbnails(self, paths: list[str]) -> None:
-        if self._thumbnail_task is not None:
-            self._thumbnail_task.abandon()
         if len(self.thumbnails) > MAX_CACHED_THUMBNAILS:
             self.thumbnails.clear()
         control = RunControl()
-        task = self._thumbnail_task = self.tasks.start(partial(load_thumbnails, paths, control), control)
-        task.succeeded.connect(self._on_thumbnails)
+        self.thumbnail_slot.start(partial(load_thumbnails, paths, control), control, on_result=self._on_thumbnails)
 
     def _on_thumbnails(self, images: dict[str, QImage]) -> None:
-        self._thumbnail_task = None
         self.thumbnails.update(images)
         self.gallery.model.thumbnails_arrived()
         self.thumbnails_loaded.emit()
@@ -372,21 +370,15 @@ class ResultsPanel(QWidget):
         if self.run is None or self.run.checkpoint is None:
             self.explanation_failed.emit("this run has no model file")
             return
-        if self._explain_task is not None:
-            self._explain_task.abandon()
-        task = self._explain_task = self.tasks.start(
-            partial(explain, self.model_cache, self.run.checkpoint, path, class_index))
-        task.succeeded.connect(self._on_explained)
-        task.failed.connect(self._on_explain_failed)
+        self.explain_slot.start(partial(explain, self.model_cache, self.run.checkpoint, path, class_index),
+                                on_result=self._on_explained, on_failed=self._on_explain_failed)
 
     def _on_explained(self, explanation) -> None:
-        self._explain_task = None
         if self.image_dialog is not None:
             self.image_dialog.show_explanation(explanation)
         self.explanation_ready.emit(explanation)
 
     def _on_explain_failed(self, message: str, _details: str) -> None:
-        self._explain_task = None
         if self.image_dialog is not None:
             self.image_dialog.show_error(message)
         self.explanation_failed.emit(message)

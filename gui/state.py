@@ -1,8 +1,8 @@
 """The one application state the window and every panel share (napari's ViewerModel, in small).
 
 Plain Python and psygnal: no Qt and no torch at import. Panels render it and write the user's intent
-into it; the window reacts to it by starting engine work (scan the sources, build the chosen backbone
-for the dataset's classes); a project file is its serialisation (gui.project_io). Assigning a field
+into it; the controllers (gui.controllers) react to it by starting engine work (scan the sources, build
+the chosen backbone for the dataset's classes); a project file is its serialisation (gui.project_io). Assigning a field
 emits `state.events.<field>(new, old)`; `corrections`, `settings` and `runs` are evented containers
 whose own `events` report each change.
 """
@@ -39,9 +39,11 @@ class AppState:
 
     engine: EngineInfo | None = None              # backbone catalogue and setting choices, once torch loaded
     dataset_sources: list[str] = field(default_factory=list)
+    scanned_sources: list[str] = field(default_factory=list)   # the last scan's sources, even if it failed
     text_columns: dict | None = None              # a table of texts' text/label columns as chosen (None: guessed)
     report: DatasetReport | None = None
     scanning: bool = False
+    assessing: bool = False                       # the backbones are being assessed: no training meanwhile
     corrections: EventedDict = field(default_factory=EventedDict)   # image path -> {"action", "label"}
     backbone: str | None = None
     weights: str = "pretrained"                   # TrainConfig.weights: 'pretrained', 'random' or a file
@@ -57,6 +59,9 @@ class AppState:
     assessment_summary: str = ""                  # what they mean, in plain words
     training_mode: str = "manual"                 # 'manual': one fit of the settings; 'automatic': a recipe search
     search_minutes: float = 10.0                  # the automatic mode's time (engine.search.auto.DEFAULT_BUDGET_S)
+    search_backbones: list[str] | None = None     # what a search and an assessment try (None: all with offline weights)
+    predict_model: str | None = None              # Try it's chosen .onnx, checkpoint or run folder (not the latest run)
+    predict_model_is_text: bool = False           # whether predict_model classifies texts
 
     def __post_init__(self) -> None:
         for signal in (self.runs.events.inserted, self.runs.events.removed, self.runs.events.changed):
@@ -152,6 +157,16 @@ class AppState:
                                 and RunFolder(record.run_dir).has_checkpoint()), None)
 
     # -- training ----------------------------------------------------------------------------------
+    @property
+    def searching(self) -> bool:
+        """The active run is an automatic recipe search (it has a time budget)."""
+        return getattr(self.active_run, "budget_s", None) is not None
+
+    def can_train(self) -> bool:
+        """Nothing trains or assesses, and the dataset, the engine and the model built for them are there."""
+        return (self.active_run is None and self.report is not None and self.engine is not None
+                and self.model_is_current() and not self.assessing)
+
     def training_config(self) -> TrainConfig:
         """The run as set up: the form's settings, the chosen weights and the tree's exact freeze state."""
         from engine.training.config import TrainConfig

@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QFrame, Q
 
 from engine.core.progress import EpochClock, StageClock, format_duration, stage_title
 from gui.search_board import ModeChoice, SearchBoard, score_text
+from gui.train_fields import CHOICE_FIELDS, FIELDS
 
 if TYPE_CHECKING:
     from gui.state import AppState
@@ -32,13 +33,6 @@ CHOICE_LABELS = {
     "adamw": "AdamW", "sgd": "SGD with momentum", "lbfgs": "Fitted head (logistic regression)",
 }
 """Combo labels by value; a (setting, value) key names a value whose meaning depends on the setting."""
-CHOICE_FIELDS = ("optimizer", "schedule", "augmentation", "head", "tta", "recipe", "checkpoint")
-FIELDS = (("epochs", "Epochs"), ("batch_size", "Batch size"), ("image_size", "Image size"),
-          ("max_tokens", "Tokens per text"), ("lr", "Learning rate"), ("optimizer", "Optimizer"),
-          ("schedule", "Schedule"), ("augmentation", "Augmentation"),
-          ("cached_views", "Cached views"), ("head", "Head"), ("tta", "Test-time flip"),
-          ("label_smoothing", "Label smoothing"), ("early_stopping", "Early stopping"), ("checkpoint", "Keep"),
-          ("recipe", "Recipe"), ("head_epochs", "Head-only epochs"), ("device", "Device"))
 TOOLTIPS = {
     "epochs": "Passes over the training images. Early stopping may end the run sooner.",
     "batch_size": "Images per step. Larger is faster per image but needs more memory; 16–64 suits a CPU.",
@@ -364,8 +358,7 @@ class TrainPanel(QWidget):
         self.state = state
         self.mode = ModeChoice(state)                # manual, or the best model in N minutes
         self.board = SearchBoard(state)              # an automatic search's live leaderboard
-        self.searching = False
-        self._search_fits = 0
+        self._search_fits = 0                    # fits of the search so far (state.searching)
         self.start_button = QPushButton("Start training")
         self.start_button.setDefault(True)
         self.pause_button = QPushButton("Pause")
@@ -461,7 +454,6 @@ class TrainPanel(QWidget):
         self.settings.setEnabled(self.settings.loaded and not running)
         self.mode.setEnabled(not running)
         if not running:
-            self.searching = False
             self.board.stop_clock()
             self.progress.setFormat("%p %")          # no time left to estimate
             if self.plots is not None:
@@ -494,7 +486,7 @@ class TrainPanel(QWidget):
 
     # -- events from the run -----------------------------------------------------------------
     def on_stopping(self) -> None:
-        self.stage.setText("Stopping: keeping the best model so far…" if self.searching
+        self.stage.setText("Stopping: keeping the best model so far…" if self.state.searching
                            else "Stopping after this batch…")
 
     def on_run_finished(self, status: str) -> None:
@@ -506,8 +498,8 @@ class TrainPanel(QWidget):
     def on_run_started(self, search_budget_s: float | None = None) -> None:
         """Before the engine's first event: it builds the model first, which takes a moment. With a budget,
         the run is an automatic search: its leaderboard starts empty."""
-        self.searching, self._search_fits = search_budget_s is not None, 0
-        if self.searching:
+        self._search_fits = 0
+        if self.state.searching:
             self.board.start(search_budget_s)
             self._show_mode()
         self.show_error(None)
@@ -522,7 +514,7 @@ class TrainPanel(QWidget):
     def on_fit_started(self, info: dict) -> None:
         self.fit_clock = EpochClock(info["epochs"])
         what = f"{info['n_train']:,} images, {len(info['classes'])} classes, {info['epochs']} epochs"
-        if self.searching:                          # each candidate's fit starts its curves afresh
+        if self.state.searching:                    # each candidate's fit starts its curves afresh
             self._search_fits += 1
             if self._search_fits > 1:
                 self.plots.start()
@@ -565,7 +557,7 @@ class TrainPanel(QWidget):
     def _show_mode(self) -> None:
         """Automatic mode shows the leaderboard and the scatter, with the curves in one row below; manual mode
         the stacked curves alone."""
-        automatic = self.state.training_mode == "automatic" or self.searching
+        automatic = self.state.training_mode == "automatic" or self.state.searching
         self.start_button.setText("Start search" if self.state.training_mode == "automatic" else "Start training")
         self.board.setVisible(automatic)
         if self.plots is not None:

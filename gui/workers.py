@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from functools import partial
 from typing import Callable
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
@@ -138,24 +139,17 @@ class Task(QObject):
 
 
 class TaskGroup:
-    """The one way to run background work: the window owns a group and hands it to its panels and
-    dialogs. Tasks are started with the owner as parent, forgotten when done, and all cancelled and
-    joined by `shutdown()` before the owner goes away."""
+    """Every task of a window: the window owns a group and hands it to its controllers, panels and dialogs,
+    whose `TaskSlot`s start their tasks in it. Tasks have the owner as parent, are forgotten when done, and
+    are all cancelled and joined by `shutdown()` before the owner goes away."""
 
     def __init__(self, owner: QObject):
         self.owner = owner
         self.running: set[Task] = set()
 
-    def start(self, job: Job, control: RunControl | None = None) -> Task:
-        """Run a job on its own thread. Connecting to the task right after is safe: its signals are
-        queued to the owner's thread, so none is delivered before control returns to the event loop."""
-        task = self.prepare(job, control)
-        task.start()
-        return task
-
     def prepare(self, job: Job, control: RunControl | None = None) -> Task:
-        """A task under this group's shutdown, not started yet: for a caller that must announce it
-        (so listeners can connect to its worker) before its thread runs."""
+        """A task under this group's shutdown, not started yet (its `TaskSlot` connects to it, announces it,
+        then starts it). Connecting before the start is safe: its signals are queued to the owner's thread."""
         task = Task(job, control, self.owner)
         task.done.connect(self._on_done)
         self.running.add(task)
@@ -168,3 +162,65 @@ class TaskGroup:
     def shutdown(self) -> None:
         for task in list(self.running):
             task.shutdown()
+
+
+class TaskSlot:
+    """One kind of background work (a scan, a model build, a prediction…): starting a new job cancels the
+    previous one, whose late result, failure or progress is then dropped, so only the newest answer lands.
+    The one way gui/ starts engine work (Orange's ConcurrentWidgetMixin, napari's thread_worker, in small).
+
+    `task` is the current task until its thread has ended (pause, cancel and "busy" read it); `pending` is
+    True from the start until its outcome (result, failure or cancellation) has arrived."""
+
+    def __init__(self, group: TaskGroup):
+        self.group = group
+        self.task: Task | None = None
+        self.pending = False
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None
+
+    def start(self, job: Job, control: RunControl | None = None, *, on_result=None, on_failed=None,
+              on_progress=None, on_cancelled=None, on_done=None, before_start=None) -> Task:
+        """Run `job` on a worker, replacing this slot's previous task. Callbacks: `on_result(result)`,
+        `on_failed(message, details)`, `on_progress(stage, done, total)`, `on_cancelled()`, `on_done(task)` once
+        its thread has stopped; `before_start(task)` runs before the thread does, so a listener misses nothing."""
+        self.abandon()
+        task = self.task = self.group.prepare(job, control)
+        self.pending = True
+        outcomes = ((task.succeeded, on_result), (task.failed, on_failed), (task.cancelled, on_cancelled))
+        for signal, callback in outcomes:
+            signal.connect(partial(self._on_outcome, task, callback))
+        if on_progress is not None:
+            task.progress.connect(on_progress)
+        task.done.connect(partial(self._on_done, on_done))
+        if before_start is not None:
+            before_start(task)
+        task.start()
+        return task
+
+    def cancel(self) -> None:
+        """Ask the current job to stop at its next checkpoint; its cancellation is still reported."""
+        if self.task is not None:
+            self.task.cancel()
+
+    def abandon(self) -> None:
+        """Cancel the current job and drop whatever it still reports: its answer no longer matters."""
+        if self.task is not None:
+            self.task.abandon()
+        self.task, self.pending = None, False
+
+    def _on_outcome(self, task: Task, callback, *args) -> None:
+        if task is not self.task:
+            return                            # a replaced task's outcome, already on its way
+        self.pending = False
+        if callback is not None:
+            callback(*args)
+
+    def _on_done(self, callback, task: Task) -> None:
+        if task is not self.task:
+            return
+        self.task, self.pending = None, False
+        if callback is not None:
+            callback(task)

@@ -205,10 +205,10 @@ def test_the_window_offers_only_this_machines_devices_and_refuses_others(qtbot, 
 
 
 def test_the_status_bar_says_where_a_run_trains(qtbot, window):
-    window._on_fit_started({"params_total": 10, "params_trainable": 2, "device": "cpu",
-                            "device_label": describe_device(torch.device("cpu"))})
+    window.training.on_fit_started({"params_total": 10, "params_trainable": 2, "device": "cpu",
+                                    "device_label": describe_device(torch.device("cpu"))})
     assert window.statusBar().currentMessage() == f"Training on CPU ({torch.get_num_threads()} threads)"
-    window._clear_device_message()
+    window.training.withdraw_device_message()
     assert window.statusBar().currentMessage() == ""
 
 
