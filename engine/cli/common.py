@@ -112,8 +112,9 @@ def config_for_data(config: TrainConfig, args) -> TrainConfig:
         config.backbone = data.default_backbone
         return config
     names = ", ".join(row["name"] for row in data.backbone_rows())
-    raise BadInput(f"{args.data} holds {data.nouns}, but {config.backbone} classifies {model.nouns}: choose "
-                   f"--model from {names}" + (" or a Hugging Face model folder" if data.takes_model_folders else ""))
+    folders = " or a Hugging Face model folder" if data.takes_model_folders else ""
+    raise BadInput(f"{args.data} holds {data.nouns}: --model must be {data.model_noun_article} ({names}){folders}, "
+                   f"not the {model.model_noun} {config.backbone}")
 
 
 def scan_data(data, config: TrainConfig, progress, args=None):

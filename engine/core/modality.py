@@ -32,6 +32,11 @@ class Modality:
     name: str = ""
     noun: str = "sample"
     nouns: str = "samples"
+    model_noun: str = "model"     # what its pretrained models are called: "image backbone", "text encoder"
+
+    @property
+    def model_noun_article(self) -> str:
+        return ("an " if self.model_noun[:1] in "aeiou" else "a ") + self.model_noun
 
     def count(self, n: int) -> str:
         return f"{n:,} {self.noun if n == 1 else self.nouns}"

@@ -13,6 +13,7 @@ class ImageModality(Modality):
     name = "image"
     noun = "image"
     nouns = "images"
+    model_noun = "image backbone"
 
     def reads(self, source) -> bool:
         return bool(source)          # images are what a folder of anything else is scanned as

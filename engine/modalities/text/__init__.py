@@ -13,6 +13,7 @@ class TextModality(Modality):
     name = "text"
     noun = "text"
     nouns = "texts"
+    model_noun = "text encoder"
     takes_model_folders = True
 
     def reads(self, source) -> bool:
