@@ -24,7 +24,7 @@ tune_process()
 
 import numpy as np  # noqa: E402
 
-from engine.models.text_catalog import DEFAULT_TEXT_ENCODER  # noqa: E402
+from engine.modalities.text.catalog import DEFAULT_TEXT_ENCODER  # noqa: E402
 from engine.training.config import TrainConfig  # noqa: E402
 from engine.training.datasets import scan_any  # noqa: E402
 from engine.training.trainer import Trainer  # noqa: E402

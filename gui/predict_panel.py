@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QHBoxL
 
 from engine.core.control import RunControl
 from engine.data.images import IMAGE_EXTENSIONS, has_image_extension
-from engine.models.text_catalog import is_text_backbone
+from engine.modalities.text.catalog import is_text_backbone
 from gui.drop_zone import DropZone
 from gui.jobs import PREDICT_THUMBNAIL_PX, PredictOutcome, predict_job, predict_text_job
 from gui.workers import TaskSlot
@@ -41,7 +41,7 @@ TEXT_COLUMNS = ("", "Text", "Top classes")
 
 def model_is_text(path: str) -> bool:
     """Whether a checkpoint, run folder or .onnx file classifies texts (reads its metadata only)."""
-    from engine.outputs.textpredict import is_text_model
+    from engine.modalities.text.predict import is_text_model
     return is_text_model(path)
 
 
@@ -295,7 +295,7 @@ class PredictPanel(QWidget):
 
     def open_text_file(self) -> Task | None:
         """Every non-empty line of a .txt file, or the text column of a .csv/.tsv, one table row each."""
-        from engine.outputs.textpredict import read_text_inputs
+        from engine.modalities.text.predict import read_text_inputs
         path = self.ask_text_file()
         if not path:
             return None

@@ -22,7 +22,7 @@ from PySide6.QtWidgets import QFileDialog, QMenu, QMessageBox, QWidget
 
 from engine.core.files import write_json
 from engine.core.paths import user_data_dir
-from engine.models.text_catalog import is_text_backbone
+from engine.modalities.text.catalog import is_text_backbone
 from engine.project import PROJECT_SUFFIX, Project, ProjectError, load_project
 from gui.train_fields import FIELDS
 

@@ -85,11 +85,11 @@ class RunView:
 
     @property
     def is_text(self) -> bool:
-        """A text run: its predictions carry the texts (engine.training.text_trainer)."""
+        """A text run: its predictions carry the texts (engine.modalities.text.inputs)."""
         rows = [*self.metrics.get("most_confident_wrong", []), *(r for rows in self.predictions.values() for r in rows[:1])]
         if rows:
             return any("text" in row for row in rows)
-        from engine.models.text_catalog import is_text_backbone
+        from engine.modalities.text.catalog import is_text_backbone
         return is_text_backbone(self.metrics.get("backbone") or self.metrics.get("config", {}).get("backbone"))
 
     def cell_texts(self, true: int, predicted: int) -> list[tuple]:

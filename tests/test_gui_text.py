@@ -14,7 +14,7 @@ import pytest
 
 from PySide6.QtCore import Qt
 
-from engine.models.text_catalog import encoder_folder
+from engine.modalities.text.catalog import encoder_folder
 from engine.project import apply_corrections, load_project
 from gui_support import TRAIN_TIMEOUT_MS, drop, load
 

@@ -18,13 +18,14 @@ from engine.core.callbacks import Callback
 from engine.core.control import RunControl
 from engine.models.checkpoint import load_checkpoint
 from engine.models.layers import LayerTree, block_groups
-from engine.models.text import create_text_model
-from engine.outputs.text_export import export_text_run
-from engine.outputs.textpredict import OnnxTextClassifier, TorchTextClassifier, is_text_model, predict_texts
+from engine.modalities.text.model import create_text_model
+from engine.modalities.text.export import export_text_run
+from engine.modalities.text.predict import OnnxTextClassifier, TorchTextClassifier, is_text_model, predict_texts
 from engine.training.config import TrainConfig
 from engine.training.datasets import scan_any
 from engine.training.inputs import inputs_for
-from engine.training.text_trainer import TextInputs
+from engine.modalities.text.inputs import TextInputs
+from engine.modalities.text.tokens import checkpoint_tokenizer
 from engine.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,7 +131,7 @@ def test_the_checkpoint_rebuilds_the_model_without_the_encoder_folder(head_run, 
     run, _ = head_run
     model, checkpoint = load_checkpoint(run / "model.safetensors")
     assert checkpoint.modality == "text" and checkpoint.classes == report.classes
-    tokens = torch.from_numpy(checkpoint.tokenizer().encode([report.samples[0].text]))
+    tokens = torch.from_numpy(checkpoint_tokenizer(checkpoint.meta).encode([report.samples[0].text]))
     torch_logits = TorchTextClassifier(run / "model.safetensors").logits([report.samples[0].text])
     with torch.inference_mode():
         assert np.allclose(model(tokens).numpy(), torch_logits, atol=1e-6)
@@ -146,7 +147,7 @@ def test_export_is_verified_on_validation_texts_and_predicts_without_torch(head_
     sample = ["The compiler crashed with a segmentation fault.", "Add two cups of flour and bake."]
     torch_probs = TorchTextClassifier(run / "model.safetensors").logits(sample)
     assert np.allclose(OnnxTextClassifier(onnx_path).logits(sample), torch_probs, atol=1e-3)
-    code = ("import sys; from engine.outputs.textpredict import OnnxTextClassifier, predict_texts; "
+    code = ("import sys; from engine.modalities.text.predict import OnnxTextClassifier, predict_texts; "
             f"c = OnnxTextClassifier({str(onnx_path)!r}); "
             "r = predict_texts(c, [('a', 'my kernel panicked')]); "
             "print(r.predictions[0].label); assert 'torch' not in sys.modules, 'torch was imported'")
@@ -206,7 +207,7 @@ def test_predict_skips_empty_texts_and_ranks_every_class(head_run):
 
 
 def test_the_last_layers_on_cached_hidden_states_compute_what_the_whole_model_computes():
-    from engine.training.text_trainer import (SuffixOnTextActivations, TextActivations, activation_boundary,
+    from engine.modalities.text.inputs import (SuffixOnTextActivations, TextActivations, activation_boundary,
                                               pack_activations)
     bundle = create_text_model("all-minilm-l6-v2", 3)
     model = bundle.model.eval()
@@ -296,7 +297,7 @@ def test_cli_refuses_an_image_backbone_for_texts_in_one_line(texts_csv, tmp_path
 
 
 def test_a_users_hugging_face_folder_is_an_encoder_and_a_broken_one_is_refused(tmp_path):
-    from engine.models.text_catalog import TextEncoderError, encoder_folder, is_text_backbone
+    from engine.modalities.text.catalog import TextEncoderError, encoder_folder, is_text_backbone
     folder = tmp_path / "my-encoder"
     folder.mkdir()
     for item in encoder_folder("all-minilm-l6-v2").iterdir():
@@ -314,7 +315,7 @@ def test_a_users_hugging_face_folder_is_an_encoder_and_a_broken_one_is_refused(t
 
 
 def test_auto_screens_head_recipes_judges_finalists_on_validation_and_tests_the_winner_once(report, tmp_path):
-    from engine.search.text_search import TextRecipeSearch
+    from engine.modalities.text.search import TextRecipeSearch
     result = TextRecipeSearch(report, tmp_path / "auto", budget_s=25).run()
     assert result.status == "completed" and result.seconds < 25 + 10
     board = json.loads((tmp_path / "auto" / "leaderboard.json").read_text())

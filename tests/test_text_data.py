@@ -11,7 +11,7 @@ from PIL import Image
 
 from engine.core.control import Cancelled, RunControl
 from engine.data.report import DatasetError, DatasetReport
-from engine.data.texts import is_text_dataset, scan_texts, text_columns
+from engine.modalities.text.data import is_text_dataset, scan_texts, text_columns
 
 FORTUNES = Path("/usr/share/games/fortunes")
 WORDS = ["apple", "river", "stone", "cloud", "green", "music", "table", "light", "paper", "quiet",

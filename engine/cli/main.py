@@ -46,7 +46,7 @@ def cmd_models(args) -> int:
         state = f"offline weights: yes ({r['weights_source']})" if r["weights_available"] else \
             f"offline weights: no  ({r['hint']})"
         print(f"{r['name']:<{width}}  {r['title']:<42}  {state}")
-    from engine.models.text_catalog import list_text_encoders
+    from engine.modalities.text.catalog import list_text_encoders
     print("\ntext encoders (for a CSV/TSV/JSONL of texts, or folders of .txt; or any Hugging Face model folder):")
     for r in list_text_encoders():
         state = "installed" if r["available"] else f"not installed ({r['hint']})"

@@ -46,11 +46,6 @@ class Checkpoint:
         """The engine.core.modality name of what it classifies (images, for files from before texts)."""
         return self.meta.get("modality") or modalities.DEFAULT
 
-    def tokenizer(self):
-        """A text checkpoint's tokenizer (engine.data.tokens.TextTokenizer), carried in its metadata."""
-        from engine.data.tokens import TextTokenizer
-        return TextTokenizer(self.meta["tokenizer"], int(self.meta["max_tokens"]))
-
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, bundle: ModelBundle, classes: list[str],
                     extra: dict | None = None, tta: str = "none") -> dict:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, QSettings, Signal
 
-from engine.models.text_catalog import is_text_backbone
+from engine.modalities.text.catalog import is_text_backbone
 from gui.controllers.base import Controller
 from gui.jobs import build_model, load_engine
 from gui.workers import TaskGroup, TaskSlot

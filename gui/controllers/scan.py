@@ -10,7 +10,7 @@ from PySide6.QtWidgets import QFileDialog
 
 from engine.core.control import RunControl
 from engine.core.paths import demo_dataset
-from engine.models.text_catalog import is_text_backbone
+from engine.modalities.text.catalog import is_text_backbone
 from gui.controllers.base import Controller
 from gui.jobs import scan
 from gui.workers import Task, TaskGroup, TaskSlot

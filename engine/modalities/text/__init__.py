@@ -17,7 +17,7 @@ class TextModality(Modality):
     takes_model_folders = True
 
     def reads(self, source) -> bool:
-        from engine.data.texts import is_text_dataset
+        from engine.modalities.text.data import is_text_dataset
         return bool(source) and is_text_dataset(source)
 
     def scan(self, source, *, seed: int = 0, backbone: str | None = None, progress=None, control=None,
@@ -25,9 +25,9 @@ class TextModality(Modality):
              split_column: str | None = None):
         """The report of a text dataset, its long texts counted with `backbone`'s tokenizer (default: the
         default text encoder)."""
-        from engine.data.texts import scan_texts
-        from engine.models.text import tokenizer_from_folder
-        from engine.models.text_catalog import encoder_folder
+        from engine.modalities.text.data import scan_texts
+        from engine.modalities.text.model import tokenizer_from_folder
+        from engine.modalities.text.catalog import encoder_folder
         encoder = backbone if self.owns_backbone(backbone) else self.default_backbone
         tokenizer = tokenizer_from_folder(encoder_folder(encoder), max_tokens)
         return scan_texts(source, text_column=text_column, label_column=label_column, split_column=split_column,
@@ -38,24 +38,24 @@ class TextModality(Modality):
         return {"text": sample.text or ""}
 
     def owns_backbone(self, name: str | None) -> bool:
-        from engine.models.text_catalog import is_text_backbone
+        from engine.modalities.text.catalog import is_text_backbone
         return is_text_backbone(name)
 
     def backbone_rows(self) -> list[dict]:
-        from engine.models.text_catalog import list_text_encoders
+        from engine.modalities.text.catalog import list_text_encoders
         return [{**row, "modality": self.name} for row in list_text_encoders()]
 
     @property
     def default_backbone(self) -> str:
-        from engine.models.text_catalog import DEFAULT_TEXT_ENCODER
+        from engine.modalities.text.catalog import DEFAULT_TEXT_ENCODER
         return DEFAULT_TEXT_ENCODER
 
     def checkpoint_meta(self, bundle, model) -> dict:
-        from engine.models.text import text_checkpoint_meta
+        from engine.modalities.text.model import text_checkpoint_meta
         return text_checkpoint_meta(bundle, model)
 
     def build_from_meta(self, meta: dict, head: str):
-        from engine.models.text import build_text_model
+        from engine.modalities.text.model import build_text_model
         return build_text_model({**meta, "head": head})[0]
 
     def ensemble_meta(self, member_metas: list[dict]) -> dict:
@@ -65,44 +65,46 @@ class TextModality(Modality):
                                     for meta in member_metas]}
 
     def build_member(self, meta: dict, index: int):
-        from engine.models.text import build_text_model
+        from engine.modalities.text.model import build_text_model
         member = meta["ensemble"][index]
         return build_text_model({**meta, **member, **meta["member_encoders"][index]})[0]
 
     def training_inputs(self):
-        from engine.training.text_trainer import TextInputs
+        from engine.modalities.text.inputs import TextInputs
         return TextInputs()
 
     def eval_inputs(self, model, checkpoint, samples, batch_size: int):
         from torch.utils.data import DataLoader
 
-        from engine.models.text import collate_texts
-        from engine.training.text_trainer import TextDataset
+        from engine.modalities.text.model import collate_texts
+        from engine.modalities.text.tokens import checkpoint_tokenizer
+        from engine.modalities.text.inputs import TextDataset
         dataset = TextDataset([s.text for s in samples], [s.label for s in samples])
-        return model, DataLoader(dataset, batch_size=batch_size, collate_fn=collate_texts(checkpoint.tokenizer()))
+        tokens = collate_texts(checkpoint_tokenizer(checkpoint.meta))
+        return model, DataLoader(dataset, batch_size=batch_size, collate_fn=tokens)
 
     def recipe_search(self):
-        from engine.search.text_search import TextRecipeSearch
+        from engine.modalities.text.search import TextRecipeSearch
         return TextRecipeSearch
 
     def export(self, run_dir, out, *, verify=None, tolerance: float = 1e-3, exporter: str = "auto",
                dynamic_size: bool = False, progress=None, control=None):
         from engine.outputs.export import ExportError
-        from engine.outputs.text_export import export_text_run
+        from engine.modalities.text.export import export_text_run
         if dynamic_size:
             raise ExportError("a text model takes any number of texts already; --dynamic-size is for images")
         return export_text_run(run_dir, out, verify_texts=verify, tolerance=tolerance, exporter=exporter,
                                progress=progress, control=control)
 
     def classifier(self, path, kind: str, device: str = "cpu"):
-        from engine.outputs.textpredict import OnnxTextClassifier, TorchTextClassifier
+        from engine.modalities.text.predict import OnnxTextClassifier, TorchTextClassifier
         return OnnxTextClassifier(path) if kind == "onnx" else TorchTextClassifier(path, device)
 
     def prediction_items(self, arguments: list[str], *, text_file=None, text_column: str | None = None, **options):
         """Each argument is a text, a .txt file (one text per line) or a .csv/.tsv file (its text column)."""
         from pathlib import Path
 
-        from engine.outputs.textpredict import read_text_inputs
+        from engine.modalities.text.predict import read_text_inputs
         items = []
         for argument in arguments:
             suffix = Path(argument).suffix.lower()
@@ -118,7 +120,7 @@ class TextModality(Modality):
         return items, []
 
     def prediction_input(self, payload):
-        from engine.outputs.textpredict import read_text_input
+        from engine.modalities.text.predict import read_text_input
         return read_text_input(payload)
 
     def prediction_fields(self, payload) -> dict:

@@ -3,7 +3,7 @@
 file's metadata and written beside it (`OUT.tokenizer.json`), and a JSON sidecar (`OUT.json`).
 
 Verification runs real texts (the run's validation split) both ways the way users run them: the checkpoint's
-tokenizer + PyTorch, and `engine.outputs.textpredict.OnnxTextClassifier` (the `tokenizers` library and
+tokenizer + PyTorch, and `engine.modalities.text.predict.OnnxTextClassifier` (the `tokenizers` library and
 onnxruntime, reading everything from the file's own metadata). Logits must agree within the tolerance and
 top-1 must agree (except ties); otherwise nothing is written. The TorchScript-based exporter comes first
 here: it exports the encoder in seconds with dynamic batch and length axes, where torch.export needs
@@ -24,7 +24,8 @@ from engine.models.checkpoint import load_checkpoint
 from engine.outputs.export import (MAX_VERIFY_SAMPLES, OUTPUT_NAME, ExportError, ExportResult, ExportSteps,
                                    export_checked, provenance, spread, validation_rows)
 from engine.outputs.predict import ONNX_FORMAT, resolve_checkpoint
-from engine.outputs.textpredict import OnnxTextClassifier
+from engine.modalities.text.predict import OnnxTextClassifier
+from engine.modalities.text.tokens import checkpoint_tokenizer
 
 INPUT_NAME = "tokens"
 TEXT_EXPORTERS = ("legacy", "dynamo")
@@ -45,7 +46,7 @@ def export_text_run(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.Pa
     model, checkpoint = load_checkpoint(checkpoint_path)
     if checkpoint.modality != OnnxTextClassifier.modality:
         raise ExportError(f"{checkpoint_path.name} does not classify texts: export it with export_run")
-    tokenizer = checkpoint.tokenizer()
+    tokenizer = checkpoint_tokenizer(checkpoint.meta)
     texts, notes = _verification_texts(run_dir, verify_texts)
     card = text_model_card(checkpoint.meta, run_dir)
     order = TEXT_EXPORTERS if exporter == "auto" else (exporter,)

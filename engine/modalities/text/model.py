@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.data.tokens import TextTokenizer
+from engine.modalities.text.tokens import TextTokenizer
 from engine.models.catalog import BackboneSpec, ModelBundle
 from engine.models.heads import make_head
-from engine.models.text_catalog import TEXT_ENCODERS, TextEncoderError, encoder_folder, encoder_max_tokens
+from engine.modalities.text.catalog import TEXT_ENCODERS, TextEncoderError, encoder_folder, encoder_max_tokens
 
 _TRANSFORMERS_LOCK = threading.Lock()
 HEAD_DROPOUT = 0.1          # BERT's own classifier dropout (hidden_dropout_prob)

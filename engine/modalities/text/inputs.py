@@ -1,5 +1,5 @@
 """Training inputs for texts (`TextInputs`): the Trainer's loop, callbacks, checkpoints and resumable state,
-with texts as its inputs. Only what a modality changes is here: the model (engine.models.text), the loaders
+with texts as its inputs. Only what a modality changes is here: the model (engine.modalities.text.model), the loaders
 (tokens, or sentence vectors cached once when only the head trains) and evaluation's inputs.
 
 Head-only training runs on the frozen encoder's pooled sentence vectors, computed once per (encoder,
@@ -23,7 +23,7 @@ from engine.core.control import RunControl
 from engine.core.memory import MEMORY_FRACTION, format_bytes, memory_budget
 from engine.core.paths import cache_dir
 from engine.core.runtime import release_freed_memory
-from engine.models.text import (SORT_BATCH, TextBundle, TextClassifier, TextTokenizer, collate_texts, create_text_model,
+from engine.modalities.text.model import (SORT_BATCH, TextBundle, TextClassifier, TextTokenizer, collate_texts, create_text_model,
                                 mean_pool)
 from engine.training.caches import FeatureDataset, HeadOnFeatures, classifier_parameter_names, read_entry, write_entry
 from engine.training.config import TrainConfig

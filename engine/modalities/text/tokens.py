@@ -43,3 +43,8 @@ class TextTokenizer:
 
     def digest(self) -> str:
         return hashlib.sha256(f"{self.max_tokens}|{self.json}".encode()).hexdigest()[:16]
+
+
+def checkpoint_tokenizer(meta: dict) -> TextTokenizer:
+    """The tokenizer a text checkpoint's (or exported file's) metadata carries."""
+    return TextTokenizer(meta["tokenizer"], int(meta["max_tokens"]))

@@ -26,11 +26,11 @@ import torch
 from engine.core.callbacks import Callback
 from engine.core.control import RunControl
 from engine.data.report import DatasetReport
-from engine.models.text_catalog import DEFAULT_TEXT_ENCODER, is_text_backbone
+from engine.modalities.text.catalog import DEFAULT_TEXT_ENCODER, is_text_backbone
 from engine.search.auto import DEFAULT_BUDGET_S, RecipeSearch
 from engine.search.crossval import FeatureViews
 from engine.training.config import TrainConfig
-from engine.training.text_trainer import EmbeddingCache, prepare_text_config
+from engine.modalities.text.inputs import EmbeddingCache, prepare_text_config
 
 DEEP_LAYERS = 2
 DEEP_LR = 1e-3
@@ -67,7 +67,7 @@ class TextRecipeSearch(RecipeSearch):
 
     def _text_bundle(self):
         if self._bundle is None:
-            from engine.models.text import create_text_model
+            from engine.modalities.text.model import create_text_model
             self._bundle = create_text_model(self.base.backbone, len(self.report.classes), head=self.base.head,
                                              max_tokens=self.base.max_tokens)
         return self._bundle
@@ -118,9 +118,9 @@ class TextRecipeSearch(RecipeSearch):
 def text_step_seconds(bundle, config: TrainConfig, report: DatasetReport, repeats: int = 2) -> tuple[float, float]:
     """(seconds of the frozen layers' pass for a batch, seconds of one training step of what `config`
     trains) on a batch of the dataset's own training texts (their lengths set the cost), on cached hidden
-    states as a text fit trains (engine.training.text_trainer); the best of `repeats` after a warm-up. The weights are put back."""
+    states as a text fit trains (engine.modalities.text.inputs); the best of `repeats` after a warm-up. The weights are put back."""
     from engine.models.layers import LayerTree
-    from engine.training.text_trainer import SuffixOnTextActivations, activation_boundary, frozen_prefix
+    from engine.modalities.text.inputs import SuffixOnTextActivations, activation_boundary, frozen_prefix
     from engine.training.timing import best_step_seconds
     model = bundle.model
     saved = {name: tensor.clone() for name, tensor in model.state_dict().items()}

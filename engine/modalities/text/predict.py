@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from engine.core.control import RunControl
-from engine.data.tokens import TextTokenizer
+from engine.modalities.text.tokens import TextTokenizer, checkpoint_tokenizer
 from engine.outputs.predict import (ModelFileError, PredictionReport, SampleError, load_classifier,
                                     model_modality, open_onnx, predict_items, refuse_other_modality)
 
@@ -63,7 +63,7 @@ class TorchTextClassifier(TextClassifierBase):
         self.model = model.to(self.device) if self.device.type != "cpu" else model
         self.meta = checkpoint.meta
         self.classes = checkpoint.classes
-        self.tokenizer = checkpoint.tokenizer()
+        self.tokenizer = checkpoint_tokenizer(checkpoint.meta)
 
     def logits(self, texts: list[str]) -> np.ndarray:
         import torch
