@@ -83,3 +83,40 @@ def test_outside_the_modality_packages_no_code_branches_on_a_modality_name():
     assert len(files) > 100
     branches = [line for path in sorted(files) for line in _modality_branches(path)]
     assert not branches, "\n".join(branches)
+
+
+def _module_level_imports(path: Path, known: set[str]) -> set[str]:
+    """The engine/gui modules `path` imports when it is imported (not inside functions or TYPE_CHECKING)."""
+    found = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.update(f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in known else node.module
+                         for alias in node.names)
+    return found & known
+
+
+def test_no_import_cycles():
+    """Every engine and gui module can be understood (and imported) before the ones that import it."""
+    paths = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+             for folder in (ROOT / "engine", ROOT / "gui") for p in folder.rglob("*.py")}
+    graph = {name: _module_level_imports(path, set(paths)) - {name} for name, path in paths.items()}
+    assert graph["engine.cli.torchrun"], "the graph sees imports"
+    done, active, cycles = set(), [], []
+
+    def visit(name):
+        if name in active:
+            cycles.append(active[active.index(name):] + [name])
+            return
+        if name in done:
+            return
+        active.append(name)
+        for other in sorted(graph[name]):
+            visit(other)
+        active.pop()
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name)
+    assert not cycles, "\n".join(" -> ".join(cycle) for cycle in cycles)

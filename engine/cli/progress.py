@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import time
 
+from engine.core import modality as modalities
 from engine.core.callbacks import Callback
 from engine.core.progress import stage_title
 
@@ -68,7 +69,8 @@ class TerminalProgress(Callback):
     # -- training -----------------------------------------------------------------------------
     def on_fit_start(self, info: dict) -> None:
         self._epochs = info["epochs"]
-        self._line(f"training {info['n_train']} images ({info['n_val']} val, {info['n_test']} test), "
+        samples = modalities.named(info.get("modality")).count(info["n_train"])
+        self._line(f"training {samples} ({info['n_val']} val, {info['n_test']} test), "
                    f"{len(info['classes'])} classes, {info['epochs']} epochs, path: {info['path']}")
         if info.get("path_note"):
             self._line(f"  {info['path_note']}")

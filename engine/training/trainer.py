@@ -247,7 +247,7 @@ class Trainer:
         total, trainable = self.tree.counts()
         self.callbacks.on_fit_start({
             "epochs": sum(s.epochs for s in stages), "steps_per_epoch": steps_per_epoch,
-            "n_train": len(self.train_samples), "n_val": len(self.val_samples),
+            "modality": self.report.modality, "n_train": len(self.train_samples), "n_val": len(self.val_samples),
             "n_test": len(self.test_samples), "classes": list(self.report.classes), "path": path,
             "params_total": total, "params_trainable": trainable, "backbone": self.bundle.spec.name,
             "stages": [s.name for s in stages], "path_note": "; ".join(self.path_notes),
