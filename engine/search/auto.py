@@ -37,6 +37,7 @@ from typing import Callable
 
 import numpy as np
 
+from engine.core import modality as modalities
 from engine.core.callbacks import Callback, CallbackList
 from engine.core.control import Cancelled, RunControl
 from engine.core.files import atomic_path, write_json
@@ -170,12 +171,13 @@ class RecipeSearch:
 
     deep_name = f"last {DEEP_BLOCKS} blocks"        # the deeper candidate's leaderboard name
     ensembles = True                                   # whether trained candidates may be averaged
-    noun = "images"
+    mirrored_views = True               # mirrored-image features for flip training and flip TTA, when they pay
 
     def __init__(self, report: DatasetReport, run_dir: str | Path, budget_s: float = DEFAULT_BUDGET_S,
                  base: TrainConfig | None = None, callbacks: list[Callback] | None = None,
                  control: RunControl | None = None, backbones: list[str] | None = None):
         self.report = report
+        self.noun = modalities.of(report).nouns        # what the messages call the samples
         self.run_dir = Path(run_dir)
         # head-only on cached features: with one view 'light' augmentation is not applied, so 'none' says
         # the same plainly and lets the default recipe and the search's first trial be one recipe. Every
@@ -557,6 +559,8 @@ class RecipeSearch:
     def _add_mirrored_views(self, searched: list[str]) -> bool:
         """Mirrored-image features (for flip training and flip TTA) when their pass takes at most a fifth of
         the budget left; True when every searched backbone has them."""
+        if not self.mirrored_views:
+            return False
         predicted = sum(self._predicted_pass_s(backbone) for backbone in searched)
         if predicted > self.budget.left / 5:
             return False

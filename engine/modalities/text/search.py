@@ -41,7 +41,7 @@ class TextRecipeSearch(RecipeSearch):
 
     deep_name = f"last {DEEP_LAYERS} layers"
     ensembles = False                   # not tried by the text search (engine.search.ensemble combines text runs)
-    noun = "texts"
+    mirrored_views = False              # a text has no mirror image
 
     def __init__(self, report: DatasetReport, run_dir: str | Path, budget_s: float = DEFAULT_BUDGET_S,
                  base: TrainConfig | None = None, callbacks: list[Callback] | None = None,
@@ -78,12 +78,6 @@ class TextRecipeSearch(RecipeSearch):
 
     def _searched_backbones(self) -> list[str]:
         return [self.backbones[0]]
-
-    def _full_features(self, backbones: list[str]) -> None:
-        """Computed in `_assess`."""
-
-    def _add_mirrored_views(self, searched: list[str]) -> bool:
-        return False
 
     def _dropout(self, backbone: str) -> float:
         return float(self._text_bundle().model.drop_rate)
