@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDialog, QDialogBut
                                QHeaderView, QLabel, QPlainTextEdit, QProgressBar, QPushButton,
                                QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
+from engine.core import modality as modalities
 from engine.core.progress import stage_title
 from gui.drop_zone import DropZone
 from gui.text_views import TextTable
@@ -35,8 +36,7 @@ def _droppable(path: Path) -> bool:
     if path.is_dir() or (path.is_file() and path.suffix.lower() in DATASET_SUFFIXES):
         return True
     if path.is_file() and path.suffix.lower() == ".txt":      # a tab-separated table of texts, not a note
-        from engine.training.datasets import is_text_data
-        return is_text_data(path)
+        return modalities.for_source(path) is not modalities.named(None)
     return False
 
 
@@ -206,7 +206,7 @@ class DataPanel(QWidget):
         report = self.state.report
         self.next_button.setEnabled(report is not None)
         self.report_button.setEnabled(report is not None)
-        text = report is not None and report.modality == "text"
+        text = self.state.modality.sample_view == modalities.TEXT_VIEW
         self.texts.setVisible(text)
         self.class_table.setColumnHidden(5, text)
         self.class_table.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 10 if text else 50)
@@ -219,9 +219,8 @@ class DataPanel(QWidget):
             return
         counts = report.counts()
         total = len(report.samples)
-        noun = "texts" if text else "images"
         self.summary.setText(
-            f"<b>{total:,} {noun} in {len(report.classes)} classes</b> from {report.root}<br>"
+            f"<b>{modalities.of(report).count(total)} in {len(report.classes)} classes</b> from {report.root}<br>"
             f"{'Splits taken from the dataset where given' if report.split_given else 'Split chosen by seed'}"
             f" · train {len(report.split('train')):,} · val {len(report.split('val')):,}"
             f" · test {len(report.split('test')):,} · {len(report.problems)} problem(s)")
@@ -245,7 +244,7 @@ class DataPanel(QWidget):
     def _give_texts_room(self) -> None:
         """The class table as wide as its columns, the texts beside it; the problems only as tall as needed."""
         report = self.state.report
-        if report is None or report.modality != "text":
+        if report is None or self.state.modality.sample_view != modalities.TEXT_VIEW:
             return
         table = self.class_table
         width = table.verticalHeader().width() + 2 * table.frameWidth() + 24 + \
@@ -291,7 +290,7 @@ class DataPanel(QWidget):
 
     def _show_problems(self, problems) -> None:
         report = self.state.report           # texts with no problems: the title alone, room for the texts
-        listed = bool(problems) or report is None or report.modality != "text"
+        listed = bool(problems) or report is None or self.state.modality.sample_view != modalities.TEXT_VIEW
         self.problems.setVisible(listed)
         for button in (self.open_problem_button, self.show_folder_button):
             button.setVisible(listed)
@@ -318,8 +317,7 @@ class DataPanel(QWidget):
         report = self.state.report
         if report is None or not 0 <= row < len(report.problems):
             return
-        path = problem_file(report.root, report.problems[row].path) if report.modality == "text" \
-            else Path(report.problems[row].path)
+        path = self.state.modality.problem_file(report.root, report.problems[row].path)
         QDesktopServices.openUrl(QUrl.fromLocalFile(str(path.parent if folder or path.is_dir() else path)))
 
     def show_full_report(self) -> None:
@@ -337,13 +335,3 @@ class DataPanel(QWidget):
         dialog.resize(720, 520)
         dialog.open()
 
-
-def problem_file(root: str, where: str) -> Path:
-    """The file a text's problem is in: 'reviews.csv:row 14' or 'pos/a.txt', under the dataset's root."""
-    name = where.rsplit(":row ", 1)[0]
-    base = Path(root)
-    if Path(name).is_absolute():
-        return Path(name)
-    if base.is_file():
-        return base if base.name == name else base.parent / name
-    return base / name

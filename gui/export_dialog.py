@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, 
                                QWidget)
 
 from engine.core.control import RunControl
-from gui.jobs import ExportOutcome, export_model, export_text_model
+from gui.jobs import ExportOutcome, export_model
 from gui.workers import TaskSlot
 
 if TYPE_CHECKING:
@@ -175,11 +175,8 @@ class ExportDialog(QDialog):
         out = self.output_path()
         self.path.setText(str(out))
         control = RunControl()
-        if self.text:
-            job = partial(export_text_model, self.source, str(out), self.exporter.currentData(), control)
-        else:
-            job = partial(export_model, self.source, str(out), self.chosen_format, self.with_weights.isChecked(),
-                          self.exporter.currentData(), self.dynamic_size.isChecked(), control)
+        job = partial(export_model, self.source, str(out), self.chosen_format, self.with_weights.isChecked(),
+                      self.exporter.currentData(), self.dynamic_size.isChecked(), control)
         self._set_running(True)
         self.result.setText("")
         self.open_folder_button.setVisible(False)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QImage, QPainter
 
+from engine.core import modality as modalities
 from engine.core.callbacks import Callback
 from engine.core.control import RunControl
 from engine.core.progress import Throttle
@@ -84,34 +85,29 @@ def scan(paths: list[str], control: RunControl, progress, encoder: str | None = 
     example thumbnails per class for images. Texts are counted with `encoder`'s tokenizer (a text encoder's
     name, else the default one) and read from `text_columns` ({"text_column": ..., "label_column": ...};
     None: detected) of a CSV/TSV/JSONL, whose columns come back for the Data step's chooser."""
-    from engine.training.datasets import is_text_data, scan_any
-    source = paths if len(paths) > 1 else paths[0]
-    if len(paths) > 1 and any(is_text_data(p) for p in paths):
-        raise ValueError("texts come in one file or folder at a time: drop a single CSV/TSV/JSONL file "
-                         "or one folder of class folders of .txt files")
+    from engine.training.datasets import scan_any
+    refuse_uncombinable(paths)
     options = {k: v for k, v in (text_columns or {}).items() if v} if len(paths) == 1 else {}
+    source = paths if len(paths) > 1 else paths[0]
     try:
         report = scan_any(source, seed=0, encoder=encoder, progress=progress, control=control, **options)
     except (ValueError, KeyError) as exc:   # DatasetError is a ValueError: maybe the wrong columns were used
-        columns = table_columns(paths[0]) if len(paths) == 1 and is_text_data(paths[0]) else {}
+        columns = modalities.for_source(paths[0]).table_columns(paths[0]) if len(paths) == 1 else {}
         if not columns.get("columns"):
             raise
         from engine.core.errors import readable_error
         return ScanResult(None, {}, columns, readable_error(exc))
-    if report.modality == "text":
-        return ScanResult(report, {}, table_columns(paths[0]))
-    return ScanResult(report, class_thumbnails(report, control, progress))
+    modality = modalities.of(report)
+    strips = class_thumbnails(report, control, progress) if modality.sample_view == modalities.THUMBNAIL_VIEW else {}
+    return ScanResult(report, strips, modality.table_columns(paths[0]))
 
 
-def table_columns(path: str) -> dict:
-    """The columns of a CSV/TSV/JSONL of texts and the engine's guesses ({} for a folder or a zip)."""
-    from engine.modalities.text.data import text_columns
-    if Path(path).is_dir():
-        return {}
-    try:
-        return text_columns(path)
-    except Exception:  # noqa: BLE001 - the scan read this file already: no chooser rather than no report
-        return {}
+def refuse_uncombinable(paths: list[str]) -> None:
+    """ValueError when several sources are dropped and one is of a modality read one source at a time."""
+    for modality in map(modalities.for_source, paths if len(paths) > 1 else []):
+        if not modality.combines_sources:
+            raise ValueError(f"{modality.nouns} come in one file or folder at a time: drop a single "
+                             f"{modality.noun} dataset, one file or one folder")
 
 
 def class_thumbnails(report: "DatasetReport", control: RunControl, progress) -> dict[str, QImage]:
@@ -148,22 +144,17 @@ class ModelInfo:
     tree: "LayerTree"
     input_size: int
     n_blocks: int                        # blocks between stem and head, for the "last N" preset
-    modality: str = "image"              # 'text': a text encoder (input_size is then its tokens per text)
+    modality: str = modalities.DEFAULT   # the engine.core.modality name of what it reads (input_size: its words)
 
 
 def build_model(backbone: str, num_classes: int, progress) -> ModelInfo:
-    from engine.models.catalog import create_model
+    """The backbone (or text encoder) with a head for `num_classes`, for its layer tree."""
     from engine.models.layers import LayerTree, block_groups
-    from engine.modalities.text.catalog import is_text_backbone
-    if is_text_backbone(backbone):        # a text encoder: input_size is the tokens kept per text
-        from engine.modalities.text.model import create_text_model
-        progress("Loading the text encoder", 0, 0)
-        bundle = create_text_model(backbone, num_classes)
-        return ModelInfo(backbone, num_classes, LayerTree(bundle.model), bundle.tokenizer.max_tokens,
-                         max(1, len(block_groups(bundle.model)) - 2), modality="text")
-    bundle = create_model(backbone, num_classes, weights="random")
-    return ModelInfo(backbone, num_classes, LayerTree(bundle.model), bundle.preprocessing.input_size,
-                     max(1, len(block_groups(bundle.model)) - 2))
+    modality = modalities.for_backbone(backbone)
+    progress(f"Loading the {modality.model_noun}", 0, 0)
+    model, input_size = modality.layer_model(backbone, num_classes)
+    return ModelInfo(backbone, num_classes, LayerTree(model), input_size, max(1, len(block_groups(model)) - 2),
+                     modality=modality.name)
 
 
 @dataclass
@@ -272,14 +263,10 @@ class SearchRun(TrainingRun):
         self.search: "RecipeSearch | None" = None
 
     def __call__(self, progress) -> "SearchResult":
-        if self.report.modality == "text":      # head recipes on sentence vectors, then the last layers
-            from engine.modalities.text.search import TextRecipeSearch
-            self.search = TextRecipeSearch(self.report, self.run_dir, self.budget_s, self.config, [self.events],
-                                           self.control)
-        else:
-            from engine.search.auto import RecipeSearch
-            self.search = RecipeSearch(self.report, self.run_dir, self.budget_s, self.config, [self.events],
-                                       self.control, self.backbones)
+        modality = modalities.of(self.report)
+        compared = {"backbones": self.backbones} if modality.assesses_backbones else {}
+        self.search = modality.recipe_search()(self.report, self.run_dir, self.budget_s, self.config, [self.events],
+                                               self.control, **compared)
         return self.search.run()
 
 
@@ -342,28 +329,24 @@ def cached_classifier(model_path: str, cached: PredictOutcome | None, load, prog
     return key, load(model_path)
 
 
-def predict_job(model_path: str, cached: PredictOutcome | None, inputs: list[str], top_k: int,
-                control: RunControl, progress) -> PredictOutcome:
-    """Load the classifier (unless the cached one is for the same file), predict, draw thumbnails."""
-    from engine.outputs.predict import load_classifier, predict_images
+def predict_job(model_path: str, cached: PredictOutcome | None, items: list[tuple[str, object]], top_k: int,
+                control: RunControl, progress, arguments: list[str] = ()) -> PredictOutcome:
+    """Load the classifier (unless the cached one is for the same file) and predict each (origin, payload) of
+    `items` and what the model's modality gathers from `arguments` (files and folders of images); thumbnails
+    where its samples are shown as pictures."""
+    from engine.outputs.predict import load_classifier, model_modality, predict_items
+    modality = model_modality(model_path)
     key, classifier = cached_classifier(model_path, cached, load_classifier, progress)
-    report = predict_images(classifier, inputs, top_k=top_k, progress=lambda _s, d, t: progress("Predicting", d, t),
-                            control=control)
+    gathered, skipped = modality.prediction_items(list(arguments)) if arguments else ([], [])
+    report = predict_items(classifier, [*items, *gathered], modality.prediction_input, top_k=top_k,
+                           progress=lambda _s, d, t: progress("Predicting", d, t), control=control)
+    report.skipped[:0] = skipped
     thumbnails = {}
-    for prediction in report.predictions:
-        control.checkpoint()
-        thumbnails[prediction.path] = thumbnail(prediction.path, PREDICT_THUMBNAIL_PX)
+    if modality.sample_view == modalities.THUMBNAIL_VIEW:
+        for prediction in report.predictions:
+            control.checkpoint()
+            thumbnails[prediction.path] = thumbnail(prediction.path, PREDICT_THUMBNAIL_PX)
     return PredictOutcome(key, classifier, report, thumbnails)
-
-
-def predict_text_job(model_path: str, cached: PredictOutcome | None, items: list[tuple[str, str]], top_k: int,
-                     control: RunControl, progress) -> PredictOutcome:
-    """Load the text classifier (unless the cached one is for the same file) and predict each (origin, text)."""
-    from engine.modalities.text.predict import load_text_classifier, predict_texts
-    key, classifier = cached_classifier(model_path, cached, load_text_classifier, progress)
-    report = predict_texts(classifier, items, top_k=top_k, progress=lambda _s, d, t: progress("Predicting", d, t),
-                           control=control)
-    return PredictOutcome(key, classifier, report)
 
 
 # -- export ------------------------------------------------------------------------------------------
@@ -375,24 +358,17 @@ class ExportOutcome:
 
 def export_model(source: str, out_path: str, fmt: str, with_weights: bool, exporter: str, dynamic_size: bool,
                  control: RunControl, progress) -> ExportOutcome:
-    """Worker job: the verified ONNX export and/or the plain weights file."""
-    from engine.outputs.export import export_run, export_weights
+    """Worker job: the verified ONNX export (what the run's modality writes beside it included: a text
+    model's tokenizer) and/or the plain weights file."""
+    from engine.outputs.export import export_model as export_onnx, export_weights
     out = Path(out_path)
     if fmt == "safetensors":
         progress("write weights", 0, 1)
         return ExportOutcome(None, export_weights(source, out))
-    result = export_run(source, out, exporter=exporter, dynamic_size=dynamic_size, progress=progress,
-                        control=control)
+    options = {"dynamic_size": True} if dynamic_size else {}
+    result = export_onnx(source, out, exporter=exporter, progress=progress, control=control, **options)
     weights = None
     if with_weights:
         progress("write weights", 1, 1)
         weights = export_weights(source, out.with_suffix(".safetensors"))
     return ExportOutcome(result, weights)
-
-
-def export_text_model(source: str, out_path: str, exporter: str, control: RunControl, progress) -> ExportOutcome:
-    """Worker job for a text run: the verified ONNX export with its tokenizer (OUT.tokenizer.json) and
-    sidecar (OUT.json) beside it (engine.modalities.text.export)."""
-    from engine.modalities.text.export import export_text_run
-    return ExportOutcome(export_text_run(source, out_path, exporter=exporter, progress=progress, control=control),
-                         None)

@@ -18,8 +18,8 @@ from PySide6.QtWidgets import (QApplication, QDockWidget, QLabel, QMainWindow, Q
                                QTabWidget)
 
 from engine import __version__
+from engine.core import modality as modalities
 from engine.core.paths import APP_NAME, user_data_dir
-from engine.modalities.text.catalog import is_text_backbone
 from gui.controllers import AssessController, Controller, ModelController, ScanController, TrainController
 from gui.data_panel import DataPanel
 from gui.export_dialog import ExportDialog
@@ -237,9 +237,10 @@ class MainWindow(QMainWindow):
         if run is None:
             return None
         folder = Path(str(self.settings.value("export/last_folder", str(Path.home()))))
-        name = Path(run.backbone).name if is_text_backbone(run.backbone) else run.backbone
+        modality = modalities.for_backbone(run.backbone)
+        name = modality.backbone_title(run.backbone)
         dialog = ExportDialog(run.run_dir, str(folder / f"{name}-{Path(run.run_dir).name}.onnx"),
-                              self.tasks, self, text=is_text_backbone(run.backbone),
+                              self.tasks, self, text=modality.sample_view == modalities.TEXT_VIEW,
                               ensemble=bool((run.config or {}).get("ensemble_members")))
         dialog.export_finished.connect(self._remember_export_folder)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)

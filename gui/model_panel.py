@@ -14,6 +14,7 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, Q
                                QLabel, QListWidget, QListWidgetItem, QPushButton, QSpinBox, QSplitter,
                                QTabWidget, QTreeView, QVBoxLayout, QWidget)
 
+from engine.core import modality as modalities
 from gui.assess_view import AssessmentView
 from gui.layer_model import LayerTreeModel
 
@@ -79,7 +80,7 @@ class ModelPanel(QWidget):
         self.text_note = QLabel()
         self.text_note.setWordWrap(True)
         self.text_note.setVisible(False)
-        self._listed_text: bool | None = None        # which kind the list shows: text encoders or backbones
+        self._listed_modality = None                # whose models the list shows (engine.core.modality)
         self.add_folder_button = QPushButton("Add a model folder…")
         self.add_folder_button.setToolTip("A local Hugging Face BERT-family model folder (config.json, "
                                           "model.safetensors, tokenizer.json) to use as the text encoder")
@@ -140,36 +141,35 @@ class ModelPanel(QWidget):
 
     # -- backbones ---------------------------------------------------------------------------
     def _show_backbones_for_data(self) -> None:
-        """Texts list the text encoders, images the image backbones; the assessment is for images only."""
-        text = self.state.is_text
-        self.right_tabs.setTabEnabled(1, not text)
-        self.right_tabs.setTabToolTip(1, NO_TEXT_ASSESSMENT if text else
-                                      "Which backbone fits your images best, measured before any training")
-        if text and self.right_tabs.currentIndex() == 1:
+        """The data's modality lists its own models; the assessment is for modalities that compare theirs."""
+        modality = self.state.modality
+        compares = modality.assesses_backbones
+        self.right_tabs.setTabEnabled(1, compares)
+        self.right_tabs.setTabToolTip(1, "Which backbone fits your images best, measured before any training"
+                                      if compares else NO_TEXT_ASSESSMENT)
+        if not compares and self.right_tabs.currentIndex() == 1:
             self.right_tabs.setCurrentIndex(0)
-        self.text_note.setText("<i>Comparing backbones scores image backbones; it is off for texts.</i>"
-                               if text else "")
+        self.text_note.setText("" if compares else
+                               f"<i>Comparing backbones scores image backbones; it is off for {modality.nouns}.</i>")
         self.text_note.setToolTip(NO_TEXT_ASSESSMENT)
-        self.text_note.setVisible(text)
-        self.add_folder_button.setVisible(text)
-        if self.state.engine is not None and text != self._listed_text:
+        self.text_note.setVisible(not compares)
+        self.add_folder_button.setVisible(modality.takes_model_folders)
+        if self.state.engine is not None and modality is not self._listed_modality:
             self._show_backbones()
 
     def _show_backbones(self) -> None:
-        """The engine's list; each row says whether its ImageNet weights are on this machine. A text dataset
-        lists the text encoders instead."""
-        text = self.state.is_text
-        self._listed_text = text
-        self.list_title.setText("<b>Text encoder</b>" if text else "<b>Pretrained backbone</b>")
-        self.details.setTitle("Encoder" if text else "Backbone")
-        self.last_n_button.setText("Last N layers" if text else "Last N blocks")
-        self.last_n_button.setToolTip("Train the classifier and the encoder's last N transformer layers" if text
-                                      else "Train the classifier and the last N blocks of the backbone")
-        self.weights.setItemText(0, TEXT_PRETRAINED if text else WEIGHT_CHOICES[0][1])
-        self.weights.model().item(2).setEnabled(not text)      # a text encoder's weights come with it
+        """The engine's models of the data's modality; each row says whether its weights are on this machine."""
+        modality = self._listed_modality = self.state.modality
+        model_word = modality.model_noun.split()[-1]
+        self.list_title.setText(f"<b>{modality.model_noun.capitalize()}</b>")
+        self.details.setTitle(model_word.capitalize())
+        self.last_n_button.setText(f"Last N {modality.blocks_noun}")
+        self.last_n_button.setToolTip(f"Train the classifier and the last N {modality.blocks_noun} of the {model_word}")
+        self.weights.setItemText(0, f"{modality.pretrained_on} (offline)")
+        self.weights.model().item(2).setEnabled(modality.loads_weight_files)
         self.backbone_list.blockSignals(True)
         self.backbone_list.clear()
-        for row in self.state.engine.text_encoders if text else self.state.engine.backbones:
+        for row in self.state.backbone_rows(modality):
             offline = row["weights_available"]
             item = QListWidgetItem(f"{row['title']}\n    {'✓ weights offline' if offline else '✗ no offline weights'}")
             item.setData(Qt.ItemDataRole.UserRole, row["name"])
@@ -244,12 +244,12 @@ class ModelPanel(QWidget):
             self.layer_model.set_tree(None)
             return
         self.n_blocks.setRange(1, info.n_blocks)      # clamps the user's N to this backbone
-        self.input_size.setText(f"{info.input_size} tokens per text" if info.modality == "text"
-                                else f"{info.input_size} × {info.input_size} px")
+        modality = modalities.named(info.modality)
+        self.input_size.setText(modality.input_size_words(info.input_size))
         self.layer_model.set_tree(info.tree)
         self.tree.expand(self.layer_model.index(0, 0))
-        if info.modality == "text":          # down to the encoder's layers, which "Last N blocks" counts
-            self.tree.expandToDepth(3)
+        if modality.layer_tree_depth > 1:   # down to what "Last N" counts (a text encoder's layers)
+            self.tree.expandToDepth(modality.layer_tree_depth)
         for column in range(1, self.layer_model.columnCount()):
             self.tree.resizeColumnToContents(column)
 
@@ -292,27 +292,6 @@ class ModelPanel(QWidget):
 
     def _speed_hint(self) -> str:
         """What these layers train on: the frozen part computed once is what makes training fast."""
-        if self.state.model.modality == "text":
-            return self._text_speed_hint()
-        from engine.training.caches import plan_cache      # torch is loaded by now: the model is
-        plan = plan_cache(self.state.model.tree.model)
-        if plan.kind == "features":
-            return "Fast: the backbone runs once per image, then only the head trains."
-        if plan.kind == "activations":
-            return "Faster: the frozen blocks run once per image; the rest trains on their output."
-        return f"Every epoch runs the whole network ({plan.reason})."
-
-    def _text_speed_hint(self) -> str:
-        """Head only trains on sentence vectors computed once, the last layers on hidden states computed once
-        (engine.modalities.text.inputs); anything else runs the encoder on every text every epoch."""
-        from engine.training.caches import classifier_parameter_names
-        from engine.modalities.text.inputs import activation_boundary
-        model = self.state.model.tree.model
-        head = set(classifier_parameter_names(model))
-        if all(name in head for name, p in model.named_parameters() if p.requires_grad):
-            return "Fast: the encoder reads each text once, then only the head trains (seconds)."
-        if activation_boundary(model) is not None:
-            return ("Faster: the frozen layers read each text once; each epoch runs only the layers that train "
-                    "(about a minute per epoch for 1,000 texts on a 2-core CPU).")
-        return "Every epoch runs the encoder on every text: minutes per epoch on a CPU."
+        model = self.state.model
+        return modalities.named(model.modality).training_speed_hint(model.tree.model)
 

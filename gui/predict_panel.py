@@ -19,11 +19,11 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QHBoxL
                                QStyledItemDelegate,
                                QStyleOptionViewItem, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
+from engine.core import modality as modalities
 from engine.core.control import RunControl
 from engine.data.images import IMAGE_EXTENSIONS, has_image_extension
-from engine.modalities.text.catalog import is_text_backbone
 from gui.drop_zone import DropZone
-from gui.jobs import PREDICT_THUMBNAIL_PX, PredictOutcome, predict_job, predict_text_job
+from gui.jobs import PREDICT_THUMBNAIL_PX, PredictOutcome, predict_job
 from gui.workers import TaskSlot
 
 if TYPE_CHECKING:
@@ -39,10 +39,10 @@ COLUMNS = ("Image", "File", "Top classes")
 TEXT_COLUMNS = ("", "Text", "Top classes")
 
 
-def model_is_text(path: str) -> bool:
-    """Whether a checkpoint, run folder or .onnx file classifies texts (reads its metadata only)."""
-    from engine.modalities.text.predict import is_text_model
-    return is_text_model(path)
+def model_modality(path: str):
+    """What a checkpoint, run folder or .onnx file classifies (reads its metadata only)."""
+    from engine.outputs.predict import model_modality as read_modality
+    return read_modality(path)
 
 
 def short_name(path: str) -> str:
@@ -209,7 +209,7 @@ class PredictPanel(QWidget):
 
     def set_model(self, path: str) -> None:
         """Use an `.onnx` file, a checkpoint or a run folder (what the source menu asks for)."""
-        self.state.predict_model_is_text = model_is_text(path)
+        self.state.predict_model_modality = model_modality(path)
         self.state.predict_model = str(path)
         self.source.setCurrentIndex(self.source.findData("onnx" if str(path).lower().endswith(".onnx") else "checkpoint"))
         self._show_model()
@@ -236,11 +236,17 @@ class PredictPanel(QWidget):
         return path or None
 
     @property
-    def text_model(self) -> bool:
-        """The chosen model classifies texts: the panel takes typed texts instead of photos."""
+    def model_modality(self):
+        """What the chosen model classifies (None: no model yet)."""
         if self.source.currentData() != "latest":
-            return self.state.predict_model is not None and self.state.predict_model_is_text
-        return self.state.latest_run is not None and is_text_backbone(self.state.latest_run.backbone)
+            return self.state.predict_model_modality if self.state.predict_model is not None else None
+        return modalities.for_backbone(self.state.latest_run.backbone) if self.state.latest_run else None
+
+    @property
+    def text_model(self) -> bool:
+        """The chosen model's samples are texts: the panel takes typed texts instead of photos."""
+        modality = self.model_modality
+        return modality is not None and modality.sample_view == modalities.TEXT_VIEW
 
     def _show_model(self) -> None:
         text = self.text_model
@@ -295,7 +301,7 @@ class PredictPanel(QWidget):
 
     def open_text_file(self) -> Task | None:
         """Every non-empty line of a .txt file, or the text column of a .csv/.tsv, one table row each."""
-        from engine.modalities.text.predict import read_text_inputs
+        from engine.modalities.text.predict import read_text_inputs   # the text box's own file reader
         path = self.ask_text_file()
         if not path:
             return None
@@ -321,7 +327,7 @@ class PredictPanel(QWidget):
         items = list(zip(origins or [f"text {i + 1}" for i in range(len(texts))], texts))
         self._texts = dict(items)
         control = RunControl()
-        return self._start(partial(predict_text_job, path, self._cached, items, self.top_k.value(), control), control,
+        return self._start(partial(predict_job, path, self._cached, items, self.top_k.value(), control), control,
                            f"Classifying {'the text' if len(items) == 1 else f'{len(items)} texts'} with "
                            f"{Path(path).name}…")
 
@@ -357,8 +363,8 @@ class PredictPanel(QWidget):
             return None
         self._last_inputs = [str(p) for p in inputs]
         control = RunControl()
-        return self._start(partial(predict_job, path, self._cached, self._last_inputs, self.top_k.value(), control),
-                           control, f"Classifying {self._describe(self._last_inputs)} with {Path(path).name}…")
+        return self._start(partial(predict_job, path, self._cached, [], self.top_k.value(), control,
+                                   arguments=self._last_inputs), control, f"Classifying {self._describe(self._last_inputs)} with {Path(path).name}…")
 
     def cancel(self) -> None:
         self.slot.cancel()

@@ -22,7 +22,7 @@ from PySide6.QtWidgets import QFileDialog, QMenu, QMessageBox, QWidget
 
 from engine.core.files import write_json
 from engine.core.paths import user_data_dir
-from engine.modalities.text.catalog import is_text_backbone
+from engine.core import modality as modalities
 from engine.project import PROJECT_SUFFIX, Project, ProjectError, load_project
 from gui.train_fields import FIELDS
 
@@ -69,7 +69,8 @@ def load_into_state(project: Project, state: AppState) -> list[str]:
         if key in project.config:
             state.settings[key] = project.config[key]
     state.training_mode, state.search_minutes = project.training_mode, project.search_minutes
-    if state.engine is not None and state.backbone_row(project.backbone) is None and is_text_backbone(project.backbone):
+    if (state.engine is not None and state.backbone_row(project.backbone) is None
+            and modalities.for_backbone(project.backbone).takes_model_folders):
         state.add_text_encoder(project.backbone)             # a user's Hugging Face folder, still on disk
     row = state.backbone_row(project.backbone)
     if row is None:

@@ -21,6 +21,7 @@ from PySide6.QtGui import QDesktopServices, QImage, QStandardItem, QStandardItem
 from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QPushButton, QSplitter,
                                QStackedWidget, QTableView, QTabWidget, QVBoxLayout, QWidget)
 
+from engine.core import modality as modalities
 from engine.core.control import RunControl
 from engine.core.runfolder import RunFolder
 from engine.core.significance import wilson_interval
@@ -84,13 +85,20 @@ class RunView:
         return [GalleryItem(p["path"], self.classes[true], self.classes[predicted], p["score"]) for p in rows]
 
     @property
-    def is_text(self) -> bool:
-        """A text run: its predictions carry the texts (engine.modalities.text.inputs)."""
+    def modality(self):
+        """What the run classified: the modality whose own fields its prediction rows carry (a text's text),
+        else the one its backbone belongs to."""
         rows = [*self.metrics.get("most_confident_wrong", []), *(r for rows in self.predictions.values() for r in rows[:1])]
         if rows:
-            return any("text" in row for row in rows)
-        from engine.modalities.text.catalog import is_text_backbone
-        return is_text_backbone(self.metrics.get("backbone") or self.metrics.get("config", {}).get("backbone"))
+            carried = set().union(*rows)
+            return next((m for m in modalities.every() if set(m.prediction_fields("")) & carried),
+                        modalities.named(None))
+        return modalities.for_backbone(self.metrics.get("backbone") or self.metrics.get("config", {}).get("backbone"))
+
+    @property
+    def shows_texts(self) -> bool:
+        """Its samples are read as texts (a table of texts) rather than looked at in a gallery."""
+        return self.modality.sample_view == modalities.TEXT_VIEW
 
     def cell_texts(self, true: int, predicted: int) -> list[tuple]:
         """The texts of one confusion-matrix cell, most confident first: (where, true, predicted, score, text)."""
@@ -261,7 +269,7 @@ class ResultsPanel(QWidget):
                               f" &nbsp;·&nbsp; Test accuracy {accuracy_html(metrics, 'test')}" if metrics else "")
         self.checkpoint.setText("" if view is None else f"Model: {view.checkpoint}" if view.checkpoint
                                 else "No checkpoint was saved.")
-        text = view is not None and view.is_text
+        text = view is not None and view.shows_texts
         self.examples.setCurrentWidget(self.text_list if text else self.gallery)
         self.class_model.setHorizontalHeaderItem(4, QStandardItem("Texts" if text else "Images"))
         self.text_list.correction_classes = list(view.classes) if text else None
@@ -299,7 +307,7 @@ class ResultsPanel(QWidget):
         split = "test" if self.run.split == "test" else "validation"
         what = (f"{classes[true]} correctly recognised" if true == predicted
                 else f"true class {classes[true]}, predicted as {classes[predicted]}")
-        if self.run.is_text:
+        if self.run.shows_texts:
             rows = self.run.cell_texts(true, predicted)
             self.text_list.show_rows(f"<b>{what}</b>: {len(rows)} {split} text{'s' if len(rows) != 1 else ''}",
                                      TEXT_COLUMNS, rows)
@@ -313,7 +321,7 @@ class ResultsPanel(QWidget):
         if self.run is None:
             self.gallery.show_items("No run yet.", [], [])
             return
-        if self.run.is_text:
+        if self.run.shows_texts:
             rows = self.run.most_confident_wrong_texts()
             self.text_list.show_rows(
                 f"<b>Most confidently wrong</b>: the {len(rows)} worst mistakes, highest loss first. Select one to "

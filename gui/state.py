@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING
 from psygnal import evented
 from psygnal.containers import EventedDict, EventedList
 
+from engine.core import modality as modalities
 from engine.core.runfolder import RunFolder
 from engine.project import RunRecord
 
 if TYPE_CHECKING:
+    from engine.core.modality import Modality
     from engine.data.report import DatasetReport
     from engine.models.layers import LayerTree
     from engine.training.config import TrainConfig
@@ -61,7 +63,7 @@ class AppState:
     search_minutes: float = 10.0                  # the automatic mode's time (engine.search.auto.DEFAULT_BUDGET_S)
     search_backbones: list[str] | None = None     # what a search and an assessment try (None: all with offline weights)
     predict_model: str | None = None              # Try it's chosen .onnx, checkpoint or run folder (not the latest run)
-    predict_model_is_text: bool = False           # whether predict_model classifies texts
+    predict_model_modality: Modality | None = None  # what predict_model classifies
 
     def __post_init__(self) -> None:
         for signal in (self.runs.events.inserted, self.runs.events.removed, self.runs.events.changed):
@@ -78,14 +80,26 @@ class AppState:
         return next((row for row in [*self.engine.backbones, *self.engine.text_encoders] if row["name"] == name),
                     None)
 
-    @property
-    def is_text(self) -> bool:
-        """The dataset holds texts: a text encoder trains, image-only settings do not apply."""
-        return self.report is not None and self.report.modality == "text"
+    def backbone_rows(self, modality: Modality) -> list[dict]:
+        """The engine's catalogue rows of `modality`'s models ([] before torch loaded)."""
+        if self.engine is None:
+            return []
+        return [row for row in [*self.engine.backbones, *self.engine.text_encoders]
+                if modalities.for_backbone(row["name"]) is modality]
 
-    def backbone_is_text(self) -> bool:
-        row = self.backbone_row(self.backbone) if self.backbone else None
-        return row is not None and row.get("modality") == "text"
+    @property
+    def modality(self) -> Modality:
+        """What the dataset holds (images until one is loaded): its model list, settings and words apply."""
+        return modalities.of(self.report)
+
+    @property
+    def backbone_modality(self) -> Modality:
+        """What the chosen backbone reads."""
+        return modalities.for_backbone(self.backbone)
+
+    def backbone_fits_data(self) -> bool:
+        """The chosen model reads what the dataset holds (a dataset of another modality needs another model)."""
+        return self.backbone_modality is modalities.of(self.report)
 
     def add_text_encoder(self, folder: str) -> None:
         """A local Hugging Face model folder joins the engine's text encoders (once), as a catalogue row."""

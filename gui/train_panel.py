@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QFrame, Q
                                QMessageBox, QProgressBar, QPushButton, QScrollArea, QSpinBox, QSplitter,
                                QVBoxLayout, QWidget)
 
+from engine.core import modality as modalities
 from engine.core.progress import EpochClock, StageClock, format_duration, stage_title
 from gui.search_board import ModeChoice, SearchBoard, score_text
 from gui.train_fields import CHOICE_FIELDS, FIELDS
@@ -75,11 +76,11 @@ TOOLTIPS = {
               "and a batch that does not fit in its memory is split in halves rather than failing.",
 }
 
-IMAGE_ONLY = ("image_size", "augmentation", "cached_views", "tta")
-"""Settings that change images only: off for a text dataset (the text trainer ignores them)."""
-TEXT_TOOLTIP = "Images only: texts are not resized, augmented or mirrored."
-TEXT_ONLY = ("max_tokens",)
-IMAGE_TOOLTIP = "Texts only: how many tokens of each text the encoder reads."
+IMAGES_ONLY_TOOLTIP = "Images only: texts are not resized, augmented or mirrored."
+TEXTS_ONLY_TOOLTIP = "Texts only: how many tokens of each text the encoder reads."
+NOT_USED_TOOLTIPS = {**dict.fromkeys(("image_size", "augmentation", "cached_views", "tta"), IMAGES_ONLY_TOOLTIP),
+                     "max_tokens": TEXTS_ONLY_TOOLTIP}
+"""Settings only some modalities read (Modality.own_settings), and why they are off for the others' data."""
 TOKEN_LENGTHS = (32, 64, 128, 256, 512)
 
 
@@ -152,16 +153,12 @@ class HyperParameters(QGroupBox):
         self.setEnabled(True)
 
     def _show_modality(self) -> None:
-        """Image-only settings are greyed out for texts, with a tooltip saying why."""
-        text = self.state.is_text
-        for key in IMAGE_ONLY:
+        """Settings another modality's training reads are greyed out, with a tooltip saying why."""
+        own = self.state.modality.own_settings
+        for key, not_used in NOT_USED_TOOLTIPS.items():
             widget = getattr(self, key)
-            widget.setEnabled(not text)
-            widget.setToolTip(TEXT_TOOLTIP if text else TOOLTIPS[key])
-        for key in TEXT_ONLY:
-            widget = getattr(self, key)
-            widget.setEnabled(text)
-            widget.setToolTip(TOOLTIPS[key] if text else IMAGE_TOOLTIP)
+            widget.setEnabled(key in own)
+            widget.setToolTip(TOOLTIPS[key] if key in own else not_used)
 
     def _fill_devices(self, devices: list[tuple[str, str]]) -> None:
         """Only the devices this machine has: a project's 'cuda:0' opened on a laptop is refused, not kept."""
@@ -179,15 +176,17 @@ class HyperParameters(QGroupBox):
     def _fill_image_sizes(self) -> None:
         """The built backbone's own size first; which size is selected is the state's to say."""
         model = self.state.model
-        model_size = model.input_size if model and model.modality == "image" else None
+        modality = modalities.named(model.modality) if model else None
+        reads = modality.own_settings if modality else ()
+        model_size = model.input_size if "image_size" in reads else None
         self.image_size.blockSignals(True)
         self.image_size.clear()
-        self.image_size.addItem("Not used for texts" if model and model.modality == "text" else
+        self.image_size.addItem(f"Not used for {modality.nouns}" if modality and "image_size" not in reads else
                                 f"Backbone default ({model_size} px)" if model_size else "Backbone default", None)
         for size in IMAGE_SIZES:
             self.image_size.addItem(f"{size} px", size)
         self.image_size.blockSignals(False)
-        own = model.input_size if model and model.modality == "text" else None
+        own = model.input_size if "max_tokens" in reads else None
         self.max_tokens.blockSignals(True)
         self.max_tokens.clear()
         self.max_tokens.addItem(f"Encoder default ({own})" if own else "Encoder default", None)
@@ -540,8 +539,7 @@ class TrainPanel(QWidget):
         self.progress.setFormat(bar_format(self.fit_clock.eta(logs)))
         self.stage.setText(f"Epoch {logs['epoch']} / {self.fit_clock.epochs} ({logs.get('stage', 'train')})"
                            f" · batch {logs['batch']} / {logs['batches']}")
-        noun = "texts" if self.state.is_text else "images"
-        self.speed.setText(f"{logs['images_per_s']:.1f} {noun}/s · loss {logs['loss']:.3f}")
+        self.speed.setText(f"{logs['images_per_s']:.1f} {self.state.modality.nouns}/s · loss {logs['loss']:.3f}")
         self.plots.add_batch(logs)
 
     def on_epoch_ended(self, epoch: int, logs: dict) -> None:

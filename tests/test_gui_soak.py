@@ -92,7 +92,7 @@ class Soak:
 
     def choose_backbone(self) -> None:
         state = self.window.state
-        if state.engine is not None and state.active_run is None and not state.is_text:
+        if state.engine is not None and state.active_run is None and state.modality.name == "image":
             state.choose_backbone(self.rng.choice([LITE0, state.engine.default_backbone]))
 
     def assess(self) -> None:
@@ -153,7 +153,7 @@ class Soak:
 
     def explain(self) -> None:
         panel = self.window.results_panel
-        if panel.run is not None and panel.run.checkpoint is not None and not panel.run.is_text:
+        if panel.run is not None and panel.run.checkpoint is not None and not panel.run.shows_texts:
             paths = [item.path for item in panel.run.cell_items(0, 0)]
             if paths:
                 panel.explain(paths[0], 0)

@@ -116,7 +116,7 @@ def test_a_text_dataset_from_drop_to_try_it(qtbot, windows, fortunes_csv, tmp_pa
 
     # 4. Results: the confusion matrix; a cell lists its texts, and the worst mistakes are texts
     results = win.results_panel
-    assert results.run.is_text and results.examples.currentWidget() is results.text_list
+    assert results.run.shows_texts and results.examples.currentWidget() is results.text_list
     matrix = results.confusion.model
     assert matrix.rowCount() == 3
     row, column = max(((r, c) for r in range(3) for c in range(3)), key=lambda cell: matrix.counts[cell[0]][cell[1]])

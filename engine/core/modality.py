@@ -132,6 +132,50 @@ class Modality:
     def __repr__(self) -> str:
         return f"<modality {self.name}>"
 
+    # -- the window: plain values and words (no Qt, no torch), so it asks and never compares a name -----
+    sample_view: str = "label"     # how the window shows one sample: see THUMBNAIL_VIEW, TEXT_VIEW, LABEL_VIEW
+    combines_sources = True        # whether several dropped folders or files are scanned as one dataset
+    assesses_backbones = False     # whether its models are scored against each other (Compare step, a search)
+    loads_weight_files = False     # whether a model may start from a weights file the user chooses
+    blocks_noun = "blocks"         # what "train the last N ..." counts in its models
+    pretrained_on = "Pretrained"   # what its pretrained weights learned from, in the weights menu
+    layer_tree_depth = 1           # how deep the Model step opens the layer tree (down to what N counts)
+    own_settings: tuple[str, ...] = ()   # TrainConfig fields only this modality's training reads
+
+    @property
+    def settings_key(self) -> str:
+        """Where the window remembers the model last chosen for this modality's data."""
+        return f"model/{self.name}"
+
+    def table_columns(self, source) -> dict:
+        """A table's columns and the reader's guesses ({"columns", ...}) for the Data step's pickers; {} when
+        its reader takes no column options."""
+        return {}
+
+    def problem_file(self, root, where: str):
+        """The file a scan problem at `where` (as the report says it) is in, for the window's Open button."""
+        from pathlib import Path
+        return Path(where)
+
+    def input_size_words(self, size: int) -> str:
+        """A model's input size in words ("224 × 224 px", "256 tokens per text")."""
+        return str(size)
+
+    def backbone_title(self, name: str) -> str:
+        """A short name for one of its models, fit for a file name."""
+        return name
+
+    def training_speed_hint(self, model) -> str:
+        """What training `model` with its present freeze state costs, in one sentence ("" when unknown)."""
+        return ""
+
+    def layer_model(self, name: str, num_classes: int) -> tuple[Any, int]:
+        """(model, input size) of `name` with a head for `num_classes`, built to show its layers (its
+        weights do not matter); the input size is what one sample becomes (pixels a side, tokens)."""
+        config = getattr(importlib.import_module("engine.training.config"), "TrainConfig")(backbone=name)
+        bundle = self.training_inputs().create_bundle(config, num_classes)   # a higher layer, imported late
+        return bundle.model, getattr(bundle.preprocessing, "input_size", 0)
+
 
 class UnknownModality(ValueError):
     """A report, checkpoint or file names a modality nobody registered."""
@@ -202,3 +246,7 @@ def for_backbone(name: str | None) -> Modality:
         if modality.name != DEFAULT and modality.owns_backbone(name):
             return modality
     return named(DEFAULT)
+
+
+# How a window shows one sample (`Modality.sample_view`): a picture, the text read whole, or its class only.
+THUMBNAIL_VIEW, TEXT_VIEW, LABEL_VIEW = "thumbnail", "text", "label"

@@ -37,7 +37,7 @@ class AssessController(Controller):
         size; `assessment_finished` or `assessment_failed` follows (None: no dataset, or busy)."""
         state = self.state
         if (state.report is None or state.engine is None or state.active_run is not None or state.assessing
-                or state.is_text):           # the assessment scores image backbones
+                or not state.modality.assesses_backbones):
             return None
         report = apply_corrections(state.report, dict(state.corrections))
         control = RunControl()

@@ -6,12 +6,13 @@ from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, QSettings, Signal
 
-from engine.modalities.text.catalog import is_text_backbone
+from engine.core import modality as modalities
 from gui.controllers.base import Controller
 from gui.jobs import build_model, load_engine
 from gui.workers import TaskGroup, TaskSlot
 
 if TYPE_CHECKING:
+    from engine.core.modality import Modality
     from gui.state import AppState
 
 IMAGENET_CLASSES = 1000          # head size shown before a dataset is loaded
@@ -45,27 +46,27 @@ class ModelController(Controller):
         (unless a project opened meanwhile chose one)."""
         self.state.engine = engine
         if self.state.backbone is None:
-            saved = str(self.settings.value("model/backbone", engine.default_backbone))
-            self.state.choose_backbone(saved if self.state.backbone_row(saved) else engine.default_backbone)
+            self._choose_last_used(self.state.modality)
         self.match_backbone_to_data()
         self.engine_ready.emit()
 
     def match_backbone_to_data(self) -> None:
-        """Texts train a text encoder and images an image backbone: a dataset of the other kind brings back
-        the last one of its kind used (else the default)."""
-        state, engine = self.state, self.state.engine
-        if engine is None or state.report is None or state.is_text == is_text_backbone(state.backbone):
+        """Texts train a text encoder and images an image backbone: a dataset of another modality than the
+        chosen model's brings back the last model of its modality used (else its default)."""
+        state = self.state
+        if state.engine is None or state.report is None or state.backbone_fits_data():
             return
-        if state.is_text:
-            saved = str(self.settings.value("model/text_encoder", engine.default_text_encoder))
-            state.choose_backbone(saved if state.backbone_row(saved) else engine.default_text_encoder)
-        else:
-            saved = str(self.settings.value("model/backbone", engine.default_backbone))
-            state.choose_backbone(saved if state.backbone_row(saved) else engine.default_backbone)
+        self._choose_last_used(state.modality)
+
+    def _choose_last_used(self, modality: Modality) -> None:
+        """The model last chosen for `modality`'s data, while this machine still offers it; else its default."""
+        default = modality.default_backbone
+        saved = str(self.settings.value(modality.settings_key, default))
+        self.state.choose_backbone(saved if self.state.backbone_row(saved) else default)
 
     # -- the model -------------------------------------------------------------------------------
     def _on_backbone_changed(self, backbone: str) -> None:
-        self.settings.setValue("model/text_encoder" if is_text_backbone(backbone) else "model/backbone", backbone)
+        self.settings.setValue(modalities.for_backbone(backbone).settings_key, backbone)
         self.request_model()
 
     def request_model(self) -> None:

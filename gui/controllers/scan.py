@@ -10,7 +10,6 @@ from PySide6.QtWidgets import QFileDialog
 
 from engine.core.control import RunControl
 from engine.core.paths import demo_dataset
-from engine.modalities.text.catalog import is_text_backbone
 from gui.controllers.base import Controller
 from gui.jobs import scan
 from gui.workers import Task, TaskGroup, TaskSlot
@@ -70,8 +69,8 @@ class ScanController(Controller):
         self.state.scanned_sources = [str(p) for p in paths]   # the dataset's sources, once the scan succeeds
         self.state.text_columns = text_columns
         self.state.scanning = True
-        encoder = self.state.backbone if is_text_backbone(self.state.backbone) else None
-        job = partial(scan, list(self.state.scanned_sources), control, encoder=encoder, text_columns=text_columns)
+        job = partial(scan, list(self.state.scanned_sources), control, encoder=self.state.backbone,
+                      text_columns=text_columns)
         return self.slot.start(job, control, on_result=self._on_scanned, on_failed=self._on_failed,
                                on_cancelled=self._on_cancelled, on_progress=self.panel.set_progress)
 
@@ -100,8 +99,7 @@ class ScanController(Controller):
         self.state.dataset_sources = list(self.state.scanned_sources)
         self.panel.show_thumbnails(result.thumbnails)
         self.panel.show_columns(result.columns, self.state.text_columns)
-        noun = "texts" if report.modality == "text" else "images"
-        self.logged.emit(f"Dataset: {len(report.samples):,} {noun}, {len(report.classes)} classes, "
+        self.logged.emit(f"Dataset: {self.state.modality.count(len(report.samples))}, {len(report.classes)} classes, "
                          f"{len(report.problems)} problem(s) from {report.root}")
         self.status.emit("Dataset ready", 5000)
         self.state.scanning = False

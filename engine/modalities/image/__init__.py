@@ -6,7 +6,7 @@ says "for images, use these". Every import is lazy, so asking for the modality c
 """
 from __future__ import annotations
 
-from engine.core.modality import Modality
+from engine.core.modality import THUMBNAIL_VIEW, Modality
 
 
 class ImageModality(Modality):
@@ -84,6 +84,33 @@ class ImageModality(Modality):
     def prediction_input(self, payload):
         from engine.outputs.predict import read_image_input
         return read_image_input(payload)
+
+    # -- the window ---------------------------------------------------------------------------------------
+    sample_view = THUMBNAIL_VIEW
+    assesses_backbones = True
+    loads_weight_files = True
+    pretrained_on = "ImageNet"
+    own_settings = ("image_size", "augmentation", "cached_views", "tta")
+    settings_key = "model/backbone"
+
+    def input_size_words(self, size: int) -> str:
+        return f"{size} × {size} px"
+
+    def training_speed_hint(self, model) -> str:
+        """The frozen part computed once is what makes training fast (engine.training.caches)."""
+        from engine.training.caches import plan_cache
+        plan = plan_cache(model)
+        if plan.kind == "features":
+            return "Fast: the backbone runs once per image, then only the head trains."
+        if plan.kind == "activations":
+            return "Faster: the frozen blocks run once per image; the rest trains on their output."
+        return f"Every epoch runs the whole network ({plan.reason})."
+
+    def layer_model(self, name: str, num_classes: int):
+        """Random weights: only the structure is shown, and nothing is read from disk."""
+        from engine.models.catalog import create_model
+        bundle = create_model(name, num_classes, weights="random")
+        return bundle.model, bundle.preprocessing.input_size
 
 
 IMAGES = ImageModality()
