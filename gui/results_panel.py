@@ -86,8 +86,10 @@ class RunView:
 
     @property
     def modality(self):
-        """What the run classified: the modality whose own fields its prediction rows carry (a text's text),
-        else the one its backbone belongs to."""
+        """What the run classified, as its metrics.json says; for a run from before they said it, the
+        modality whose own fields its prediction rows carry (a text's text), else its backbone's."""
+        if self.metrics.get("modality"):
+            return modalities.named(self.metrics["modality"])
         rows = [*self.metrics.get("most_confident_wrong", []), *(r for rows in self.predictions.values() for r in rows[:1])]
         if rows:
             carried = set().union(*rows)

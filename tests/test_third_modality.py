@@ -49,7 +49,7 @@ def test_rows_scan_train_export_verify_predict(rows, tmp_path, freeze):
     result = Trainer(report, config, run).fit()
     assert result.status == "completed", result
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["test_accuracy"] >= 0.9
+    assert metrics["test_accuracy"] >= 0.9 and metrics["modality"] == NAME
     trained = json.loads((run / "config.json").read_text())
     assert trained["backbone"] == BACKBONE and trained["freeze"] == freeze
 

@@ -67,7 +67,7 @@ def combine_runs(report: DatasetReport, member_runs: list[str | Path], run_dir: 
     add_sample_fields(checkpoint, samples, predictions["val"], val["most_confident_wrong"])
     metrics = summarize_metrics(report.classes, {"val": val}, checkpoint.meta["backbone"],
                                 checkpoint.meta.get("weights_origin"), {"ensemble": configs},
-                                ensemble=checkpoint.meta["ensemble"])
+                                ensemble=checkpoint.meta["ensemble"], modality=checkpoint.modality)
     write_json(files.predictions, predictions)
     write_json(files.metrics, metrics)
     write_json(files.config, {"ensemble": configs})

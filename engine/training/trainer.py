@@ -560,7 +560,7 @@ class Trainer:
                                                     evaluated_paths(samples, loader))
             predictions[split] = results[split].pop("predictions")
         metrics = summarize_metrics(self.report.classes, results, self.bundle.spec.name, self.bundle.weights,
-                                    self.config.to_dict())
+                                    self.config.to_dict(), modality=self.report.modality)
         metrics["skipped_images"] = dict(self.inputs.unreadable)     # read at the scan, unreadable during the fit
         self.inputs.annotate_metrics(metrics, predictions)
         write_json(self.files.metrics, metrics)
