@@ -93,7 +93,7 @@ def main() -> None:
         window = MainWindow(QSettings(str(Path(tmp) / "settings.ini"), QSettings.Format.IniFormat))
         window.show()
         wait_for([window.engine_ready, window.model_ready])
-        window.load_dataset([str(fashion_dataset(args.per_class, 96))])
+        window.scans.load_dataset([str(fashion_dataset(args.per_class, 96))])
         wait_for([window.scan_finished, window.model_ready])
         window.model_panel.train_everything()
         window.train_panel.settings.set_values(epochs=args.epochs, batch_size=args.batch,

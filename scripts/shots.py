@@ -66,7 +66,7 @@ def demo_window(width: int = 1280, height: int = 800):
     window.resize(width, height)
     try:
         wait_for(window.engine_ready)
-        window.open_demo()
+        window.scans.open_demo()
         wait_for(window.scan_finished)
         while not window.start_action.isEnabled():
             wait_for(window.model_ready)     # the layer tree is rebuilt for the demo's classes
