@@ -265,7 +265,11 @@ class SearchRun(TrainingRun):
     def __call__(self, progress) -> "SearchResult":
         modality = modalities.of(self.report)
         compared = {"backbones": self.backbones} if modality.assesses_backbones else {}
-        self.search = modality.recipe_search()(self.report, self.run_dir, self.budget_s, self.config, [self.events],
+        search = modality.recipe_search()
+        if search is None:
+            raise ValueError(f"there is no automatic recipe search for {modality.nouns} yet: train with the "
+                             "manual settings")
+        self.search = search(self.report, self.run_dir, self.budget_s, self.config, [self.events],
                                                self.control, **compared)
         return self.search.run()
 

@@ -80,3 +80,18 @@ def test_a_rows_checkpoint_is_refused_by_another_modality_and_names_it(rows, tmp
     Trainer(report, TrainConfig(backbone=BACKBONE, epochs=1, augmentation="none"), run).fit()
     with pytest.raises(ValueError, match="classifies rows, not images"):
         modalities.named("image").classifier(run / "model.safetensors", "torch")
+
+
+def test_a_modality_without_a_recipe_search_is_refused_in_one_line(rows, tmp_path):
+    import subprocess
+    import sys
+    data = write_rows(tmp_path / "points.rows")
+    code = ("import sys; sys.path.insert(0, 'tests'); from pathlib import Path; from engine.core import modality; "
+            f"from rows_modality import RowsModality; modality.register(RowsModality(Path({str(tmp_path)!r}))); "
+            "from engine.cli.main import main; "
+            f"sys.exit(main(['train', {str(data)!r}, '--out', {str(tmp_path / 'auto')!r}, '--auto', '--model', "
+            f"'{BACKBONE}']))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "--auto has no recipe search for rows yet" in done.stderr and "Traceback" not in done.stderr

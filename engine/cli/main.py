@@ -152,7 +152,11 @@ def _fit(report, config: TrainConfig, out: Path, progress: TerminalProgress, res
 
 def _search(report, config: TrainConfig, out: Path, budget: float, progress: TerminalProgress) -> dict:
     from engine.core import modality as modalities
-    result = modalities.of(report).recipe_search()(report, out, budget, config, [progress]).run()
+    modality = modalities.of(report)
+    search = modality.recipe_search()
+    if search is None:
+        raise BadInput(f"--auto has no recipe search for {modality.nouns} yet: train without --auto")
+    result = search(report, out, budget, config, [progress]).run()
     for line in [f"decision: {result.decision}", *(f"note: {warning}" for warning in result.warnings)]:
         print(f"[search] {line}", file=sys.stderr)
     metrics = result.metrics

@@ -103,9 +103,9 @@ class Modality:
         raise NotImplementedError
 
     def recipe_search(self):
-        """The RecipeSearch class whose phases suit this modality (by default the image one's phases:
-        head recipes on cached features, then the last blocks)."""
-        return getattr(importlib.import_module("engine.search.auto"), "RecipeSearch")   # a higher layer
+        """The RecipeSearch class whose phases suit this modality; None when it has none (the window and
+        `train --auto` then say so in one line)."""
+        return None
 
     # -- outputs ----------------------------------------------------------------------------------------
     def export(self, run_dir, out, **options) -> dict:

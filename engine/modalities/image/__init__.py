@@ -53,6 +53,10 @@ class ImageModality(Modality):
         from engine.training.image_inputs import ImageInputs
         return ImageInputs()
 
+    def recipe_search(self):
+        from engine.search.auto import RecipeSearch
+        return RecipeSearch
+
     def eval_inputs(self, model, checkpoint, samples, batch_size: int):
         import torch
         from torch.utils.data import DataLoader
