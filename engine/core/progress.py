@@ -16,7 +16,7 @@ Progress = Callable[[str, int, int], None]
 """progress(stage, done, total): `stage` is a key of STAGE_TITLES (or a short phrase), `done` <= `total`."""
 
 STAGE_TITLES = {
-    "scan": "Checking images",
+    "scan": "Checking the dataset",
     "texts": "Reading texts",
     "thumbnails": "Drawing thumbnails",
     "images": "Decoding images",
