@@ -1,13 +1,10 @@
 """One image, larger, beside its Grad-CAM overlay for a class the user chooses.
 
-The heat map is computed by `engine.outputs.gradcam` on a worker thread (`explain` below); the model of a
-run is loaded once from its checkpoint and kept in a `ModelCache`, whose lock makes sure two
+The heat map is computed by `engine.outputs.gradcam` on a worker thread (`gui.jobs.explain`); the model of
+a run is loaded once from its checkpoint and kept in a `gui.jobs.ModelCache`, whose lock makes sure two
 explanations never run backward passes through the same model at once.
 """
 from __future__ import annotations
-
-import threading
-from collections import OrderedDict
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QGridLayout, QHBoxLayout, QLabel,
@@ -18,26 +15,6 @@ from gui.jobs import Explanation
 from gui.thumbnails import thumbnail
 
 SHOWN_PX = 320
-CACHED_MODELS = 2
-
-
-class ModelCache:
-    """Models loaded from checkpoints, the most recently used few, for worker threads."""
-
-    def __init__(self, size: int = CACHED_MODELS):
-        self.size = size
-        self.lock = threading.Lock()
-        self._models: OrderedDict[str, tuple] = OrderedDict()
-
-    def get(self, checkpoint: str):
-        """(model, Checkpoint); call with `lock` held."""
-        from engine.models.checkpoint import load_checkpoint
-        if checkpoint not in self._models:
-            self._models[checkpoint] = load_checkpoint(checkpoint)
-            while len(self._models) > self.size:
-                self._models.popitem(last=False)
-        self._models.move_to_end(checkpoint)
-        return self._models[checkpoint]
 
 
 class ImageDialog(QDialog):

@@ -5,6 +5,8 @@ imports the engine lazily, so the window can appear before torch is loaded.
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,12 +29,12 @@ if TYPE_CHECKING:
     from engine.training.config import TrainConfig
     from engine.search.auto import RecipeSearch, SearchResult
     from engine.training.trainer import FitResult, Trainer
-    from gui.explain import ModelCache
 
 THUMBNAIL_PX = 44
 THUMBNAILS_PER_CLASS = 6
 GALLERY_THUMBNAIL_PX = 96          # the Results gallery's tiles
 PREDICT_THUMBNAIL_PX = 72          # the Try it table's rows
+CACHED_MODELS = 2                  # models a Results view keeps loaded for Grad-CAM
 
 
 # -- start-up ----------------------------------------------------------------------------------
@@ -285,6 +287,25 @@ def load_thumbnails(paths: list[str], control, progress) -> dict[str, QImage]:
     return images
 
 
+class ModelCache:
+    """Models loaded from checkpoints, the most recently used few, for worker threads."""
+
+    def __init__(self, size: int = CACHED_MODELS):
+        self.size = size
+        self.lock = threading.Lock()
+        self._models: OrderedDict[str, tuple] = OrderedDict()
+
+    def get(self, checkpoint: str):
+        """(model, Checkpoint); call with `lock` held."""
+        from engine.models.checkpoint import load_checkpoint
+        if checkpoint not in self._models:
+            self._models[checkpoint] = load_checkpoint(checkpoint)
+            while len(self._models) > self.size:
+                self._models.popitem(last=False)
+        self._models.move_to_end(checkpoint)
+        return self._models[checkpoint]
+
+
 @dataclass
 class Explanation:
     path: str
@@ -294,7 +315,7 @@ class Explanation:
     overlay: QImage                   # what the model saw, blended with the heat map
 
 
-def explain(cache: "ModelCache", checkpoint: str, path: str, class_index: int | None, progress) -> Explanation:
+def explain(cache: ModelCache, checkpoint: str, path: str, class_index: int | None, progress) -> Explanation:
     """Worker job: Grad-CAM of `path` for `class_index` (None: the predicted class)."""
     from engine.data.images import load_image
     from engine.outputs.gradcam import grad_cam, overlay

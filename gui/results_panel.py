@@ -27,9 +27,9 @@ from engine.core.runfolder import RunFolder
 from engine.core.significance import wilson_interval
 from gui.compare_runs import CompareRuns
 from gui.confusion_view import ConfusionView
-from gui.explain import ImageDialog, ModelCache
+from gui.explain import ImageDialog
 from gui.gallery import Gallery, GalleryItem
-from gui.jobs import explain, load_thumbnails
+from gui.jobs import ModelCache, explain, load_thumbnails
 from gui.text_views import TextTable
 from gui.workers import TaskSlot
 
