@@ -162,13 +162,13 @@ def export_model(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.PathL
 def export_checked(model: torch.nn.Module, card: dict, target: Path, samples: Sequence, *,
                    torch_inputs: Callable[[Sequence], torch.Tensor], open_exported: Callable[[Path], object],
                    exporters: Sequence[str], tolerance: float, step, notes: list[str], started: float,
-                   dynamic_axes: dict[int, str] | None = None, sidecar_omits: Sequence[str] = ()) -> ExportResult:
+                   dynamic_axes: dict[int, tuple[str, int, int]] | None = None, sidecar_omits: Sequence[str] = ()) -> ExportResult:
     """The verified export every modality but images uses (images add preprocessing twins and sizes):
     each exporter in turn until one's file, run the way users run it (`open_exported(path).logits(samples)`,
     from the file's own metadata), gives PyTorch's logits on `torch_inputs(samples)` within `tolerance`
     with the same top-1; then the file (the card in its metadata) and its JSON sidecar, written atomically.
 
-    `dynamic_axes`: the input's axes besides the batch that vary (texts: {2: "length"}).
+    `dynamic_axes`: the input's axes besides the batch that vary (texts: {2: ("length", 2, 8192)}).
     """
     example = torch_inputs(samples[:2])
     input_name = card["input"]["name"]
@@ -193,19 +193,23 @@ def export_checked(model: torch.nn.Module, card: dict, target: Path, samples: Se
 
 
 def run_exporter(name: str, model: torch.nn.Module, example: torch.Tensor, path: Path, input_name: str,
-                 dynamic_axes: dict[int, str]) -> None:
-    """One exporter ('dynamo' or 'legacy') on a model with one input, its batch axis and `dynamic_axes` free."""
+                 dynamic_axes: dict[int, tuple[str, int, int]], ignored: type[Warning] = Warning) -> None:
+    """One exporter ('dynamo' or 'legacy') on a model with one input: its batch axis free, and each of
+    `dynamic_axes` ({axis: (name, smallest, largest)}). The legacy exporter's `ignored` warnings are not
+    shown: it is chosen knowingly (deprecated; tracer warnings on shapes the verification checks)."""
     model.eval()
     if name == "dynamo":
         dims = {0: torch.export.Dim("batch", min=1, max=4096),
-                **{axis: torch.export.Dim(label, min=2, max=8192) for axis, label in dynamic_axes.items()}}
+                **{axis: torch.export.Dim(label, min=low, max=high)
+                   for axis, (label, low, high) in dynamic_axes.items()}}
         torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False, verbose=False,
                           opset_version=OPSET, input_names=[input_name], output_names=[OUTPUT_NAME],
                           dynamic_shapes=(dims,))
         return
-    axes = {input_name: {0: "batch", **dynamic_axes}, OUTPUT_NAME: {0: "batch"}}
-    with warnings.catch_warnings():   # deprecation and tracer warnings: this exporter is chosen knowingly
-        warnings.simplefilter("ignore")
+    axes = {input_name: {0: "batch", **{axis: label for axis, (label, _, _) in dynamic_axes.items()}},
+            OUTPUT_NAME: {0: "batch"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ignored)
         torch.onnx.export(model, (example,), str(path), dynamo=False, verbose=False, opset_version=OPSET,
                           input_names=[input_name], output_names=[OUTPUT_NAME], dynamic_axes=axes)
 
@@ -276,22 +280,8 @@ def _exporter_order(exporter: str, dynamic_size: bool) -> tuple[str, ...]:
 
 def _run_exporter(name: str, model: torch.nn.Module, size: int, path: Path, dynamic_size: bool) -> None:
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    model.eval()
-    if name == "dynamo":
-        dims = {0: torch.export.Dim("batch", min=1, max=4096)}
-        if dynamic_size:
-            dims.update({2: torch.export.Dim("height", min=32, max=2048),
-                         3: torch.export.Dim("width", min=32, max=2048)})
-        torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False, verbose=False,
-                          opset_version=OPSET, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_shapes=(dims,))
-        return
-    axes = {INPUT_NAME: {0: "batch", **({2: "height", 3: "width"} if dynamic_size else {})},
-            OUTPUT_NAME: {0: "batch"}}
-    with warnings.catch_warnings():   # "legacy exporter is deprecated": we chose it knowingly as the fallback
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, (example,), str(path), dynamo=False, verbose=False, opset_version=OPSET,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes)
+    sides = {2: ("height", 32, 2048), 3: ("width", 32, 2048)} if dynamic_size else {}
+    run_exporter(name, model, example, path, INPUT_NAME, sides, ignored=DeprecationWarning)
 
 
 def verify_onnx(model: torch.nn.Module, pre: Preprocessing, onnx_path: str | os.PathLike,

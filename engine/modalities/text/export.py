@@ -52,7 +52,7 @@ def export_text_run(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.Pa
     order = TEXT_EXPORTERS if exporter == "auto" else (exporter,)
     result = export_checked(model, card, target, texts, exporters=order, tolerance=tolerance, step=step, notes=notes,
                             torch_inputs=lambda batch: torch.from_numpy(tokenizer.encode(list(batch))),
-                            open_exported=OnnxTextClassifier, started=started, dynamic_axes={2: "length"},
+                            open_exported=OnnxTextClassifier, started=started, dynamic_axes={2: ("length", 2, 8192)},
                             sidecar_omits=("tokenizer",))
     write_text(target.with_suffix(".tokenizer.json"), tokenizer.json)
     return result

@@ -9,7 +9,6 @@ image path writes (the "path" being the text's origin: the command line, `FILE:l
 from __future__ import annotations
 
 import csv
-import json
 import os
 from pathlib import Path
 from typing import Callable, Iterable
@@ -18,8 +17,8 @@ import numpy as np
 
 from engine.core.control import RunControl
 from engine.modalities.text.tokens import TextTokenizer, checkpoint_tokenizer
-from engine.outputs.predict import (ModelFileError, PredictionReport, SampleError, load_classifier,
-                                    model_modality, open_onnx, predict_items, refuse_other_modality)
+from engine.outputs.predict import (ModelFileError, PredictionReport, SampleError, model_modality, open_onnx,
+                                    predict_items, refuse_other_modality)
 
 TEXT_BATCH = 32
 
@@ -75,10 +74,6 @@ class TorchTextClassifier(TextClassifierBase):
 def is_text_model(path: str | os.PathLike) -> bool:
     """Whether a run folder, checkpoint or .onnx file holds a text classifier (reads metadata only)."""
     return model_modality(path).name == TextClassifierBase.modality
-
-
-def load_text_classifier(path: str | os.PathLike, device: str = "cpu") -> OnnxTextClassifier | TorchTextClassifier:
-    return load_classifier(path, device)
 
 
 def read_text_inputs(texts: Iterable[str] = (), text_file: str | os.PathLike | None = None,
@@ -139,9 +134,3 @@ def read_text_input(text: str) -> str:
     if not text or not text.strip():
         raise SampleError("empty text")
     return text
-
-
-def prediction_line(prediction, text: str) -> str:
-    """One JSON object per text for the command line: its origin, the text, label, score and top k."""
-    return json.dumps({"path": prediction.path, "text": text, **{k: v for k, v in prediction.to_dict().items()
-                                                               if k != "path"}}, ensure_ascii=False)
