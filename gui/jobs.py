@@ -359,9 +359,9 @@ def predict_job(model_path: str, cached: PredictOutcome | None, items: list[tupl
     """Load the classifier (unless the cached one is for the same file) and predict each (origin, payload) of
     `items` and what the model's modality gathers from `arguments` (files and folders of images); thumbnails
     where its samples are shown as pictures."""
-    from engine.outputs.predict import load_classifier, model_modality, predict_items
-    modality = model_modality(model_path)
+    from engine.outputs.predict import load_classifier, predict_items
     key, classifier = cached_classifier(model_path, cached, load_classifier, progress)
+    modality = modalities.of(classifier.meta)          # the file was read once, by the classifier
     gathered, skipped = modality.prediction_items(list(arguments)) if arguments else ([], [])
     report = predict_items(classifier, [*items, *gathered], modality.prediction_input, top_k=top_k,
                            progress=lambda _s, d, t: progress("Predicting", d, t), control=control)

@@ -69,10 +69,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from engine.outputs.predict import load_classifier, model_modality, predict_items, write_csv
-    modality = model_modality(args.model)
-    items, skipped = modality.prediction_items(args.images, text_file=args.text_file, text_column=args.text_column)
+    from engine.core import modality as modalities
+    from engine.outputs.predict import load_classifier, predict_items, write_csv
     classifier = load_classifier(args.model, args.device)
+    modality = modalities.of(classifier.meta)            # what the model classifies, as the file says
+    items, skipped = modality.prediction_items(args.images, text_file=args.text_file, text_column=args.text_column)
     with TerminalProgress() as progress:
         report = predict_items(classifier, items, modality.prediction_input, top_k=args.top_k,
                                threshold=args.threshold, batch_size=max(1, args.batch_size), progress=progress)
