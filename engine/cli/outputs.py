@@ -41,7 +41,13 @@ def register(subparsers) -> None:
     p.add_argument("--text-column", default=None, help="text models: the text column of a .csv/.tsv input")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--threshold", type=float, default=0.0,
-                   help="below this top-1 probability the label is 'unknown' (default 0: never)")
+                   help="below this top-1 probability the label is 'unknown' too (default 0: never)")
+    p.add_argument("--accept", type=float, default=None, metavar="SHARE",
+                   help="the share of the run's validation inputs the unknown score accepts (0.5-1; default: the "
+                        "run's own, 0.95): inputs less like the training data are labelled 'unknown'")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per line (the default output): path, label, score, nearest, ood_score, "
+                        "threshold, top_k")
     p.add_argument("--csv", metavar="OUT.csv", help="also write the predictions as CSV")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
@@ -76,7 +82,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     items, skipped = modality.prediction_items(args.images, text_file=args.text_file, text_column=args.text_column)
     with TerminalProgress() as progress:
         report = predict_items(classifier, items, modality.prediction_input, top_k=args.top_k,
-                               threshold=args.threshold, batch_size=max(1, args.batch_size), progress=progress)
+                               threshold=args.threshold, accept=args.accept, batch_size=max(1, args.batch_size), progress=progress)
     report.skipped[:0] = skipped
     payloads = dict(items)
     for prediction in report.predictions:

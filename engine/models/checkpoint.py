@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from safetensors import safe_open
@@ -18,6 +18,7 @@ from engine.models.catalog import ModelBundle
 from engine.models.ensemble import MEMBER_FIELDS, ensemble_module, is_ensemble
 from engine.models.heads import HEADS
 from engine.models.predictor import tta_setting
+from engine.models.trust import STATE_PREFIX
 
 FORMAT = "transferlab-checkpoint/1"
 META_KEY = "transferlab"
@@ -32,6 +33,7 @@ class CheckpointError(ValueError):
 @dataclass
 class Checkpoint:
     meta: dict
+    trust_state: dict = field(default_factory=dict)     # the unknown-score's tensors (engine.models.trust)
 
     @property
     def classes(self) -> list[str]:
@@ -119,19 +121,38 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, Checkpoint]:
     head = meta.get("head", "linear")
     if head not in HEADS:
         raise CheckpointError(f"{os.path.basename(path)}: unknown head {head!r}")
+    state, trust_state = split_trust_state(load_file(os.fspath(path), device="cpu"))
     if is_ensemble(meta):
-        return _load_ensemble(path, meta), Checkpoint(meta)
+        return _load_ensemble(path, meta, state), Checkpoint(meta, trust_state)
     model = modalities.of(meta).build_from_meta(meta, head)
     try:
-        model.load_state_dict(load_file(os.fspath(path), device="cpu"))
+        model.load_state_dict(state)
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"{os.path.basename(path)} does not match its architecture: "
                               f"{str(exc).splitlines()[0][:200]}") from None
-    return model.eval(), Checkpoint(meta)
+    return model.eval(), Checkpoint(meta, trust_state)
 
 
-def _load_ensemble(path: str | os.PathLike, meta: dict) -> nn.Module:
-    state = load_file(os.fspath(path), device="cpu")
+def split_trust_state(state: dict) -> tuple[dict, dict]:
+    """(the model's tensors, the unknown-score's tensors without their prefix) of a checkpoint's."""
+    prefix = STATE_PREFIX
+    return ({k: v for k, v in state.items() if not k.startswith(prefix)},
+            {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+
+def add_trust(path: str | os.PathLike, trust: dict, scorer: nn.Module) -> dict:
+    """Write calibration and the unknown score into a checkpoint (replacing earlier ones), atomically;
+    returns its metadata."""
+    meta = read_checkpoint_meta(path)
+    state, _ = split_trust_state(load_file(os.fspath(path), device="cpu"))
+    state.update({STATE_PREFIX + k: v.detach().contiguous().cpu() for k, v in scorer.state_dict().items()})
+    meta["trust"] = trust
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={META_KEY: json.dumps(meta)})
+    return meta
+
+
+def _load_ensemble(path: str | os.PathLike, meta: dict, state: dict) -> nn.Module:
     bare = []
     try:
         for index, member in enumerate(meta["ensemble"]):

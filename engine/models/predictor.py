@@ -43,3 +43,49 @@ def tta_setting(meta_or_config) -> str:
 def predictor(model: nn.Module, meta_or_config) -> nn.Module:
     """The module whose logits are the model's predictions: `model`, or `MirrorAveraged(model)`."""
     return MirrorAveraged(model) if tta_setting(meta_or_config) == "flip" else model
+
+
+class Trusted(nn.Module):
+    """What `predict` and an exported file compute: (calibrated logits, probabilities, unknown score), or
+    the first two for a run without a score (from before calibration). The logits are the predictor's
+    divided by the run's temperature; the score reads the pooled features the classifier reads (averaged
+    over the two views with test-time flip) and the calibrated logits (engine.models.trust)."""
+
+    def __init__(self, model: nn.Module, meta: dict, scorer: nn.Module | None = None):
+        super().__init__()
+        trust = meta.get("trust") or {}
+        self.model = model
+        self.flip = tta_setting(meta) == "flip"
+        self.temperature = float(trust.get("temperature", 1.0))
+        self.scorer = scorer
+        self.own_features = hasattr(model, "forward_features") and hasattr(model, "get_classifier")
+        self.train(model.training)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return ("logits", "probabilities", "ood_score") if self.scorer is not None else ("logits", "probabilities")
+
+    def forward(self, x: torch.Tensor):
+        if self.own_features:
+            features = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+            classifier = self.model.get_classifier()
+            logits = classifier(features)
+            if self.flip:
+                mirrored = self.model.forward_head(self.model.forward_features(x.flip(3)), pre_logits=True)
+                logits, features = (logits + classifier(mirrored)) / 2, (features + mirrored) / 2
+        else:                                   # an ensemble: its log mean probabilities
+            logits = self.model(x)
+            features = logits
+        logits = logits.float() / self.temperature
+        probabilities = logits.softmax(-1)
+        if self.scorer is None:
+            return logits, probabilities
+        return logits, probabilities, self.scorer(features, logits)
+
+
+def trusted(model: nn.Module, checkpoint) -> Trusted:
+    """`Trusted` for a loaded checkpoint: its temperature and unknown score when it has them."""
+    from engine.models.trust import rebuild_scorer
+    trust = checkpoint.meta.get("trust") or {}
+    scorer = rebuild_scorer(trust["method"], checkpoint.trust_state, trust.get("k", 10)) if trust.get("method") else None
+    return Trusted(model, checkpoint.meta, scorer).eval()

@@ -46,14 +46,15 @@ from engine.data.images import ImageError, load_image
 from engine.data.preprocessing import Preprocessing
 from engine.data.transforms import eval_transform
 from engine.models.checkpoint import load_checkpoint
-from engine.models.predictor import predictor
-from engine.outputs.predict import (ONNX_FORMAT, OnnxClassifier, collect_images, preprocess_image, read_onnx_metadata,
+from engine.models.predictor import trusted
+from engine.outputs.predict import (ONNX_FORMAT, OnnxClassifier, collect_images, onnx_outputs, preprocess_image, read_onnx_metadata,
                                     resolve_checkpoint)
 
 EXPORTERS = ("dynamo", "legacy")
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 MAX_VERIFY_SAMPLES = 32
+SCORE_TOLERANCE = 1e-2      # max |unknown score difference|, in the score's own standardised units
 _SIZE_PROBE_STEP = 32                       # a second input size tried when dynamic height/width is asked
 
 
@@ -74,6 +75,7 @@ class ExportResult:
     max_input_diff: float = 0.0     # numpy preprocessing vs eval_transform, on the same images
     export_seconds: float = 0.0     # the exporter alone, for the one that succeeded
     dynamic_size: bool = False      # True when height and width are dynamic axes, not only batch
+    max_score_diff: float | None = None   # max |unknown score(PyTorch) - score(onnxruntime)|; None: no score
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,6 +90,7 @@ class _Verification:
     ties: int
     problem: str | None             # why the export must be rejected; None when it passed
     probe_logits: np.ndarray | None = None   # onnxruntime's logits for the first image
+    max_score_diff: float | None = None      # max |unknown score difference| (None: the model has no score)
 
 
 def export_run(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, *,
@@ -126,7 +129,7 @@ def export_run(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.PathLik
     step("load model")
     checkpoint_path, run_dir = resolve_checkpoint(run_or_checkpoint)
     bare, checkpoint = load_checkpoint(checkpoint_path)
-    model = predictor(bare, checkpoint.meta)
+    model = trusted(bare, checkpoint)
     pre = checkpoint.preprocessing
     images, notes = _verification_samples(run_dir, verify_images)
     if dynamic_size and not accepts_other_sizes(model, pre):
@@ -138,10 +141,7 @@ def export_run(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.PathLik
     with tempfile.TemporaryDirectory(prefix="transferlab-export-") as scratch:
         proto, used, verification, export_seconds = _export_verified(
             model, pre, card, images, tolerance, dynamic_size, exporter, Path(scratch), step, notes)
-    card.update(exporter=used, verification={
-        modalities.of(card).nouns: verification.n_samples, "max_abs_diff": verification.max_abs_diff,
-        "top1_agreement": verification.top1_agreement, "tolerance": tolerance,
-        "date": _now()})
+    card.update(exporter=used, verification=verification_record(card, verification, tolerance))
     step("write files")
     _set_metadata(proto, card)
     _write_onnx(proto, target, images[0], verification.probe_logits)
@@ -149,7 +149,16 @@ def export_run(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.PathLik
     write_json(sidecar, card)
     return ExportResult(str(target), str(sidecar), used, verification.max_abs_diff, verification.top1_agreement,
                         verification.n_samples, time.monotonic() - started, notes, verification.max_input_diff,
-                        export_seconds, dynamic_size)
+                        export_seconds, dynamic_size, verification.max_score_diff)
+
+
+def verification_record(card: dict, verification: "_Verification", tolerance: float) -> dict:
+    """The model card's "verification": what was compared, on how many samples, with what result."""
+    record = {modalities.of(card).nouns: verification.n_samples, "max_abs_diff": verification.max_abs_diff,
+              "top1_agreement": verification.top1_agreement, "tolerance": tolerance, "date": _now()}
+    if verification.max_score_diff is not None:
+        record.update(max_score_diff=verification.max_score_diff, score_tolerance=SCORE_TOLERANCE)
+    return record
 
 
 def export_model(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, **options) -> ExportResult:
@@ -177,9 +186,7 @@ def export_checked(model: torch.nn.Module, card: dict, target: Path, samples: Se
             exporters, card, Path(scratch), step, notes,
             lambda name, path: run_exporter(name, model, example, path, input_name, dynamic_axes or {}),
             lambda path: verify_exported(model, open_exported(path), samples, torch_inputs, tolerance))
-    card.update(exporter=used, verification={
-        modalities.of(card).nouns: verification.n_samples, "max_abs_diff": verification.max_abs_diff,
-        "top1_agreement": verification.top1_agreement, "tolerance": tolerance, "date": _now()})
+    card.update(exporter=used, verification=verification_record(card, verification, tolerance))
     step("write files")
     _set_metadata(proto, card)
     with atomic_path(target) as tmp:
@@ -189,7 +196,8 @@ def export_checked(model: torch.nn.Module, card: dict, target: Path, samples: Se
     sidecar = target.with_suffix(".json")
     write_json(sidecar, {k: v for k, v in card.items() if k not in sidecar_omits})
     return ExportResult(str(target), str(sidecar), used, verification.max_abs_diff, verification.top1_agreement,
-                        verification.n_samples, time.monotonic() - started, notes, 0.0, export_seconds, False)
+                        verification.n_samples, time.monotonic() - started, notes, 0.0, export_seconds, False,
+                        verification.max_score_diff)
 
 
 def run_exporter(name: str, model: torch.nn.Module, example: torch.Tensor, path: Path, input_name: str,
@@ -198,20 +206,21 @@ def run_exporter(name: str, model: torch.nn.Module, example: torch.Tensor, path:
     `dynamic_axes` ({axis: (name, smallest, largest)}). The legacy exporter's `ignored` warnings are not
     shown: it is chosen knowingly (deprecated; tracer warnings on shapes the verification checks)."""
     model.eval()
+    outputs = list(getattr(model, "outputs", (OUTPUT_NAME,)))
     if name == "dynamo":
         dims = {0: torch.export.Dim("batch", min=1, max=4096),
                 **{axis: torch.export.Dim(label, min=low, max=high)
                    for axis, (label, low, high) in dynamic_axes.items()}}
         torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False, verbose=False,
-                          opset_version=OPSET, input_names=[input_name], output_names=[OUTPUT_NAME],
+                          opset_version=OPSET, input_names=[input_name], output_names=outputs,
                           dynamic_shapes=(dims,))
         return
     axes = {input_name: {0: "batch", **{axis: label for axis, (label, _, _) in dynamic_axes.items()}},
-            OUTPUT_NAME: {0: "batch"}}
+            **{output: {0: "batch"} for output in outputs}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ignored)
         torch.onnx.export(model, (example,), str(path), dynamo=False, verbose=False, opset_version=OPSET,
-                          input_names=[input_name], output_names=[OUTPUT_NAME], dynamic_axes=axes)
+                          input_names=[input_name], output_names=outputs, dynamic_axes=axes)
 
 
 def verify_exported(model: torch.nn.Module, exported_classifier, samples: Sequence,
@@ -219,12 +228,36 @@ def verify_exported(model: torch.nn.Module, exported_classifier, samples: Sequen
     """PyTorch on `torch_inputs(samples)` against the exported file's own classifier; the ONNX side runs
     the first sample alone and the rest as one batch (another batch size, another length)."""
     with torch.inference_mode():
-        reference = model(torch_inputs(samples)).float().numpy()
-    first = exported_classifier.logits(samples[:1])
-    rest = [exported_classifier.logits(samples[1:])] if len(samples) > 1 else []
-    verification = compare_logits(reference, np.concatenate([first, *rest]), tolerance)
-    verification.probe_logits = first
+        reference, reference_scores = torch_results(model(torch_inputs(samples)))
+    parts = [exported_classifier.scored(samples[:1])] + ([exported_classifier.scored(samples[1:])]
+                                                         if len(samples) > 1 else [])
+    verification = compare_logits(reference, np.concatenate([logits for logits, _ in parts]), tolerance)
+    compare_scores(verification, reference_scores, [scores for _, scores in parts])
+    verification.probe_logits = parts[0][0]
     return verification
+
+
+def torch_results(outputs) -> tuple[np.ndarray, np.ndarray | None]:
+    """(logits, unknown scores or None) of what an exported module returns (a tensor, or a
+    engine.models.predictor.Trusted's tuple)."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float().numpy(), None
+    return outputs[0].float().numpy(), (outputs[2].double().numpy() if len(outputs) > 2 else None)
+
+
+def compare_scores(verification: "_Verification", reference: np.ndarray | None, exported: list) -> None:
+    """Add the unknown score's agreement to `verification`: the same score within SCORE_TOLERANCE, or a
+    problem (a file that turns other inputs away than the run measured is not the run's model)."""
+    if reference is None:
+        return
+    if any(part is None for part in exported):
+        verification.problem = verification.problem or "the exported file has no unknown score"
+        return
+    diff = float(np.abs(reference - np.concatenate(exported)).max())
+    verification.max_score_diff = diff
+    if not np.isfinite(diff) or diff > SCORE_TOLERANCE:
+        verification.problem = verification.problem or (
+            f"max |unknown score difference| {diff:.3g} exceeds {SCORE_TOLERANCE:g}")
 
 
 def _export_verified(model, pre, card, images, tolerance, dynamic_size, exporter, scratch: Path, step, notes):
@@ -294,6 +327,7 @@ def verify_onnx(model: torch.nn.Module, pre: Preprocessing, onnx_path: str | os.
     classifier = OnnxClassifier(onnx_path)
     sizes = [pre.input_size] + ([pre.input_size + _SIZE_PROBE_STEP] if dynamic_size else [])
     reference, exported, input_diff = [], [], 0.0
+    reference_scores, exported_scores = [], []
     for size in sizes:
         sized = pre.with_size(size)
         torch_inputs = torch.stack([eval_transform(sized)(image) for image in images])
@@ -301,10 +335,16 @@ def verify_onnx(model: torch.nn.Module, pre: Preprocessing, onnx_path: str | os.
                                 for image in images])
         input_diff = max(input_diff, float(np.abs(torch_inputs.numpy() - onnx_inputs).max()))
         with torch.inference_mode():
-            reference.append(model(torch_inputs).float().numpy())
-        exported.append(np.concatenate([classifier.run(onnx_inputs[:1])] +
-                                       ([classifier.run(onnx_inputs[1:])] if len(images) > 1 else [])))
+            logits, scores = torch_results(model(torch_inputs))
+        reference.append(logits)
+        reference_scores.append(scores)
+        parts = [onnx_outputs(classifier.session.run(None, {classifier.input_name: batch}))
+                 for batch in ([onnx_inputs[:1]] + ([onnx_inputs[1:]] if len(images) > 1 else []))]
+        exported.append(np.concatenate([part[0] for part in parts]))
+        exported_scores.extend(part[1] for part in parts)
     result = compare_logits(np.concatenate(reference), np.concatenate(exported), tolerance, input_diff)
+    if reference_scores[0] is not None:
+        compare_scores(result, np.concatenate(reference_scores), exported_scores)
     result.probe_logits = exported[0][:1]
     return result
 
@@ -335,7 +375,7 @@ def accepts_other_sizes(model: torch.nn.Module, pre: Preprocessing) -> bool:
     size = pre.input_size + _SIZE_PROBE_STEP
     try:
         with torch.inference_mode():
-            out = model(torch.zeros(1, 3, size, size - _SIZE_PROBE_STEP // 2))
+            out = torch.from_numpy(torch_results(model(torch.zeros(1, 3, size, size - _SIZE_PROBE_STEP // 2)))[0])
     except Exception:  # noqa: BLE001 - any failure means "fixed size"
         return False
     return out.ndim == 2 and out.shape[0] == 1
@@ -374,6 +414,21 @@ def model_card(meta: dict, run_dir: Path | None, dynamic_size: bool) -> dict:
     }
 
 
+def trust_card(meta: dict) -> dict:
+    """The graph's outputs and, for a calibrated run, its temperature and unknown score: what any ONNX
+    consumer needs to say "unknown" as TransferLab does (score above `trust.threshold`)."""
+    trust = meta.get("trust") or {}
+    if not trust.get("method"):
+        return {}
+    keep = ("temperature", "method", "accept", "threshold", "thresholds", "fitted_on")
+    return {"outputs": {"logits": "calibrated logits (the model's, divided by trust.temperature)",
+                        "probabilities": "softmax of the calibrated logits",
+                        "ood_score": "higher: less like the training data; above trust.threshold the input is "
+                                     "unlike anything the model was taught ('unknown'); trust.thresholds[i] "
+                                     "accepts 0.5 + 0.005 i of the validation inputs"},
+            "trust": {key: trust[key] for key in keep if key in trust}}
+
+
 def provenance(meta: dict, run_dir: Path | None) -> dict:
     """Where an exported model came from and how it scored: the part of the model card images and texts share."""
     return {
@@ -383,6 +438,7 @@ def provenance(meta: dict, run_dir: Path | None) -> dict:
         "exported": _now(),
         "opset": OPSET,
         "versions": {"transferlab": __version__, "torch": torch.__version__, "onnx": onnx.__version__},
+        **trust_card(meta),
     }
 
 

@@ -97,14 +97,14 @@ class TorchClassifier:
         from engine.core.device import resolve_device
         from engine.data.transforms import eval_transform
         from engine.models.checkpoint import load_checkpoint
-        from engine.models.predictor import predictor
+        from engine.models.predictor import trusted
         self.path = str(checkpoint_path)
         self.device = resolve_device(device)
         model, checkpoint = load_checkpoint(checkpoint_path)
         refuse_other_modality(self.path, checkpoint.meta, self.modality)
         if self.device.type != "cpu":
             model = model.to(self.device)
-        self.model = predictor(model, checkpoint.meta)
+        self.model = trusted(model, checkpoint)
         self.meta = checkpoint.meta
         self.classes = checkpoint.classes
         self.preprocessing = checkpoint.preprocessing.to_dict()
@@ -115,12 +115,11 @@ class TorchClassifier:
         return torch.stack([self.transform(image) for image in images])
 
     def logits(self, images: Sequence[Image.Image]) -> np.ndarray:
-        import torch
-        with torch.inference_mode():
-            batch = self.inputs(images)
-            if self.device.type == "cpu":
-                return self.model(batch).float().numpy()
-            return self.model(batch.to(self.device)).float().cpu().numpy()
+        return self.scored(images)[0]
+
+    def scored(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(calibrated logits, unknown scores or None) of `images`."""
+        return torch_outputs(self.model, self.inputs(images), self.device)
 
 
 class OnnxClassifier:
@@ -143,8 +142,26 @@ class OnnxClassifier:
     def logits(self, images: Sequence[Image.Image]) -> np.ndarray:
         return self.run(self.inputs(images))
 
+    def scored(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(calibrated logits, unknown scores or None) of `images`."""
+        return onnx_outputs(self.session.run(None, {self.input_name: self.inputs(images)}))
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: batch})[0].astype(np.float32)
+
+
+def torch_outputs(model, batch, device) -> tuple[np.ndarray, np.ndarray | None]:
+    """(logits, unknown scores or None) of an engine.models.predictor.Trusted on a batch, as numpy."""
+    import torch
+    with torch.inference_mode():
+        outputs = model(batch if device.type == "cpu" else batch.to(device))
+    logits = outputs[0].float().cpu().numpy()
+    return logits, (outputs[2].double().cpu().numpy() if len(outputs) > 2 else None)
+
+
+def onnx_outputs(outputs: list) -> tuple[np.ndarray, np.ndarray | None]:
+    """(logits, unknown scores or None) from an exported file's outputs (logits[, probabilities, ood_score])."""
+    return outputs[0].astype(np.float32), (outputs[2].astype(np.float64) if len(outputs) > 2 else None)
 
 
 def open_onnx(path: str) -> tuple:
@@ -246,9 +263,17 @@ def _refuse_pickle(path: str | os.PathLike) -> None:
 @dataclass
 class Prediction:
     path: str
-    label: str                      # the top class, or UNKNOWN when its probability is below the threshold
-    score: float                    # probability of the top class
+    label: str                      # the top class, or UNKNOWN (unlike anything taught, or below min probability)
+    score: float                    # calibrated probability of the top class
     top_k: list[dict]               # [{"label": str, "score": float}], most likely first
+    nearest: str = ""               # the top class, also when the label is UNKNOWN
+    ood_score: float | None = None  # the run's unknown score (higher: less like the training data)
+    threshold: float | None = None  # above it the input is unknown (None: the model has no such score)
+
+    @property
+    def unlike_training(self) -> bool:
+        """Whether the unknown score turned it away (not a low probability)."""
+        return self.ood_score is not None and self.threshold is not None and self.ood_score > self.threshold
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -282,7 +307,7 @@ def collect_images(inputs: Iterable[str | os.PathLike]) -> tuple[list[str], list
 
 
 def predict_images(classifier: TorchClassifier | OnnxClassifier, inputs: Iterable[str | os.PathLike], *,
-                   top_k: int = 5, threshold: float = 0.0, batch_size: int = 16,
+                   top_k: int = 5, threshold: float = 0.0, accept: float | None = None, batch_size: int = 16,
                    progress: Callable[[str, int, int], None] | None = None,
                    control: RunControl | None = None) -> PredictionReport:
     """Top-k labels with probabilities for every image in `inputs` (files and folders).
@@ -294,7 +319,7 @@ def predict_images(classifier: TorchClassifier | OnnxClassifier, inputs: Iterabl
     """
     paths, skipped = collect_images(inputs)
     report = predict_items(classifier, [(path, path) for path in paths], read_image_input, top_k=top_k,
-                           threshold=threshold, batch_size=batch_size, progress=progress, control=control)
+                           threshold=threshold, accept=accept, batch_size=batch_size, progress=progress, control=control)
     report.skipped[:0] = skipped
     return report
 
@@ -312,16 +337,19 @@ class SampleError(ValueError):
 
 
 def predict_items(classifier, items: Sequence[tuple[str, object]], read: Callable[[object], object], *,
-                  top_k: int = 5, threshold: float = 0.0, batch_size: int = 16,
+                  top_k: int = 5, threshold: float = 0.0, accept: float | None = None, batch_size: int = 16,
                   progress: Callable[[str, int, int], None] | None = None,
                   control: RunControl | None = None) -> PredictionReport:
-    """Top-k labels with probabilities for each (origin, payload) of any modality: `read(payload)` makes
-    the classifier's input or raises SampleError, which lists the item as skipped with its reason.
-    `threshold` in [0, 1]: below it the label is UNKNOWN; `control` is checked between batches."""
+    """Top-k labels with calibrated probabilities for each (origin, payload) of any modality: `read(payload)`
+    makes the classifier's input or raises SampleError, which lists the item as skipped with its reason.
+    The label is UNKNOWN when the model's unknown score is above its threshold (the one that accepts
+    `accept` of the validation inputs; None: the run's own, 95 % unless chosen otherwise) or when the top
+    probability is below `threshold` in [0, 1]. `control` is checked between batches."""
     if top_k < 1:
         raise ValueError(f"top-k must be at least 1, not {top_k}")
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be between 0 and 1, not {threshold}")
+    unknown_above = unknown_threshold(classifier.meta, accept)
     report = PredictionReport()
     for start in range(0, len(items), batch_size):
         if control is not None:
@@ -334,20 +362,40 @@ def predict_items(classifier, items: Sequence[tuple[str, object]], read: Callabl
             except SampleError as exc:
                 report.skipped.append({"path": origin, "reason": str(exc)})
         if inputs:
-            probs = softmax(classifier.logits(inputs))
-            report.predictions.extend(_prediction(origin, row, classifier.classes, top_k, threshold)
-                                      for origin, row in zip(origins, probs))
+            logits, scores = classifier.scored(inputs) if hasattr(classifier, "scored") else (classifier.logits(inputs), None)
+            probs = softmax(logits)
+            report.predictions.extend(
+                _prediction(origin, row, classifier.classes, top_k, threshold,
+                            None if scores is None else float(scores[i]), unknown_above)
+                for i, (origin, row) in enumerate(zip(origins, probs)))
         if progress:
             progress("predict", min(start + batch_size, len(items)), len(items))
     return report
 
 
-def _prediction(path: str, probs: np.ndarray, classes: list[str], top_k: int, threshold: float) -> Prediction:
+def unknown_threshold(meta: dict, accept: float | None) -> float | None:
+    """The unknown score above which a model's input is unknown: the run's threshold, or the one that
+    accepts `accept` of its validation inputs; None for a model without the score."""
+    from engine.models.trust import threshold_at
+    trust = (meta or {}).get("trust") or {}
+    if not trust.get("method"):
+        if accept is not None:
+            raise ValueError("this model has no unknown score (trained before calibration): train it again "
+                             "to use --accept")
+        return None
+    return float(trust["threshold"]) if accept is None else threshold_at(trust, accept)
+
+
+def _prediction(path: str, probs: np.ndarray, classes: list[str], top_k: int, threshold: float,
+                ood_score: float | None = None, unknown_above: float | None = None) -> Prediction:
     order = np.argsort(-probs, kind="stable")[:top_k]
     best = float(probs[order[0]])
     ranked = [{"label": classes[k], "score": round(float(probs[k]), 6)} for k in order]
-    label = classes[order[0]] if best >= threshold else UNKNOWN
-    return Prediction(path, label, round(best, 6), ranked)
+    unlike = ood_score is not None and unknown_above is not None and ood_score > unknown_above
+    label = UNKNOWN if unlike or best < threshold else classes[order[0]]
+    return Prediction(path, label, round(best, 6), ranked, classes[order[0]],
+                      None if ood_score is None else round(ood_score, 6),
+                      None if unknown_above is None or ood_score is None else round(unknown_above, 6))
 
 
 def write_csv(report: PredictionReport, path: str | os.PathLike, top_k: int) -> None:

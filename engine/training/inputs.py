@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+import numpy as np
 from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
@@ -59,6 +60,14 @@ class TrainingInputs(ABC):
         """What predicts in evaluation: the whole model's predictor (test-time augmentation included), a
         network on cached inputs as it is."""
         return predictor(net, self.trainer.config) if net is self.trainer.model else net
+
+    def reference_samples(self, samples, limit: int, seed: int = 0) -> list:
+        """The training samples the unknown score keeps features of: all of them when evaluation reads
+        cached inputs (read back, no pass), else a seeded choice of at most `limit`."""
+        if getattr(self, "cached_net", None) is not None or len(samples) <= limit:
+            return list(samples)
+        rng = np.random.default_rng(seed)
+        return [samples[i] for i in sorted(rng.choice(len(samples), limit, replace=False))]
 
     @abstractmethod
     def cache_fingerprint(self, path: str) -> str | None:

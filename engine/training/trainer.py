@@ -32,13 +32,15 @@ from engine.core.runfolder import RunFolder
 from engine.core.runtime import tune_malloc
 from engine.data.report import DatasetReport
 from engine.models.catalog import ModelBundle
-from engine.models.checkpoint import save_checkpoint
+from engine.models.checkpoint import add_trust, save_checkpoint, split_trust_state
+from engine.models.trust import KNN_BANK
 from engine.models.heads import set_head
 from engine.models.layers import LayerTree, frozen_batchnorm_to_eval
 from engine.training.caches import FeatureDataset, HeadOnFeatures
 from engine.training.callbacks import BestCheckpoint, EarlyStopping
 from engine.training.config import TrainConfig
 from engine.training.inputs import TrainingInputs, inputs_for
+from engine.training.calibration import fit_trust, scored_pass, scores_of, trust_summary
 from engine.training.metrics import classification_metrics, predict_logits
 from engine.training.optim import class_weights, make_optimizer, make_schedule, param_groups, seed_everything
 from engine.training.runstate import (STATE_EVERY_S, ResumeRefused, SavedState, active_run, check_resume,
@@ -542,30 +544,55 @@ class Trainer:
 
     # -- after training ---------------------------------------------------------------------------
     def _final_metrics(self) -> dict:
-        """Reload the checkpoint and evaluate it on val and test; write metrics.json."""
+        """Reload the checkpoint, evaluate it on val and test, fit its temperature and unknown score on
+        what those passes computed (engine.training.calibration) and write metrics.json."""
         from safetensors.torch import load_file
-        self.model.load_state_dict(load_file(str(self.files.checkpoint)))
-        results, predictions = {}, {}
+        self.model.load_state_dict(split_trust_state(load_file(str(self.files.checkpoint)))[0])
         test = self.test_samples if self.evaluate_test else []
         splits = [(split, samples) for split, samples in (("val", self.val_samples), ("test", test)) if samples]
-        total, evaluated = sum(len(samples) for _, samples in splits), 0
-        for split, samples in splits:
+        reference = self.inputs.reference_samples(self.train_samples, KNN_BANK, self.config.seed) if splits else []
+        total, evaluated = sum(len(samples) for _, samples in splits) + len(reference), 0
+        passes = {}
+        for split, samples in [*splits, ("train", reference)]:
+            if not samples:
+                continue
             net, loader = self.inputs.eval_inputs(samples)
-            logits, labels = predict_logits(
-                net, loader, self.control,
+            passes[split] = (*scored_pass(
+                self.model, net, loader, self.control,
                 lambda stage, done, _, before=evaluated: self.callbacks.on_progress(stage, before + done, total),
-                amp=self.amp)
+                amp=self.amp), evaluated_paths(samples, loader))
             evaluated += len(samples)
-            results[split] = classification_metrics(logits, labels, self.report.classes,
-                                                    evaluated_paths(samples, loader))
+        trust_meta, scorer = self._fit_trust(passes)
+        temperature = trust_meta["temperature"] if trust_meta else 1.0
+        results, predictions, scores = {}, {}, {}
+        for split, _ in splits:
+            logits, labels, features, paths = passes[split]
+            results[split] = classification_metrics(logits / temperature, labels, self.report.classes, paths)
             predictions[split] = results[split].pop("predictions")
+            if scorer is not None:
+                scores[split] = scores_of(scorer, logits, features, temperature)
+                for row, score in zip(predictions[split], scores[split]):
+                    row["ood_score"] = round(float(score), 6)
         metrics = summarize_metrics(self.report.classes, results, self.bundle.spec.name, self.bundle.weights,
                                     self.config.to_dict(), modality=self.report.modality)
+        if trust_meta:
+            metrics.update(trust_summary(trust_meta, {split: passes[split][:2] for split, _ in splits}, scores))
+            add_trust(self.files.checkpoint, trust_meta, scorer)
         metrics["skipped_images"] = dict(self.inputs.unreadable)     # read at the scan, unreadable during the fit
         self.inputs.annotate_metrics(metrics, predictions)
         write_json(self.files.metrics, metrics)
         write_json(self.files.predictions, predictions)
         return metrics
+
+    def _fit_trust(self, passes: dict) -> tuple[dict | None, nn.Module | None]:
+        """The temperature and unknown score from the validation pass (none without a validation split)."""
+        if "val" not in passes or len(passes["val"][1]) < 2:
+            return None, None
+        val_logits, val_labels, val_features, _ = passes["val"]
+        train = passes.get("train")
+        train_features, train_labels = (train[2], train[1]) if train else (None, torch.empty(0, dtype=torch.long))
+        return fit_trust((train_features, train_labels), (val_logits, val_labels, val_features),
+                         len(self.report.classes), seed=self.config.seed)
 
 def evaluated_paths(samples, loader) -> list[str]:
     """The paths of the samples an evaluation pass really scored, in order: without the images its loader

@@ -21,6 +21,7 @@ import torch
 from engine.core.control import RunControl
 from engine.core.files import write_text
 from engine.models.checkpoint import load_checkpoint
+from engine.models.predictor import trusted
 from engine.outputs.export import (MAX_VERIFY_SAMPLES, OUTPUT_NAME, ExportError, ExportResult, ExportSteps,
                                    export_checked, provenance, spread, validation_rows)
 from engine.outputs.predict import ONNX_FORMAT, resolve_checkpoint
@@ -43,7 +44,8 @@ def export_text_run(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.Pa
     step = ExportSteps(progress, control)
     step("load model")
     checkpoint_path, run_dir = resolve_checkpoint(run_or_checkpoint)
-    model, checkpoint = load_checkpoint(checkpoint_path)
+    bare, checkpoint = load_checkpoint(checkpoint_path)
+    model = trusted(bare, checkpoint)
     if checkpoint.modality != OnnxTextClassifier.modality:
         raise ExportError(f"{checkpoint_path.name} does not classify texts: export it with export_run")
     tokenizer = checkpoint_tokenizer(checkpoint.meta)

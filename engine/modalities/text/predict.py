@@ -17,7 +17,7 @@ import numpy as np
 
 from engine.core.control import RunControl
 from engine.modalities.text.tokens import TextTokenizer, checkpoint_tokenizer
-from engine.outputs.predict import (ModelFileError, PredictionReport, SampleError, model_modality, open_onnx,
+from engine.outputs.predict import (onnx_outputs, torch_outputs, ModelFileError, PredictionReport, SampleError, model_modality, open_onnx,
                                     predict_items, refuse_other_modality)
 
 TEXT_BATCH = 32
@@ -43,6 +43,10 @@ class OnnxTextClassifier(TextClassifierBase):
     def logits(self, texts: list[str]) -> np.ndarray:
         return self.run(self.tokens.encode(texts))
 
+    def scored(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(calibrated logits, unknown scores or None) of `texts`."""
+        return onnx_outputs(self.session.run(None, {self.input_name: self.tokens.encode(texts)}))
+
     def run(self, tokens: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: tokens})[0].astype(np.float32)
 
@@ -57,18 +61,22 @@ class TorchTextClassifier(TextClassifierBase):
         from engine.models.checkpoint import load_checkpoint
         self.path = str(checkpoint_path)
         self.device = resolve_device(device)
+        from engine.models.predictor import trusted
         model, checkpoint = load_checkpoint(checkpoint_path)
         refuse_other_modality(self.path, checkpoint.meta, self.modality)
+        model = trusted(model, checkpoint)
         self.model = model.to(self.device) if self.device.type != "cpu" else model
         self.meta = checkpoint.meta
         self.classes = checkpoint.classes
         self.tokenizer = checkpoint_tokenizer(checkpoint.meta)
 
     def logits(self, texts: list[str]) -> np.ndarray:
+        return self.scored(texts)[0]
+
+    def scored(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(calibrated logits, unknown scores or None) of `texts`."""
         import torch
-        with torch.inference_mode():
-            tokens = torch.from_numpy(self.tokenizer.encode(texts)).to(self.device)
-            return self.model(tokens).float().cpu().numpy()
+        return torch_outputs(self.model, torch.from_numpy(self.tokenizer.encode(texts)), self.device)
 
 
 def is_text_model(path: str | os.PathLike) -> bool:
@@ -123,10 +131,10 @@ def _csv_texts(path: Path, column: str | None) -> list[tuple[str, str]]:
 
 
 def predict_texts(classifier, items: list[tuple[str, str]], *, top_k: int = 5, threshold: float = 0.0,
-                  batch_size: int = TEXT_BATCH, progress: Callable[[str, int, int], None] | None = None,
+                  accept: float | None = None, batch_size: int = TEXT_BATCH, progress: Callable[[str, int, int], None] | None = None,
                   control: RunControl | None = None) -> PredictionReport:
     """Top-k labels with probabilities for each (origin, text); empty texts are listed as skipped."""
-    return predict_items(classifier, items, read_text_input, top_k=top_k, threshold=threshold,
+    return predict_items(classifier, items, read_text_input, top_k=top_k, threshold=threshold, accept=accept,
                          batch_size=batch_size, progress=progress, control=control)
 
 

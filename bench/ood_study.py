@@ -1,0 +1,205 @@
+"""Which "unknown" score, and does temperature scaling calibrate: held-out-class experiments on real sets.
+
+For each experiment a head is fitted as the default recipe fits it (frozen backbone features, logistic
+regression with its L2 strength chosen by grouped cross-validation, engine.training.logistic) on the
+known classes' training split; its temperature on their validation split; then every scorer of
+engine.models.trust scores the known classes' test samples against
+- near: the test samples of classes held out from training (a kind never taught, same domain);
+- far: samples of another domain.
+Printed per method: AUROC near and far, the share of known test samples accepted and of new ones rejected
+at the threshold that accepts 95 % of validation; ECE on test before and after calibration.
+
+    .venv/bin/python bench/ood_study.py [--sets fashion,elpv,texts]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from engine.models import trust  # noqa: E402
+
+METHODS = ("msp", "energy", "mahalanobis", "relative-mahalanobis", "knn")
+FUSIONS = (("msp", "knn"), ("msp", "relative-mahalanobis"), ("msp", "mahalanobis"),
+           ("msp", "mahalanobis", "knn"))
+CACHE = Path("/tmp/ood-study")
+
+
+# -- features -----------------------------------------------------------------------------------------
+def image_features(paths: list[str], backbone: str = "efficientnet_lite0") -> torch.Tensor:
+    """Pooled frozen features of each image as evaluation sees it (kept on disk between runs)."""
+    import hashlib
+    key = hashlib.sha256(("|".join(paths) + backbone).encode()).hexdigest()[:16]
+    path = CACHE / f"{key}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    from engine.data.images import load_image
+    from engine.data.transforms import eval_transform
+    from engine.models.catalog import create_model
+    from engine.training.caches import pooled_features
+    bundle = create_model(backbone, 2)
+    transform = eval_transform(bundle.preprocessing)
+    rows = []
+    for start in range(0, len(paths), 32):
+        batch = torch.stack([transform(load_image(p)) for p in paths[start:start + 32]])
+        rows.append(pooled_features(bundle.model.eval(), batch))
+    features = torch.cat(rows)
+    CACHE.mkdir(exist_ok=True)
+    torch.save(features, path)
+    return features
+
+
+def text_features(texts: list[str]) -> torch.Tensor:
+    import hashlib
+    key = hashlib.sha256(("\0".join(texts)).encode()).hexdigest()[:16]
+    path = CACHE / f"t{key}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    from engine.core.control import RunControl
+    from engine.modalities.text.inputs import EmbeddingCache
+    from engine.modalities.text.model import create_text_model
+    bundle = create_text_model("all-minilm-l6-v2", 2)
+    cache = EmbeddingCache(bundle.model, bundle.tokenizer, folder=CACHE / "text")
+    features = cache.embeddings(texts, RunControl(), lambda *a: None)
+    CACHE.mkdir(exist_ok=True)
+    torch.save(features, path)
+    return features
+
+
+# -- experiments ----------------------------------------------------------------------------------------
+def folder_split(root: str, split: str) -> dict[str, list[str]]:
+    return {Path(d).name: sorted(glob.glob(f"{d}/*")) for d in sorted(glob.glob(f"{root}/{split}/*"))}
+
+
+def fashion_experiments():
+    """fm-sessions (train/val/test from different photo sessions), three ways of holding classes out."""
+    splits = {s: folder_split("/data/fm-sessions", s) for s in ("train", "val", "test")}
+    far_paths = sorted(glob.glob("/data/elpv4/*/*"))[::8][:300] + skimage_photos()
+    far = image_features(far_paths)
+    feats = {s: {c: image_features(p) for c, p in splits[s].items()} for s in splits}
+    for held in (("shirt", "sandal"), ("pullover", "sneaker"), ("coat", "bag")):
+        yield f"fashion, {'+'.join(held)} new", feats, held, far
+
+
+def elpv_experiments():
+    """ELPV scans (far from ImageNet): defect probability 0/1 known; far: fashion photos. No near set:
+    the four classes are grades of one defect, not kinds."""
+    root = "/data/elpv-m2p"
+    splits = {s: folder_split(root, s) for s in ("train", "val", "test")}
+    feats = {s: {c: image_features(p) for c, p in splits[s].items()} for s in splits}
+    far = image_features(sorted(glob.glob("/data/fm-sessions/test/*/*"))[::4])
+    yield "elpv (far: fashion)", feats, (), far
+
+
+def skimage_photos() -> list[str]:
+    import skimage
+    folder = Path(skimage.__file__).parent / "data"
+    return [str(p) for p in sorted(folder.glob("*")) if p.suffix in (".png", ".jpg") and p.stat().st_size > 20000]
+
+
+def text_experiments():
+    rows = list(csv.DictReader(open("/data/fortunes8.csv", encoding="utf-8")))
+    by_class: dict[str, list[str]] = {}
+    for row in rows:
+        by_class.setdefault(row["label"], []).append(row["text"])
+    rng = np.random.default_rng(0)
+    feats = {"train": {}, "val": {}, "test": {}}
+    for label, texts in by_class.items():
+        order = rng.permutation(len(texts))
+        vectors = text_features(texts)[order]
+        n = len(texts)
+        feats["train"][label], feats["val"][label], feats["test"][label] = (
+            vectors[: int(0.6 * n)], vectors[int(0.6 * n): int(0.8 * n)], vectors[int(0.8 * n):])
+    far = text_features(license_sentences())
+    labels = sorted(by_class)
+    for held in (tuple(labels[:2]), tuple(labels[3:5]), tuple(labels[-2:])):
+        yield f"fortunes, {'+'.join(held)} new", feats, held, far
+
+
+def license_sentences(limit: int = 300) -> list[str]:
+    text = " ".join(Path(p).read_text(errors="ignore") for p in sorted(glob.glob("/usr/share/common-licenses/*"))[:6])
+    parts = [" ".join(s.split()) for s in text.replace("\n\n", ". ").split(". ")]
+    return [p for p in parts if 40 < len(p) < 400][:limit]
+
+
+# -- one experiment -------------------------------------------------------------------------------------
+def stack(feats: dict, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.cat([feats[c] for c in classes])
+    y = torch.cat([torch.full((len(feats[c]),), i) for i, c in enumerate(classes)])
+    return x, y
+
+
+def run(name, feats, held, far, rows):
+    from engine.training.logistic import fit_head
+    known = [c for c in feats["train"] if c not in held]
+    x_train, y_train = stack(feats["train"], known)
+    x_val, y_val = stack(feats["val"], known)
+    x_test, y_test = stack(feats["test"], known)
+    started = time.monotonic()
+    head = fit_head(x_train[None], y_train.numpy(), len(known))
+    logits = {k: x @ head.weight.T + head.bias for k, x in (("val", x_val), ("test", x_test))}
+    temperature = trust.fit_temperature(logits["val"], y_val)
+    ece_before = trust.expected_calibration_error(logits["test"].softmax(-1).numpy(), y_test.numpy())
+    ece_after = trust.expected_calibration_error((logits["test"] / temperature).softmax(-1).numpy(), y_test.numpy())
+    accuracy = float((logits["test"].argmax(1) == y_test).float().mean())
+    print(f"\n{name}: {len(known)} known classes, train {len(y_train)}, test {len(y_test)}; test accuracy "
+          f"{accuracy:.1%}; T = {temperature:.2f}; test ECE {ece_before:.3f} -> {ece_after:.3f}")
+    sets = {"far": far}
+    if held:
+        sets["near"] = torch.cat([feats["test"][c] for c in held])
+
+    def scores(scorer, x):
+        with torch.no_grad():
+            return scorer(x, (x @ head.weight.T + head.bias) / temperature).numpy()
+    scorers = {m: trust.fit_scorer(m, x_train, y_train, len(known)) for m in METHODS}
+    for parts in FUSIONS:
+        for combine in ("mean", "max"):
+            scorers[combine + ":" + "+".join(parts)] = trust.fuse([scorers[p] for p in parts], x_val,
+                                                                  logits["val"] / temperature, combine)
+    for k in (1, 3, 30):
+        scorers[f"knn{k}"] = trust.NearestNeighbours(x_train, k)
+    for method, scorer in scorers.items():
+        threshold = trust.threshold_for(scores(scorer, x_val), 0.95)
+        known_scores = scores(scorer, x_test)
+        row = {"experiment": name, "method": method, "accept_known": float((known_scores <= threshold).mean()),
+               "ece_before": ece_before, "ece_after": ece_after, "accuracy": accuracy}
+        line = f"  {method:32s} accept known {row['accept_known']:.1%}"
+        for kind, x in sets.items():
+            new_scores = scores(scorer, x)
+            row[f"auroc_{kind}"] = trust.auroc(known_scores, new_scores)
+            row[f"reject_{kind}"] = float((new_scores > threshold).mean())
+            line += f"  {kind}: AUROC {row[f'auroc_{kind}']:.3f} reject {row[f'reject_{kind}']:.1%}"
+        print(line)
+        rows.append(row)
+    print(f"  ({time.monotonic() - started:.1f} s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", default="fashion,elpv,texts")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    makers = {"fashion": fashion_experiments, "elpv": elpv_experiments, "texts": text_experiments}
+    rows: list[dict] = []
+    for name in args.sets.split(","):
+        for experiment in makers[name]():
+            run(*experiment, rows)
+    print("\nmean over experiments (near where there is one):")
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        near = [r["auroc_near"] for r in mine if "auroc_near" in r]
+        print(f"  {method:32s} near {np.mean(near) if near else float('nan'):.3f}  far "
+              f"{np.mean([r['auroc_far'] for r in mine]):.3f}  accept {np.mean([r['accept_known'] for r in mine]):.1%}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""After a fit: its temperature and its "unknown" score, fitted on what evaluation computes anyway.
+
+The evaluation passes run with a hook on the model's classifier, so they yield the pooled features the
+classifier reads beside the logits, from cached features where the fit trained on them (no extra pass)
+and from the inputs otherwise. The temperature and the threshold come from the validation split; the
+k-NN bank from the training split (engine.models.trust says why these methods).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.models import trust
+from engine.training.metrics import predict_logits
+
+
+@contextmanager
+def classifier_inputs(model: nn.Module):
+    """A list that collects what `model.get_classifier()` reads on each call while the block runs (stays
+    empty for a model without one, such as an ensemble)."""
+    captured: list[torch.Tensor] = []
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    handle = None
+    if classifier is not None:
+        handle = classifier.register_forward_hook(lambda _m, args, _out: captured.append(args[0].detach().float().cpu()))
+    try:
+        yield captured
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+def scored_pass(model: nn.Module, net: nn.Module, loader, control=None, progress=None, amp=None):
+    """(logits, labels, features or None) of `net` over `loader`; the features are what `model`'s
+    classifier read, averaged over the views when it read each batch more than once (test-time flip)."""
+    options = {"amp": amp} if amp is not None else {}
+    with classifier_inputs(model) as captured:
+        logits, labels = predict_logits(net, loader, control, progress, **options)
+    return logits, labels, view_mean(captured, len(labels))
+
+
+def view_mean(captured: list[torch.Tensor], count: int) -> torch.Tensor | None:
+    """[count, D] from the classifier's inputs in call order: each batch read V times in a row (V views)."""
+    rows = sum(len(chunk) for chunk in captured)
+    if not captured or not count or rows % count:
+        return None
+    views = rows // count
+    if views == 1:
+        return torch.cat(captured)
+    return torch.cat([torch.stack(captured[start:start + views]).mean(0)
+                      for start in range(0, len(captured), views)])
+
+
+def fit_trust(train: tuple, val: tuple, classes: int, accept: float = trust.DEFAULT_ACCEPT,
+              seed: int = 0) -> tuple[dict, nn.Module]:
+    """(the checkpoint's "trust" metadata, the scorer) from train = (features or None, labels) and
+    val = (logits, labels, features or None)."""
+    train_features, train_labels = train
+    val_logits, val_labels, val_features = val
+    temperature = trust.fit_temperature(val_logits, val_labels)
+    calibrated = val_logits.float() / temperature
+    scorer = trust.fit_default(train_features, train_labels, classes, val_features, calibrated, seed)
+    with torch.no_grad():
+        scores = scorer(val_features if val_features is not None else calibrated, calibrated).double().numpy()
+    grid = trust.threshold_grid(scores)
+    labels = val_labels.numpy()
+    meta = {
+        "temperature": temperature,
+        "fitted_on": "val",
+        "method": getattr(scorer, "method", "msp"),
+        "k": trust.KNN_K,
+        "accept": accept,
+        "thresholds": grid,
+        "threshold": trust.threshold_at({"thresholds": grid}, accept) if grid else float("inf"),
+        "val_ece_before": trust.expected_calibration_error(val_logits.float().softmax(-1).numpy(), labels),
+        "val_ece_after": trust.expected_calibration_error(calibrated.softmax(-1).numpy(), labels),
+    }
+    return meta, scorer
+
+
+def scores_of(scorer: nn.Module, logits: torch.Tensor, features: torch.Tensor | None, temperature: float) -> np.ndarray:
+    """The unknown score of a pass's rows, as the checkpoint will compute it."""
+    calibrated = logits.float() / temperature
+    with torch.no_grad():
+        return scorer(features if features is not None else calibrated, calibrated).double().numpy()
+
+
+def trust_summary(meta: dict, split_logits: dict, split_scores: dict) -> dict:
+    """metrics.json's "calibration" and "unknown": ECE before and after per split, the reliability diagram
+    of the evaluated split, and the share of each split accepted at the threshold."""
+    temperature, threshold = meta["temperature"], meta["threshold"]
+    calibration = {"method": "temperature scaling", "temperature": temperature, "fitted_on": "val"}
+    shown = "test" if "test" in split_logits else "val"
+    for split, (logits, labels) in split_logits.items():
+        labels = labels.numpy()
+        before = logits.float().softmax(-1).numpy()
+        after = (logits.float() / temperature).softmax(-1).numpy()
+        calibration[f"{split}_ece_before"] = trust.expected_calibration_error(before, labels)
+        calibration[f"{split}_ece_after"] = trust.expected_calibration_error(after, labels)
+        if split == shown:
+            calibration["reliability"] = {"split": split, "before": trust.reliability(before, labels),
+                                          "after": trust.reliability(after, labels)}
+    unknown = {"method": meta["method"], "accept": meta["accept"], "threshold": threshold}
+    for split, scores in split_scores.items():
+        unknown[f"{split}_accepted"] = float((np.asarray(scores) <= threshold).mean()) if len(scores) else None
+    return {"calibration": calibration, "unknown": unknown}
