@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QHBoxL
 from engine.core import modality as modalities
 from engine.core.control import RunControl
 from engine.data.images import IMAGE_EXTENSIONS, has_image_extension
+from engine.outputs.predict import UNKNOWN
 from gui.drop_zone import DropZone
 from gui.jobs import PREDICT_THUMBNAIL_PX, PredictOutcome, predict_job
 from gui.workers import TaskSlot
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 THUMBNAIL_PX = PREDICT_THUMBNAIL_PX
 TOPK_ROLE = Qt.ItemDataRole.UserRole + 1
+VERDICT_ROLE = Qt.ItemDataRole.UserRole + 2      # a line above the classes: "not like anything it was trained on"
 SOURCES = (("latest", "Latest training run"), ("onnx", "An exported ONNX file…"),
            ("checkpoint", "A checkpoint or run folder…"))
 COLUMNS = ("Image", "File", "Top classes")
@@ -58,6 +60,15 @@ def usable_image_paths(urls: list[QUrl]) -> list[str]:
     return [str(p) for p in paths if p.is_dir() or (p.is_file() and has_image_extension(p))]
 
 
+def unknown_verdict(prediction) -> str:
+    """What Try it says above the classes of an input the model should not answer for ("" when it may)."""
+    if prediction.label != UNKNOWN:
+        return ""
+    if prediction.unlike_training:
+        return f"Not like anything it was trained on — closest: {prediction.nearest}"
+    return f"Unsure (below the minimum probability) — closest: {prediction.nearest}"
+
+
 class TopKDelegate(QStyledItemDelegate):
     """One line per class: name, a probability bar, the percentage; the top class stands out."""
 
@@ -68,8 +79,8 @@ class TopKDelegate(QStyledItemDelegate):
         return option.fontMetrics.height() + 6
 
     def sizeHint(self, option: QStyleOptionViewItem, index) -> QSize:
-        entries = index.data(TOPK_ROLE) or []
-        return QSize(320, max(THUMBNAIL_PX + 8, len(entries) * self._line_height(option) + 8))
+        lines = len(index.data(TOPK_ROLE) or []) + (1 if index.data(VERDICT_ROLE) else 0)
+        return QSize(320, max(THUMBNAIL_PX + 8, lines * self._line_height(option) + 8))
 
     def paint(self, painter: QPainter, option: QStyleOptionViewItem, index) -> None:
         entries = index.data(TOPK_ROLE)
@@ -84,6 +95,15 @@ class TopKDelegate(QStyledItemDelegate):
         label_width = int(rect.width() * self.LABEL_SHARE)
         bar_width = max(10, rect.width() - label_width - self.PERCENT_WIDTH - 12)
         painter.save()
+        verdict = index.data(VERDICT_ROLE)
+        if verdict:
+            font = painter.font()
+            font.setBold(True)
+            painter.setFont(font)
+            painter.setPen(QColor("#b00020"))
+            painter.drawText(QRect(rect.left(), rect.top(), rect.width(), line), Qt.AlignmentFlag.AlignVCenter,
+                             option.fontMetrics.elidedText(verdict, Qt.TextElideMode.ElideRight, rect.width()))
+            rect = rect.adjusted(0, line, 0, 0)
         for i, entry in enumerate(entries):
             top = rect.top() + i * line
             font = painter.font()
@@ -423,7 +443,10 @@ class PredictPanel(QWidget):
             table.setItem(row, 1, name)
             best = QTableWidgetItem(f"{prediction.label} {100 * prediction.score:.1f} %")
             best.setData(TOPK_ROLE, prediction.top_k)
-            best.setToolTip("\n".join(f"{e['label']}: {100 * e['score']:.2f} %" for e in prediction.top_k))
+            verdict = unknown_verdict(prediction)
+            best.setData(VERDICT_ROLE, verdict)
+            best.setToolTip("\n".join([verdict] * bool(verdict) +
+                                      [f"{e['label']}: {100 * e['score']:.2f} %" for e in prediction.top_k]))
             table.setItem(row, 2, best)
         for offset, skipped in enumerate(report.skipped):
             row = len(report.predictions) + offset

@@ -31,6 +31,7 @@ from gui.explain import ImageDialog
 from gui.gallery import Gallery, GalleryItem
 from gui.jobs import ModelCache, explain, load_thumbnails
 from gui.text_views import TextTable
+from gui.trust_view import TrustView
 from gui.workers import TaskSlot
 
 if TYPE_CHECKING:
@@ -150,6 +151,7 @@ class ResultsPanel(QWidget):
         self.thumbnails: dict[str, QImage] = {}
         self.model_cache = ModelCache()
         self.image_dialog: ImageDialog | None = None
+        self.tasks = tasks
         self.thumbnail_slot = TaskSlot(tasks)       # the gallery's thumbnails: a new page replaces the last
         self.explain_slot = TaskSlot(tasks)         # Grad-CAM of the image shown
         self._make_widgets()
@@ -208,6 +210,7 @@ class ResultsPanel(QWidget):
         self.retrain_button.clicked.connect(self.retrain_requested)
         self.compare = CompareRuns()
         self.compare.run_chosen.connect(self.show_run_folder)
+        self.trust = TrustView(self.tasks)
 
     def _layout(self) -> None:
         row = QHBoxLayout()
@@ -234,6 +237,7 @@ class ResultsPanel(QWidget):
         self.splitter.setSizes([480, 620])          # room for a ten-class matrix; the gallery takes the rest
         self.views = QTabWidget()
         self.views.addTab(self.splitter, "Errors")
+        self.views.addTab(self.trust, "Trust")
         self.views.addTab(self.compare, "Compare runs")
         layout = QVBoxLayout(self)
         for widget in (self.status, self.headline):
@@ -285,6 +289,7 @@ class ResultsPanel(QWidget):
         self.confusion.set_matrix(view.classes if view else [], metrics.get("confusion_matrix", []),
                                   view.split if view else "", noun="texts" if text else "images")
         self._fill_class_table(metrics.get("per_class", []))
+        self.trust.show_run(view)
         self.show_most_confident_wrong()
         self._update_corrections_note()
 

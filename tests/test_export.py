@@ -63,14 +63,14 @@ def test_export_matches_pytorch_on_real_images(backbone):
 
     model, checkpoint = load_checkpoint(trained_run(backbone) / "model.safetensors")
     session = ort.InferenceSession(result.path, providers=["CPUExecutionProvider"])
-    (inp,), (out,) = session.get_inputs(), session.get_outputs()
-    assert inp.name == "input" and out.name == "logits"
+    (inp,), outputs = session.get_inputs(), session.get_outputs()
+    assert inp.name == "input" and [out.name for out in outputs] == ["logits", "probabilities", "ood_score"]
     assert isinstance(inp.shape[0], str) and inp.shape[1:] == [3, 64, 64]
 
     images = [load_image(p) for p in val_paths(trained_run(backbone), 5)]
     batch = torch.stack([eval_transform(checkpoint.preprocessing)(im) for im in images])
     with torch.inference_mode():
-        reference = model(batch).numpy()
+        reference = model(batch).numpy() / checkpoint.meta["trust"]["temperature"]    # calibrated logits
     for rows in (slice(0, 1), slice(0, 5)):                # the batch axis is dynamic
         got = session.run(None, {"input": batch[rows].numpy()})[0]
         np.testing.assert_allclose(got, reference[rows], atol=1e-4)
@@ -121,7 +121,8 @@ def test_failed_verification_leaves_no_file(tmp_path, monkeypatch):
                 self.register_buffer("shift", torch.tensor([0.0, 5.0] + [0.0] * 8))
 
             def forward(self, x):
-                return self.inner(x) + self.shift
+                logits, probabilities, score = self.inner(x)
+                return logits + self.shift, probabilities, score
         real(name, Shifted().eval(), size, path, dynamic_size)
 
     monkeypatch.setattr(export, "_run_exporter", broken_exporter)

@@ -241,3 +241,33 @@ def test_excluding_an_image_and_retraining_leaves_it_out(qtbot, window, tmp_path
     compare.table.item(next(r for r in range(2) if compare.table.item(r, 0).data(Qt.ItemDataRole.UserRole)
                             == first_run), 0).setCheckState(Qt.CheckState.Unchecked)
     assert compare.curve_points(first_run) == 0 and compare.checked_runs() == [result.run_dir]
+
+
+def test_the_trust_tab_shows_calibration_and_moves_the_shares_with_the_slider(qtbot, panel, finished_run, tmp_path):
+    from engine.models.checkpoint import read_checkpoint_meta
+    from gui.trust_view import position_of
+    trust = panel.trust
+    panel.views.setCurrentWidget(trust)
+    calibration = finished_run.metrics["calibration"]
+    assert "Expected calibration error" in trust.calibration.text()
+    assert f"{100 * calibration['test_ece_after']:.1f} %" in trust.calibration.text()
+    assert trust.slider.isEnabled() and trust.accept == 0.95
+    trust.slider.setValue(position_of(0.6))
+    strict = trust.shares.text()
+    assert "Accept 60.0 %" in trust.slider_label.text() and "Validation images accepted" in strict
+    unfamiliar = tmp_path / "none-of-these"
+    unfamiliar.mkdir()
+    for i in range(4):          # grey noise: no colour class at all
+        pixels = np.random.default_rng(i).integers(100, 160, (40, 40, 3)).astype(np.uint8)
+        Image.fromarray(pixels).save(unfamiliar / f"noise{i}.png")
+    with qtbot.waitSignal(trust.unfamiliar_scored, timeout=60_000) as scored:
+        trust.score_unfamiliar(str(unfamiliar))
+    assert scored.args == [4] and "'None of these' images rejected" in trust.shares.text()
+    trust.slider.setValue(position_of(1.0))
+    assert trust.shares.text() != strict
+    with qtbot.waitSignal(trust.accept_kept, timeout=10_000):
+        trust.keep_button.click()
+    kept = read_checkpoint_meta(finished_run.checkpoint)["trust"]
+    assert kept["accept"] == 1.0 and kept["threshold"] == pytest.approx(trust.threshold)
+    saved = json.loads((Path(finished_run.run_dir) / "metrics.json").read_text())["unknown"]
+    assert saved["accept"] == 1.0 and saved["val_accepted"] == 1.0

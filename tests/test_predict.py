@@ -198,7 +198,8 @@ def test_cli_predict_prints_json_lines_and_csv(tmp_path):
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert [r["path"] for r in rows] == images
-    assert all(set(r) == {"path", "label", "score", "top_k"} and len(r["top_k"]) == 3 for r in rows)
+    assert all(set(r) == {"path", "label", "score", "top_k", "nearest", "ood_score", "threshold"}
+               and len(r["top_k"]) == 3 for r in rows)
     assert "broken.jpg" in done.stderr and (tmp_path / "p.csv").is_file()
 
 

@@ -133,8 +133,8 @@ def test_the_checkpoint_rebuilds_the_model_without_the_encoder_folder(head_run, 
     assert checkpoint.modality == "text" and checkpoint.classes == report.classes
     tokens = torch.from_numpy(checkpoint_tokenizer(checkpoint.meta).encode([report.samples[0].text]))
     torch_logits = TorchTextClassifier(run / "model.safetensors").logits([report.samples[0].text])
-    with torch.inference_mode():
-        assert np.allclose(model(tokens).numpy(), torch_logits, atol=1e-6)
+    with torch.inference_mode():       # the classifier's logits are calibrated: divided by the run's temperature
+        assert np.allclose(model(tokens).numpy() / checkpoint.meta["trust"]["temperature"], torch_logits, atol=1e-6)
 
 
 def test_export_is_verified_on_validation_texts_and_predicts_without_torch(head_run, tmp_path):
@@ -288,7 +288,8 @@ def test_cli_trains_exports_and_predicts_a_text_csv(tmp_path):
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in done.stdout.strip().splitlines()]
     assert [r["path"] for r in rows] == ["arg 1", "new.txt:line 1", "new.txt:line 3"]
-    assert rows[0]["text"] == "Quantum physics is strange" and all(r["label"] in CATEGORIES for r in rows)
+    assert rows[0]["text"] == "Quantum physics is strange" and all(r["nearest"] in CATEGORIES for r in rows)
+    assert all(r["label"] in (r["nearest"], "unknown") and r["ood_score"] is not None for r in rows)
 
 
 def test_cli_refuses_an_image_backbone_for_texts_in_one_line(texts_csv, tmp_path):

@@ -80,7 +80,8 @@ def save_ensemble_checkpoint(path: str | os.PathLike, members: list[tuple[nn.Mod
         if any(meta.get(name) != first.get(name) for name in SHARED_FIELDS):
             raise CheckpointError("ensemble members must share their classes and preprocessing (texts: their "
                                   "tokenizer)")
-    described = [{name: meta.get(name) for name in MEMBER_FIELDS} for _, meta in members]
+    described = [{**{name: meta.get(name) for name in MEMBER_FIELDS},
+                  "temperature": (meta.get("trust") or {}).get("temperature", 1.0)} for _, meta in members]
     meta = {"format": FORMAT, "backbone": first["backbone"], "arch": first["arch"],
             "preprocessing": first["preprocessing"], "head": first.get("head", "linear"), "tta": "none",
             "classes": list(first["classes"]), "ensemble": described, "modality": modality.name,
@@ -150,6 +151,13 @@ def add_trust(path: str | os.PathLike, trust: dict, scorer: nn.Module) -> dict:
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={META_KEY: json.dumps(meta)})
     return meta
+
+
+def rewrite_meta(path: str | os.PathLike, meta: dict) -> None:
+    """Replace a checkpoint's metadata, its tensors as they are (atomically)."""
+    state = load_file(os.fspath(path), device="cpu")
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={META_KEY: json.dumps(meta)})
 
 
 def _load_ensemble(path: str | os.PathLike, meta: dict, state: dict) -> nn.Module:

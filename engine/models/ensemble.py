@@ -20,20 +20,23 @@ MEMBER_FIELDS = ("backbone", "arch", "head", "tta")
 
 
 class ProbabilityAverage(nn.Module):
-    """log(mean_k softmax(member_k(x))): the ensemble's logits. A member with `flip` predicts with the mean
-    of its logits on x and on x mirrored left-right (as `predictor.MirrorAveraged`).
+    """log(mean_k softmax(member_k(x) / T_k)): the ensemble's logits, from its members' calibrated
+    probabilities (T_k: each member's temperature, 1 for a member from before calibration). A member with
+    `flip` predicts with the mean of its logits on x and on x mirrored left-right (as
+    `predictor.MirrorAveraged`).
 
     The leading stages that every member holds with equal weights (the frozen pretrained layers that
     last-blocks and head-only runs of one backbone share) run once per view and feed every member's own
     remaining stages: the same numbers as running each member whole, for a fraction of the time.
     """
 
-    def __init__(self, members: list[nn.Module], flips: list[bool]):
+    def __init__(self, members: list[nn.Module], flips: list[bool], temperatures: list[float] | None = None):
         super().__init__()
         if len(members) < 2 or len(flips) != len(members):
             raise ValueError("an ensemble needs at least two members, each with its flip setting")
         self.members = nn.ModuleList(members)
         self.flips = [bool(flip) for flip in flips]
+        self.temperatures = [float(t) for t in (temperatures or [1.0] * len(members))]
         self.shared = shared_stages(members)
         self.prefix = nn.Sequential(*feature_stages(members[0])[:self.shared]) if self.shared else None
         self.suffixes = nn.ModuleList(SuffixOnActivations(member, self.shared)
@@ -46,9 +49,9 @@ class ProbabilityAverage(nn.Module):
         else:
             inputs, nets = views, list(self.members)
         probabilities = []
-        for net, flip in zip(nets, self.flips):
+        for net, flip, temperature in zip(nets, self.flips, self.temperatures):
             logits = (net(inputs[0]) + net(inputs[1])) / 2 if flip else net(inputs[0])
-            probabilities.append(logits.float().softmax(-1))
+            probabilities.append((logits.float() / temperature).softmax(-1))
         return torch.stack(probabilities).mean(0).clamp_min(1e-12).log()
 
 
@@ -72,7 +75,8 @@ def _same_tensors(a: dict, b: dict) -> bool:
 
 def ensemble_module(bare_members: list[nn.Module], member_metas: list[dict]) -> ProbabilityAverage:
     """The ensemble of bare models, each with its own test-time flip per its metadata."""
-    return ProbabilityAverage(bare_members, [tta_setting(meta) == "flip" for meta in member_metas])
+    return ProbabilityAverage(bare_members, [tta_setting(meta) == "flip" for meta in member_metas],
+                              [float(meta.get("temperature", 1.0)) for meta in member_metas])
 
 
 def is_ensemble(meta: dict) -> bool:

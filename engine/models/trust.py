@@ -26,23 +26,28 @@ import numpy as np
 import torch
 from torch import nn
 
-DEFAULT_ACCEPT = 0.95
+from engine.core.confidence import (ACCEPT_GRID, DEFAULT_ACCEPT, ECE_BINS, auroc,  # noqa: F401 (the API)
+                                    expected_calibration_error, reliability, threshold_at, threshold_for,
+                                    threshold_grid)
+
 DEFAULT_METHOD = "max:msp+knn"
 """The larger of the two standardised scores: an input is unknown when the model is unsure of its class
 or when it is far from every training sample. Chosen on held-out-class experiments (bench/ood_study.py,
 bench/RESULTS.md): maximum softmax alone misses other domains (AUROC 0.01-0.70 far), k-NN alone is the
 weaker near, their mean lets a sure but far input through (ELPV scans vs photos: 0.37 far)."""
 METHODS = ("msp", "energy", "mahalanobis", "relative-mahalanobis", "knn")
-ECE_BINS = 15
 KNN_K = 10
 KNN_BANK = 2048            # most training samples a k-NN scorer keeps (seeded), stored as float16
 STATE_PREFIX = "trust."    # a checkpoint's tensors of the scorer, beside the model's own
-ACCEPT_GRID = np.round(np.linspace(0.5, 1.0, 101), 4)   # the accept shares a run stores the threshold of
+SCALE_FLOOR = 1e-3         # the least spread a fused score is divided by (a sure model's max-softmax has
+                           # almost none: float noise must not become a jump in the score)
 
 
 # -- calibration --------------------------------------------------------------------------------------
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The T in (0.05, 20) that minimises the NLL of softmax(logits / T) on (logits, labels); 1 without data."""
+    """The T in (0.05, 20) that minimises the mean NLL of softmax(logits / T) on (logits, labels) plus
+    (log T)^2 / 2N: a log-normal prior at T = 1 worth one sample, so a small validation split without a
+    mistake (whose NLL only falls as T -> 0) does not make every answer "100 %". 1 without data."""
     logits, labels = logits.detach().double().clone(), labels.detach().long().clone()   # not inference tensors
     if len(labels) < 2:
         return 1.0
@@ -51,43 +56,12 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
     def closure():
         optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(logits / log_t.exp(), labels)
+        loss = nn.functional.cross_entropy(logits / log_t.exp(), labels) + log_t.square().sum() / (2 * len(labels))
         loss.backward()
         return loss
     optimizer.step(closure)
     temperature = float(log_t.detach().exp())
     return float(min(max(temperature, 0.05), 20.0)) if math.isfinite(temperature) else 1.0
-
-
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
-    """ECE: the mean |accuracy - confidence| over equal-width confidence bins, weighted by their size."""
-    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
-    if not len(labels):
-        return float("nan")
-    confidence, correct = probs.max(1), probs.argmax(1) == labels
-    which = np.minimum((confidence * bins).astype(int), bins - 1)
-    total = 0.0
-    for b in range(bins):
-        members = which == b
-        if members.any():
-            total += members.sum() * abs(correct[members].mean() - confidence[members].mean())
-    return float(total / len(labels))
-
-
-def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> list[dict]:
-    """The reliability diagram's bars: per confidence bin, its range, mean confidence, accuracy and count."""
-    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
-    rows = []
-    if not len(labels):
-        return rows
-    confidence, correct = probs.max(1), probs.argmax(1) == labels
-    which = np.minimum((confidence * bins).astype(int), bins - 1)
-    for b in range(bins):
-        members = which == b
-        if members.any():
-            rows.append({"low": b / bins, "high": (b + 1) / bins, "confidence": float(confidence[members].mean()),
-                         "accuracy": float(correct[members].mean()), "count": int(members.sum())})
-    return rows
 
 
 # -- scorers --------------------------------------------------------------------------------------------
@@ -200,7 +174,7 @@ def fit_mahalanobis(features: torch.Tensor, labels: torch.Tensor, classes: int, 
 
 
 def knn_bank(features: torch.Tensor, labels: torch.Tensor, limit: int = KNN_BANK, seed: int = 0) -> torch.Tensor:
-    """At most `limit` rows of `features`, each class in its share (seeded)."""
+    """At most `limit` rows of `features`, a seeded random choice (so each class keeps about its share)."""
     if len(features) <= limit:
         return features
     generator = torch.Generator().manual_seed(seed)
@@ -230,7 +204,7 @@ def fuse(parts: list[nn.Module], known_features: torch.Tensor, known_logits: tor
             scores = part(known_features, known_logits).double()
             q1, q2, q3 = torch.quantile(scores, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
             centres.append(float(q2))
-            scales.append(max(float(q3 - q1), 1e-6))
+            scales.append(max(float(q3 - q1), SCALE_FLOOR))
     return Fused(parts, centres, scales, combine)
 
 
@@ -269,41 +243,3 @@ def rebuild_scorer(method: str, state: dict[str, torch.Tensor], k: int = KNN_K) 
             scorer.register_buffer(name, value.float())
         return scorer
     raise ValueError(f"unknown score {method!r}")
-
-
-def threshold_at(trust: dict, accept: float) -> float:
-    """The threshold that accepts `accept` of the validation inputs, from a run's stored grid."""
-    if not 0.5 <= accept <= 1.0:
-        raise ValueError(f"the share of known inputs to accept must be between 0.5 and 1, not {accept:g}")
-    grid = trust.get("thresholds")
-    if not grid:
-        return float(trust["threshold"])
-    return float(np.interp(accept, ACCEPT_GRID, np.asarray(grid, dtype=np.float64)))
-
-
-def threshold_grid(known_scores: np.ndarray) -> list[float]:
-    """The threshold for each share of ACCEPT_GRID (the share of `known_scores` at or below it)."""
-    scores = np.asarray(known_scores, dtype=np.float64)
-    if not len(scores):
-        return []
-    return [float(np.quantile(scores, share, method="linear")) for share in ACCEPT_GRID]
-
-
-def threshold_for(known_scores: np.ndarray, accept: float = DEFAULT_ACCEPT) -> float:
-    """The score at or below which `accept` of `known_scores` fall (those inputs are accepted)."""
-    scores = np.sort(np.asarray(known_scores, dtype=np.float64))
-    if not len(scores):
-        return float("inf")
-    return float(np.quantile(scores, accept, method="higher"))
-
-
-def auroc(known_scores: np.ndarray, new_scores: np.ndarray) -> float:
-    """P(score of a new input > score of a known one), ties counting half (the Mann-Whitney AUC)."""
-    known, new = np.asarray(known_scores, np.float64), np.asarray(new_scores, np.float64)
-    if not len(known) or not len(new):
-        return float("nan")
-    both = np.concatenate([known, new])
-    values, inverse, counts = np.unique(both, return_inverse=True, return_counts=True)
-    mean_rank = np.cumsum(counts) - (counts - 1) / 2          # ties share their mean rank
-    new_ranks = mean_rank[inverse[len(known):]].sum()
-    return float((new_ranks - len(new) * (len(new) + 1) / 2) / (len(known) * len(new)))

@@ -47,7 +47,7 @@ from engine.data.preprocessing import Preprocessing
 from engine.data.transforms import eval_transform
 from engine.models.checkpoint import load_checkpoint
 from engine.models.predictor import trusted
-from engine.outputs.predict import (ONNX_FORMAT, OnnxClassifier, collect_images, onnx_outputs, preprocess_image, read_onnx_metadata,
+from engine.outputs.predict import (ONNX_FORMAT, OnnxClassifier, collect_images, onnx_outputs, scored_outputs, preprocess_image, read_onnx_metadata,
                                     resolve_checkpoint)
 
 EXPORTERS = ("dynamo", "legacy")
@@ -229,8 +229,8 @@ def verify_exported(model: torch.nn.Module, exported_classifier, samples: Sequen
     the first sample alone and the rest as one batch (another batch size, another length)."""
     with torch.inference_mode():
         reference, reference_scores = torch_results(model(torch_inputs(samples)))
-    parts = [exported_classifier.scored(samples[:1])] + ([exported_classifier.scored(samples[1:])]
-                                                         if len(samples) > 1 else [])
+    parts = [scored_outputs(exported_classifier, samples[:1])] + (
+        [scored_outputs(exported_classifier, samples[1:])] if len(samples) > 1 else [])
     verification = compare_logits(reference, np.concatenate([logits for logits, _ in parts]), tolerance)
     compare_scores(verification, reference_scores, [scores for _, scores in parts])
     verification.probe_logits = parts[0][0]

@@ -159,6 +159,14 @@ def torch_outputs(model, batch, device) -> tuple[np.ndarray, np.ndarray | None]:
     return logits, (outputs[2].double().cpu().numpy() if len(outputs) > 2 else None)
 
 
+def scored_outputs(classifier, inputs) -> tuple[np.ndarray, np.ndarray | None]:
+    """(logits, unknown scores or None) of any classifier: its `scored`, or its `logits` alone when a
+    modality's classifier has no score."""
+    if hasattr(classifier, "scored"):
+        return classifier.scored(inputs)
+    return classifier.logits(inputs), None
+
+
 def onnx_outputs(outputs: list) -> tuple[np.ndarray, np.ndarray | None]:
     """(logits, unknown scores or None) from an exported file's outputs (logits[, probabilities, ood_score])."""
     return outputs[0].astype(np.float32), (outputs[2].astype(np.float64) if len(outputs) > 2 else None)
@@ -362,7 +370,7 @@ def predict_items(classifier, items: Sequence[tuple[str, object]], read: Callabl
             except SampleError as exc:
                 report.skipped.append({"path": origin, "reason": str(exc)})
         if inputs:
-            logits, scores = classifier.scored(inputs) if hasattr(classifier, "scored") else (classifier.logits(inputs), None)
+            logits, scores = scored_outputs(classifier, inputs)
             probs = softmax(logits)
             report.predictions.extend(
                 _prediction(origin, row, classifier.classes, top_k, threshold,
@@ -376,7 +384,7 @@ def predict_items(classifier, items: Sequence[tuple[str, object]], read: Callabl
 def unknown_threshold(meta: dict, accept: float | None) -> float | None:
     """The unknown score above which a model's input is unknown: the run's threshold, or the one that
     accepts `accept` of its validation inputs; None for a model without the score."""
-    from engine.models.trust import threshold_at
+    from engine.core.confidence import threshold_at
     trust = (meta or {}).get("trust") or {}
     if not trust.get("method"):
         if accept is not None:
@@ -396,6 +404,18 @@ def _prediction(path: str, probs: np.ndarray, classes: list[str], top_k: int, th
     return Prediction(path, label, round(best, 6), ranked, classes[order[0]],
                       None if ood_score is None else round(ood_score, 6),
                       None if unknown_above is None or ood_score is None else round(unknown_above, 6))
+
+
+def unknown_scores(model_path: str | os.PathLike, sources: Sequence[str], control: RunControl | None = None,
+                   progress: Callable[[str, int, int], None] | None = None) -> tuple[np.ndarray, list[dict]]:
+    """(the unknown score of every input found in `sources`, what was skipped) for the model at
+    `model_path`: folders and files of images, or files of texts, as `predict` reads them."""
+    classifier = load_classifier(model_path, "cpu")
+    modality = modalities.of(classifier.meta)
+    items, skipped = modality.prediction_items(list(sources))
+    report = predict_items(classifier, items, modality.prediction_input, top_k=1, progress=progress, control=control)
+    scores = np.array([p.ood_score for p in report.predictions if p.ood_score is not None], dtype=np.float64)
+    return scores, skipped + report.skipped
 
 
 def write_csv(report: PredictionReport, path: str | os.PathLike, top_k: int) -> None:

@@ -107,3 +107,42 @@ def trust_summary(meta: dict, split_logits: dict, split_scores: dict) -> dict:
     for split, scores in split_scores.items():
         unknown[f"{split}_accepted"] = float((np.asarray(scores) <= threshold).mean()) if len(scores) else None
     return {"calibration": calibration, "unknown": unknown}
+
+
+def run_scores(run_dir) -> dict[str, np.ndarray]:
+    """The unknown scores predictions.json holds per split (empty arrays for a run from before them)."""
+    import json
+
+    from engine.core.runfolder import RunFolder
+    files = RunFolder(run_dir)
+    try:
+        predictions = json.loads(files.predictions.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {split: np.array([row["ood_score"] for row in rows if row.get("ood_score") is not None])
+            for split, rows in predictions.items() if isinstance(rows, list)}
+
+
+def set_run_accept(run_dir, accept: float) -> dict:
+    """Keep `accept` (the share of validation inputs to accept) as the run's unknown threshold: in its
+    checkpoint (so predict, Try it and exports use it) and in metrics.json; returns metrics.json's
+    "unknown". ValueError for a run without the score or a share outside 0.5-1."""
+    import json
+
+    from engine.core.files import write_json
+    from engine.core.runfolder import RunFolder
+    from engine.models.checkpoint import read_checkpoint_meta, rewrite_meta
+    files = RunFolder(run_dir)
+    meta = read_checkpoint_meta(files.checkpoint)
+    stored = meta.get("trust") or {}
+    if not stored.get("method"):
+        raise ValueError("this run has no unknown score (trained before calibration): train it again")
+    threshold = trust.threshold_at(stored, accept)
+    rewrite_meta(files.checkpoint, {**meta, "trust": {**stored, "accept": accept, "threshold": threshold}})
+    metrics = json.loads(files.metrics.read_text(encoding="utf-8")) if files.metrics.exists() else {}
+    unknown = {**metrics.get("unknown", {}), "accept": accept, "threshold": threshold}
+    for split, scores in run_scores(run_dir).items():
+        unknown[f"{split}_accepted"] = float((scores <= threshold).mean()) if len(scores) else None
+    metrics["unknown"] = unknown
+    write_json(files.metrics, metrics)
+    return unknown

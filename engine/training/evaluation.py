@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -15,7 +16,7 @@ from engine.core.progress import Progress
 from engine.core.runfolder import RunFolder
 from engine.data.report import DatasetReport
 from engine.models.checkpoint import load_checkpoint
-from engine.training.metrics import classification_metrics, predict_logits
+from engine.training.metrics import classification_metrics
 
 EVAL_BATCH = 32
 
@@ -34,6 +35,9 @@ def evaluate_test_split(run_dir: str | Path, report: DatasetReport, control: Run
     test = evaluate_split(model, checkpoint, samples, control, progress)
     predictions = json.loads(files.predictions.read_text(encoding="utf-8")) if files.predictions.exists() else {}
     predictions["test"] = test.pop("predictions")
+    scores = [row["ood_score"] for row in predictions["test"] if "ood_score" in row]
+    if scores and metrics.get("unknown"):
+        metrics["unknown"]["test_accepted"] = float(np.mean(np.array(scores) <= metrics["unknown"]["threshold"]))
     add_sample_fields(checkpoint, samples, predictions["test"], test["most_confident_wrong"])
     metrics.setdefault("splits", {})["test"] = test
     metrics.update(test_accuracy=test["accuracy"], evaluated_on="test", per_class=test["per_class"],
@@ -57,16 +61,29 @@ def evaluate_split(model, checkpoint, samples, control: RunControl | None = None
                    progress: Progress | None = None) -> dict:
     """classification_metrics of a loaded checkpoint on `samples`, predicted as the run predicts (its
     test-time flip, or a text checkpoint's tokenizer); "predictions" holds one row per sample."""
-    logits, labels = _split_logits(model, checkpoint, samples, control, progress)
-    return classification_metrics(logits, labels, checkpoint.classes, [s.path for s in samples])
+    logits, labels, features = _split_logits(model, checkpoint, samples, control, progress)
+    metrics = classification_metrics(logits, labels, checkpoint.classes, [s.path for s in samples])
+    scorer = _scorer(checkpoint)
+    if scorer is not None:
+        with torch.no_grad():
+            scores = scorer(features if features is not None else logits, logits).double().numpy()
+        for row, score in zip(metrics["predictions"], scores):
+            row["ood_score"] = round(float(score), 6)
+    return metrics
+
+
+def _scorer(checkpoint):
+    from engine.models.trust import rebuild_scorer
+    trust = checkpoint.meta.get("trust") or {}
+    return rebuild_scorer(trust["method"], checkpoint.trust_state, trust.get("k", 10)) if trust.get("method") else None
 
 
 def split_probabilities(run_dir: str | Path, samples, control: RunControl | None = None,
                         progress: Progress | None = None):
-    """([N, C] softmax probabilities as numpy, [N] labels) of a run's checkpoint on `samples`, predicted as
+    """([N, C] calibrated softmax probabilities as numpy, [N] labels) of a run's checkpoint on `samples`, predicted as
     the run predicts: what an ensemble's members are chosen by."""
     model, checkpoint = load_checkpoint(RunFolder(run_dir).checkpoint)
-    logits, labels = _split_logits(model, checkpoint, samples, control, progress)
+    logits, labels, _ = _split_logits(model, checkpoint, samples, control, progress)
     return logits.float().softmax(-1).numpy(), labels.numpy()
 
 
@@ -99,8 +116,11 @@ def stored_correctness(run_dir: str | Path, samples, split: str):
 
 
 def _split_logits(model, checkpoint, samples, control, progress):
+    """(calibrated logits, labels, the classifier's input features or None) of `samples`."""
+    from engine.training.calibration import scored_pass
     net, loader = _test_inputs(model, checkpoint, samples)
-    return predict_logits(net, loader, control, progress)
+    logits, labels, features = scored_pass(model, net, loader, control, progress)
+    return logits / float((checkpoint.meta.get("trust") or {}).get("temperature", 1.0)), labels, features
 
 
 def _test_inputs(model, checkpoint, samples) -> tuple[torch.nn.Module, DataLoader]:
