@@ -22,7 +22,6 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QHBoxL
 from engine.core import modality as modalities
 from engine.core.control import RunControl
 from engine.data.images import IMAGE_EXTENSIONS, has_image_extension
-from engine.outputs.predict import UNKNOWN
 from gui.drop_zone import DropZone
 from gui.jobs import PREDICT_THUMBNAIL_PX, PredictOutcome, predict_job
 from gui.workers import TaskSlot
@@ -62,6 +61,7 @@ def usable_image_paths(urls: list[QUrl]) -> list[str]:
 
 def unknown_verdict(prediction) -> str:
     """What Try it says above the classes of an input the model should not answer for ("" when it may)."""
+    from engine.outputs.predict import UNKNOWN
     if prediction.label != UNKNOWN:
         return ""
     if prediction.unlike_training:

@@ -12,8 +12,6 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-import numpy as np
-import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import (QFileDialog, QGroupBox, QHBoxLayout, QLabel, QPushButton, QSlider, QVBoxLayout,
@@ -34,11 +32,12 @@ def position_of(accept: float) -> int:
     return int(round((accept - 0.5) * 2 * SLIDER_STEPS))
 
 
-def share(scores: np.ndarray, threshold: float, accepted: bool = True) -> float | None:
+def share(scores, threshold: float, accepted: bool = True) -> float | None:
+    """The share of `scores` at or below `threshold` (accepted), or above it; None without scores."""
     if not len(scores):
         return None
-    inside = scores <= threshold
-    return float(inside.mean() if accepted else (~inside).mean())
+    inside = sum(1 for score in scores if score <= threshold)
+    return (inside if accepted else len(scores) - inside) / len(scores)
 
 
 def percent(value: float | None) -> str:
@@ -57,8 +56,8 @@ class TrustView(QWidget):
         super().__init__(parent)
         self.slot = TaskSlot(tasks)
         self.run = None
-        self.scores: dict[str, np.ndarray] = {}
-        self.unfamiliar = np.zeros(0)
+        self.scores: dict = {}                   # split -> numpy scores of the run's predictions
+        self.unfamiliar = ()                     # scores of the "none of these" inputs
         self.thresholds: list[float] = []
         self._make_widgets()
         self._layout()
@@ -68,15 +67,8 @@ class TrustView(QWidget):
     def _make_widgets(self) -> None:
         self.calibration = QLabel()
         self.calibration.setWordWrap(True)
-        palette = self.palette()
-        self.plot = pg.PlotWidget(background=palette.color(QPalette.ColorRole.Base))
-        self.plot.setMinimumSize(280, 240)
-        self.plot.showGrid(x=True, y=True, alpha=0.2)
-        self.plot.setLabel("bottom", "stated confidence")
-        self.plot.setLabel("left", "share right")
-        self.plot.setXRange(0, 1)
-        self.plot.setYRange(0, 1)
-        self.legend = self.plot.addLegend(offset=(10, 10), labelTextColor=palette.color(QPalette.ColorRole.Text))
+        self.plot = None                         # made on the first run shown: pyqtgraph loads after the window
+        self.plot_box = QVBoxLayout()
         self.method = QLabel()
         self.method.setWordWrap(True)
         self.slider = QSlider(Qt.Orientation.Horizontal)
@@ -99,7 +91,7 @@ class TrustView(QWidget):
         left = QGroupBox("Confidence")
         left_layout = QVBoxLayout(left)
         left_layout.addWidget(self.calibration)
-        left_layout.addWidget(self.plot, 1)
+        left_layout.addLayout(self.plot_box, 1)
         right = QGroupBox("Unknown inputs")
         right_layout = QVBoxLayout(right)
         right_layout.addWidget(self.method)
@@ -120,13 +112,15 @@ class TrustView(QWidget):
     # -- showing a run -------------------------------------------------------------------------------
     def show_run(self, view) -> None:
         """`view`: a gui.results_panel.RunView, or None."""
-        from engine.training.calibration import run_scores
         self.slot.cancel()
         self.run = view
         metrics = view.metrics if view else {}
         calibration, unknown = metrics.get("calibration") or {}, metrics.get("unknown") or {}
-        self.scores = run_scores(view.run_dir) if view and unknown else {}
-        self.unfamiliar = np.zeros(0)
+        self.scores = {}
+        if view and unknown:
+            from engine.training.calibration import run_scores
+            self.scores = run_scores(view.run_dir)
+        self.unfamiliar = ()
         self.message.setText("")
         self.thresholds = []
         if unknown:
@@ -159,9 +153,24 @@ class TrustView(QWidget):
         except Exception:  # noqa: BLE001 - a damaged or missing model file: no slider, no traceback
             return []
 
+    def _make_plot(self):
+        import pyqtgraph as pg
+        palette = self.palette()
+        plot = pg.PlotWidget(background=palette.color(QPalette.ColorRole.Base))
+        plot.setMinimumSize(280, 240)
+        plot.showGrid(x=True, y=True, alpha=0.2)
+        plot.setLabel("bottom", "stated confidence")
+        plot.setLabel("left", "share right")
+        plot.setXRange(0, 1)
+        plot.setYRange(0, 1)
+        self.legend = plot.addLegend(offset=(10, 10), labelTextColor=palette.color(QPalette.ColorRole.Text))
+        self.plot_box.addWidget(plot)
+        return plot
+
     def _show_calibration(self, calibration: dict) -> None:
-        self.plot.clear()
-        self.legend.clear()
+        if self.plot is not None:
+            self.plot.clear()
+            self.legend.clear()
         if not calibration:
             self.calibration.setText("No calibration for this run (trained before TransferLab calibrated runs)."
                                      if self.run else "")
@@ -173,6 +182,8 @@ class TrustView(QWidget):
             f"Calibrated on the validation split (temperature {calibration.get('temperature', 1):.2f}). "
             f"Expected calibration error on {split}: <b>{percent(before)} → {percent(after)}</b> "
             "(how far stated confidence is from the share right; lower is better).")
+        import pyqtgraph as pg
+        self.plot = self.plot or self._make_plot()
         self.plot.plot([0, 1], [0, 1], pen=pg.mkPen((150, 150, 150), style=Qt.PenStyle.DashLine))
         for key, colour, name in (("before", (200, 120, 60), "as trained"), ("after", (40, 110, 200), "calibrated")):
             bars = diagram.get(key) or []
@@ -195,7 +206,7 @@ class TrustView(QWidget):
             return
         threshold, nouns = self.threshold, self.run.modality.nouns
         self.slider_label.setText(f"Accept {100 * self.accept:.1f} % of the validation {nouns}")
-        lines = [f"Validation {nouns} accepted: <b>{percent(share(self.scores.get('val', np.zeros(0)), threshold))}</b>"]
+        lines = [f"Validation {nouns} accepted: <b>{percent(share(self.scores.get('val', ()), threshold))}</b>"]
         if len(self.scores.get("test", [])):
             lines.append(f"Test {nouns} accepted: <b>{percent(share(self.scores['test'], threshold))}</b>")
         if len(self.unfamiliar):
@@ -227,7 +238,7 @@ class TrustView(QWidget):
 
     def _on_unfamiliar(self, result) -> None:
         scores, skipped = result
-        self.unfamiliar = np.asarray(scores)
+        self.unfamiliar = scores
         self.message.setText(f"{len(scores)} scored" + (f", {len(skipped)} skipped (unreadable)" if skipped else "")
                              if len(scores) else f"Nothing to score there ({len(skipped)} skipped).")
         self._show_shares()

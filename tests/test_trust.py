@@ -107,7 +107,8 @@ def test_a_run_records_its_calibration_and_unknown_score(photo_run):
     metrics = json.loads(RunFolder(photo_run).metrics.read_text())
     calibration, unknown = metrics["calibration"], metrics["unknown"]
     assert 0.05 < calibration["temperature"] < 20 and calibration["fitted_on"] == "val"
-    assert calibration["val_ece_after"] <= calibration["val_ece_before"]
+    assert calibration["val_nll_after"] <= calibration["val_nll_before"]      # what temperature scaling fits
+    assert calibration["test_ece_after"] < 0.2
     assert {bar["count"] for bar in calibration["reliability"]["after"]} and calibration["reliability"]["split"] == "test"
     assert unknown["method"] == trust.DEFAULT_METHOD and unknown["accept"] == 0.95
     assert 0.9 <= unknown["val_accepted"] <= 1.0 and unknown["test_accepted"] > 0.75
@@ -201,7 +202,7 @@ def test_a_text_run_is_calibrated_and_scores_texts_the_same_in_onnx(tmp_path):
     run = tmp_path / "run"
     Trainer(scan_any(data, seed=0), TrainConfig(backbone="all-minilm-l6-v2", epochs=15, lr=1e-2), run).fit()
     metrics = json.loads(RunFolder(run).metrics.read_text())
-    assert metrics["calibration"]["val_ece_after"] <= metrics["calibration"]["val_ece_before"]
+    assert metrics["calibration"]["val_nll_after"] <= metrics["calibration"]["val_nll_before"]
     assert metrics["unknown"]["method"] == trust.DEFAULT_METHOD
     export_model(run, tmp_path / "text.onnx")
     texts = [("a", "The compiler rejected my program again"), ("b", "zzkq 4471 vvvv xx 0x7fff qqq"),

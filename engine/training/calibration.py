@@ -77,6 +77,8 @@ def fit_trust(train: tuple, val: tuple, classes: int, accept: float = trust.DEFA
         "threshold": trust.threshold_at({"thresholds": grid}, accept) if grid else float("inf"),
         "val_ece_before": trust.expected_calibration_error(val_logits.float().softmax(-1).numpy(), labels),
         "val_ece_after": trust.expected_calibration_error(calibrated.softmax(-1).numpy(), labels),
+        "val_nll_before": float(nn.functional.cross_entropy(val_logits.float(), val_labels.long())),
+        "val_nll_after": float(nn.functional.cross_entropy(calibrated, val_labels.long())),
     }
     return meta, scorer
 
@@ -92,7 +94,8 @@ def trust_summary(meta: dict, split_logits: dict, split_scores: dict) -> dict:
     """metrics.json's "calibration" and "unknown": ECE before and after per split, the reliability diagram
     of the evaluated split, and the share of each split accepted at the threshold."""
     temperature, threshold = meta["temperature"], meta["threshold"]
-    calibration = {"method": "temperature scaling", "temperature": temperature, "fitted_on": "val"}
+    calibration = {"method": "temperature scaling", "temperature": temperature, "fitted_on": "val",
+                   "val_nll_before": meta.get("val_nll_before"), "val_nll_after": meta.get("val_nll_after")}
     shown = "test" if "test" in split_logits else "val"
     for split, (logits, labels) in split_logits.items():
         labels = labels.numpy()
