@@ -68,7 +68,7 @@ def fashion(out: Path):
                     if not link.exists():
                         link.symlink_to(folder)
         near = [str(Path(f"/data/fm-sessions/test/{c}")) for c in held]
-        known = [str(data / "test")]
+        known = [str(folder) for folder in sorted(Path("/data/fm-sessions/test").iterdir()) if folder.name not in held]
         yield name, data, known, near, [str(far_dir)]
 
 
@@ -82,7 +82,7 @@ def texts(out: Path):
            for s in Path(p).read_text(errors="ignore").replace("\n\n", ". ").split(". ")]
     far_file = out / "far-texts.txt"
     far_file.parent.mkdir(parents=True, exist_ok=True)
-    far_file.write_text("\n".join(t for t in far if 40 < len(t) < 400][:300]) + "\n", encoding="utf-8")
+    far_file.write_text("\n".join([t for t in far if 40 < len(t) < 400][:300]) + "\n", encoding="utf-8")
     for held in (tuple(labels[:2]), tuple(labels[3:5]), tuple(labels[-2:])):
         name = "fortunes-" + "+".join(held)
         folder = out / name

@@ -191,6 +191,45 @@ def held_out_class_auroc(features: torch.Tensor, labels: torch.Tensor, classes: 
     return results
 
 
+class ClassKnn(nn.Module):
+    """1 - cosine similarity to the k-th nearest training sample of the predicted class."""
+    method = "knn-class"
+
+    def __init__(self, bank, labels, k=5):
+        super().__init__()
+        self.bank = nn.functional.normalize(bank.float(), dim=-1)
+        self.labels = labels
+        self.k = k
+
+    def forward(self, features, logits):
+        unit = nn.functional.normalize(features.float(), dim=-1)
+        similarity = unit @ self.bank.T
+        predicted = logits.argmax(-1)
+        mask = self.labels[None, :] == predicted[:, None]
+        similarity = similarity.masked_fill(~mask, -2.0)
+        return 1.0 - similarity.topk(self.k, dim=-1).values[:, -1]
+
+
+class Residual(nn.Module):
+    """ViM (Wang et al., 2022): the norm of the feature outside its principal subspace, scaled, minus the
+    log-sum-exp of the logits (method "vim"), or the residual alone ("residual")."""
+
+    def __init__(self, features, weight, bias, logits, dims, with_energy=True):
+        super().__init__()
+        self.origin = -torch.linalg.pinv(weight) @ bias
+        centred = features.float() - self.origin
+        _, _, v = torch.linalg.svd(centred, full_matrices=False)
+        self.null = v[dims:].T
+        residual = (centred @ self.null).norm(dim=-1)
+        self.alpha = float(logits.amax(-1).mean() / residual.mean())
+        self.with_energy = with_energy
+        self.method = f"vim{dims}" if with_energy else f"residual{dims}"
+
+    def forward(self, features, logits):
+        residual = ((features.float() - self.origin) @ self.null).norm(dim=-1) * self.alpha
+        return residual - torch.logsumexp(logits, -1) if self.with_energy else residual
+
+
 # -- one experiment -------------------------------------------------------------------------------------
 def stack(feats: dict, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.cat([feats[c] for c in classes])
@@ -227,6 +266,15 @@ def run(name, feats, held, far, rows):
                                                                   logits["val"] / temperature, combine)
     for k in (1, 3, 30):
         scorers[f"knn{k}"] = trust.NearestNeighbours(x_train, k)
+    scorers["knn-class"] = ClassKnn(x_train, y_train)
+    train_logits = x_train @ head.weight.T + head.bias
+    for dims in (64, 256):
+        for energy in (True, False):
+            r = Residual(x_train, head.weight, head.bias, train_logits, min(dims, x_train.shape[1] // 2), energy)
+            scorers[r.method] = r
+    scorers["max:msp+knn-class"] = trust.fuse([scorers["msp"], scorers["knn-class"]], x_val, logits["val"] / temperature, "max")
+    scorers["max:msp+residual64"] = trust.fuse([scorers["msp"], scorers["residual64"]], x_val, logits["val"] / temperature, "max")
+    scorers["max:msp+knn+residual64"] = trust.fuse([scorers["msp"], scorers["knn"], scorers["residual64"]], x_val, logits["val"] / temperature, "max")
     began = time.monotonic()
     estimates = held_out_class_auroc(x_train, y_train, len(known))
     chosen = max(estimates, key=lambda m: np.mean(estimates[m]))

@@ -84,26 +84,40 @@ class OnnxImageClassifier:
         self.classes = list(meta["classes"])
         self.preprocessing = meta["preprocessing"]
         self.input_name = self.session.get_inputs()[0].name
+        # a calibrated run's file also outputs an "unknown" score; above trust.threshold the input is unlike
+        # anything the model was taught (trust.thresholds[i] accepts 0.5 + 0.005 i of its validation images)
+        self.unknown_above = (meta.get("trust") or {}).get("threshold")
+
+    def outputs(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(calibrated probabilities, unknown scores or None for a file without them)."""
+        batch = np.stack([preprocess(image, self.preprocessing) for image in images])
+        outputs = self.session.run(None, {self.input_name: batch})
+        logits = outputs[0].astype(np.float64)
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return exp / exp.sum(axis=1, keepdims=True), (outputs[2] if len(outputs) > 2 else None)
 
     def probabilities(self, images: list[Image.Image]) -> np.ndarray:
-        batch = np.stack([preprocess(image, self.preprocessing) for image in images])
-        logits = self.session.run(None, {self.input_name: batch})[0].astype(np.float64)
-        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return exp / exp.sum(axis=1, keepdims=True)
+        return self.outputs(images)[0]
 
     def predict(self, paths: list[str], top_k: int = 5, threshold: float = 0.0) -> list[dict]:
-        """One dict per image: path, label ('unknown' below `threshold`), score, top_k."""
+        """One dict per image: path, label ('unknown' when unlike the training images, or below
+        `threshold`), score, nearest (the top class), ood_score and its threshold (when the file has them),
+        top_k."""
         results = []
         for path in paths:
             try:
-                probs = self.probabilities([load_rgb(path)])[0]
+                probs, scores = self.outputs([load_rgb(path)])
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:   # report, go on
                 results.append({"path": path, "error": str(exc) or type(exc).__name__})
                 continue
+            probs = probs[0]
             order = np.argsort(-probs, kind="stable")[:top_k]
             best = float(probs[order[0]])
-            results.append({"path": path, "label": self.classes[order[0]] if best >= threshold else UNKNOWN,
-                            "score": round(best, 6),
+            unlike = scores is not None and self.unknown_above is not None and float(scores[0]) > self.unknown_above
+            results.append({"path": path, "label": UNKNOWN if unlike or best < threshold else self.classes[order[0]],
+                            "score": round(best, 6), "nearest": self.classes[order[0]],
+                            **({"ood_score": round(float(scores[0]), 6), "threshold": self.unknown_above}
+                               if scores is not None else {}),
                             "top_k": [{"label": self.classes[k], "score": round(float(probs[k]), 6)}
                                       for k in order]})
         return results

@@ -16,7 +16,9 @@ Everything the model needs travels inside the `.onnx` file: its metadata_props h
 tokenizer (Hugging Face tokenizer.json, also written beside the model as `model.tokenizer.json`) and
 `preprocessing.max_tokens`, each value JSON-encoded. Tokenise, truncate to max_tokens, pad to the longest
 text of the batch, and stack ids and attention mask into one int64 input [batch, 2, length]. The model
-outputs logits; softmax turns them into probabilities.
+outputs calibrated logits (softmax turns them into probabilities) and, for a run TransferLab calibrated,
+the probabilities and an "unknown" score: above the metadata's `trust.threshold` the text is unlike
+anything the model was taught.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ class OnnxTextClassifier:
         self.tokenizer.enable_truncation(int(meta["preprocessing"]["max_tokens"]))
         self.tokenizer.enable_padding(pad_id=int(pad.get("pad_id", 0)), pad_token=str(pad.get("pad_token", "[PAD]")))
         self.input_name = self.session.get_inputs()[0].name
+        self.unknown_above = (meta.get("trust") or {}).get("threshold")
 
     def tokens(self, texts: list[str]) -> np.ndarray:
         encodings = self.tokenizer.encode_batch(list(texts))
@@ -51,21 +54,32 @@ class OnnxTextClassifier:
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
         return np.stack([ids, mask], axis=1)
 
-    def probabilities(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
-        chunks = []
+    def outputs(self, texts: list[str], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
+        """(calibrated probabilities, unknown scores or None for a file without them)."""
+        chunks, scores = [], []
         for start in range(0, len(texts), batch_size):
-            logits = self.session.run(None, {self.input_name: self.tokens(texts[start:start + batch_size])})[0]
-            shifted = logits - logits.max(axis=1, keepdims=True)
+            outputs = self.session.run(None, {self.input_name: self.tokens(texts[start:start + batch_size])})
+            shifted = outputs[0] - outputs[0].max(axis=1, keepdims=True)
             chunks.append(np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True))
-        return np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)))
+            scores.append(outputs[2] if len(outputs) > 2 else None)
+        if not chunks:
+            return np.zeros((0, len(self.classes))), None
+        return np.concatenate(chunks), (None if scores[0] is None else np.concatenate(scores))
+
+    def probabilities(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        return self.outputs(texts, batch_size)[0]
 
     def predict(self, texts: list[str], top_k: int = 5, threshold: float = 0.0) -> list[dict]:
         results = []
-        for text, probs in zip(texts, self.probabilities(texts)):
+        probabilities, scores = self.outputs(texts)
+        for row, (text, probs) in enumerate(zip(texts, probabilities)):
             order = np.argsort(-probs, kind="stable")[:top_k]
             best = float(probs[order[0]])
-            results.append({"text": text, "label": self.classes[order[0]] if best >= threshold else UNKNOWN,
-                            "score": round(best, 6),
+            unlike = scores is not None and self.unknown_above is not None and float(scores[row]) > self.unknown_above
+            results.append({"text": text, "label": UNKNOWN if unlike or best < threshold else self.classes[order[0]],
+                            "score": round(best, 6), "nearest": self.classes[order[0]],
+                            **({"ood_score": round(float(scores[row]), 6), "threshold": self.unknown_above}
+                               if scores is not None else {}),
                             "top_k": [{"label": self.classes[k], "score": round(float(probs[k]), 6)} for k in order]})
         return results
 

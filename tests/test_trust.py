@@ -170,6 +170,13 @@ def test_the_onnx_file_carries_the_calibrated_probabilities_and_the_score(photo_
     assert np.allclose([p.ood_score for p in from_onnx.predictions], [p.ood_score for p in from_torch.predictions],
                        atol=1e-3)
     assert from_onnx.predictions[0].threshold == pytest.approx(from_torch.predictions[0].threshold)
+    import importlib.util                  # the standalone example says "unknown" from the file alone
+    spec = importlib.util.spec_from_file_location("onnx_predict", ROOT / "examples" / "onnx_predict.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    rows = example.OnnxImageClassifier(str(tmp_path / "model.onnx")).predict(inputs, top_k=1)
+    assert [row["label"] for row in rows] == [p.label for p in from_onnx.predictions]
+    assert np.allclose([row["ood_score"] for row in rows], [p.ood_score for p in from_onnx.predictions], atol=1e-5)
 
 
 def test_predict_json_rows_carry_the_score_threshold_label_and_top_k(photo_run, far_folder):
