@@ -44,6 +44,17 @@ def percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f} %"
 
 
+def share_html(scores, threshold: float, accepted: bool = True) -> str:
+    """'<b>93.8 %</b> of 64 (85–97)': a share and the range its true value lies in 95 times in 100 (Wilson)."""
+    from engine.core.significance import wilson_interval
+    value = share(scores, threshold, accepted)
+    if value is None:
+        return "<b>–</b>"
+    low, high = wilson_interval(round(value * len(scores)), len(scores))
+    return (f"<b>{percent(value)}</b> of {len(scores)} "
+            f"<span style='color: gray'>({100 * low:.0f}–{100 * high:.0f})</span>")
+
+
 class TrustView(QWidget):
     """Signals let the window and tests follow the work without sleeping."""
 
@@ -137,10 +148,12 @@ class TrustView(QWidget):
             self.slider_label.setText("")
             self.shares.setText("")
             return
+        from engine.core.confidence import METHOD_WORDS
+        method = unknown.get("method", "")
         self.method.setText(
-            f"An input is <b>unknown</b> when the model is unsure of it or it is far from every training "
-            f"{view.modality.noun} ({unknown.get('method')}). The threshold accepts a share of the validation "
-            f"{nouns}; {nouns} above it are shown as 'not like anything it was trained on'.")
+            f"An input is <b>unknown</b> when it is unlike what the model was taught: scored by "
+            f"{METHOD_WORDS.get(method, method)}. The threshold accepts a share of the validation {nouns}; "
+            f"{nouns} scored above it are shown as 'not like anything it was trained on'.")
         self.slider.blockSignals(True)
         self.slider.setValue(position_of(float(unknown.get("accept", 0.95))))
         self.slider.blockSignals(False)
@@ -206,12 +219,13 @@ class TrustView(QWidget):
             return
         threshold, nouns = self.threshold, self.run.modality.nouns
         self.slider_label.setText(f"Accept {100 * self.accept:.1f} % of the validation {nouns}")
-        lines = [f"Validation {nouns} accepted: <b>{percent(share(self.scores.get('val', ()), threshold))}</b>"]
+        lines = [f"Validation {nouns} accepted: {share_html(self.scores.get('val', ()), threshold)}"]
         if len(self.scores.get("test", [])):
-            lines.append(f"Test {nouns} accepted: <b>{percent(share(self.scores['test'], threshold))}</b>")
+            lines.append(f"Test {nouns} accepted: {share_html(self.scores['test'], threshold)}")
         if len(self.unfamiliar):
-            lines.append(f"'None of these' {nouns} rejected: <b>"
-                         f"{percent(share(self.unfamiliar, threshold, accepted=False))}</b> of {len(self.unfamiliar)}")
+            lines.append(f"'None of these' {nouns} rejected: {share_html(self.unfamiliar, threshold, accepted=False)}")
+        lines.append("<span style='color: gray'>In brackets: the range the true share lies in 95 times out of "
+                     "100.</span>")
         self.shares.setText("<br>".join(lines))
 
     # -- "none of these" examples ---------------------------------------------------------------------

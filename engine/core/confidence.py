@@ -7,6 +7,8 @@ import numpy as np
 
 DEFAULT_ACCEPT = 0.95
 ECE_BINS = 15
+METHOD_WORDS = {"max:msp+knn": "how unsure it is or how far from the nearest training samples, whichever says more",
+                "msp": "how unsure it is (maximum softmax)", "knn": "how far from the nearest training samples"}
 ACCEPT_GRID = np.round(np.linspace(0.5, 1.0, 101), 4)   # the accept shares a run stores the threshold of
 
 
@@ -52,11 +54,12 @@ def threshold_at(trust: dict, accept: float) -> float:
 
 
 def threshold_grid(known_scores: np.ndarray) -> list[float]:
-    """The threshold for each share of ACCEPT_GRID (the share of `known_scores` at or below it)."""
+    """The threshold for each share of ACCEPT_GRID: the smallest score that accepts at least that share of
+    `known_scores` (at or below it), so a small split never accepts less than it says."""
     scores = np.asarray(known_scores, dtype=np.float64)
     if not len(scores):
         return []
-    return [float(np.quantile(scores, share, method="linear")) for share in ACCEPT_GRID]
+    return [float(np.quantile(scores, share, method="higher")) for share in ACCEPT_GRID]
 
 
 def threshold_for(known_scores: np.ndarray, accept: float = DEFAULT_ACCEPT) -> float:
