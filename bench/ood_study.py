@@ -230,6 +230,22 @@ class Residual(nn.Module):
         return residual - torch.logsumexp(logits, -1) if self.with_energy else residual
 
 
+def vector_scaling(logits: torch.Tensor, labels: torch.Tensor):
+    """Vector scaling (Guo et al., 2017): per-class scale and bias on the logits, fitted by NLL on val."""
+    scale = torch.ones(logits.shape[1], requires_grad=True)
+    bias = torch.zeros(logits.shape[1], requires_grad=True)
+    optimizer = torch.optim.LBFGS([scale, bias], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
+    x, y = logits.detach().clone(), labels.clone()
+
+    def closure():
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(x * scale + bias, y)
+        loss.backward()
+        return loss
+    optimizer.step(closure)
+    return lambda z: z * scale.detach() + bias.detach()
+
+
 # -- one experiment -------------------------------------------------------------------------------------
 def stack(feats: dict, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.cat([feats[c] for c in classes])
@@ -250,8 +266,13 @@ def run(name, feats, held, far, rows):
     ece_before = trust.expected_calibration_error(logits["test"].softmax(-1).numpy(), y_test.numpy())
     ece_after = trust.expected_calibration_error((logits["test"] / temperature).softmax(-1).numpy(), y_test.numpy())
     accuracy = float((logits["test"].argmax(1) == y_test).float().mean())
+    vector = vector_scaling(logits["val"], y_val)
+    ece_vector = trust.expected_calibration_error(vector(logits["test"]).softmax(-1).numpy(), y_test.numpy())
+    accuracy_vector = float((vector(logits["test"]).argmax(1) == y_test).float().mean())
+
     print(f"\n{name}: {len(known)} known classes, train {len(y_train)}, test {len(y_test)}; test accuracy "
           f"{accuracy:.1%}; T = {temperature:.2f}; test ECE {ece_before:.3f} -> {ece_after:.3f}")
+    print(f"  vector scaling instead: test ECE {ece_vector:.3f}, test accuracy {accuracy_vector:.1%}")
     sets = {"far": far}
     if held:
         sets["near"] = torch.cat([feats["test"][c] for c in held])

@@ -136,7 +136,9 @@ def test_csv_has_one_row_per_input(tmp_path):
     write_csv(report, tmp_path / "out.csv", top_k=2)
     rows = list(csv.DictReader((tmp_path / "out.csv").open(encoding="utf-8")))
     assert [r["error"] for r in rows] == ["", "", "no such file or folder", "not an image"]
-    assert rows[0]["label"] == rows[0]["label_1"] and float(rows[0]["score"]) == float(rows[0]["score_1"])
+    assert rows[0]["label"] in (rows[0]["label_1"], "unknown") and float(rows[0]["score"]) == float(rows[0]["score_1"])
+    assert rows[0]["nearest"] == rows[0]["label_1"] and float(rows[0]["ood_score"]) and float(rows[0]["threshold"])
+    assert rows[2]["ood_score"] == rows[2]["nearest"] == ""
 
 
 class _Payload:

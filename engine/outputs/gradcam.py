@@ -31,16 +31,17 @@ def _as_spatial(features: torch.Tensor, model: nn.Module) -> torch.Tensor:
 
 
 def grad_cam(model: nn.Module, image: Image.Image, preprocessing: Preprocessing,
-             class_index: int | None = None) -> tuple[np.ndarray, int, float]:
+             class_index: int | None = None, temperature: float = 1.0) -> tuple[np.ndarray, int, float]:
     """Heat map in [0, 1] at the model's input size, for `class_index` (default: the predicted class).
 
-    Returns (heat map [H, W] float32, class index used, that class's probability). For an ensemble: the
+    Returns (heat map [H, W] float32, class index used, that class's probability, calibrated by the run's
+    `temperature`). For an ensemble: the
     class and probability are the ensemble's, the map the mean of its members' maps for that class.
     """
     from engine.models.ensemble import ProbabilityAverage
     if isinstance(model, ProbabilityAverage):
         with torch.inference_mode():
-            probs = model.eval()(eval_transform(preprocessing)(image)[None]).softmax(-1)[0]
+            probs = (model.eval()(eval_transform(preprocessing)(image)[None]) / temperature).softmax(-1)[0]
         index = int(probs.argmax()) if class_index is None else int(class_index)
         heats = [grad_cam(member, image, preprocessing, index)[0] for member in model.members]
         return np.mean(heats, axis=0).astype(np.float32), index, float(probs[index])
@@ -52,7 +53,7 @@ def grad_cam(model: nn.Module, image: Image.Image, preprocessing: Preprocessing,
             features = model.forward_features(tensor)
             features.retain_grad()
             logits = model.forward_head(features)
-            probs = logits.softmax(-1)[0]
+            probs = (logits.detach() / temperature).softmax(-1)[0]
             index = int(probs.argmax()) if class_index is None else int(class_index)
             model.zero_grad(set_to_none=True)
             logits[0, index].backward()

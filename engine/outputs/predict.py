@@ -419,17 +419,19 @@ def unknown_scores(model_path: str | os.PathLike, sources: Sequence[str], contro
 
 
 def write_csv(report: PredictionReport, path: str | os.PathLike, top_k: int) -> None:
-    """One row per input image: path, label, score, then label_i/score_i for the top k, then error."""
+    """One row per input: path, label, score, then label_i/score_i for the top k, then nearest, ood_score
+    and threshold (empty for a model without the unknown score), then error."""
     from engine.core.files import atomic_path
     header = ["path", "label", "score"]
     for i in range(1, top_k + 1):
         header += [f"label_{i}", f"score_{i}"]
-    header.append("error")
+    header += ["nearest", "ood_score", "threshold", "error"]
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for p in report.predictions:
             ranked = [cell for entry in p.top_k for cell in (entry["label"], entry["score"])]
-            writer.writerow([p.path, p.label, p.score, *ranked, *[""] * (2 * top_k - len(ranked)), ""])
+            trust = [p.nearest, "" if p.ood_score is None else p.ood_score, "" if p.threshold is None else p.threshold]
+            writer.writerow([p.path, p.label, p.score, *ranked, *[""] * (2 * top_k - len(ranked)), *trust, ""])
         for s in report.skipped:
-            writer.writerow([s["path"], "", "", *[""] * (2 * top_k), s["reason"]])
+            writer.writerow([s["path"], "", "", *[""] * (2 * top_k), "", "", "", s["reason"]])

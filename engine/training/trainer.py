@@ -33,14 +33,14 @@ from engine.core.runtime import tune_malloc
 from engine.data.report import DatasetReport
 from engine.models.catalog import ModelBundle
 from engine.models.checkpoint import add_trust, save_checkpoint, split_trust_state
-from engine.models.trust import KNN_BANK
 from engine.models.heads import set_head
 from engine.models.layers import LayerTree, frozen_batchnorm_to_eval
+from engine.models.trust import KNN_BANK
 from engine.training.caches import FeatureDataset, HeadOnFeatures
+from engine.training.calibration import fit_trust, scored_pass, scores_of, trust_summary
 from engine.training.callbacks import BestCheckpoint, EarlyStopping
 from engine.training.config import TrainConfig
 from engine.training.inputs import TrainingInputs, inputs_for
-from engine.training.calibration import fit_trust, scored_pass, scores_of, trust_summary
 from engine.training.metrics import classification_metrics, predict_logits
 from engine.training.optim import class_weights, make_optimizer, make_schedule, param_groups, seed_everything
 from engine.training.runstate import (STATE_EVERY_S, ResumeRefused, SavedState, active_run, check_resume,
@@ -593,6 +593,7 @@ class Trainer:
         train_features, train_labels = (train[2], train[1]) if train else (None, torch.empty(0, dtype=torch.long))
         return fit_trust((train_features, train_labels), (val_logits, val_labels, val_features),
                          len(self.report.classes), seed=self.config.seed)
+
 
 def evaluated_paths(samples, loader) -> list[str]:
     """The paths of the samples an evaluation pass really scored, in order: without the images its loader
