@@ -280,6 +280,7 @@ def test_cli_trains_exports_and_predicts_a_text_csv(tmp_path):
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["status"] == "completed" and summary["test_accuracy"] is not None
     assert "texts" in (tmp_path / "run" / "dataset_report.txt").read_text()
+    assert "calibrated: temperature" in done.stderr and "unknown above" in done.stderr
     done = run_cli("export", str(tmp_path / "run"), "--onnx", str(tmp_path / "m.onnx"))
     assert done.returncode == 0, done.stderr
     lines_file = tmp_path / "new.txt"

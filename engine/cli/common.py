@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from engine.core.errors import first_line
-from engine.core.runfolder import DATASET_REPORT
+from engine.core.runfolder import DATASET_REPORT, RunFolder
 from engine.models.presets import parse_freeze
 from engine.training.config import TrainConfig
 
@@ -130,6 +130,24 @@ def fit_summary(result, out: Path) -> dict:
     metrics = result.metrics
     return {"status": result.status, "run_dir": str(out), "checkpoint": result.checkpoint,
             "val_accuracy": metrics.get("val_accuracy"), "test_accuracy": metrics.get("test_accuracy")}
+
+
+def print_trust_summary(run_dir: Path) -> None:
+    """One line on stderr: how the run was calibrated and what its unknown threshold accepts."""
+    try:
+        metrics = json.loads(RunFolder(run_dir).metrics.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    calibration, unknown = metrics.get("calibration") or {}, metrics.get("unknown") or {}
+    if not calibration or not unknown:
+        return
+    split = "test" if calibration.get("test_ece_after") is not None else "val"
+    accepted = unknown.get(f"{split}_accepted")
+    print(f"calibrated: temperature {calibration['temperature']:.2f}, {split} ECE "
+          f"{100 * calibration[f'{split}_ece_before']:.1f} % -> {100 * calibration[f'{split}_ece_after']:.1f} %; "
+          f"unknown above {unknown['threshold']:.3g} (accepts {100 * unknown['accept']:.1f} % of val"
+          + (f", {100 * accepted:.1f} % of {split})" if accepted is not None and split == "test" else ")"),
+          file=sys.stderr)
 
 
 def print_problem_summary(report) -> None:

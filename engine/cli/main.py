@@ -14,7 +14,7 @@ from engine import __version__
 from engine.cli import outputs
 from engine.cli.common import (EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, TRAIN_OPTIONS, BadInput, bad_input_types,
                                check_device, config_for_data, config_from_args, config_from_file, fit_summary,
-                               print_problem_summary, read_config_file, scan_data)
+                               print_problem_summary, print_trust_summary, read_config_file, scan_data)
 from engine.cli.progress import TerminalProgress
 from engine.core.errors import first_line, readable_error
 from engine.core.files import write_text
@@ -101,6 +101,7 @@ def cmd_train(args) -> int:
         print_problem_summary(report)
         summary = _search(report, config, out, budget, progress) if args.auto else _fit(report, config, out, progress)
     write_text(RunFolder(out).dataset_report, report.format_text() + "\n")
+    print_trust_summary(out)
     print(json.dumps(summary))
     return EXIT_OK if summary["status"] != "cancelled" else EXIT_FAILURE
 
