@@ -24,8 +24,10 @@ from engine.data.split import CARVE_ALL
 from engine.models.catalog import BackboneSpec, ModelBundle
 from engine.models.checkpoint import load_checkpoint
 from engine.models.heads import head_kind, set_head
-from engine.outputs.export import ExportError, ExportSteps, export_checked, provenance, validation_rows
-from engine.outputs.predict import ONNX_FORMAT, SampleError, open_onnx, refuse_other_modality, resolve_checkpoint
+from engine.models.predictor import trusted
+from engine.outputs.export import ExportError, ExportSteps, export_checked, provenance, trust_card, validation_rows
+from engine.outputs.predict import (ONNX_FORMAT, SampleError, onnx_outputs, open_onnx, refuse_other_modality,
+                                    resolve_checkpoint, torch_outputs)
 from engine.training.inputs import TrainingInputs
 
 NAME = "rows"
@@ -157,13 +159,16 @@ class TorchRowsClassifier:
 
     def __init__(self, path, device: str = "cpu"):
         self.path = str(path)
-        self.model, checkpoint = load_checkpoint(path)
+        model, checkpoint = load_checkpoint(path)
         refuse_other_modality(self.path, checkpoint.meta, self.modality)
+        self.model = trusted(model, checkpoint)          # calibrated logits and the unknown score, as images
         self.meta, self.classes = checkpoint.meta, checkpoint.classes
 
     def logits(self, rows) -> np.ndarray:
-        with torch.inference_mode():
-            return self.model(torch.from_numpy(np.stack(rows))).numpy()
+        return self.scored(rows)[0]
+
+    def scored(self, rows):
+        return torch_outputs(self.model, torch.from_numpy(np.stack(rows)), torch.device("cpu"))
 
 
 class OnnxRowsClassifier:
@@ -176,7 +181,10 @@ class OnnxRowsClassifier:
         self.classes = list(self.meta["classes"])
 
     def logits(self, rows) -> np.ndarray:
-        return self.session.run(None, {"rows": np.stack(rows).astype(np.float32)})[0]
+        return self.scored(rows)[0]
+
+    def scored(self, rows):
+        return onnx_outputs(self.session.run(None, {"rows": np.stack(rows).astype(np.float32)}))
 
 
 class RowsModality(Modality):
@@ -239,14 +247,16 @@ class RowsModality(Modality):
         started, step, notes = time.monotonic(), ExportSteps(progress, control), []
         step("load model")
         checkpoint_path, run_folder = resolve_checkpoint(run_dir)
-        model, checkpoint = load_checkpoint(checkpoint_path)
+        bare, checkpoint = load_checkpoint(checkpoint_path)
+        model = trusted(bare, checkpoint)
         rows = [read_row(row["path"]) for row in validation_rows(run_folder, lambda row: ":row " in row["path"])]
         if not rows:
             raise ExportError("no rows to verify the export on")
         card = {"format": ONNX_FORMAT, "modality": NAME, "classes": checkpoint.classes, "backbone": BACKBONE,
                 "input": {"name": "rows", "shape": ["batch", WIDTH], "dtype": "float32"},
                 "output": {"name": "logits", "shape": ["batch", len(checkpoint.classes)]},
-                "preprocessing": {"width": WIDTH}, **provenance(checkpoint.meta, run_folder)}
+                "preprocessing": {"width": WIDTH}, **provenance(checkpoint.meta, run_folder),
+                **trust_card(checkpoint.meta)}
         return export_checked(model.eval(), card, Path(out), rows, exporters=("legacy", "dynamo"),
                               tolerance=tolerance, step=step, notes=notes, started=started,
                               torch_inputs=lambda batch: torch.from_numpy(np.stack(list(batch))),

@@ -62,15 +62,17 @@ def test_rows_scan_train_export_verify_predict(rows, tmp_path, freeze):
 
     test_rows = [s.path for s in report.split("test")]
     truth = [report.classes[s.label] for s in report.split("test")]
-    answers = {}
+    answers, scores = {}, {}
     for source in (run, onnx_path):
         classifier = load_classifier(source)
         assert classifier.kind == ("onnx" if source == onnx_path else "torch")
         predicted = predict_items(classifier, [(where, where) for where in test_rows], rows.prediction_input,
                                   top_k=2)
         answers[source] = [p.label for p in predicted.predictions]
-        assert np.mean([a == b for a, b in zip(answers[source], truth)]) >= 0.9
-    assert answers[run] == answers[onnx_path]
+        scores[source] = [p.ood_score for p in predicted.predictions]      # calibrated, with the unknown score
+        assert np.mean([p.nearest == b for p, b in zip(predicted.predictions, truth)]) >= 0.9
+    assert answers[run] == answers[onnx_path] and np.allclose(scores[run], scores[onnx_path], atol=1e-3)
+    assert exported.max_score_diff is not None and card["trust"]["method"] == "max:msp+knn"
 
 
 def test_a_rows_checkpoint_is_refused_by_another_modality_and_names_it(rows, tmp_path):

@@ -136,7 +136,7 @@ def export_run(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.PathLik
         notes.append(f"{checkpoint.meta['backbone']} cannot run at other input sizes: exported with a fixed "
                      f"{pre.input_size}×{pre.input_size} input")
         dynamic_size = False
-    card = model_card(checkpoint.meta, run_dir, dynamic_size)
+    card = {**model_card(checkpoint.meta, run_dir, dynamic_size), **trust_card(checkpoint.meta)}
 
     with tempfile.TemporaryDirectory(prefix="transferlab-export-") as scratch:
         proto, used, verification, export_seconds = _export_verified(
@@ -416,7 +416,8 @@ def model_card(meta: dict, run_dir: Path | None, dynamic_size: bool) -> dict:
 
 def trust_card(meta: dict) -> dict:
     """The graph's outputs and, for a calibrated run, its temperature and unknown score: what any ONNX
-    consumer needs to say "unknown" as TransferLab does (score above `trust.threshold`)."""
+    consumer needs to say "unknown" as TransferLab does (score above `trust.threshold`). For the card of
+    a graph exported from `engine.models.predictor.trusted`."""
     trust = meta.get("trust") or {}
     if not trust.get("method"):
         return {}
@@ -438,7 +439,6 @@ def provenance(meta: dict, run_dir: Path | None) -> dict:
         "exported": _now(),
         "opset": OPSET,
         "versions": {"transferlab": __version__, "torch": torch.__version__, "onnx": onnx.__version__},
-        **trust_card(meta),
     }
 
 

@@ -23,7 +23,7 @@ from engine.core.files import write_text
 from engine.models.checkpoint import load_checkpoint
 from engine.models.predictor import trusted
 from engine.outputs.export import (MAX_VERIFY_SAMPLES, OUTPUT_NAME, ExportError, ExportResult, ExportSteps,
-                                   export_checked, provenance, spread, validation_rows)
+                                   export_checked, provenance, spread, trust_card, validation_rows)
 from engine.outputs.predict import ONNX_FORMAT, resolve_checkpoint
 from engine.modalities.text.predict import OnnxTextClassifier
 from engine.modalities.text.tokens import checkpoint_tokenizer
@@ -81,6 +81,7 @@ def text_model_card(meta: dict, run_dir: Path | None) -> dict:
                                    "of the batch"},
         "tokenizer": meta["tokenizer"],
         **provenance(meta, run_dir),
+        **trust_card(meta),
     }
 
 
