@@ -356,6 +356,9 @@ def test_search_within_budget_writes_a_reproducible_winner(colours, tmp_path):
     assert report["decision"] and any("validation split has" in w for w in report["warnings"])
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test_accuracy"] is not None and metrics["evaluated_on"] == "test"
+    if "ensemble" not in metrics:       # a single winner is calibrated and scores the test split it never saw
+        assert metrics["calibration"]["test_ece_after"] is not None and metrics["unknown"]["test_accepted"] > 0.5
+        assert metrics["calibration"]["reliability"]["split"] == "test"
     # every candidate trained without the test split; only the winner's run was evaluated on it, after
     evaluated = [folder / "metrics.json" for folder in (run / "candidates").iterdir()
                  if (folder / "metrics.json").exists()]        # a pruned candidate is never evaluated

@@ -85,7 +85,5 @@ class Trusted(nn.Module):
 
 def trusted(model: nn.Module, checkpoint) -> Trusted:
     """`Trusted` for a loaded checkpoint: its temperature and unknown score when it has them."""
-    from engine.models.trust import rebuild_scorer
-    trust = checkpoint.meta.get("trust") or {}
-    scorer = rebuild_scorer(trust["method"], checkpoint.trust_state, trust.get("k", 10)) if trust.get("method") else None
-    return Trusted(model, checkpoint.meta, scorer).eval()
+    from engine.models.trust import checkpoint_scorer
+    return Trusted(model, checkpoint.meta, checkpoint_scorer(checkpoint.meta, checkpoint.trust_state)).eval()

@@ -218,6 +218,12 @@ def fit_default(features: torch.Tensor | None, labels: torch.Tensor, classes: in
     return fuse(parts, known_features, known_logits, combine="max")
 
 
+def checkpoint_scorer(meta: dict, state: dict[str, torch.Tensor]) -> nn.Module | None:
+    """The unknown scorer a checkpoint holds (its metadata and `trust.*` tensors), None for one without."""
+    trust = meta.get("trust") or {}
+    return rebuild_scorer(trust["method"], state, trust.get("k", KNN_K)) if trust.get("method") else None
+
+
 def rebuild_scorer(method: str, state: dict[str, torch.Tensor], k: int = KNN_K) -> nn.Module:
     """The scorer a checkpoint saved (`method` and its tensors, without STATE_PREFIX)."""
     if ":" in method:

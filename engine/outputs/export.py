@@ -47,8 +47,8 @@ from engine.data.preprocessing import Preprocessing
 from engine.data.transforms import eval_transform
 from engine.models.checkpoint import load_checkpoint
 from engine.models.predictor import trusted
-from engine.outputs.predict import (ONNX_FORMAT, OnnxClassifier, collect_images, onnx_outputs, scored_outputs, preprocess_image, read_onnx_metadata,
-                                    resolve_checkpoint)
+from engine.outputs.predict import (ONNX_FORMAT, OnnxClassifier, collect_images, onnx_outputs, preprocess_image,
+                                    read_onnx_metadata, resolve_checkpoint, scored_outputs)
 
 EXPORTERS = ("dynamo", "legacy")
 OPSET = 18

@@ -112,6 +112,21 @@ def trust_summary(meta: dict, split_logits: dict, split_scores: dict) -> dict:
     return {"calibration": calibration, "unknown": unknown}
 
 
+def split_calibration(rows: list[dict], temperature: float, split: str = "test") -> dict:
+    """A split's ECE before and after and its reliability diagram from its prediction rows' calibrated
+    probabilities ({} when the rows do not keep them): softmax(T log p) is the model's own softmax."""
+    if not rows or any("probabilities" not in row for row in rows):
+        return {}
+    after = np.array([row["probabilities"] for row in rows], dtype=np.float64)
+    before = np.exp(temperature * np.log(np.clip(after, 1e-12, 1.0)))
+    before /= before.sum(1, keepdims=True)
+    labels = np.array([row["true"] for row in rows])
+    return {f"{split}_ece_before": trust.expected_calibration_error(before, labels),
+            f"{split}_ece_after": trust.expected_calibration_error(after, labels),
+            "reliability": {"split": split, "before": trust.reliability(before, labels),
+                            "after": trust.reliability(after, labels)}}
+
+
 def run_scores(run_dir) -> dict[str, np.ndarray]:
     """The unknown scores predictions.json holds per split (empty arrays for a run from before them)."""
     import json

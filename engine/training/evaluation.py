@@ -16,6 +16,8 @@ from engine.core.progress import Progress
 from engine.core.runfolder import RunFolder
 from engine.data.report import DatasetReport
 from engine.models.checkpoint import load_checkpoint
+from engine.models.trust import checkpoint_scorer
+from engine.training.calibration import split_calibration
 from engine.training.metrics import classification_metrics
 
 EVAL_BATCH = 32
@@ -38,6 +40,8 @@ def evaluate_test_split(run_dir: str | Path, report: DatasetReport, control: Run
     scores = [row["ood_score"] for row in predictions["test"] if "ood_score" in row]
     if scores and metrics.get("unknown"):
         metrics["unknown"]["test_accepted"] = float(np.mean(np.array(scores) <= metrics["unknown"]["threshold"]))
+    if metrics.get("calibration"):
+        metrics["calibration"].update(split_calibration(predictions["test"], metrics["calibration"]["temperature"]))
     add_sample_fields(checkpoint, samples, predictions["test"], test["most_confident_wrong"])
     metrics.setdefault("splits", {})["test"] = test
     metrics.update(test_accuracy=test["accuracy"], evaluated_on="test", per_class=test["per_class"],
@@ -63,7 +67,7 @@ def evaluate_split(model, checkpoint, samples, control: RunControl | None = None
     test-time flip, or a text checkpoint's tokenizer); "predictions" holds one row per sample."""
     logits, labels, features = _split_logits(model, checkpoint, samples, control, progress)
     metrics = classification_metrics(logits, labels, checkpoint.classes, [s.path for s in samples])
-    scorer = _scorer(checkpoint)
+    scorer = checkpoint_scorer(checkpoint.meta, checkpoint.trust_state)
     if scorer is not None:
         with torch.no_grad():
             scores = scorer(features if features is not None else logits, logits).double().numpy()
@@ -71,11 +75,6 @@ def evaluate_split(model, checkpoint, samples, control: RunControl | None = None
             row["ood_score"] = round(float(score), 6)
     return metrics
 
-
-def _scorer(checkpoint):
-    from engine.models.trust import rebuild_scorer
-    trust = checkpoint.meta.get("trust") or {}
-    return rebuild_scorer(trust["method"], checkpoint.trust_state, trust.get("k", 10)) if trust.get("method") else None
 
 
 def split_probabilities(run_dir: str | Path, samples, control: RunControl | None = None,
