@@ -246,6 +246,40 @@ def vector_scaling(logits: torch.Tensor, labels: torch.Tensor):
     return lambda z: z * scale.detach() + bias.detach()
 
 
+class ImageNetSpace(nn.Module):
+    """Scores in the space of the pretrained model's own 1000 ImageNet classes (its original head):
+    "in-knn" k-NN cosine on ImageNet log-probabilities, "in-kl" the smallest KL divergence from each known
+    class's mean ImageNet posterior (KL matching, Hendrycks et al., 2019)."""
+
+    def __init__(self, weight, bias, features, labels, kind):
+        super().__init__()
+        self.weight, self.bias, self.kind = weight, bias, kind
+        self.method = f"in-{kind}"
+        posterior = self.posterior(features)
+        if kind == "kl":
+            self.means = torch.stack([posterior[labels == c].mean(0) for c in labels.unique()])
+        else:
+            self.bank = nn.functional.normalize(posterior.clamp_min(1e-8).log(), dim=-1)
+
+    def posterior(self, features):
+        return (features.float() @ self.weight.T + self.bias).softmax(-1)
+
+    def forward(self, features, logits):
+        p = self.posterior(features).clamp_min(1e-8)
+        if self.kind == "kl":
+            kl = (p[:, None, :] * (p[:, None, :].log() - self.means[None].clamp_min(1e-8).log())).sum(-1)
+            return kl.amin(-1)
+        unit = nn.functional.normalize(p.log(), dim=-1)
+        return 1.0 - (unit @ self.bank.T).topk(10, dim=-1).values[:, -1]
+
+
+def imagenet_head():
+    from engine.models.catalog import create_model
+    model = create_model("efficientnet_lite0", None).model
+    classifier = model.get_classifier()
+    return classifier.weight.detach(), classifier.bias.detach()
+
+
 # -- one experiment -------------------------------------------------------------------------------------
 def stack(feats: dict, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.cat([feats[c] for c in classes])
@@ -293,6 +327,14 @@ def run(name, feats, held, far, rows):
         for energy in (True, False):
             r = Residual(x_train, head.weight, head.bias, train_logits, min(dims, x_train.shape[1] // 2), energy)
             scorers[r.method] = r
+    if x_train.shape[1] == 1280:
+        weight_in, bias_in = imagenet_head()
+        for kind in ("kl", "knn"):
+            scorers[f"in-{kind}"] = ImageNetSpace(weight_in, bias_in, x_train, y_train, kind)
+            scorers[f"max:msp+in-{kind}"] = trust.fuse([scorers["msp"], scorers[f"in-{kind}"]], x_val,
+                                                       logits["val"] / temperature, "max")
+        scorers["max:msp+knn+in-kl"] = trust.fuse([scorers["msp"], scorers["knn"], scorers["in-kl"]], x_val,
+                                                  logits["val"] / temperature, "max")
     scorers["max:msp+knn-class"] = trust.fuse([scorers["msp"], scorers["knn-class"]], x_val, logits["val"] / temperature, "max")
     scorers["max:msp+residual64"] = trust.fuse([scorers["msp"], scorers["residual64"]], x_val, logits["val"] / temperature, "max")
     scorers["max:msp+knn+residual64"] = trust.fuse([scorers["msp"], scorers["knn"], scorers["residual64"]], x_val, logits["val"] / temperature, "max")
