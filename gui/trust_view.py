@@ -246,8 +246,8 @@ class TrustView(QWidget):
         if self.run is None or not self.run.checkpoint:
             return
         self.message.setText(f"Scoring {Path(source).name}…")
-        control = RunControl()
-        self.slot.start(lambda progress: unknown_scores(self.run.checkpoint, [source], control), control,
+        control, checkpoint = RunControl(), self.run.checkpoint      # read here: the worker never reads widgets
+        self.slot.start(lambda progress: unknown_scores(checkpoint, [source], control), control,
                         on_result=self._on_unfamiliar, on_failed=self._on_unfamiliar_failed)
 
     def _on_unfamiliar(self, result) -> None:
