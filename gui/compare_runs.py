@@ -14,15 +14,12 @@ from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLab
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from engine.core.runfolder import RunFolder
+from gui.figures import percent
 
 COLUMNS = ("Run", "Backbone", "Training", "Epochs", "Learning rate", "Image size", "Validation", "Test", "Status")
 COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189),
            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
-
-
-def percent(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.1f} %"
 
 
 def run_name(record) -> str:

@@ -24,10 +24,10 @@ from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLab
 from engine.core import modality as modalities
 from engine.core.control import RunControl
 from engine.core.runfolder import RunFolder
-from engine.core.significance import wilson_interval
 from gui.compare_runs import CompareRuns
 from gui.confusion_view import ConfusionView
 from gui.explain import ImageDialog
+from gui.figures import interval_text, percent
 from gui.gallery import Gallery, GalleryItem
 from gui.jobs import ModelCache, explain, load_thumbnails
 from gui.text_views import TextTable
@@ -45,10 +45,6 @@ MAX_CACHED_THUMBNAILS = 3000
 TEXT_COLUMNS = ["Where", "True", "Predicted", "Score", "Text"]
 
 
-def percent(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.1f} %"
-
-
 def accuracy_html(metrics: dict, split: str) -> str:
     """'<b>64.0 %</b> (50–76)': a split's accuracy and its 95 % interval (Wilson), from its confusion matrix."""
     value = metrics.get(f"{split}_accuracy")
@@ -56,8 +52,7 @@ def accuracy_html(metrics: dict, split: str) -> str:
     count = sum(map(sum, matrix))
     if value is None or not count:
         return f"<b>{percent(value)}</b>"
-    low, high = wilson_interval(round(value * count), count)
-    interval = f"({100 * low:.0f}–{100 * high:.0f})"
+    interval = interval_text(round(value * count), count)
     return f"<b>{percent(value)}</b> <span style='font-size: 11pt; color: gray'>{interval}</span>"
 
 

@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (QFileDialog, QGroupBox, QHBoxLayout, QLabel, QPus
 
 from engine.core import modality as modalities
 from engine.core.control import RunControl
+from gui.figures import interval_text, percent
 from gui.workers import TaskSlot
 
 SLIDER_STEPS = 100          # 0.5 + 0.005 * position: the accept shares a run stores thresholds for
@@ -40,19 +41,13 @@ def share(scores, threshold: float, accepted: bool = True) -> float | None:
     return (inside if accepted else len(scores) - inside) / len(scores)
 
 
-def percent(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.1f} %"
-
-
 def share_html(scores, threshold: float, accepted: bool = True) -> str:
     """'<b>93.8 %</b> of 64 (85–97)': a share and the range its true value lies in 95 times in 100 (Wilson)."""
-    from engine.core.significance import wilson_interval
     value = share(scores, threshold, accepted)
     if value is None:
         return "<b>–</b>"
-    low, high = wilson_interval(round(value * len(scores)), len(scores))
     return (f"<b>{percent(value)}</b> of {len(scores)} "
-            f"<span style='color: gray'>({100 * low:.0f}–{100 * high:.0f})</span>")
+            f"<span style='color: gray'>{interval_text(round(value * len(scores)), len(scores))}</span>")
 
 
 class TrustView(QWidget):
