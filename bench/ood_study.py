@@ -344,7 +344,7 @@ def run(name, feats, held, far, rows):
     print("  held-out-class estimate on train (%.1f s): " % (time.monotonic() - began) +
           ", ".join(f"{m} {np.mean(v):.3f}" for m, v in estimates.items()) + f" -> {chosen}")
     for method, scorer in scorers.items():
-        threshold = trust.threshold_for(scores(scorer, x_val), 0.95)
+        threshold = trust.threshold_at({"thresholds": trust.threshold_grid(scores(scorer, x_val))}, 0.95)
         known_scores = scores(scorer, x_test)
         row = {"experiment": name, "method": method, "accept_known": float((known_scores <= threshold).mean()),
                "ece_before": ece_before, "ece_after": ece_after, "accuracy": accuracy}

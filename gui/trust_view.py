@@ -35,10 +35,9 @@ def position_of(accept: float) -> int:
 
 def share(scores, threshold: float, accepted: bool = True) -> float | None:
     """The share of `scores` at or below `threshold` (accepted), or above it; None without scores."""
-    if not len(scores):
-        return None
-    inside = sum(1 for score in scores if score <= threshold)
-    return (inside if accepted else len(scores) - inside) / len(scores)
+    from engine.core.confidence import accepted_share
+    value = accepted_share(scores, threshold)
+    return value if value is None or accepted else 1.0 - value
 
 
 def share_html(scores, threshold: float, accepted: bool = True) -> str:

@@ -62,12 +62,10 @@ def threshold_grid(known_scores: np.ndarray) -> list[float]:
     return [float(np.quantile(scores, share, method="higher")) for share in ACCEPT_GRID]
 
 
-def threshold_for(known_scores: np.ndarray, accept: float = DEFAULT_ACCEPT) -> float:
-    """The score at or below which `accept` of `known_scores` fall (those inputs are accepted)."""
-    scores = np.sort(np.asarray(known_scores, dtype=np.float64))
-    if not len(scores):
-        return float("inf")
-    return float(np.quantile(scores, accept, method="higher"))
+def accepted_share(scores, threshold: float) -> float | None:
+    """The share of `scores` at or below `threshold` (accepted as known); None without scores."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return float((scores <= threshold).mean()) if len(scores) else None
 
 
 def auroc(known_scores: np.ndarray, new_scores: np.ndarray) -> float:

@@ -15,7 +15,8 @@ from what the model computes anyway; the scorers are the published ones:
 - "relative-mahalanobis": that distance less the distance to one Gaussian of all training features (Ren et
   al., 2021, "A simple fix to Mahalanobis distance for improving near-OOD detection");
 - "knn": 1 - the cosine similarity to the k-th nearest training sample (Sun et al., 2022);
-- "fused": the mean of several of those, each standardised on the known validation inputs.
+- "mean:a+b" / "max:a+b": the mean or the largest of several of those, each standardised on the known
+  validation inputs.
 The threshold is the score that accepts a stated share of the validation inputs (95 % by default).
 """
 from __future__ import annotations
@@ -26,8 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.core.confidence import (ACCEPT_GRID, DEFAULT_ACCEPT, ECE_BINS, auroc,  # noqa: F401 (the API)
-                                    expected_calibration_error, reliability, threshold_at, threshold_for,
+from engine.core.confidence import (ACCEPT_GRID, DEFAULT_ACCEPT, ECE_BINS, accepted_share,  # noqa: F401
+                                    auroc, expected_calibration_error, reliability, threshold_at,
                                     threshold_grid)
 
 DEFAULT_METHOD = "max:msp+knn"
@@ -35,7 +36,6 @@ DEFAULT_METHOD = "max:msp+knn"
 or when it is far from every training sample. Chosen on held-out-class experiments (bench/ood_study.py,
 bench/RESULTS.md): maximum softmax alone misses other domains (AUROC 0.01-0.70 far), k-NN alone is the
 weaker near, their mean lets a sure but far input through (ELPV scans vs photos: 0.37 far)."""
-METHODS = ("msp", "energy", "mahalanobis", "relative-mahalanobis", "knn")
 KNN_K = 10
 KNN_BANK = 2048            # most training samples a k-NN scorer keeps (seeded), stored as float16
 STATE_PREFIX = "trust."    # a checkpoint's tensors of the scorer, beside the model's own
@@ -121,9 +121,8 @@ class NearestNeighbours(nn.Module):
 
 
 class Fused(nn.Module):
-    """The mean of several scores, each standardised (centre, scale) on the known validation inputs."""
-
-    method = "fused"
+    """The mean or the largest (`combine`) of several scores, each standardised (centre, scale) on the
+    known validation inputs."""
 
     def __init__(self, parts: list[nn.Module], centres: list[float], scales: list[float], combine: str = "mean"):
         super().__init__()
@@ -173,7 +172,7 @@ def fit_mahalanobis(features: torch.Tensor, labels: torch.Tensor, classes: int, 
                        inverse_sqrt(shrunk_covariance(features - background, shrinkage)[0]))
 
 
-def knn_bank(features: torch.Tensor, labels: torch.Tensor, limit: int = KNN_BANK, seed: int = 0) -> torch.Tensor:
+def knn_bank(features: torch.Tensor, limit: int = KNN_BANK, seed: int = 0) -> torch.Tensor:
     """At most `limit` rows of `features`, a seeded random choice (so each class keeps about its share)."""
     if len(features) <= limit:
         return features
@@ -191,13 +190,14 @@ def fit_scorer(method: str, features: torch.Tensor, labels: torch.Tensor, classe
     if method in ("mahalanobis", "relative-mahalanobis"):
         return fit_mahalanobis(features, labels, classes, relative=method == "relative-mahalanobis")
     if method == "knn":
-        return NearestNeighbours(knn_bank(features, labels, seed=seed))
+        return NearestNeighbours(knn_bank(features, seed=seed))
     raise ValueError(f"unknown score {method!r}")
 
 
 def fuse(parts: list[nn.Module], known_features: torch.Tensor, known_logits: torch.Tensor,
          combine: str = "mean") -> Fused:
-    """`parts` averaged after standardising each on known inputs (median and interquartile range)."""
+    """`parts` combined ("mean" or "max") after standardising each on known inputs (median and interquartile
+    range, at least SCALE_FLOOR)."""
     centres, scales = [], []
     with torch.no_grad():
         for part in parts:
@@ -214,7 +214,7 @@ def fit_default(features: torch.Tensor | None, labels: torch.Tensor, classes: in
     for a model without features of its own (an ensemble)."""
     if features is None or known_features is None or not len(features):
         return MaxSoftmax()
-    parts = [MaxSoftmax(), NearestNeighbours(knn_bank(features, labels, seed=seed))]
+    parts = [MaxSoftmax(), NearestNeighbours(knn_bank(features, seed=seed))]
     return fuse(parts, known_features, known_logits, combine="max")
 
 

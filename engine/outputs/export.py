@@ -47,8 +47,8 @@ from engine.data.preprocessing import Preprocessing
 from engine.data.transforms import eval_transform
 from engine.models.checkpoint import load_checkpoint
 from engine.models.predictor import trusted
-from engine.outputs.predict import (ONNX_FORMAT, OnnxClassifier, collect_images, onnx_outputs, preprocess_image,
-                                    read_onnx_metadata, resolve_checkpoint, scored_outputs)
+from engine.outputs.predict import (ONNX_FORMAT, OnnxClassifier, collect_images, onnx_outputs, output_arrays,
+                                    preprocess_image, read_onnx_metadata, resolve_checkpoint, scored_outputs)
 
 EXPORTERS = ("dynamo", "legacy")
 OPSET = 18
@@ -228,21 +228,13 @@ def verify_exported(model: torch.nn.Module, exported_classifier, samples: Sequen
     """PyTorch on `torch_inputs(samples)` against the exported file's own classifier; the ONNX side runs
     the first sample alone and the rest as one batch (another batch size, another length)."""
     with torch.inference_mode():
-        reference, reference_scores = torch_results(model(torch_inputs(samples)))
+        reference, reference_scores = output_arrays(model(torch_inputs(samples)))
     parts = [scored_outputs(exported_classifier, samples[:1])] + (
         [scored_outputs(exported_classifier, samples[1:])] if len(samples) > 1 else [])
     verification = compare_logits(reference, np.concatenate([logits for logits, _ in parts]), tolerance)
     compare_scores(verification, reference_scores, [scores for _, scores in parts])
     verification.probe_logits = parts[0][0]
     return verification
-
-
-def torch_results(outputs) -> tuple[np.ndarray, np.ndarray | None]:
-    """(logits, unknown scores or None) of what an exported module returns (a tensor, or a
-    engine.models.predictor.Trusted's tuple)."""
-    if isinstance(outputs, torch.Tensor):
-        return outputs.float().numpy(), None
-    return outputs[0].float().numpy(), (outputs[2].double().numpy() if len(outputs) > 2 else None)
 
 
 def compare_scores(verification: "_Verification", reference: np.ndarray | None, exported: list) -> None:
@@ -335,7 +327,7 @@ def verify_onnx(model: torch.nn.Module, pre: Preprocessing, onnx_path: str | os.
                                 for image in images])
         input_diff = max(input_diff, float(np.abs(torch_inputs.numpy() - onnx_inputs).max()))
         with torch.inference_mode():
-            logits, scores = torch_results(model(torch_inputs))
+            logits, scores = output_arrays(model(torch_inputs))
         reference.append(logits)
         reference_scores.append(scores)
         parts = [onnx_outputs(classifier.session.run(None, {classifier.input_name: batch}))
@@ -375,10 +367,10 @@ def accepts_other_sizes(model: torch.nn.Module, pre: Preprocessing) -> bool:
     size = pre.input_size + _SIZE_PROBE_STEP
     try:
         with torch.inference_mode():
-            out = torch.from_numpy(torch_results(model(torch.zeros(1, 3, size, size - _SIZE_PROBE_STEP // 2)))[0])
+            logits, _ = output_arrays(model(torch.zeros(1, 3, size, size - _SIZE_PROBE_STEP // 2)))
     except Exception:  # noqa: BLE001 - any failure means "fixed size"
         return False
-    return out.ndim == 2 and out.shape[0] == 1
+    return logits.ndim == 2 and logits.shape[0] == 1
 
 
 # -- metadata -----------------------------------------------------------------------------------------

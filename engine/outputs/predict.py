@@ -140,23 +140,26 @@ class OnnxClassifier:
         return np.stack([preprocess_image(image, self.preprocessing) for image in images])
 
     def logits(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return self.run(self.inputs(images))
+        return self.scored(images)[0]
 
     def scored(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray | None]:
         """(calibrated logits, unknown scores or None) of `images`."""
         return onnx_outputs(self.session.run(None, {self.input_name: self.inputs(images)}))
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: batch})[0].astype(np.float32)
 
 
 def torch_outputs(model, batch, device) -> tuple[np.ndarray, np.ndarray | None]:
     """(logits, unknown scores or None) of an engine.models.predictor.Trusted on a batch, as numpy."""
     import torch
     with torch.inference_mode():
-        outputs = model(batch if device.type == "cpu" else batch.to(device))
-    logits = outputs[0].float().cpu().numpy()
-    return logits, (outputs[2].double().cpu().numpy() if len(outputs) > 2 else None)
+        return output_arrays(model(batch if device.type == "cpu" else batch.to(device)))
+
+
+def output_arrays(outputs) -> tuple[np.ndarray, np.ndarray | None]:
+    """(logits, unknown scores or None) as numpy from what a model returns: a tensor of logits, or an
+    engine.models.predictor.Trusted's (logits, probabilities[, ood_score])."""
+    if not isinstance(outputs, (tuple, list)):
+        outputs = (outputs,)
+    return outputs[0].float().cpu().numpy(), (outputs[2].double().cpu().numpy() if len(outputs) > 2 else None)
 
 
 def scored_outputs(classifier, inputs) -> tuple[np.ndarray, np.ndarray | None]:

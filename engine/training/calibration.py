@@ -63,9 +63,7 @@ def fit_trust(train: tuple, val: tuple, classes: int, accept: float = trust.DEFA
     temperature = trust.fit_temperature(val_logits, val_labels)
     calibrated = val_logits.float() / temperature
     scorer = trust.fit_default(train_features, train_labels, classes, val_features, calibrated, seed)
-    with torch.no_grad():
-        scores = scorer(val_features if val_features is not None else calibrated, calibrated).double().numpy()
-    grid = trust.threshold_grid(scores)
+    grid = trust.threshold_grid(scores_of(scorer, calibrated, val_features))
     labels = val_labels.numpy()
     meta = {
         "temperature": temperature,
@@ -83,8 +81,10 @@ def fit_trust(train: tuple, val: tuple, classes: int, accept: float = trust.DEFA
     return meta, scorer
 
 
-def scores_of(scorer: nn.Module, logits: torch.Tensor, features: torch.Tensor | None, temperature: float) -> np.ndarray:
-    """The unknown score of a pass's rows, as the checkpoint will compute it."""
+def scores_of(scorer: nn.Module, logits: torch.Tensor, features: torch.Tensor | None,
+              temperature: float = 1.0) -> np.ndarray:
+    """The unknown score of a pass's rows, as the checkpoint will compute it (a model without features of
+    its own is scored on its logits)."""
     calibrated = logits.float() / temperature
     with torch.no_grad():
         return scorer(features if features is not None else calibrated, calibrated).double().numpy()
@@ -98,18 +98,29 @@ def trust_summary(meta: dict, split_logits: dict, split_scores: dict) -> dict:
                    "val_nll_before": meta.get("val_nll_before"), "val_nll_after": meta.get("val_nll_after")}
     shown = "test" if "test" in split_logits else "val"
     for split, (logits, labels) in split_logits.items():
-        labels = labels.numpy()
-        before = logits.float().softmax(-1).numpy()
-        after = (logits.float() / temperature).softmax(-1).numpy()
-        calibration[f"{split}_ece_before"] = trust.expected_calibration_error(before, labels)
-        calibration[f"{split}_ece_after"] = trust.expected_calibration_error(after, labels)
-        if split == shown:
-            calibration["reliability"] = {"split": split, "before": trust.reliability(before, labels),
-                                          "after": trust.reliability(after, labels)}
-    unknown = {"method": meta["method"], "accept": meta["accept"], "threshold": threshold}
-    for split, scores in split_scores.items():
-        unknown[f"{split}_accepted"] = float((np.asarray(scores) <= threshold).mean()) if len(scores) else None
+        calibration.update(split_figures(split, logits.float().softmax(-1).numpy(),
+                                         (logits.float() / temperature).softmax(-1).numpy(), labels.numpy(),
+                                         diagram=split == shown))
+    unknown = {"method": meta["method"], "accept": meta["accept"], "threshold": threshold,
+               **accepted_shares(split_scores, threshold)}
     return {"calibration": calibration, "unknown": unknown}
+
+
+def split_figures(split: str, before: np.ndarray, after: np.ndarray, labels: np.ndarray,
+                  diagram: bool = True) -> dict:
+    """A split's ECE before and after calibration (probabilities `before`, `after`), and with `diagram`
+    the reliability diagram of both."""
+    figures = {f"{split}_ece_before": trust.expected_calibration_error(before, labels),
+               f"{split}_ece_after": trust.expected_calibration_error(after, labels)}
+    if diagram:
+        figures["reliability"] = {"split": split, "before": trust.reliability(before, labels),
+                                  "after": trust.reliability(after, labels)}
+    return figures
+
+
+def accepted_shares(split_scores: dict, threshold: float) -> dict:
+    """{"<split>_accepted": share of the split's unknown scores at or below `threshold`}."""
+    return {f"{split}_accepted": trust.accepted_share(scores, threshold) for split, scores in split_scores.items()}
 
 
 def split_calibration(rows: list[dict], temperature: float, split: str = "test") -> dict:
@@ -120,11 +131,7 @@ def split_calibration(rows: list[dict], temperature: float, split: str = "test")
     after = np.array([row["probabilities"] for row in rows], dtype=np.float64)
     before = np.exp(temperature * np.log(np.clip(after, 1e-12, 1.0)))
     before /= before.sum(1, keepdims=True)
-    labels = np.array([row["true"] for row in rows])
-    return {f"{split}_ece_before": trust.expected_calibration_error(before, labels),
-            f"{split}_ece_after": trust.expected_calibration_error(after, labels),
-            "reliability": {"split": split, "before": trust.reliability(before, labels),
-                            "after": trust.reliability(after, labels)}}
+    return split_figures(split, before, after, np.array([row["true"] for row in rows]))
 
 
 def run_scores(run_dir) -> dict[str, np.ndarray]:
@@ -158,9 +165,8 @@ def set_run_accept(run_dir, accept: float) -> dict:
     threshold = trust.threshold_at(stored, accept)
     rewrite_meta(files.checkpoint, {**meta, "trust": {**stored, "accept": accept, "threshold": threshold}})
     metrics = json.loads(files.metrics.read_text(encoding="utf-8")) if files.metrics.exists() else {}
-    unknown = {**metrics.get("unknown", {}), "accept": accept, "threshold": threshold}
-    for split, scores in run_scores(run_dir).items():
-        unknown[f"{split}_accepted"] = float((scores <= threshold).mean()) if len(scores) else None
+    unknown = {**metrics.get("unknown", {}), "accept": accept, "threshold": threshold,
+               **accepted_shares(run_scores(run_dir), threshold)}
     metrics["unknown"] = unknown
     write_json(files.metrics, metrics)
     return unknown

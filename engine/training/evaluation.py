@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -17,7 +16,7 @@ from engine.core.runfolder import RunFolder
 from engine.data.report import DatasetReport
 from engine.models.checkpoint import load_checkpoint
 from engine.models.trust import checkpoint_scorer
-from engine.training.calibration import split_calibration
+from engine.training.calibration import accepted_shares, scores_of, split_calibration
 from engine.training.metrics import classification_metrics
 
 EVAL_BATCH = 32
@@ -39,7 +38,7 @@ def evaluate_test_split(run_dir: str | Path, report: DatasetReport, control: Run
     predictions["test"] = test.pop("predictions")
     scores = [row["ood_score"] for row in predictions["test"] if "ood_score" in row]
     if scores and metrics.get("unknown"):
-        metrics["unknown"]["test_accepted"] = float(np.mean(np.array(scores) <= metrics["unknown"]["threshold"]))
+        metrics["unknown"].update(accepted_shares({"test": scores}, metrics["unknown"]["threshold"]))
     if metrics.get("calibration"):
         metrics["calibration"].update(split_calibration(predictions["test"], metrics["calibration"]["temperature"]))
     add_sample_fields(checkpoint, samples, predictions["test"], test["most_confident_wrong"])
@@ -69,9 +68,7 @@ def evaluate_split(model, checkpoint, samples, control: RunControl | None = None
     metrics = classification_metrics(logits, labels, checkpoint.classes, [s.path for s in samples])
     scorer = checkpoint_scorer(checkpoint.meta, checkpoint.trust_state)
     if scorer is not None:
-        with torch.no_grad():
-            scores = scorer(features if features is not None else logits, logits).double().numpy()
-        for row, score in zip(metrics["predictions"], scores):
+        for row, score in zip(metrics["predictions"], scores_of(scorer, logits, features)):
             row["ood_score"] = round(float(score), 6)
     return metrics
 

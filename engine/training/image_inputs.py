@@ -64,7 +64,6 @@ class ImageInputs(TrainingInputs):
     def __init__(self):
         super().__init__()
         self.caches: dict[tuple, FeatureCache] = {}
-        self.cached_net: nn.Module | None = None         # set while a stage trains on cached inputs
         self.decoded: DecodedImages | None = None        # every image decoded once, built on first use
         self._decoded_index: dict[str, int] | None = None
 

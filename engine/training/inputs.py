@@ -29,6 +29,7 @@ class TrainingInputs(ABC):
     def __init__(self):
         self.trainer = None
         self.feature_cache = None                  # the cache the current stage trains on, if any
+        self.cached_net: nn.Module | None = None   # set while a stage trains on cached inputs
         self.unreadable: dict[str, str] = {}        # inputs that could not be read during the fit -> why
 
     def bind(self, trainer) -> None:
@@ -64,7 +65,7 @@ class TrainingInputs(ABC):
     def reference_samples(self, samples, limit: int, seed: int = 0) -> list:
         """The training samples the unknown score keeps features of: all of them when evaluation reads
         cached inputs (read back, no pass), else a seeded choice of at most `limit`."""
-        if getattr(self, "cached_net", None) is not None or len(samples) <= limit:
+        if self.cached_net is not None or len(samples) <= limit:
             return list(samples)
         rng = np.random.default_rng(seed)
         return [samples[i] for i in sorted(rng.choice(len(samples), limit, replace=False))]

@@ -276,7 +276,6 @@ class TextInputs(TrainingInputs):
 
     def __init__(self):
         super().__init__()
-        self.cached_net: nn.Module | None = None     # set while a stage trains on cached inputs
         self._embeddings: EmbeddingCache | None = None
         self._activations: TextActivations | None = None
 

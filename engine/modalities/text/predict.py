@@ -41,14 +41,11 @@ class OnnxTextClassifier(TextClassifierBase):
         self.input_name = self.session.get_inputs()[0].name
 
     def logits(self, texts: list[str]) -> np.ndarray:
-        return self.run(self.tokens.encode(texts))
+        return self.scored(texts)[0]
 
     def scored(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
         """(calibrated logits, unknown scores or None) of `texts`."""
         return onnx_outputs(self.session.run(None, {self.input_name: self.tokens.encode(texts)}))
-
-    def run(self, tokens: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: tokens})[0].astype(np.float32)
 
 
 class TorchTextClassifier(TextClassifierBase):
