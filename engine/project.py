@@ -18,7 +18,7 @@ from engine.data.report import DatasetReport, Problem
 
 PROJECT_FORMAT = "transferlab-project/1"
 PROJECT_SUFFIX = ".tlproj"
-CORRECTION_ACTIONS = ("exclude", "relabel")
+CORRECTION_ACTIONS = ("exclude", "relabel", "keep")   # keep: the deep check asked, the user said it is right
 TRAINING_MODES = ("manual", "automatic")      # one fit of the settings, or a recipe search within a time
 
 
@@ -75,6 +75,14 @@ class Project:
 
     def relabel(self, image_path: str, label: str) -> None:
         self.corrections[str(image_path)] = {"action": "relabel", "label": str(label)}
+
+    def keep(self, key: str) -> None:
+        """The deep check need not ask about this sample (its path) or pair (engine.audit.deep.pair_key)
+        again: the user looked and it is right."""
+        self.corrections[str(key)] = {"action": "keep", "label": None}
+
+    def kept(self) -> set[str]:
+        return {key for key, item in self.corrections.items() if item["action"] == "keep"}
 
     def restore(self, image_path: str) -> None:
         self.corrections.pop(str(image_path), None)
@@ -193,6 +201,7 @@ def apply_corrections(report: DatasetReport, corrections: dict[str, dict]) -> Da
     samples, problems = [], list(report.problems)
     for sample in report.samples:
         fix = corrections.get(sample.path)
+        fix = fix if fix and fix["action"] != "keep" else None          # kept: read as it is
         name = report.classes[sample.label]
         if fix and fix["action"] == "exclude":
             problems.append(Problem(sample.path, "excluded by you (marked as mislabelled)", "info"))

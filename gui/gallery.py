@@ -43,7 +43,7 @@ class GalleryItem:
 def correction_text(correction: dict | None) -> str:
     if not correction:
         return ""
-    return "excluded" if correction["action"] == "exclude" else f"moved to {correction['label']}"
+    return {"exclude": "excluded", "keep": "kept as it is"}.get(correction["action"], f"moved to {correction['label']}")
 
 
 def caption_lines(item: GalleryItem, note: str, metrics: QFontMetrics, width: int) -> list[str]:

@@ -26,11 +26,23 @@ from engine.training.config import CHOICES, TrainConfig
 def cmd_inspect(args) -> int:
     with TerminalProgress() as progress:
         report = scan_data(args.data, TrainConfig(seed=args.seed), progress, args)
+        deep = _deep_check(report, args, progress) if args.deep else None
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps(deep.to_dict(args.data) if deep else report.to_dict(), indent=2))
     else:
         print(report.format_text())
+        if deep:
+            print()
+            print(deep.format_text(args.data))
     return EXIT_OK
+
+
+def _deep_check(report, args, progress):
+    from engine.audit.deep import inspect_deep
+    from engine.core import modality as modalities
+    backbone = args.model or modalities.of(report).default_backbone
+    modalities.of(report).check_backbone(backbone)
+    return inspect_deep(report, backbone, seed=args.seed, progress=progress)
 
 
 def cmd_models(args) -> int:
@@ -231,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="folder, split folder, CSV of path,label, or .zip; or texts (CSV/TSV/JSONL with "
                                 "a text and a label column, folders of .txt files)")
     _add_text_column_options(p)
+    p.add_argument("--deep", action="store_true",
+                   help="also look for likely label errors, near-duplicates (within and across splits) and odd "
+                        "samples: one pass of a pretrained model, then seconds; with --json one object of "
+                        "label_issues, near_duplicates and odd_samples")
+    p.add_argument("--model", default=None,
+                   help="with --deep: the pretrained model whose features judge the samples (default: "
+                        "efficientnet_lite0 for images, all-minilm-l6-v2 for texts)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)

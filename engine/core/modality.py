@@ -107,6 +107,30 @@ class Modality:
         `train --auto` then say so in one line)."""
         return None
 
+    # -- the deep check of a dataset (engine.audit) -----------------------------------------------------
+    copy_measure: str = "cosine of the frozen features"   # what confirms a near-duplicate pair, in words
+    copy_limit: float = 0.95                               # ... and from which value a pair is one
+
+    def frozen_features(self, report, samples, backbone: str, *, seed: int = 0, control=None,
+                        progress=None):
+        """[N, D] features of `samples` from the pretrained `backbone`, through the cache a search and a
+        head-only fit share; NaN rows for samples that cannot be read any more."""
+        raise NotImplementedError
+
+    def audit_signatures(self, samples, *, control=None, progress=None):
+        """What the deep check reads of each sample itself (pixels, text), for `odd_samples` and
+        `copy_similarity`; None when it reads nothing."""
+        return None
+
+    def odd_samples(self, samples, signatures) -> dict[int, str]:
+        """index -> why that sample is odd on its own (blank, dark, empty, ...)."""
+        return {}
+
+    def copy_similarity(self, samples, signatures, pairs):
+        """Per candidate pair (rows of `pairs`, sample indices) how alike the two samples are themselves,
+        comparable with `copy_limit`; None: the features' cosine decides."""
+        return None
+
     # -- outputs ----------------------------------------------------------------------------------------
     def export(self, run_dir, out, **options) -> dict:
         """Write a verified ONNX file of the run; returns its verification."""

@@ -29,6 +29,8 @@ STAGE_TITLES = {
     "search": "Searching recipes",
     "export": "Exporting",
     "predict": "Predicting",
+    "pixels": "Reading pixels",
+    "checks": "Looking for label errors, near-duplicates and odd samples",
 }
 
 

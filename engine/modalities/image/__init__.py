@@ -89,6 +89,46 @@ class ImageModality(Modality):
         from engine.outputs.predict import read_image_input
         return read_image_input(payload)
 
+    # -- the deep check -----------------------------------------------------------------------------------
+    copy_measure = "aligned fine detail of the two images (band-passed thumbnails, crops up to 10 %)"
+    copy_limit = 0.9        # planted crops/resizes/re-encodes of Fashion-MNIST photos: 95 % at or above
+
+    def frozen_features(self, report, samples, backbone: str, *, seed: int = 0, control=None, progress=None):
+        from engine.search.assess import pretrained
+        from engine.training.caches import FeatureCache, view_id, view_transform
+        bundle = pretrained(report, backbone)
+        cache = FeatureCache(bundle.model)
+        pre = bundle.preprocessing
+        cache.planned_images = len(samples)
+        return cache.features([s.path for s in samples], [s.label for s in samples], report.content_hash,
+                              [view_transform(pre, "plain")], view_id(pre, "plain"), seed, control, progress,
+                              skip_unreadable=True)[0]
+
+    def audit_signatures(self, samples, *, control=None, progress=None):
+        from engine.core.control import RunControl
+        from engine.core.progress import no_progress
+        from engine.data.pixels import signatures
+        return signatures([s.path for s in samples], progress or no_progress, control or RunControl())
+
+    def odd_samples(self, samples, signatures) -> dict[int, str]:
+        from engine.data.pixels import odd_reasons
+        return odd_reasons(signatures)
+
+    def copy_similarity(self, samples, signatures, pairs):
+        import numpy as np
+
+        from engine.data.pixels import copy_similarity, thumbnails
+        drawn: dict[int, dict] = {}
+
+        def of(index: int) -> dict:
+            if index not in drawn:
+                if len(drawn) > 2048:           # pairs come sorted by their first sample: old ones are done
+                    drawn.clear()
+                drawn[index] = thumbnails(signatures[index].grey)
+            return drawn[index]
+        return np.array([copy_similarity(of(int(a)), of(int(b))) if signatures[a] is not None and
+                         signatures[b] is not None else 0.0 for a, b in pairs])
+
     # -- the window ---------------------------------------------------------------------------------------
     sample_view = THUMBNAIL_VIEW
     assesses_backbones = True

@@ -126,6 +126,33 @@ class TextModality(Modality):
     def prediction_fields(self, payload) -> dict:
         return {"text": payload}
 
+    # -- the deep check -----------------------------------------------------------------------------------
+    copy_measure = "the texts' characters (difflib's ratio, case and spacing ignored)"
+    copy_limit = 0.9
+
+    def frozen_features(self, report, samples, backbone: str, *, seed: int = 0, control=None, progress=None):
+        from engine.core.control import RunControl
+        from engine.core.progress import no_progress
+        from engine.modalities.text.inputs import EmbeddingCache
+        from engine.modalities.text.model import create_text_model
+        bundle = create_text_model(backbone, len(report.classes))
+        cache = EmbeddingCache(bundle.model, bundle.tokenizer)
+        return cache.embeddings([s.text or "" for s in samples], control or RunControl(), progress or no_progress)
+
+    def audit_signatures(self, samples, *, control=None, progress=None):
+        from engine.modalities.text.audit import normalised
+        return [normalised(s.text or "") for s in samples]
+
+    def odd_samples(self, samples, signatures) -> dict[int, str]:
+        from engine.modalities.text.audit import odd_text_reasons
+        return odd_text_reasons([s.text or "" for s in samples])
+
+    def copy_similarity(self, samples, signatures, pairs):
+        import numpy as np
+
+        from engine.modalities.text.audit import text_similarity
+        return np.array([text_similarity(signatures[a], signatures[b]) for a, b in pairs])
+
     # -- the window ---------------------------------------------------------------------------------------
     sample_view = TEXT_VIEW
     combines_sources = False
