@@ -18,7 +18,9 @@ from engine.data.report import DatasetReport, Problem
 
 PROJECT_FORMAT = "transferlab-project/1"
 PROJECT_SUFFIX = ".tlproj"
-CORRECTION_ACTIONS = ("exclude", "relabel", "keep")   # keep: the deep check asked, the user said it is right
+CORRECTION_ACTIONS = ("exclude", "relabel", "keep", "move")
+"""keep: the deep check asked and the user said it is right; move: to another split ("split"), so that
+near-duplicates sit in one split when TransferLab chose the split (engine.audit.deep.keep_groups_together)."""
 TRAINING_MODES = ("manual", "automatic")      # one fit of the settings, or a recipe search within a time
 
 
@@ -117,7 +119,7 @@ class Project:
             rel = os.path.relpath(path, old)
             return path if rel.startswith("..") else os.path.normpath(os.path.join(new, rel))
         self.dataset_sources = [moved(s) for s in self.dataset_sources]
-        self.corrections = {moved(p): c for p, c in self.corrections.items()}
+        self.corrections = {"\n".join(moved(p) for p in key.split("\n")): c for key, c in self.corrections.items()}
 
 
 def load_project(path: str | os.PathLike) -> Project:
@@ -185,12 +187,15 @@ def _corrections(value) -> dict[str, dict]:
             raise ValueError("each correction needs an action: exclude or relabel")
         if item["action"] == "relabel" and not isinstance(item.get("label"), str):
             raise ValueError("a relabel correction needs a label")
+        if item["action"] == "move" and item.get("split") not in ("train", "val", "test"):
+            raise ValueError("a move correction needs a split: train, val or test")
     return dict(value)
 
 
 def apply_corrections(report: DatasetReport, corrections: dict[str, dict]) -> DatasetReport:
     """The report as training should see it: excluded images (or texts, by their row) dropped (listed as
-    info problems), relabelled ones moved to their new class (a new class name is added)."""
+    info problems), relabelled ones moved to their new class (a new class name is added), moved ones in
+    their new split; kept ones as they are."""
     if not corrections:
         return report
     classes = list(report.classes)
@@ -202,6 +207,8 @@ def apply_corrections(report: DatasetReport, corrections: dict[str, dict]) -> Da
     for sample in report.samples:
         fix = corrections.get(sample.path)
         fix = fix if fix and fix["action"] != "keep" else None          # kept: read as it is
+        if fix and fix["action"] == "move":
+            sample, fix = replace(sample, split=fix["split"]), None
         name = report.classes[sample.label]
         if fix and fix["action"] == "exclude":
             problems.append(Problem(sample.path, "excluded by you (marked as mislabelled)", "info"))

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from engine.audit.duplicates import NEIGHBOURS, candidate_pairs, groups_of, nearest, unit_rows
-from engine.audit.labels import label_issue_mask, out_of_fold_probabilities, self_confidence
+from engine.audit.labels import VOTERS, label_issue_mask, label_probabilities, self_confidence
 from engine.audit.odd import far_from_all
 from engine.core import modality as modalities
 from engine.core.control import RunControl
@@ -115,6 +115,24 @@ class DeepReport:
         return "\n".join(lines)
 
 
+def keep_groups_together(report: DatasetReport, deep: DeepReport) -> dict[str, dict]:
+    """Corrections ("move") that put each group of near-duplicates in one split, when TransferLab chose the
+    split (a split the user gave is the user's): a group goes where most of it is, train on a tie, so the
+    validation and test figures count no sample whose twin trained. {} when nothing straddles."""
+    if report.split_given:
+        return {}
+    split_of = {s.path: s.split for s in report.samples}
+    moves = {}
+    for group in deep.groups:
+        splits = [split_of[path] for path in group if path in split_of]
+        if len(set(splits)) < 2:
+            continue
+        target = max(("train", "val", "test"), key=lambda split: (splits.count(split), split == "train"))
+        moves.update({path: {"action": "move", "label": None, "split": target}
+                      for path in group if split_of.get(path) not in (None, target)})
+    return moves
+
+
 def pair_key(a: str, b: str) -> str:
     return "\n".join(sorted((a, b)))
 
@@ -144,9 +162,9 @@ def inspect_deep(report: DatasetReport, backbone: str | None = None, seed: int =
     usable = torch.isfinite(features).all(1).numpy()
     signatures = modality.audit_signatures(samples, control=control, progress=progress)
     unit = unit_rows(features)
-    similarity, neighbours = nearest(unit, NEIGHBOURS)
+    similarity, neighbours = nearest(unit, max(NEIGHBOURS, VOTERS))
     progress("checks", 0, 3)
-    issues, label_method = _label_issues(report, samples, features, usable, seed, control)
+    issues, label_method = _label_issues(report, samples, features, neighbours, usable, seed, control)
     progress("checks", 1, 3)
     duplicates, groups, copy_method = _near_duplicates(modality, samples, signatures, unit, neighbours, usable, kept)
     progress("checks", 2, 3)
@@ -157,23 +175,25 @@ def inspect_deep(report: DatasetReport, backbone: str | None = None, seed: int =
                       groups)
 
 
-def _label_issues(report: DatasetReport, samples: list[Sample], features: torch.Tensor, usable: np.ndarray,
-                  seed: int, control: RunControl) -> tuple[list[LabelIssue], dict]:
+def _label_issues(report: DatasetReport, samples: list[Sample], features: torch.Tensor, neighbours: np.ndarray,
+                  usable: np.ndarray, seed: int, control: RunControl) -> tuple[list[LabelIssue], dict]:
     labels = np.array([s.label for s in samples])
     rows = np.flatnonzero(usable)
     present = np.bincount(labels[rows], minlength=len(report.classes))
     if (present >= 2).sum() < 2:
         return [], {"skipped": "fewer than two classes with two samples"}
     rows = rows[present[labels[rows]] >= 2]                # a class of one sample cannot be held out
-    fitted = out_of_fold_probabilities(features[rows], labels[rows], len(report.classes), seed, control)
-    probabilities, given = fitted.probabilities, labels[rows]
+    probabilities, fitted = label_probabilities(features, neighbours, labels, rows, len(report.classes), seed,
+                                                control)
+    given = labels[rows]
     flagged = np.flatnonzero(label_issue_mask(given, probabilities))
     confidence = self_confidence(given, probabilities)
     flagged = flagged[np.argsort(confidence[flagged], kind="stable")]
     issues = [LabelIssue(samples[rows[i]].path, report.classes[given[i]],
                          report.classes[int(probabilities[i].argmax())], round(1.0 - float(confidence[i]), 4),
                          samples[rows[i]].split) for i in flagged]
-    method = {"probabilities": f"{fitted.folds}-fold out-of-fold logistic regression, L2 {fitted.penalty:g}",
+    method = {"probabilities": f"{fitted.folds}-fold out-of-fold logistic regression (L2 {fitted.penalty:g}) "
+                               f"averaged with the votes of the {VOTERS} nearest neighbours",
               "filter": "confident learning (off-diagonal of the confident joint)",
               "ranked_by": "self-confidence", "log_loss": round(fitted.log_loss, 4)}
     return issues, method
@@ -181,9 +201,15 @@ def _label_issues(report: DatasetReport, samples: list[Sample], features: torch.
 
 def _near_duplicates(modality, samples: list[Sample], signatures, unit: torch.Tensor, neighbours: np.ndarray,
                      usable: np.ndarray, kept: Collection[str]) -> tuple[list[NearDuplicate], list[list[str]], dict]:
-    pairs = candidate_pairs(neighbours, usable)
+    pairs = candidate_pairs(neighbours[:, :NEIGHBOURS], usable)
+    vectors = modality.copy_vectors(signatures)
+    if vectors is not None:              # candidates by the samples' own content too
+        pairs = np.unique(np.concatenate([pairs, candidate_pairs(nearest(unit_rows(vectors), NEIGHBOURS)[1],
+                                                                 usable)]), axis=0)
     scores = modality.copy_similarity(samples, signatures, pairs)
-    method = {"candidates": f"{NEIGHBOURS} nearest by the frozen features", "confirmed_by": modality.copy_measure,
+    method = {"candidates": f"{NEIGHBOURS} nearest by the frozen features"
+                            + (" and by the samples' own content" if vectors is not None else ""),
+              "confirmed_by": modality.copy_measure,
               "limit": modality.copy_limit}
     if scores is None:               # no confirmation of its own: the features' cosine
         scores = (unit[pairs[:, 0]] * unit[pairs[:, 1]]).sum(1).numpy() if len(pairs) else np.zeros(0)

@@ -3,7 +3,11 @@ Uncertainty in Dataset Labels", JAIR 70, 2021) on out-of-fold probabilities of t
 
 Every sample is scored by a logistic regression that never saw it (k folds of the frozen features, near-
 identical samples kept in one fold, engine.training.folds), with the L2 strength whose out-of-fold
-probabilities have the lowest log-loss. A sample is a likely error when confident learning counts it off
+probabilities have the lowest log-loss, averaged with the label votes of its 10 nearest neighbours (never
+itself): an ensemble of two different models, as cleanlab advises for better probabilities. Measured with
+10 % of the training labels moved (bench/data_issues.py; top-k precision, logistic alone -> ensemble):
+Fashion-MNIST 0.862 -> 0.865, its photo sessions 0.847 -> 0.941 (a shot whose twins carry another label),
+fortunes 0.759 -> 0.807, ELPV solar cells 0.519 -> 0.546. A sample is a likely error when confident learning counts it off
 the diagonal of the confident joint (cleanlab's `find_label_issues(filter_by="confident_learning")`, the
 same samples: tests/test_audit.py compares them) and its given label is not the model's own answer; the
 issues are ranked by self-confidence, the out-of-fold probability of the given label, lowest first.
@@ -38,7 +42,7 @@ class OutOfFold:
 
 def out_of_fold_probabilities(features: torch.Tensor, labels: np.ndarray, classes: int, seed: int = 0,
                               control: RunControl | None = None,
-                              penalties: tuple[float, ...] = PENALTIES[1:5]) -> OutOfFold:
+                              penalties: tuple[float, ...] = PENALTIES[1:4]) -> OutOfFold:
     """Out-of-fold probabilities of `features` [N, D] (finite rows) for `labels` [N]: each fold's head solved
     on the other folds at every penalty (warm-started from the stronger one), the penalty with the lowest
     out-of-fold log-loss kept."""
@@ -65,6 +69,27 @@ def out_of_fold_probabilities(features: torch.Tensor, labels: np.ndarray, classe
         if best is None or loss < best.log_loss:
             best = OutOfFold(probabilities, penalty, count, loss)
     return best
+
+
+VOTERS = 10
+VOTE_PRIOR = 0.1        # a pseudo-vote for every class, so no probability is 0
+
+
+def neighbour_votes(neighbours: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
+    """[N, C] share of each class among each sample's nearest neighbours (`neighbours` [N, >= VOTERS],
+    the sample itself never among them), smoothed by VOTE_PRIOR."""
+    votes = np.full((len(labels), classes), VOTE_PRIOR)
+    for column in neighbours[:, :VOTERS].T:
+        np.add.at(votes, (np.arange(len(labels)), labels[column]), 1.0)
+    return votes / votes.sum(1, keepdims=True)
+
+
+def label_probabilities(features: torch.Tensor, neighbours: np.ndarray, labels: np.ndarray, rows: np.ndarray,
+                        classes: int, seed: int = 0, control: RunControl | None = None) -> tuple[np.ndarray, OutOfFold]:
+    """[len(rows), C] probabilities of the samples `rows` that no model trained on them made: the out-of-fold
+    logistic regression's averaged with the neighbours' votes (`neighbours`: every sample's nearest)."""
+    fitted = out_of_fold_probabilities(features[rows], labels[rows], classes, seed, control)
+    return (fitted.probabilities + neighbour_votes(neighbours, labels, classes)[rows]) / 2, fitted
 
 
 def confident_thresholds(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ GREY_SIDE = 64                   # the grey image kept per image (4 KB), its thu
 @dataclass
 class PixelSignature:
     """What one image's pixels are judged by, and `grey`: the whole image in grey at GREY_SIDE x GREY_SIDE
-    (uint8), which its thumbnails are drawn from (engine.data.pixels.thumbnails)."""
+    (uint8), which its thumbnails are drawn from (copy_similarities)."""
 
     size: tuple[int, int]
     dark: float          # 99th percentile of brightness, 0..1: low when nothing in the image is bright
@@ -51,12 +51,6 @@ def signature(path: str) -> PixelSignature:
     low, high = np.percentile(grey, [1, 99])
     small = np.asarray(image.resize((GREY_SIDE, GREY_SIDE), Image.BILINEAR, reducing_gap=3.0), np.uint8)
     return PixelSignature(size, float(high), float(low), float(grey.std()), laplacian_variance(grey), small)
-
-
-def thumbnails(grey: np.ndarray) -> dict[tuple[float, float], np.ndarray]:
-    """(width, height) stretch -> the band-passed thumbnail of a signature's grey image at SIDE x that."""
-    image = Image.fromarray(grey)
-    return {(rx, ry): band_pass(image, round(SIDE * rx), round(SIDE * ry)) for rx in CROPS for ry in CROPS}
 
 
 def laplacian_variance(grey: np.ndarray) -> float:
@@ -97,36 +91,60 @@ def signatures(paths: list[str], progress: Progress, control: RunControl,
     return results
 
 
-def copy_similarity(a: dict, b: dict) -> float:
-    """The best normalised correlation of one image's thumbnail with any window of the other's stretched
-    thumbnails (`thumbnails` of each), both ways round: about 1 for a crop, resize or re-encode of the same
-    photo (planted copies of Fashion-MNIST photos: 0.86-1.0)."""
-    return max(_best_window(a[(1.0, 1.0)], b), _best_window(b[(1.0, 1.0)], a))
+def detail_vectors(signatures_: list[PixelSignature | None]):
+    """[N, 24*24] torch rows: each image's band-passed thumbnail at half size (NaN for an unreadable image),
+    whose nearest neighbours are candidate copies the backbone's features miss (a strongly cropped or shrunk
+    copy moves its pooled features far)."""
+    import torch
+    rows = np.full((len(signatures_), (SIDE // 2) ** 2), np.nan, np.float32)
+    for index, s in enumerate(signatures_):
+        if s is not None:
+            rows[index] = band_pass(Image.fromarray(s.grey), SIDE // 2, SIDE // 2).ravel()
+    return torch.from_numpy(rows)
 
 
-def _best_window(thumbnail: np.ndarray, other: dict) -> float:
+def copy_similarities(greys: list[np.ndarray | None], pairs: np.ndarray) -> np.ndarray:
+    """Per pair (rows of sample indices into `greys`, the signatures' grey images): the best normalised
+    correlation of one image's band-passed thumbnail with any window of the other's, stretched by up to
+    10 % either way, both ways round: about 1 for a crop, resize or re-encode of the same photo (planted
+    copies of Fashion-MNIST photos: 0.86-1.0), 0 where either image is missing. Each image's windows are
+    drawn once and met by all its partners in one matrix product."""
+    scores = np.zeros(len(pairs), np.float32)
+    partners: dict[int, list[tuple[int, int]]] = {}
+    for row, (a, b) in enumerate(pairs):
+        if greys[a] is not None and greys[b] is not None:
+            partners.setdefault(int(b), []).append((row, int(a)))
+            partners.setdefault(int(a), []).append((row, int(b)))
+    units = {i: window_rows(band_pass(Image.fromarray(greys[i]), SIDE, SIDE), (SIDE, SIDE))[0]
+             for i in partners}
+    for target, items in partners.items():
+        windows = window_matrix(greys[target])
+        best = (windows @ np.stack([units[source] for _, source in items]).T).max(0)
+        np.maximum.at(scores, [row for row, _ in items], best)
+    return scores
+
+
+def window_matrix(grey: np.ndarray) -> np.ndarray:
+    """[W, SIDE*SIDE]: every SIDE x SIDE window of the image's thumbnails stretched by CROPS, each centred and
+    scaled to length 1."""
+    image = Image.fromarray(grey)
+    return np.concatenate([window_rows(band_pass(image, round(SIDE * rx), round(SIDE * ry)), (SIDE, SIDE))
+                           for rx in CROPS for ry in CROPS])
+
+
+def window_rows(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     from numpy.lib.stride_tricks import sliding_window_view
-    unit = _unit(thumbnail)
-    best = -1.0
-    for stretched in other.values():
-        windows = sliding_window_view(stretched, thumbnail.shape)
-        centred = windows - windows.mean(axis=(-1, -2), keepdims=True)
-        norms = np.maximum(np.linalg.norm(centred, axis=(-1, -2)), 1e-6)
-        best = max(best, float((np.einsum("ijkl,kl->ij", centred, unit) / norms).max()))
-    return best
-
-
-def _unit(array: np.ndarray) -> np.ndarray:
-    centred = array - array.mean()
-    norm = float(np.linalg.norm(centred))
-    return centred / norm if norm > 0 else centred
+    rows = sliding_window_view(array, shape).reshape(-1, shape[0] * shape[1])
+    rows = rows - rows.mean(1, keepdims=True)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-6)
 
 
 # -- odd images: the checks cleanvision makes, with its kind of limits ------------------------------------
 DARK_LIMIT = 0.15        # nothing brighter than 15 % grey
 LIGHT_LIMIT = 0.90       # nothing darker than 90 % grey
 BLANK_LIMIT = 0.02       # brightness varies by under 2 % of its range
-TINY_SIDE = 32           # pixels: a side this short holds little for a 224-pixel model
+TINY_SIDE = 32           # pixels: a side this short holds little for a 224-pixel model, when it is also
+TINY_SHARE = 0.5         # under half the dataset's typical shorter side (a set of 28-pixel scans is not odd)
 ASPECT_LIMIT = 4.0       # longer side over shorter side: a centre crop keeps a quarter of it at most
 BLUR_SHARE = 0.05        # sharpness under 5 % of the dataset's median (the set's own photos are the scale)
 
@@ -135,6 +153,8 @@ def odd_reasons(signatures_: list[PixelSignature | None]) -> dict[int, str]:
     """index -> why the image is odd, for the images that are: one reason each, the most telling first."""
     sharp = [s.sharpness for s in signatures_ if s is not None]
     blur_limit = BLUR_SHARE * float(np.median(sharp)) if sharp else 0.0
+    sides = [min(s.size) for s in signatures_ if s is not None]
+    tiny_limit = min(TINY_SIDE, TINY_SHARE * float(np.median(sides))) if sides else TINY_SIDE
     reasons = {}
     for index, s in enumerate(signatures_):
         if s is None:
@@ -146,7 +166,7 @@ def odd_reasons(signatures_: list[PixelSignature | None]) -> dict[int, str]:
             reasons[index] = f"very dark (its brightest parts are {s.dark:.0%} grey)"
         elif s.light > LIGHT_LIMIT:
             reasons[index] = f"very bright (its darkest parts are {s.light:.0%} grey)"
-        elif min(width, height) < TINY_SIDE:
+        elif min(width, height) < tiny_limit:
             reasons[index] = f"tiny ({width}×{height} pixels)"
         elif max(width, height) / max(min(width, height), 1) > ASPECT_LIMIT:
             reasons[index] = f"extreme aspect ratio ({width}×{height} pixels)"

@@ -114,20 +114,13 @@ class ImageModality(Modality):
         from engine.data.pixels import odd_reasons
         return odd_reasons(signatures)
 
+    def copy_vectors(self, signatures):
+        from engine.data.pixels import detail_vectors
+        return detail_vectors(signatures)
+
     def copy_similarity(self, samples, signatures, pairs):
-        import numpy as np
-
-        from engine.data.pixels import copy_similarity, thumbnails
-        drawn: dict[int, dict] = {}
-
-        def of(index: int) -> dict:
-            if index not in drawn:
-                if len(drawn) > 2048:           # pairs come sorted by their first sample: old ones are done
-                    drawn.clear()
-                drawn[index] = thumbnails(signatures[index].grey)
-            return drawn[index]
-        return np.array([copy_similarity(of(int(a)), of(int(b))) if signatures[a] is not None and
-                         signatures[b] is not None else 0.0 for a, b in pairs])
+        from engine.data.pixels import copy_similarities
+        return copy_similarities([s.grey if s is not None else None for s in signatures], pairs)
 
     # -- the window ---------------------------------------------------------------------------------------
     sample_view = THUMBNAIL_VIEW
