@@ -55,7 +55,7 @@ def planted(tmp_path_factory) -> dict:
             shutil.copy(path, target)
             if label != folder.name:
                 moved[str(target)] = folder.name
-    for n, (name, crop, scale, quality) in enumerate([("coat", 0.05, 1.4, 70), ("sandal", 0.08, 0.7, 55),
+    for n, (name, crop, scale, quality) in enumerate([("coat", 0.05, 1.4, 70), ("sandal", 0.06, 1.5, 60),
                                                       ("dress", 0.03, 1.0, 85)]):
         source = sorted((root / "test" / name).iterdir())[n]
         target = root / "train" / name / f"copy_{n}.jpg"

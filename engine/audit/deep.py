@@ -202,14 +202,8 @@ def _label_issues(report: DatasetReport, samples: list[Sample], features: torch.
 def _near_duplicates(modality, samples: list[Sample], signatures, unit: torch.Tensor, neighbours: np.ndarray,
                      usable: np.ndarray, kept: Collection[str]) -> tuple[list[NearDuplicate], list[list[str]], dict]:
     pairs = candidate_pairs(neighbours[:, :NEIGHBOURS], usable)
-    vectors = modality.copy_vectors(signatures)
-    if vectors is not None:              # candidates by the samples' own content too
-        pairs = np.unique(np.concatenate([pairs, candidate_pairs(nearest(unit_rows(vectors), NEIGHBOURS)[1],
-                                                                 usable)]), axis=0)
     scores = modality.copy_similarity(samples, signatures, pairs)
-    method = {"candidates": f"{NEIGHBOURS} nearest by the frozen features"
-                            + (" and by the samples' own content" if vectors is not None else ""),
-              "confirmed_by": modality.copy_measure,
+    method = {"candidates": f"{NEIGHBOURS} nearest by the frozen features", "confirmed_by": modality.copy_measure,
               "limit": modality.copy_limit}
     if scores is None:               # no confirmation of its own: the features' cosine
         scores = (unit[pairs[:, 0]] * unit[pairs[:, 1]]).sum(1).numpy() if len(pairs) else np.zeros(0)

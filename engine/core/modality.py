@@ -126,11 +126,6 @@ class Modality:
         """index -> why that sample is odd on its own (blank, dark, empty, ...)."""
         return {}
 
-    def copy_vectors(self, signatures):
-        """[N, D] vectors whose nearest neighbours are more candidate pairs, beside the features' (images:
-        their fine detail); None when the features' neighbours are all."""
-        return None
-
     def copy_similarity(self, samples, signatures, pairs):
         """Per candidate pair (rows of `pairs`, sample indices) how alike the two samples are themselves,
         comparable with `copy_limit`; None: the features' cosine decides."""

@@ -91,18 +91,6 @@ def signatures(paths: list[str], progress: Progress, control: RunControl,
     return results
 
 
-def detail_vectors(signatures_: list[PixelSignature | None]):
-    """[N, 24*24] torch rows: each image's band-passed thumbnail at half size (NaN for an unreadable image),
-    whose nearest neighbours are candidate copies the backbone's features miss (a strongly cropped or shrunk
-    copy moves its pooled features far)."""
-    import torch
-    rows = np.full((len(signatures_), (SIDE // 2) ** 2), np.nan, np.float32)
-    for index, s in enumerate(signatures_):
-        if s is not None:
-            rows[index] = band_pass(Image.fromarray(s.grey), SIDE // 2, SIDE // 2).ravel()
-    return torch.from_numpy(rows)
-
-
 def copy_similarities(greys: list[np.ndarray | None], pairs: np.ndarray) -> np.ndarray:
     """Per pair (rows of sample indices into `greys`, the signatures' grey images): the best normalised
     correlation of one image's band-passed thumbnail with any window of the other's, stretched by up to

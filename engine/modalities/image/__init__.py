@@ -114,10 +114,6 @@ class ImageModality(Modality):
         from engine.data.pixels import odd_reasons
         return odd_reasons(signatures)
 
-    def copy_vectors(self, signatures):
-        from engine.data.pixels import detail_vectors
-        return detail_vectors(signatures)
-
     def copy_similarity(self, samples, signatures, pairs):
         from engine.data.pixels import copy_similarities
         return copy_similarities([s.grey if s is not None else None for s in signatures], pairs)
