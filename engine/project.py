@@ -184,7 +184,7 @@ def _corrections(value) -> dict[str, dict]:
         raise ValueError("corrections must be an object")
     for item in value.values():
         if not isinstance(item, dict) or item.get("action") not in CORRECTION_ACTIONS:
-            raise ValueError("each correction needs an action: exclude or relabel")
+            raise ValueError(f"each correction needs an action: {', '.join(CORRECTION_ACTIONS)}")
         if item["action"] == "relabel" and not isinstance(item.get("label"), str):
             raise ValueError("a relabel correction needs a label")
         if item["action"] == "move" and item.get("split") not in ("train", "val", "test"):
@@ -211,7 +211,7 @@ def apply_corrections(report: DatasetReport, corrections: dict[str, dict]) -> Da
             sample, fix = replace(sample, split=fix["split"]), None
         name = report.classes[sample.label]
         if fix and fix["action"] == "exclude":
-            problems.append(Problem(sample.path, "excluded by you (marked as mislabelled)", "info"))
+            problems.append(Problem(sample.path, "excluded by you", "info"))
             continue
         if fix and fix["action"] == "relabel":
             name = fix["label"]
@@ -220,8 +220,11 @@ def apply_corrections(report: DatasetReport, corrections: dict[str, dict]) -> Da
     classes = [classes[i] for i in used]
     remap = {old: new for new, old in enumerate(used)}
     samples = [replace(s, label=remap[s.label]) for s in samples]
+    changes = {key: item for key, item in corrections.items() if item["action"] != "keep"}
+    if not changes:                      # kept samples read as they are: the cached features still hold
+        return report
     return replace(report, classes=classes, samples=samples, problems=problems,
-                   content_hash=f"{report.content_hash}+{_corrections_digest(corrections)}")
+                   content_hash=f"{report.content_hash}+{_corrections_digest(changes)}")
 
 
 def _corrections_digest(corrections: dict) -> str:

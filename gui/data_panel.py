@@ -4,7 +4,9 @@ engine's dataset report.
 The panel shows the state's dataset report and asks for datasets with intent signals; scanning runs
 on a worker started by the main window, which feeds the progress bar and hands the class thumbnails here.
 A text dataset shows its texts in a table instead of thumbnails, and for a table of texts (CSV, TSV,
-JSONL) which columns hold the text and the label, to choose again when the guess was wrong.
+JSONL) which columns hold the text and the label, to choose again when the guess was wrong. Below the scan's
+problems, "Check deeper…" opens the deep check's lists (gui.deep_check_view) in a window of their own: rows of
+pictures need more room than this step has left.
 """
 from __future__ import annotations
 
@@ -15,16 +17,18 @@ from PySide6.QtCore import QTimer, QUrl, Qt, Signal
 from PySide6.QtGui import QDesktopServices, QPixmap
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDialog, QDialogButtonBox, QHBoxLayout,
                                QHeaderView, QLabel, QPlainTextEdit, QProgressBar, QPushButton,
-                               QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+                               QSizePolicy, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from engine.core import modality as modalities
 from engine.core.progress import stage_title
+from gui.deep_check_view import DeepCheckDialog
 from gui.drop_zone import DropZone
 from gui.text_views import TextTable
 
 if TYPE_CHECKING:
     from PySide6.QtGui import QImage
 
+    from engine.audit.deep import DeepReport
     from gui.state import AppState
 
 DATASET_SUFFIXES = (".zip", ".csv", ".tsv", ".jsonl", ".ndjson")
@@ -57,6 +61,7 @@ class DataPanel(QWidget):
     open_file_requested = Signal()
     demo_requested = Signal()
     cancel_scan_requested = Signal()
+    deep_check_requested = Signal()
     next_requested = Signal()
 
     def __init__(self, state: AppState, parent: QWidget | None = None):
@@ -99,12 +104,26 @@ class DataPanel(QWidget):
         self.open_problem_button.clicked.connect(self._open_selected_problem)
         self.show_folder_button = QPushButton("Show in folder")
         self.show_folder_button.clicked.connect(self._show_selected_problem_folder)
+        self.deep_check_dialog = DeepCheckDialog(self)
+        self.deep_check_dialog.check_requested.connect(self.deep_check_requested)
+        self.deep_check = self.deep_check_dialog.view
+        self.deep_check_button = QPushButton("Check deeper…")
+        self.deep_check_button.setToolTip("Run a pretrained model over every sample once and list likely label "
+                                          "errors, near-duplicates (leaks between train and test) and odd samples, "
+                                          "each with one-click fixes")
+        self.deep_check_button.clicked.connect(self.open_deep_check)
+        self.deep_check_note = QLabel()          # what the last deep check found, in a few words
+        self.deep_check_note.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self._deep_check_running = False
         self.next_button = QPushButton("Next: choose a model  →")
         self.next_button.clicked.connect(self.next_requested)
         self._layout()
         state.events.report.connect(self._show_report)
         state.events.scanning.connect(self._show_scanning)
         state.events.active_run.connect(self._enable_inputs)
+        for signal in (state.corrections.events.added, state.corrections.events.changed,
+                       state.corrections.events.removed):
+            signal.connect(self._show_corrections)
         self._show_scanning()
         self._show_report()
 
@@ -150,9 +169,9 @@ class DataPanel(QWidget):
         problems_layout.addWidget(self.problems_title)
         problems_layout.addWidget(self.problems)
         problem_buttons = QHBoxLayout()
-        for button in (self.open_problem_button, self.show_folder_button, self.report_button):
+        for button in (self.open_problem_button, self.show_folder_button, self.report_button, self.deep_check_button):
             problem_buttons.addWidget(button)
-        problem_buttons.addStretch()
+        problem_buttons.addWidget(self.deep_check_note, 1)
         problems_layout.addLayout(problem_buttons)
         self.splitter = QSplitter(Qt.Orientation.Vertical)
         self.upper = QSplitter(Qt.Orientation.Horizontal)   # the classes, and a text dataset's texts beside them
@@ -180,6 +199,7 @@ class DataPanel(QWidget):
         scanning = self.state.scanning
         self.progress.setVisible(scanning)
         self.cancel_button.setVisible(scanning)
+        self._enable_deep_check()
         if scanning:
             self.progress.setRange(0, 0)
             self.summary.setText("Scanning…")
@@ -194,6 +214,7 @@ class DataPanel(QWidget):
         for widget in (self.drop_zone, self.open_folder_button, self.open_file_button, self.demo_button,
                        self.text_column, self.label_column):
             widget.setEnabled(self.state.active_run is None)
+        self._enable_deep_check()
 
     def show_error(self, message: str) -> None:
         self.summary.setText(f"<b>Cannot use this dataset:</b> {message}")
@@ -206,6 +227,7 @@ class DataPanel(QWidget):
         report = self.state.report
         self.next_button.setEnabled(report is not None)
         self.report_button.setEnabled(report is not None)
+        self._forget_deep_check()
         text = self.state.modality.sample_view == modalities.TEXT_VIEW
         self.texts.setVisible(text)
         self.class_table.setColumnHidden(5, text)
@@ -335,3 +357,62 @@ class DataPanel(QWidget):
         dialog.resize(720, 520)
         dialog.open()
 
+    # -- the deep check ------------------------------------------------------------------------
+    def open_deep_check(self) -> None:
+        """The deep check's window: this dataset's last check, or a new one when there is none yet."""
+        if self.deep_check.result is None and not self._deep_check_running:
+            self.deep_check_requested.emit()
+        self.deep_check_dialog.show()
+        self.deep_check_dialog.raise_()
+        self.deep_check_dialog.activateWindow()
+
+    def _enable_deep_check(self) -> None:
+        """A dataset to check, no scan replacing it, no run training on it; one check at a time."""
+        ready = self.state.report is not None and not self.state.scanning and self.state.active_run is None
+        self.deep_check_button.setEnabled(ready)
+        self.deep_check_dialog.check_again_button.setEnabled(ready and not self._deep_check_running)
+
+    def _forget_deep_check(self) -> None:
+        """Another dataset: the lists described the last one (the window abandons a check still running)."""
+        self._deep_check_running = False
+        self.deep_check.clear(self.state.modality.nouns)
+        self.deep_check_dialog.hide()
+        self._note_deep_check("")
+        self._enable_deep_check()
+
+    def show_deep_check_running(self) -> None:
+        self._deep_check_running = True
+        self._enable_deep_check()
+        self.deep_check_dialog.setWindowTitle(f"Deep check – {Path(self.state.report.root).name}")
+        self.deep_check.show_running()
+        self._note_deep_check("Checking deeper…")
+
+    def show_deep_check(self, result: DeepReport) -> None:
+        self._deep_check_running = False
+        self._enable_deep_check()
+        self.deep_check.show_result(result, self.state.report, dict(self.state.corrections))
+        issues, pairs, odd = self.deep_check.counts()
+        modality = self.state.modality
+        odd_words = f"{odd} odd {modality.noun if odd == 1 else modality.nouns}"
+        self._note_deep_check(f"Deep check: {issues} maybe mislabelled, {pairs} near-duplicate "
+                              f"pair{'' if pairs == 1 else 's'}, {odd_words}")
+
+    def show_deep_check_stopped(self, message: str = "") -> None:
+        """Failed (`message`, one line) or cancelled (no message)."""
+        self._deep_check_running = False
+        self._enable_deep_check()
+        if message:
+            self.deep_check.show_error(message)
+            self._note_deep_check(f"Deep check stopped: {message}")
+        else:
+            self.deep_check.show_cancelled()
+            self._note_deep_check("Deep check cancelled")
+
+    def _note_deep_check(self, text: str) -> None:
+        """One line beside the button (cut where the row ends; whole in its tooltip)."""
+        line = " ".join(text.split())
+        self.deep_check_note.setText(line)
+        self.deep_check_note.setToolTip(line)
+
+    def _show_corrections(self) -> None:
+        self.deep_check.set_corrections(dict(self.state.corrections))

@@ -43,6 +43,8 @@ class GalleryItem:
 def correction_text(correction: dict | None) -> str:
     if not correction:
         return ""
+    if correction["action"] == "move":                  # to another split (engine.audit.deep.keep_groups_together)
+        return f"moved to {correction.get('split')}"
     return {"exclude": "excluded", "keep": "kept as it is"}.get(correction["action"], f"moved to {correction['label']}")
 
 

@@ -22,6 +22,7 @@ from engine.core.runfolder import RunFolder
 from gui.thumbnails import rgb_qimage, thumbnail
 
 if TYPE_CHECKING:
+    from engine.audit.deep import DeepReport
     from engine.data.report import DatasetReport
     from engine.outputs.export import ExportResult
     from engine.outputs.predict import PredictionReport
@@ -134,6 +135,13 @@ def _strip(tiles: list[QImage]) -> QImage:
             painter.drawImage(x, (THUMBNAIL_PX - tile.height()) // 2, tile)
     painter.end()
     return strip
+
+
+def deep_check(report: "DatasetReport", kept: frozenset[str], control: RunControl, progress) -> "DeepReport":
+    """Worker job: the deep check of `report` (engine.audit.deep) through its modality's default backbone;
+    `kept`: what the user already said is right, not asked about again. Plain dataclasses come back."""
+    from engine.audit.deep import inspect_deep
+    return inspect_deep(report, backbone=None, seed=0, control=control, progress=progress, kept=kept)
 
 
 # -- model -----------------------------------------------------------------------------------------
@@ -277,12 +285,12 @@ class SearchRun(TrainingRun):
 
 
 # -- results -----------------------------------------------------------------------------------------
-def load_thumbnails(paths: list[str], control, progress) -> dict[str, QImage]:
+def load_thumbnails(paths: list[str], control, progress, size: int = GALLERY_THUMBNAIL_PX) -> dict[str, QImage]:
     """Worker job: thumbnails for `paths` (QImage is safe to build off the GUI thread)."""
     images = {}
     for done, path in enumerate(paths, 1):
         control.checkpoint()
-        images[path] = thumbnail(path, GALLERY_THUMBNAIL_PX)
+        images[path] = thumbnail(path, size)
         progress("thumbnails", done, len(paths))
     return images
 

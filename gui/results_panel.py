@@ -354,7 +354,7 @@ class ResultsPanel(QWidget):
         self._update_corrections_note()
 
     def _update_corrections_note(self) -> None:
-        count = len(self.state.corrections)
+        count = sum(item["action"] != "keep" for item in self.state.corrections.values())   # keep changes no run
         self.corrections_note.setText(f"{count} correction{'s' if count != 1 else ''} for the next run"
                                       if count else "")
 

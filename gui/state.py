@@ -149,9 +149,14 @@ class AppState:
 
     # -- corrections and runs --------------------------------------------------------------------
     def correct(self, path: str, action: str, label: str = "") -> None:
-        """Exclude, relabel or restore one image (never its file): the next run applies it."""
+        """Exclude, relabel or restore one sample (never its file): the next run applies it. `keep` (a sample's
+        path or a near-duplicate pair's key) changes nothing in a run: the deep check asked, the user said it
+        is right, and the next check does not ask again. `move` puts the sample in the split `label` names
+        (near-duplicates kept in one split TransferLab chose)."""
         if action == "restore":
             self.corrections.pop(path, None)
+        elif action == "move":
+            self.corrections[path] = {"action": action, "label": None, "split": label}
         else:
             self.corrections[path] = {"action": action, "label": label if action == "relabel" else None}
 

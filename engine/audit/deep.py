@@ -163,20 +163,19 @@ def inspect_deep(report: DatasetReport, backbone: str | None = None, seed: int =
     signatures = modality.audit_signatures(samples, control=control, progress=progress)
     unit = unit_rows(features)
     similarity, neighbours = nearest(unit, max(NEIGHBOURS, VOTERS))
-    progress("checks", 0, 3)
-    issues, label_method = _label_issues(report, samples, features, neighbours, usable, seed, control)
-    progress("checks", 1, 3)
+    issues, label_method = _label_issues(report, samples, features, neighbours, usable, seed, control, progress)
+    progress("checks", 0, 2)
     duplicates, groups, copy_method = _near_duplicates(modality, samples, signatures, unit, neighbours, usable, kept)
-    progress("checks", 2, 3)
+    progress("checks", 1, 2)
     odd = _odd_samples(modality, samples, signatures, similarity, usable, kept)
-    progress("checks", 3, 3)
+    progress("checks", 2, 2)
     return DeepReport([i for i in issues if i.path not in kept], duplicates, odd, backbone, len(samples),
                       time.monotonic() - started, {"label_issues": label_method, "near_duplicates": copy_method},
                       groups)
 
 
 def _label_issues(report: DatasetReport, samples: list[Sample], features: torch.Tensor, neighbours: np.ndarray,
-                  usable: np.ndarray, seed: int, control: RunControl) -> tuple[list[LabelIssue], dict]:
+                  usable: np.ndarray, seed: int, control: RunControl, progress: Progress) -> tuple[list[LabelIssue], dict]:
     labels = np.array([s.label for s in samples])
     rows = np.flatnonzero(usable)
     present = np.bincount(labels[rows], minlength=len(report.classes))
@@ -184,7 +183,7 @@ def _label_issues(report: DatasetReport, samples: list[Sample], features: torch.
         return [], {"skipped": "fewer than two classes with two samples"}
     rows = rows[present[labels[rows]] >= 2]                # a class of one sample cannot be held out
     probabilities, fitted = label_probabilities(features, neighbours, labels, rows, len(report.classes), seed,
-                                                control)
+                                                control, progress)
     given = labels[rows]
     flagged = np.flatnonzero(label_issue_mask(given, probabilities))
     confidence = self_confidence(given, probabilities)

@@ -42,7 +42,7 @@ class OutOfFold:
 
 def out_of_fold_probabilities(features: torch.Tensor, labels: np.ndarray, classes: int, seed: int = 0,
                               control: RunControl | None = None,
-                              penalties: tuple[float, ...] = PENALTIES[1:4]) -> OutOfFold:
+                              penalties: tuple[float, ...] = PENALTIES[1:4], progress=None) -> OutOfFold:
     """Out-of-fold probabilities of `features` [N, D] (finite rows) for `labels` [N]: each fold's head solved
     on the other folds at every penalty (warm-started from the stronger one), the penalty with the lowest
     out-of-fold log-loss kept."""
@@ -55,11 +55,13 @@ def out_of_fold_probabilities(features: torch.Tensor, labels: np.ndarray, classe
     folds = stratified_folds(labels, count, seed, groups)
     best: OutOfFold | None = None
     starts: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    for penalty in penalties:
+    for step, penalty in enumerate(penalties):
         probabilities = np.zeros((len(labels), classes), dtype=np.float64)
         for fold in range(count):
             if control is not None:
                 control.checkpoint()
+            if progress is not None:
+                progress("folds", step * count + fold, len(penalties) * count)
             train, held = folds != fold, folds == fold
             weight, bias = solve(flatten_views(scaled[:, train]), labels[train], classes, penalty,
                                  start=starts.get(fold))
@@ -68,6 +70,8 @@ def out_of_fold_probabilities(features: torch.Tensor, labels: np.ndarray, classe
         loss = float(-np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, None)).mean())
         if best is None or loss < best.log_loss:
             best = OutOfFold(probabilities, penalty, count, loss)
+    if progress is not None:
+        progress("folds", len(penalties) * count, len(penalties) * count)
     return best
 
 
@@ -85,10 +89,11 @@ def neighbour_votes(neighbours: np.ndarray, labels: np.ndarray, classes: int) ->
 
 
 def label_probabilities(features: torch.Tensor, neighbours: np.ndarray, labels: np.ndarray, rows: np.ndarray,
-                        classes: int, seed: int = 0, control: RunControl | None = None) -> tuple[np.ndarray, OutOfFold]:
+                        classes: int, seed: int = 0, control: RunControl | None = None,
+                        progress=None) -> tuple[np.ndarray, OutOfFold]:
     """[len(rows), C] probabilities of the samples `rows` that no model trained on them made: the out-of-fold
     logistic regression's averaged with the neighbours' votes (`neighbours`: every sample's nearest)."""
-    fitted = out_of_fold_probabilities(features[rows], labels[rows], classes, seed, control)
+    fitted = out_of_fold_probabilities(features[rows], labels[rows], classes, seed, control, progress=progress)
     return (fitted.probabilities + neighbour_votes(neighbours, labels, classes)[rows]) / 2, fitted
 
 

@@ -30,7 +30,8 @@ STAGE_TITLES = {
     "export": "Exporting",
     "predict": "Predicting",
     "pixels": "Reading pixels",
-    "checks": "Looking for label errors, near-duplicates and odd samples",
+    "folds": "Scoring every sample with models that never saw it",
+    "checks": "Looking for near-duplicates and odd samples",
 }
 
 

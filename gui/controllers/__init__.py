@@ -3,8 +3,10 @@ state and to its panel's intent signals, starts the engine job and writes the re
 The window only lays out the panels and wires the controllers' messages to its status bar and log."""
 from gui.controllers.assess import AssessController
 from gui.controllers.base import Controller
+from gui.controllers.deep_check import DeepCheckController
 from gui.controllers.model import ModelController
 from gui.controllers.scan import ScanController
 from gui.controllers.train import TrainController
 
-__all__ = ["AssessController", "Controller", "ModelController", "ScanController", "TrainController"]
+__all__ = ["AssessController", "Controller", "DeepCheckController", "ModelController", "ScanController",
+           "TrainController"]
