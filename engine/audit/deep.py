@@ -206,8 +206,9 @@ def _near_duplicates(modality, samples: list[Sample], signatures, unit: torch.Te
               "limit": modality.copy_limit}
     if scores is None:               # no confirmation of its own: the features' cosine
         scores = (unit[pairs[:, 0]] * unit[pairs[:, 1]]).sum(1).numpy() if len(pairs) else np.zeros(0)
-    chosen = pairs[scores >= modality.copy_limit]
-    chosen_scores = scores[scores >= modality.copy_limit]
+    keys = np.array([pair_key(samples[a].path, samples[b].path) not in kept for a, b in pairs], dtype=bool)
+    confirmed = (scores >= modality.copy_limit) & keys         # a pair the user kept is no pair any more
+    chosen, chosen_scores = pairs[confirmed], scores[confirmed]
     order = np.argsort(-chosen_scores, kind="stable")
     found = [NearDuplicate(samples[a].path, samples[b].path, round(float(s), 4), (samples[a].split, samples[b].split))
              for (a, b), s in zip(chosen[order], chosen_scores[order])]
@@ -217,7 +218,7 @@ def _near_duplicates(modality, samples: list[Sample], signatures, unit: torch.Te
     for index, group in enumerate(group_ids):
         members.setdefault(int(group), []).append(samples[index].path)
     groups = [paths for paths in members.values() if len(paths) > 1]
-    return [d for d in found if d.key not in kept], groups, method
+    return found, groups, method
 
 
 def _odd_samples(modality, samples: list[Sample], signatures, similarity: np.ndarray, usable: np.ndarray,
