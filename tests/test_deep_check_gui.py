@@ -188,25 +188,21 @@ def test_a_failed_check_is_one_line_in_its_window(qtbot):
     assert not view.progress.isVisibleTo(view) and not view.tabs.isVisibleTo(view)
 
 
-def test_near_duplicates_are_moved_into_one_split_only_when_transferlab_chose_it(qtbot, tmp_path):
+def test_near_duplicates_are_moved_into_one_split_only_when_transferlab_chose_it(qtbot, window, tmp_path):
     from engine.audit.deep import DeepReport
     from engine.data.scan import scan_dataset
-    from engine.project import apply_corrections
-    from gui.deep_check_view import DeepCheckView
-    from gui.state import AppState
     chosen = scan_dataset(another_dataset(tmp_path / "chosen"), seed=0)           # no split given: ours
     by_split = {split: [s.path for s in chosen.split(split)] for split in ("train", "val", "test")}
     group = [by_split["train"][0], by_split["train"][1], by_split["test"][0]]
     result = DeepReport([], [], [], "efficientnet_lite0", len(chosen.samples), 1.0, groups=[group])
-    state, view = AppState(), DeepCheckView()
-    qtbot.addWidget(view)
-    view.correction_requested.connect(state.correct)
+    view = window.data_panel.deep_check                  # wired to the window's controller, as a check leaves it
     view.show_result(result, chosen, {})
     button = view.duplicates.together_button
     assert not button.isHidden() and button.isEnabled() and "1 to move" in button.text()
     qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
-    assert dict(state.corrections) == {group[2]: {"action": "move", "label": None, "split": "train"}}
-    assert {s.split for s in apply_corrections(chosen, dict(state.corrections)).samples if s.path in group} == {"train"}
+    assert dict(window.state.corrections) == {group[2]: {"action": "move", "label": None, "split": "train"}}
+    assert {s.split for s in apply_corrections(chosen, dict(window.state.corrections)).samples
+            if s.path in group} == {"train"}
     assert not button.isEnabled()
     another_dataset(tmp_path / "given" / "train")
     another_dataset(tmp_path / "given" / "test")

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from gui.state import AppState
 
 DECIDED = {"exclude": "excluded from training", "relabel": "moved to class {label}",
-           "keep": "kept as it is (the deep check will not ask again)", "restore": "restored"}
+           "keep": "kept as it is (the deep check will not ask again)", "restore": "restored",
+           "move": "moved to the {label} split, beside its near-duplicates"}
 
 
 class DeepCheckController(Controller):

@@ -244,5 +244,5 @@ class TrainController(Controller):
         """Exclude, relabel or restore one image; the next run applies it (the project autosaves it)."""
         self.state.correct(path, action, label)
         described = {"exclude": "excluded from training", "relabel": f"moved to class {label}",
-                     "keep": "kept as it is", "restore": "restored"}[action]
+                     "keep": "kept as it is", "restore": "restored", "move": f"moved to the {label} split"}[action]
         self.logged.emit(f"{Path(path).name} {described} (applies from the next run)")
