@@ -54,12 +54,22 @@ def threshold_at(trust: dict, accept: float) -> float:
 
 
 def threshold_grid(known_scores: np.ndarray) -> list[float]:
-    """The threshold for each share of ACCEPT_GRID: the smallest score that accepts at least that share of
-    `known_scores` (at or below it), so a small split never accepts less than it says."""
+    """The threshold for each share of ACCEPT_GRID: halfway between the smallest score that accepts at least
+    that share of `known_scores` (at or below it), so a small split never accepts less than it says, and the
+    next larger score (above the largest: half the last gap again). No validation input then sits on its
+    threshold, where the last bit of a float (the ONNX file's against PyTorch's, a score stored and read
+    back) would decide whether it is accepted."""
     scores = np.asarray(known_scores, dtype=np.float64)
     if not len(scores):
         return []
-    return [float(np.quantile(scores, share, method="higher")) for share in ACCEPT_GRID]
+    distinct = np.unique(scores)
+    gap = float(distinct[-1] - distinct[-2]) if len(distinct) > 1 else max(abs(float(distinct[-1])), 1.0) * 1e-3
+    beyond = np.append(distinct, distinct[-1] + gap)
+    grid = []
+    for share in ACCEPT_GRID:
+        position = int(np.searchsorted(distinct, np.quantile(scores, share, method="higher")))
+        grid.append(float((beyond[position] + beyond[position + 1]) / 2))
+    return grid
 
 
 def accepted_share(scores, threshold: float) -> float | None:
