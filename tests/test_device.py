@@ -19,6 +19,7 @@ from engine.training.trainer import Trainer
 HAS_CUDA = torch.cuda.is_available()
 HAS_MPS = torch.backends.mps.is_available()
 no_cuda = pytest.mark.skipif(HAS_CUDA, reason="a CUDA GPU is present: it cannot be refused")
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU here (bench/gpu_check_device.sh runs these on one)")
 
 
 # -- resolve_device -------------------------------------------------------------------------------------
@@ -169,6 +170,36 @@ def test_fit_on_the_cpu_records_the_device_and_its_checkpoint_loads(tmp_path):
     assert checkpoint.meta["config"]["device"] == "cpu"
 
 
+@needs_cuda
+def test_a_gpu_trained_checkpoint_predicts_and_scores_unknowns_on_the_gpu_as_on_the_cpu(tmp_path):
+    """The checkpoint's unknown score (its tensors, not only the network's) runs where the model runs:
+    a head-only fit on CUDA predicts on CUDA and on the CPU alike, probabilities and unknown scores."""
+    from PIL import Image
+
+    from engine.outputs.predict import TorchClassifier
+    write_colour_dataset(tmp_path / "data", per_class=8)
+    report = scan_dataset(tmp_path / "data", seed=0)
+    result = Trainer(report, TrainConfig(image_size=64, batch_size=8, epochs=2, device="cuda"), tmp_path / "run").fit()
+    assert result.status == "completed"
+    images = [Image.open(s.path).convert("RGB") for s in report.samples[:8]]
+    on_gpu = TorchClassifier(result.checkpoint, "cuda").scored(images)
+    on_cpu = TorchClassifier(result.checkpoint, "cpu").scored(images)
+    assert on_gpu[1] is not None and on_cpu[1] is not None          # the run has an unknown score
+    assert (on_gpu[0].argmax(1) == on_cpu[0].argmax(1)).all()
+    assert abs(on_gpu[1] - on_cpu[1]).max() <= 1e-2 * max(1.0, abs(on_cpu[1]).max())
+
+
+@needs_cuda
+def test_the_deep_check_runs_its_frozen_pass_on_the_gpu(tmp_path):
+    from engine.audit.deep import inspect_deep
+    write_colour_dataset(tmp_path / "data", per_class=8)
+    report = scan_dataset(tmp_path / "data", seed=0)
+    on_gpu = inspect_deep(report, seed=0, device=torch.device("cuda"))
+    on_cpu = inspect_deep(report, seed=0)
+    assert on_gpu.samples == on_cpu.samples == len(report.samples)
+    assert {i.path for i in on_gpu.label_issues} == {i.path for i in on_cpu.label_issues}
+
+
 @no_cuda
 def test_trainer_refuses_a_missing_gpu_before_any_work(tmp_path):
     write_colour_dataset(tmp_path / "data", per_class=3)
@@ -179,7 +210,8 @@ def test_trainer_refuses_a_missing_gpu_before_any_work(tmp_path):
 
 
 @no_cuda
-@pytest.mark.parametrize("command", [["train", "{data}", "--out", "{out}"], ["assess", "{data}"]])
+@pytest.mark.parametrize("command", [["train", "{data}", "--out", "{out}"], ["assess", "{data}"],
+                                     ["inspect", "{data}", "--deep"]])
 def test_cli_device_cuda_exits_2_with_one_line(colour_dataset, tmp_path, command):
     from test_cli import run_cli
     args = [a.format(data=colour_dataset, out=tmp_path / "run") for a in command]

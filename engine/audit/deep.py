@@ -148,8 +148,9 @@ def relative_path(path: str, root: str | None) -> str:
 
 def inspect_deep(report: DatasetReport, backbone: str | None = None, seed: int = 0,
                  control: RunControl | None = None, progress: Progress | None = None,
-                 kept: Collection[str] = ()) -> DeepReport:
-    """Every check on `report`'s samples through `backbone` (the modality's default when None)."""
+                 kept: Collection[str] = (), device: torch.device | None = None) -> DeepReport:
+    """Every check on `report`'s samples through `backbone` (the modality's default when None), its one
+    frozen pass on `device` (None: the CPU)."""
     started = time.monotonic()
     control = control or RunControl()
     progress = progress or no_progress
@@ -158,7 +159,8 @@ def inspect_deep(report: DatasetReport, backbone: str | None = None, seed: int =
     samples = list(report.samples)
     if len(samples) < 2:
         raise ValueError(f"a deep check needs at least two {modality.nouns}")
-    features = modality.frozen_features(report, samples, backbone, seed=seed, control=control, progress=progress)
+    features = modality.frozen_features(report, samples, backbone, seed=seed, control=control, progress=progress,
+                                        device=device)
     usable = torch.isfinite(features).all(1).numpy()
     signatures = modality.audit_signatures(samples, control=control, progress=progress)
     unit = unit_rows(features)

@@ -24,9 +24,10 @@ from engine.training.config import CHOICES, TrainConfig
 
 # -- commands ---------------------------------------------------------------------------------------
 def cmd_inspect(args) -> int:
+    device = check_device(args.device) if args.deep else None       # one that is not here: refused first
     with TerminalProgress() as progress:
         report = scan_data(args.data, TrainConfig(seed=args.seed), progress, args)
-        deep = _deep_check(report, args, progress) if args.deep else None
+        deep = _deep_check(report, args, progress, device) if args.deep else None
     if args.json:
         print(json.dumps(deep.to_dict(args.data) if deep else report.to_dict(), indent=2))
     else:
@@ -37,12 +38,12 @@ def cmd_inspect(args) -> int:
     return EXIT_OK
 
 
-def _deep_check(report, args, progress):
+def _deep_check(report, args, progress, device):
     from engine.audit.deep import inspect_deep
     from engine.core import modality as modalities
     backbone = args.model or modalities.of(report).default_backbone
     modalities.of(report).check_backbone(backbone)
-    return inspect_deep(report, backbone, seed=args.seed, progress=progress)
+    return inspect_deep(report, backbone, seed=args.seed, progress=progress, device=device)
 
 
 def cmd_models(args) -> int:
@@ -250,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None,
                    help="with --deep: the pretrained model whose features judge the samples (default: "
                         "efficientnet_lite0 for images, all-minilm-l6-v2 for texts)")
+    add_device_option(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)

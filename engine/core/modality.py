@@ -112,9 +112,10 @@ class Modality:
     copy_limit: float = 0.95                               # ... and from which value a pair is one
 
     def frozen_features(self, report, samples, backbone: str, *, seed: int = 0, control=None,
-                        progress=None):
+                        progress=None, device=None):
         """[N, D] features of `samples` from the pretrained `backbone`, through the cache a search and a
-        head-only fit share; NaN rows for samples that cannot be read any more."""
+        head-only fit share, computed on `device` (a torch.device; None: the CPU); NaN rows for samples
+        that cannot be read any more."""
         raise NotImplementedError
 
     def audit_signatures(self, samples, *, control=None, progress=None):

@@ -102,9 +102,8 @@ class TorchClassifier:
         self.device = resolve_device(device)
         model, checkpoint = load_checkpoint(checkpoint_path)
         refuse_other_modality(self.path, checkpoint.meta, self.modality)
-        if self.device.type != "cpu":
-            model = model.to(self.device)
-        self.model = trusted(model, checkpoint)
+        model = trusted(model, checkpoint)           # the unknown score's tensors go to the device too
+        self.model = model.to(self.device) if self.device.type != "cpu" else model
         self.meta = checkpoint.meta
         self.classes = checkpoint.classes
         self.preprocessing = checkpoint.preprocessing.to_dict()

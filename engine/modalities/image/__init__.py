@@ -93,10 +93,13 @@ class ImageModality(Modality):
     copy_measure = "aligned fine detail of the two images (band-passed thumbnails, crops up to 10 %)"
     copy_limit = 0.9        # planted crops/resizes/re-encodes of Fashion-MNIST photos: 95 % at or above
 
-    def frozen_features(self, report, samples, backbone: str, *, seed: int = 0, control=None, progress=None):
+    def frozen_features(self, report, samples, backbone: str, *, seed: int = 0, control=None, progress=None,
+                        device=None):
         from engine.search.assess import pretrained
         from engine.training.caches import FeatureCache, view_id, view_transform
         bundle = pretrained(report, backbone)
+        if device is not None and device.type != "cpu":
+            bundle.model.to(device)           # the cache runs each batch where the model is
         cache = FeatureCache(bundle.model)
         pre = bundle.preprocessing
         cache.planned_images = len(samples)

@@ -130,12 +130,15 @@ class TextModality(Modality):
     copy_measure = "the texts' characters (difflib's ratio, case and spacing ignored)"
     copy_limit = 0.9
 
-    def frozen_features(self, report, samples, backbone: str, *, seed: int = 0, control=None, progress=None):
+    def frozen_features(self, report, samples, backbone: str, *, seed: int = 0, control=None, progress=None,
+                        device=None):
         from engine.core.control import RunControl
         from engine.core.progress import no_progress
         from engine.modalities.text.inputs import EmbeddingCache
         from engine.modalities.text.model import create_text_model
         bundle = create_text_model(backbone, len(report.classes))
+        if device is not None and device.type != "cpu":
+            bundle.model.to(device)           # the cache encodes each batch where the model is
         cache = EmbeddingCache(bundle.model, bundle.tokenizer)
         return cache.embeddings([s.text or "" for s in samples], control or RunControl(), progress or no_progress)
 
