@@ -391,16 +391,17 @@ class ExportOutcome:
 
 
 def export_model(source: str, out_path: str, fmt: str, with_weights: bool, exporter: str, dynamic_size: bool,
-                 control: RunControl, progress) -> ExportOutcome:
+                 control: RunControl, progress, precision: str = "fp32") -> ExportOutcome:
     """Worker job: the verified ONNX export (what the run's modality writes beside it included: a text
-    model's tokenizer) and/or the plain weights file."""
+    model's tokenizer), at `precision` (a smaller one checked against fp32), and/or the plain weights file."""
     from engine.outputs.export import export_model as export_onnx, export_weights
     out = Path(out_path)
     if fmt == "safetensors":
         progress("write weights", 0, 1)
         return ExportOutcome(None, export_weights(source, out))
     options = {"dynamic_size": True} if dynamic_size else {}
-    result = export_onnx(source, out, exporter=exporter, progress=progress, control=control, **options)
+    result = export_onnx(source, out, exporter=exporter, progress=progress, control=control, precision=precision,
+                         **options)
     weights = None
     if with_weights:
         progress("write weights", 1, 1)

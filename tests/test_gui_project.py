@@ -98,6 +98,27 @@ def test_export_dialog_writes_a_verified_onnx_and_opens_its_folder(qtbot, traine
     assert opened == [str(onnx.parent)]
 
 
+def test_export_dialog_refuses_an_int8_file_that_loses_accuracy_and_says_so(qtbot, trained, tmp_path):
+    """The colour run tells red, green and blue apart by small margins after two epochs at 64 px: int8
+    loses most of them, so the dialog writes the verified fp32 file and says why, with the figures."""
+    from engine.outputs.export import read_metadata
+    tasks = Tasks(qtbot)
+    dialog = ExportDialog(str(trained.run), str(tmp_path / "small.onnx"), tasks)
+    qtbot.addWidget(dialog)
+    dialog.show()
+    dialog.precision.setCurrentIndex(dialog.precision.findData("int8"))
+    dialog.exporter.setCurrentIndex(dialog.exporter.findData("legacy"))
+    qtbot.mouseClick(dialog.export_button, Qt.MouseButton.LeftButton)
+    assert not dialog.precision.isEnabled()
+    tasks.wait()
+    result = dialog.outcome.onnx
+    card = read_metadata(tmp_path / "small.onnx")
+    assert result.precision == card["precision"] == "fp32" and card["precision_check"]["asked"] == "int8"
+    text = dialog.result.text()
+    assert "⚠ int8 refused, fp32 written instead" in text and "accuracy points" in text and "x the fp32 file" in text
+    assert dialog.precision.isEnabled()
+
+
 def test_an_ensemble_exports_to_verified_onnx_only(qtbot, trained, tmp_path):
     """An ensemble run (two networks, one mean) is offered ONNX only: no state dict can hold it."""
     from engine.data.scan import scan_dataset

@@ -29,6 +29,13 @@ def register(subparsers) -> None:
                    help="auto: torch.export-based, falling back to the TorchScript-based one")
     p.add_argument("--dynamic-size", action="store_true",
                    help="make height and width dynamic too (not only the batch)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
+                   help="fp32 (default); int8: about a quarter of the size and faster on a CPU; fp16: half the size, "
+                        "for GPUs. A smaller file is verified against the fp32 one on the run's validation and test "
+                        "samples and refused (the fp32 file written instead, exit status 1) when it loses more "
+                        "than --gate points of accuracy")
+    p.add_argument("--gate", type=float, default=None, metavar="POINTS",
+                   help="with --precision fp16/int8: the most accuracy points the smaller file may lose (default 1)")
     p.set_defaults(func=cmd_export)
 
     p = subparsers.add_parser("predict", help="top-k labels for images or texts, from a run, checkpoint or .onnx",
@@ -64,14 +71,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.onnx:
         with TerminalProgress() as progress:
             result = export_model(args.run, args.onnx, verify=args.verify_images, tolerance=args.tolerance,
-                                  exporter=args.exporter, dynamic_size=args.dynamic_size, progress=progress)
+                                  exporter=args.exporter, dynamic_size=args.dynamic_size, progress=progress,
+                                  precision=args.precision, gate_points=args.gate)
         for warning in result.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         summary.update(result.to_dict())
+        refused = _say_precision(result)
     if args.safetensors:
         summary["safetensors"] = export_weights(args.run, args.safetensors)
     print(json.dumps(summary))
-    return 0
+    return 1 if args.onnx and refused else 0
+
+
+def _say_precision(result) -> bool:
+    """One line on stderr for a smaller precision; True when it was refused (the fp32 file was written)."""
+    if not result.precision_check:
+        return False
+    from engine.outputs.precision import PrecisionCheck
+    check = PrecisionCheck.from_dict(result.precision_check)
+    print(check.summary(), file=sys.stderr)
+    return bool(check.refused)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -137,6 +137,13 @@ class Modality:
         """Write a verified ONNX file of the run; returns its verification."""
         raise NotImplementedError
 
+    int8_method = "static"      # how an int8 export is made: 'static' (calibrated activations) or 'dynamic'
+
+    def row_input(self, row: dict):
+        """A predictions.json row's sample as an exported file's classifier takes it (`path`, and the
+        modality's own fields); None when it cannot be read any more."""
+        raise NotImplementedError
+
     def classifier(self, path, kind: str, device: str = "cpu"):
         """What predicts with a checkpoint (kind 'torch') or an exported file (kind 'onnx')."""
         raise NotImplementedError

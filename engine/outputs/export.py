@@ -76,6 +76,8 @@ class ExportResult:
     export_seconds: float = 0.0     # the exporter alone, for the one that succeeded
     dynamic_size: bool = False      # True when height and width are dynamic axes, not only batch
     max_score_diff: float | None = None   # max |unknown score(PyTorch) - score(onnxruntime)|; None: no score
+    precision: str = "fp32"         # of the file written (engine.outputs.precision)
+    precision_check: dict | None = None   # a smaller precision's measured figures against fp32, when asked
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -161,11 +163,23 @@ def verification_record(card: dict, verification: "_Verification", tolerance: fl
     return record
 
 
-def export_model(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, **options) -> ExportResult:
+def export_model(run_or_checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, *, precision: str = "fp32",
+                 gate_points: float | None = None, **options) -> ExportResult:
     """A verified ONNX file of any run: the modality its checkpoint names exports it (`options`: that
-    modality's, such as `verify`, `tolerance`, `exporter`, `dynamic_size`, `progress`, `control`)."""
+    modality's, such as `verify`, `tolerance`, `exporter`, `dynamic_size`, `progress`, `control`).
+    `precision` fp16 or int8: the fp32 file is made and verified first, then the smaller one is kept only
+    when it loses at most `gate_points` accuracy points against it (engine.outputs.precision)."""
+    from engine.outputs import precision as smaller
     from engine.outputs.predict import model_modality
-    return model_modality(run_or_checkpoint).export(run_or_checkpoint, onnx_path, **options)
+    if precision not in smaller.PRECISIONS:
+        raise ExportError(f"precision must be {', '.join(smaller.PRECISIONS)}, not {precision!r}")
+    modality = model_modality(run_or_checkpoint)
+    if precision == "fp32":
+        return modality.export(run_or_checkpoint, onnx_path, **options)
+    gate = smaller.DEFAULT_GATE_POINTS if gate_points is None else gate_points
+    return smaller.export_smaller(run_or_checkpoint, onnx_path, precision, gate,
+                                  lambda run, path: modality.export(run, path, **options),
+                                  options.get("progress"), options.get("control"))
 
 
 def export_checked(model: torch.nn.Module, card: dict, target: Path, samples: Sequence, *,
@@ -429,6 +443,7 @@ def provenance(meta: dict, run_dir: Path | None) -> dict:
         "metrics": _metrics(meta, run_dir),
         "weights_origin": meta.get("weights_origin"),
         "exported": _now(),
+        "precision": "fp32",
         "opset": OPSET,
         "versions": {"transferlab": __version__, "torch": torch.__version__, "onnx": onnx.__version__},
     }

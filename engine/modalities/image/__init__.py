@@ -74,6 +74,13 @@ class ImageModality(Modality):
         return export_run(run_dir, out, verify_images=verify, tolerance=tolerance, exporter=exporter,
                           dynamic_size=dynamic_size, progress=progress, control=control)
 
+    def row_input(self, row: dict):
+        from engine.data.images import ImageError, load_image
+        try:
+            return load_image(row["path"])
+        except (ImageError, KeyError):
+            return None
+
     def classifier(self, path, kind: str, device: str = "cpu"):
         from engine.outputs.predict import OnnxClassifier, TorchClassifier
         return OnnxClassifier(path) if kind == "onnx" else TorchClassifier(path, device)

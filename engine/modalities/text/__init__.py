@@ -96,6 +96,11 @@ class TextModality(Modality):
         return export_text_run(run_dir, out, verify_texts=verify, tolerance=tolerance, exporter=exporter,
                                progress=progress, control=control)
 
+    int8_method = "dynamic"     # transformers: int8 weights, activations quantized per batch (measured)
+
+    def row_input(self, row: dict):
+        return row.get("text") or None
+
     def classifier(self, path, kind: str, device: str = "cpu"):
         from engine.modalities.text.predict import OnnxTextClassifier, TorchTextClassifier
         return OnnxTextClassifier(path) if kind == "onnx" else TorchTextClassifier(path, device)

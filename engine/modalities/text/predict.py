@@ -40,12 +40,15 @@ class OnnxTextClassifier(TextClassifierBase):
         self.tokens = TextTokenizer(self.meta["tokenizer"], int(self.meta["preprocessing"]["max_tokens"]))
         self.input_name = self.session.get_inputs()[0].name
 
+    def inputs(self, texts: list[str]) -> np.ndarray:
+        return self.tokens.encode(texts)
+
     def logits(self, texts: list[str]) -> np.ndarray:
         return self.scored(texts)[0]
 
     def scored(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
         """(calibrated logits, unknown scores or None) of `texts`."""
-        return onnx_outputs(self.session.run(None, {self.input_name: self.tokens.encode(texts)}))
+        return onnx_outputs(self.session.run(None, {self.input_name: self.inputs(texts)}))
 
 
 class TorchTextClassifier(TextClassifierBase):
