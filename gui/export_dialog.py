@@ -25,10 +25,12 @@ if TYPE_CHECKING:
     from gui.workers import Task, TaskGroup
 
 FORMATS = (("onnx", "ONNX (.onnx), verified against PyTorch"),
-           ("safetensors", "PyTorch weights only (.safetensors)"))
+           ("safetensors", "PyTorch weights only (.safetensors)"),
+           ("openvino", "OpenVINO IR folder (model.xml + model.bin), verified by OpenVINO"))
 EXPORTERS = (("auto", "Automatic (torch.export, else TorchScript)"), ("dynamo", "torch.export"),
              ("legacy", "TorchScript (deprecated, fast)"))
-SUFFIXES = {"onnx": ".onnx", "safetensors": ".safetensors"}
+SUFFIXES = {"onnx": ".onnx", "safetensors": ".safetensors", "openvino": ""}
+GRAPH_FORMATS = ("onnx", "openvino")        # what the precision, exporter and verification apply to
 PRECISIONS = (("fp32", "fp32: full precision"),
               ("int8", "int8: about a third of the size, faster on a CPU (checked against fp32)"),
               ("fp16", "fp16: half the size, for GPUs (checked against fp32)"))
@@ -51,6 +53,17 @@ def precision_text(check: dict) -> str:
     per_split = ", ".join(f"{split} {100 * f['fp32_accuracy']:.1f} % → {100 * f['accuracy']:.1f} %"
                           for split, f in check["splits"].items())
     return f"<b>✓ {summary}</b> (accuracy fp32 → {check['asked']}: {per_split})."
+
+
+def openvino_text(verification: dict) -> str:
+    """What the OpenVINO runtime was checked against, in a sentence."""
+    if "max_abs_diff" in verification:
+        figures = (f"largest |logit difference| <b>{verification['max_abs_diff']:.2g}</b>, top-1 agreement "
+                   f"<b>{100 * verification['top1_agreement']:.0f} %</b>")
+    else:
+        figures = (f"accuracy <b>{100 * verification['accuracy']:.1f} %</b>, "
+                   f"{verification['accuracy_drop_points']:.2f} points below fp32")
+    return f"<b>✓ OpenVINO runtime</b> against {verification['against']}: {figures}."
 
 
 class ExportDialog(QDialog):
@@ -100,6 +113,7 @@ class ExportDialog(QDialog):
         self.cancel_button.setVisible(False)
         self.cancel_button.clicked.connect(self.cancel_export)
         self.buttons.rejected.connect(self.reject)
+        self._offer_openvino_if_installed()
         if text:
             self._offer_text_export()
         if ensemble:
@@ -145,6 +159,14 @@ class ExportDialog(QDialog):
             widget.setChecked(False)
             widget.setVisible(False)
 
+    def _offer_openvino_if_installed(self) -> None:
+        import importlib.util
+        if importlib.util.find_spec("openvino") is None:
+            item = self.format.model().item(self.format.findData("openvino"))
+            item.setEnabled(False)
+            item.setToolTip("Needs the openvino package (pip install openvino), which this app leaves out to stay "
+                            "under 1 GB")
+
     def _offer_ensemble_export(self) -> None:
         """An ensemble (several networks, one mean) fits one ONNX graph but no timm state dict."""
         weights = self.format.model().item(1)
@@ -159,7 +181,7 @@ class ExportDialog(QDialog):
         return self.format.currentData()
 
     def _on_format_changed(self) -> None:
-        onnx = self.chosen_format == "onnx"
+        onnx = self.chosen_format in GRAPH_FORMATS
         for widget in (self.with_weights, self.exporter, self.dynamic_size, self.precision):
             widget.setEnabled(onnx and not (self.text and widget in (self.with_weights, self.dynamic_size)))
         text = self.path.text().strip()
@@ -167,6 +189,8 @@ class ExportDialog(QDialog):
             self.path.setText(str(Path(text).with_suffix(SUFFIXES[self.chosen_format])))
 
     def _ask_save_path(self) -> str | None:
+        if self.chosen_format == "openvino":
+            return QFileDialog.getExistingDirectory(self, "Export the OpenVINO model into the folder") or None
         suffix = SUFFIXES[self.chosen_format]
         path, _ = QFileDialog.getSaveFileName(self, "Export the model to", self.path.text(),
                                               f"{suffix[1:].upper()} files (*{suffix})")
@@ -181,6 +205,8 @@ class ExportDialog(QDialog):
         """The chosen file, with the format's suffix added when it was left out."""
         path = Path(self.path.text().strip()).expanduser()
         suffix = SUFFIXES[self.chosen_format]
+        if not suffix:
+            return path.with_suffix("") if path.suffix.lower() in SUFFIXES.values() else path
         return path if path.suffix.lower() == suffix else path.with_name(path.name + suffix)
 
     # -- export ------------------------------------------------------------------------------
@@ -232,6 +258,8 @@ class ExportDialog(QDialog):
             lines.append(verification_text(outcome.onnx, "texts" if self.text else "images"))
             if outcome.onnx.precision_check:
                 lines.append(precision_text(outcome.onnx.precision_check))
+            if outcome.onnx.openvino:
+                lines.append(openvino_text(outcome.onnx.openvino))
             tokenizer = f", tokenizer in {Path(outcome.onnx.path).with_suffix('.tokenizer.json').name}" if self.text else ""
             lines.append(f"Saved to <b>{outcome.onnx.path}</b> (metadata also in {Path(outcome.onnx.sidecar).name}"
                          f"{tokenizer}).")

@@ -400,6 +400,8 @@ def export_model(source: str, out_path: str, fmt: str, with_weights: bool, expor
         progress("write weights", 0, 1)
         return ExportOutcome(None, export_weights(source, out))
     options = {"dynamic_size": True} if dynamic_size else {}
+    if fmt == "openvino":
+        from engine.outputs.openvino import export_openvino as export_onnx
     result = export_onnx(source, out, exporter=exporter, progress=progress, control=control, precision=precision,
                          **options)
     weights = None

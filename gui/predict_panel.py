@@ -34,7 +34,14 @@ if TYPE_CHECKING:
 THUMBNAIL_PX = PREDICT_THUMBNAIL_PX
 TOPK_ROLE = Qt.ItemDataRole.UserRole + 1
 VERDICT_ROLE = Qt.ItemDataRole.UserRole + 2      # a line above the classes: "not like anything it was trained on"
-SOURCES = (("latest", "Latest training run"), ("onnx", "An exported ONNX file…"),
+EXPORTED_SUFFIXES = (".onnx", ".xml")     # an ONNX file, or an OpenVINO IR's model.xml
+
+
+def is_exported(path: str) -> bool:
+    return str(path).lower().endswith(EXPORTED_SUFFIXES)
+
+
+SOURCES = (("latest", "Latest training run"), ("onnx", "An exported ONNX or OpenVINO file…"),
            ("checkpoint", "A checkpoint or run folder…"))
 COLUMNS = ("Image", "File", "Top classes")
 TEXT_COLUMNS = ("", "Text", "Top classes")
@@ -231,7 +238,7 @@ class PredictPanel(QWidget):
         """Use an `.onnx` file, a checkpoint or a run folder (what the source menu asks for)."""
         self.state.predict_model_modality = model_modality(path)
         self.state.predict_model = str(path)
-        self.source.setCurrentIndex(self.source.findData("onnx" if str(path).lower().endswith(".onnx") else "checkpoint"))
+        self.source.setCurrentIndex(self.source.findData("onnx" if is_exported(path) else "checkpoint"))
         self._show_model()
 
     def _on_source_activated(self, index: int) -> None:
@@ -242,13 +249,14 @@ class PredictPanel(QWidget):
                 self.set_model(path)
                 return
             chosen = self.state.predict_model
-            if chosen is None or (kind == "onnx") != chosen.lower().endswith(".onnx"):
+            if chosen is None or (kind == "onnx") != is_exported(chosen):
                 self.source.setCurrentIndex(0)
         self._show_model()
 
     def _ask_model_path(self, kind: str) -> str | None:
         if kind == "onnx":
-            path, _ = QFileDialog.getOpenFileName(self, "Choose an exported model", "", "ONNX models (*.onnx)")
+            path, _ = QFileDialog.getOpenFileName(self, "Choose an exported model", "",
+                                                  "Exported models (*.onnx model.xml);;ONNX (*.onnx);;OpenVINO IR (*.xml)")
         else:
             path, _ = QFileDialog.getOpenFileName(self, "Choose a checkpoint (or cancel to pick a run folder)", "",
                                                   "TransferLab checkpoints (*.safetensors)")
@@ -278,7 +286,8 @@ class PredictPanel(QWidget):
         self.table.setColumnHidden(0, text)
         path = self.model_path
         if path:
-            kind = "ONNX, onnxruntime" if path.lower().endswith(".onnx") else "PyTorch"
+            kind = ("ONNX, onnxruntime" if path.lower().endswith(".onnx") else
+                    "OpenVINO" if path.lower().endswith(".xml") else "PyTorch")
             self.model_label.setText(f"{Path(path).name}  ({kind})")
             self.model_label.setToolTip(path)
         else:

@@ -119,6 +119,22 @@ def test_export_dialog_refuses_an_int8_file_that_loses_accuracy_and_says_so(qtbo
     assert dialog.precision.isEnabled()
 
 
+def test_export_dialog_writes_an_openvino_folder_that_try_it_runs(qtbot, trained, tmp_path):
+    tasks = Tasks(qtbot)
+    dialog = ExportDialog(str(trained.run), str(tmp_path / "colours.onnx"), tasks)
+    qtbot.addWidget(dialog)
+    dialog.show()
+    dialog.format.setCurrentIndex(dialog.format.findData("openvino"))
+    assert dialog.path.text() == str(tmp_path / "colours")                 # a folder: no suffix
+    dialog.exporter.setCurrentIndex(dialog.exporter.findData("legacy"))
+    qtbot.mouseClick(dialog.export_button, Qt.MouseButton.LeftButton)
+    tasks.wait()
+    assert (tmp_path / "colours" / "model.xml").is_file() and (tmp_path / "colours" / "model.bin").is_file()
+    assert "✓ OpenVINO runtime" in dialog.result.text() and "100 %" in dialog.result.text()
+    from engine.outputs.predict import load_classifier
+    assert load_classifier(tmp_path / "colours" / "model.xml").classes == ["blue", "green", "red"]
+
+
 def test_an_ensemble_exports_to_verified_onnx_only(qtbot, trained, tmp_path):
     """An ensemble run (two networks, one mean) is offered ONNX only: no state dict can hold it."""
     from engine.data.scan import scan_dataset

@@ -4,6 +4,8 @@ lose accuracy; photos (static int8, calibrated on training images) and texts (dy
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +124,44 @@ def test_an_int8_text_export_quantizes_the_encoders_weights_and_answers_like_it(
     assert (tmp_path / "t.tokenizer.json").is_file()
     classifier = load_classifier(tmp_path / "t.onnx")
     assert classifier.logits(["You will have a long and happy life."]).shape == (1, len(classifier.classes))
+
+
+# -- OpenVINO -----------------------------------------------------------------------------------------------
+def test_an_openvino_export_is_verified_by_its_runtime_and_predicts(photo_run, tmp_path):
+    from engine.outputs.openvino import export_openvino
+    result = export_openvino(photo_run, tmp_path / "ir", exporter="legacy")
+    assert sorted(p.name for p in (tmp_path / "ir").iterdir()) == ["model.bin", "model.json", "model.xml"]
+    assert result.openvino["max_abs_diff"] <= 1e-3 and result.openvino["top1_agreement"] == 1.0
+    card = json.loads((tmp_path / "ir" / "model.json").read_text())
+    assert card["runtime"] == "openvino" and card["precision"] == "fp32" and card["openvino_verification"]
+    # predict and the classifiers take the folder as they take an .onnx file: the same answers
+    export_model(photo_run, tmp_path / "m.onnx", exporter="legacy")
+    photos = [Image.open(p).convert("RGB") for p in sorted((DEMO / "coat").glob("*.png"))[:6]]
+    on_ir, on_onnx = load_classifier(tmp_path / "ir").scored(photos), load_classifier(tmp_path / "m.onnx").scored(photos)
+    assert np.abs(on_ir[0] - on_onnx[0]).max() <= 1e-3 and np.abs(on_ir[1] - on_onnx[1]).max() <= 1e-2
+    done = run_cli("predict", tmp_path / "ir", DEMO / "coat")
+    assert done.returncode == 0 and json.loads(done.stdout.splitlines()[0])["top_k"]
+    # the standalone example (openvino, numpy, Pillow) labels the photos as `predict` does
+    example = subprocess.run([sys.executable, "openvino_predict.py", str(tmp_path / "ir"),
+                              *map(str, sorted((DEMO / "coat").glob("*.png"))[:3])],
+                             cwd=ROOT / "examples", capture_output=True, text=True, timeout=120)
+    assert example.returncode == 0, example.stderr
+    assert [json.loads(line)["label"] for line in example.stdout.splitlines()] == \
+        [json.loads(line)["label"] for line in done.stdout.splitlines()[:3]]
+
+
+def test_an_int8_openvino_export_is_held_to_the_same_gate(photo_run, tmp_path):
+    from engine.outputs.openvino import export_openvino
+    result = export_openvino(photo_run, tmp_path / "ir8", precision="int8", gate_points=5, exporter="legacy")
+    assert result.precision == "int8" and result.openvino["accuracy_drop_points"] <= 5
+    assert (tmp_path / "ir8" / "model.bin").stat().st_size <= 0.4 * result.precision_check["fp32_bytes"]
+    done = run_cli("export", photo_run, "--openvino", tmp_path / "m.onnx")
+    assert done.returncode == 2 and "is a folder" in done.stderr
+
+
+def test_a_text_model_exports_to_openvino_with_its_tokenizer(text_run, tmp_path):
+    from engine.outputs.openvino import export_openvino
+    export_openvino(text_run, tmp_path / "ir")
+    assert (tmp_path / "ir" / "model.tokenizer.json").is_file()
+    classifier = load_classifier(tmp_path / "ir")
+    assert classifier.logits(["A penny saved is a penny earned."]).shape == (1, len(classifier.classes))

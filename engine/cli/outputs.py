@@ -19,6 +19,9 @@ def register(subparsers) -> None:
                                           "against PyTorch on real images before it is written.")
     p.add_argument("run", help="run folder or TransferLab .safetensors checkpoint")
     p.add_argument("--onnx", metavar="OUT.onnx", help="verified ONNX file to write (plus OUT.json)")
+    p.add_argument("--openvino", metavar="DIR",
+                   help="verified OpenVINO IR folder to write (model.xml, model.bin, model.json), at --precision; "
+                        "needs the openvino package")
     p.add_argument("--safetensors", metavar="OUT.safetensors",
                    help="plain timm state dict with flat metadata, for PyTorch users")
     p.add_argument("--verify-images", nargs="+", metavar="PATH",
@@ -42,7 +45,7 @@ def register(subparsers) -> None:
                               description="Print one JSON object per image (or text): path, label, score, top_k. "
                                           "For a text model each argument is a text, or a .txt file (one text "
                                           "per line) or a .csv/.tsv file (its text column).")
-    p.add_argument("model", help="run folder, .safetensors checkpoint or exported .onnx file")
+    p.add_argument("model", help="run folder, .safetensors checkpoint, exported .onnx file or OpenVINO IR folder")
     p.add_argument("images", nargs="*", metavar="IMAGE_OR_FOLDER_OR_TEXT")
     p.add_argument("--text-file", default=None, help="text models: a file of texts, one per line")
     p.add_argument("--text-column", default=None, help="text models: the text column of a .csv/.tsv input")
@@ -65,22 +68,28 @@ def register(subparsers) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from engine.outputs.export import ExportError, export_model, export_weights
-    if not args.onnx and not args.safetensors:
-        raise ExportError("say what to write: --onnx OUT.onnx and/or --safetensors OUT.safetensors")
-    summary = {}
-    if args.onnx:
+    from engine.outputs.openvino import export_openvino
+    if not (args.onnx or args.openvino or args.safetensors):
+        raise ExportError("say what to write: --onnx OUT.onnx, --openvino DIR and/or --safetensors OUT.safetensors")
+    summary, refused = {}, False
+    options = dict(verify=args.verify_images, tolerance=args.tolerance, exporter=args.exporter,
+                   dynamic_size=args.dynamic_size, precision=args.precision, gate_points=args.gate)
+    for target, export in ((args.onnx, export_model), (args.openvino, export_openvino)):
+        if not target:
+            continue
         with TerminalProgress() as progress:
-            result = export_model(args.run, args.onnx, verify=args.verify_images, tolerance=args.tolerance,
-                                  exporter=args.exporter, dynamic_size=args.dynamic_size, progress=progress,
-                                  precision=args.precision, gate_points=args.gate)
+            result = export(args.run, target, progress=progress, **options)
         for warning in result.warnings:
             print(f"warning: {warning}", file=sys.stderr)
-        summary.update(result.to_dict())
-        refused = _say_precision(result)
+        if summary:                       # --onnx and --openvino: the second result beside the first
+            summary["openvino_export"] = result.to_dict()
+        else:
+            summary.update(result.to_dict())
+        refused = _say_precision(result) or refused
     if args.safetensors:
         summary["safetensors"] = export_weights(args.run, args.safetensors)
     print(json.dumps(summary))
-    return 1 if args.onnx and refused else 0
+    return 1 if refused else 0
 
 
 def _say_precision(result) -> bool:

@@ -78,6 +78,7 @@ class ExportResult:
     max_score_diff: float | None = None   # max |unknown score(PyTorch) - score(onnxruntime)|; None: no score
     precision: str = "fp32"         # of the file written (engine.outputs.precision)
     precision_check: dict | None = None   # a smaller precision's measured figures against fp32, when asked
+    openvino: dict | None = None    # an OpenVINO IR's verification against its ONNX source (engine.outputs.openvino)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -73,8 +73,8 @@ class PrecisionCheck:
 
     def summary(self) -> str:
         """One line for the terminal and the window."""
-        drop = f"{self.accuracy_drop_points:+.2f}".replace("+", "−", 1) if self.accuracy_drop_points > 0 \
-            else f"{-self.accuracy_drop_points:+.2f}"
+        points = self.accuracy_drop_points
+        drop = f"−{points:.2f}" if points > 0 else f"+{-points:.2f}" if points < 0 else "±0"
         speed = ""
         fast, slow = self.latency_ms.get(self.asked, {}), self.latency_ms.get("fp32", {})
         if fast.get("batch_1") and slow.get("batch_1"):

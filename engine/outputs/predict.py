@@ -177,8 +177,20 @@ def onnx_outputs(outputs: list) -> tuple[np.ndarray, np.ndarray | None]:
 def open_onnx(path: str) -> tuple:
     """(onnxruntime session on the CPU, TransferLab metadata) of an exported file; ModelFileError says
     what is wrong with a missing, damaged or foreign file."""
-    import onnxruntime as ort
+    from engine.outputs.openvino import IrSession, OpenVinoMissing, ir_file
     name = os.path.basename(path)
+    xml = ir_file(path)
+    if xml is not None:
+        if not xml.is_file():
+            raise ModelFileError(f"model file not found: {xml}")
+        try:
+            session = IrSession(xml)
+        except OpenVinoMissing:
+            raise
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises several types for damaged files
+            raise ModelFileError(f"{name} is not a valid OpenVINO model ({first_line(exc, 200)})") from None
+        return session, read_onnx_metadata(session.get_modelmeta().custom_metadata_map, name)
+    import onnxruntime as ort
     if not os.path.isfile(path):
         raise ModelFileError(f"model file not found: {path}")
     try:
@@ -221,8 +233,9 @@ def load_classifier(path: str | os.PathLike, device: str = "cpu"):
     cuda:N | mps) runs a checkpoint; an `.onnx` file runs in ONNX Runtime on the CPU."""
     from engine.core.device import resolve_device
     resolve_device(device)              # a device that is not there is refused first, whatever the model
+    from engine.outputs.openvino import ir_file
     modality = model_modality(path)
-    if Path(path).suffix.lower() == ".onnx":
+    if Path(path).suffix.lower() == ".onnx" or ir_file(path) is not None:
         return modality.classifier(path, "onnx")
     checkpoint, _ = resolve_checkpoint(path)
     return modality.classifier(checkpoint, "torch", device)
@@ -231,8 +244,11 @@ def load_classifier(path: str | os.PathLike, device: str = "cpu"):
 def model_modality(path: str | os.PathLike) -> Modality:
     """What a run folder, checkpoint or `.onnx` file classifies, from its metadata alone (no torch for an
     `.onnx` file); the default modality when the file cannot be read, whose loader then says why."""
+    from engine.outputs.openvino import ir_file, read_ir_card
     path = Path(path)
     try:
+        if ir_file(path) is not None:
+            return modalities.of(read_onnx_metadata({k: json.dumps(v) for k, v in read_ir_card(ir_file(path)).items()}))
         if path.suffix.lower() == ".onnx":
             import onnx                  # not engine.outputs.export: predicting from an .onnx stays torch-free
             proto = onnx.load(str(path), load_external_data=False)
