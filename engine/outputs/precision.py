@@ -19,9 +19,11 @@ answers like it.
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -223,14 +225,28 @@ def _to_int8_static(source: Path, target: Path, reference, calibration: Sequence
         raise ValueError("no samples to calibrate the int8 model on")
     model = onnx.load(str(source))
     batches = -(-len(calibration) // CALIBRATION_BATCH)
-    quantize_static(model, str(target), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    nodes_to_exclude=scorer_nodes(model),
-                    extra_options={"CalibMovingAverage": True,
-                                   "CalibMaxIntermediateOutputs": _held_batches(batches)})
+    with quiet_quantizer():
+        quantize_static(model, str(target), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=scorer_nodes(model),
+                        extra_options={"CalibMovingAverage": True,
+                                       "CalibMaxIntermediateOutputs": _held_batches(batches)})
     _tidy(model, target, int8_bank=True)
     return ("static int8 (QDQ, per-channel int8 weights, uint8 activations; ranges: moving average of each "
             "batch's min/max)")
+
+
+@contextmanager
+def quiet_quantizer():
+    """onnxruntime's quantizer advises on the root logger ("Please consider pre-processing ..."); the
+    user did not call it and cannot act on it: its records are dropped while it runs."""
+    root = logging.getLogger()
+    quiet = logging.Filter("__transferlab_never__")          # passes no record of the root logger
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
 
 
 def _held_batches(batches: int) -> int:
@@ -242,8 +258,9 @@ def _held_batches(batches: int) -> int:
 def _to_int8_dynamic(source: Path, target: Path) -> str:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     model = onnx.load(str(source))
-    quantize_dynamic(model, str(target), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul", "Gemm", "Gather"], nodes_to_exclude=scorer_nodes(model))
+    with quiet_quantizer():
+        quantize_dynamic(model, str(target), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul", "Gemm", "Gather"], nodes_to_exclude=scorer_nodes(model))
     _tidy(model, target, int8_bank=True)
     return "dynamic int8 (int8 weights of MatMul, Gemm and embeddings; activations quantized per batch)"
 

@@ -191,6 +191,7 @@ def open_onnx(path: str) -> tuple:
             raise ModelFileError(f"{name} is not a valid OpenVINO model ({first_line(exc, 200)})") from None
         return session, read_onnx_metadata(session.get_modelmeta().custom_metadata_map, name)
     import onnxruntime as ort
+    ort.set_default_logger_severity(3)        # errors only: graph-cleaning notes are not the user's to act on
     if not os.path.isfile(path):
         raise ModelFileError(f"model file not found: {path}")
     try:
