@@ -108,11 +108,15 @@ def export_openvino(run_or_checkpoint, out_dir: str | os.PathLike, *, precision:
         step("convert to OpenVINO")
         began = time.monotonic()
         card = {**read_metadata(source), "runtime": "openvino", "openvino": ov.__version__}
-        model = ov.convert_model(str(source))
-        model.set_rt_info(json.dumps(card, ensure_ascii=False), [CARD_KEY])
         folder = scratch / "ir"
         folder.mkdir()
-        ov.save_model(model, str(folder / IR_FILE), compress_to_fp16=False)
+        try:
+            model = ov.convert_model(str(source))
+            model.set_rt_info(json.dumps(card, ensure_ascii=False), [CARD_KEY])
+            ov.save_model(model, str(folder / IR_FILE), compress_to_fp16=False)
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises its own types for graphs it cannot take
+            from engine.core.errors import first_line
+            raise ExportError(f"OpenVINO could not convert the verified ONNX file: {first_line(exc)}") from None
         step("verify OpenVINO")
         labelled = labelled_samples(run_dir, modality)
         if result.precision == "fp32":

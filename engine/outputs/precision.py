@@ -80,16 +80,13 @@ class PrecisionCheck:
         speed = ""
         fast, slow = self.latency_ms.get(self.asked, {}), self.latency_ms.get("fp32", {})
         if fast.get("batch_1") and slow.get("batch_1"):
-            speed = (f", {fast['batch_1']:.1f} ms per {self._noun()} vs {slow['batch_1']:.1f} ms "
+            speed = (f", {fast['batch_1']:.1f} ms per sample vs {slow['batch_1']:.1f} ms "
                      f"({slow['batch_1'] / fast['batch_1']:.2f}x)")
         figures = (f"{self.asked}: {self.size_ratio:.2f}x the fp32 file, accuracy {drop} points over "
                    f"{sum(s['samples'] for s in self.splits.values())} samples{speed}")
         if self.refused:
             return f"{self.asked} refused, fp32 written instead: {self.refused} ({figures})"
         return figures
-
-    def _noun(self) -> str:
-        return "sample"
 
 
 def reduce_precision(fp32_path: Path, precision: str, open_file: Callable[[Path], object],
@@ -316,6 +313,7 @@ def export_smaller(run_or_checkpoint, onnx_path, precision: str, gate_points: fl
     """The verified fp32 export (`export_fp32(run, path)`, the modality's), then the smaller file made and
     verified against it; writes at `onnx_path` the smaller file, or the fp32 one when the smaller is refused
     (its card says why, with the figures). Returns the ExportResult with `precision` and `precision_check`."""
+    from engine.core.control import Cancelled
     from engine.core.files import atomic_path, write_json
     from engine.outputs.export import ExportError, ExportSteps, _set_metadata, read_metadata
     from engine.outputs.predict import model_modality, resolve_checkpoint
@@ -344,7 +342,7 @@ def export_smaller(run_or_checkpoint, onnx_path, precision: str, gate_points: fl
         try:
             smaller, check = reduce_precision(fp32_file, precision, open_file, labelled, calibration,
                                               calibration_note, modality.int8_method, gate_points, scratch, step)
-        except ExportError:
+        except (ExportError, Cancelled):
             raise
         except Exception as exc:  # noqa: BLE001 - quantizers raise many types; the user gets one line
             from engine.core.errors import first_line
