@@ -112,6 +112,13 @@ check_predict() {
   test "$(wc -l < "$TMP/predictions.jsonl")" -eq 6 && head -n 2 "$TMP/predictions.jsonl"
 }
 
+# int8 from inside the bundle (onnxruntime.quantization must be in it): made, checked against fp32 (the
+# gate out of the way: a 1-epoch model's margins are tiny), written, and read back by predict.
+check_int8() {
+  frozen "$EXE" export "$TMP/run" --onnx "$TMP/int8.onnx" --precision int8 --gate 100 &&
+  frozen "$EXE" predict "$TMP/int8.onnx" "$TMP/images/red" --top-k 1 | head -n 1
+}
+
 # main.py closes the windows TRANSFERLAB_QUIT_AFTER_MS after the event loop starts, as a user would;
 # 10 s lets the window finish its start-up jobs first.
 # Texts: a CSV of 3 topics x 8 notes, the catalog's MiniLM from inside the bundle, head only, then the
@@ -173,6 +180,7 @@ commands=$(frozen "$EXE" --help)
 if grep -qw export <<< "$commands"; then
   step "export (ONNX, verified against PyTorch)" check_export
   step "predict with the ONNX file (onnxruntime)" check_predict
+  step "export int8 (calibrated, checked against fp32) and predict with it" check_int8
 else
   echo "== export, predict: SKIPPED (this build's CLI has no export command yet)"
 fi
