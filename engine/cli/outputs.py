@@ -65,6 +65,20 @@ def register(subparsers) -> None:
                         "(an .onnx file runs on the CPU)")
     p.set_defaults(func=cmd_predict)
 
+    p = subparsers.add_parser("suggest", help="which unlabelled images or texts to label next, and why",
+                              description="Rank a pool of unlabelled samples by what labelling them would teach the "
+                                          "run: the least certain, spread over what the model is unsure about "
+                                          "(diverse mini-batch active learning).")
+    p.add_argument("run", help="run folder or .safetensors checkpoint")
+    p.add_argument("pool", nargs="*", metavar="IMAGE_OR_FOLDER_OR_TEXT", help="the unlabelled samples")
+    p.add_argument("--count", type=int, default=20, help="how many to suggest (default 20)")
+    p.add_argument("--text-file", default=None, help="text models: a file of texts, one per line")
+    p.add_argument("--text-column", default=None, help="text models: the text column of a .csv/.tsv pool")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="one JSON object: suggestions (path, suggested, score, "
+                                                       "runner_up, margin, unknown, reason), skipped, pool")
+    p.set_defaults(func=cmd_suggest)
+
 
 def cmd_export(args: argparse.Namespace) -> int:
     from engine.outputs.export import ExportError, export_model, export_weights
@@ -100,6 +114,22 @@ def _say_precision(result) -> bool:
     check = PrecisionCheck.from_dict(result.precision_check)
     print(check.summary(), file=sys.stderr)
     return bool(check.refused)
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    from engine.active.suggest import suggest
+    with TerminalProgress() as progress:
+        found = suggest(args.run, args.pool, args.count, seed=args.seed, text_file=args.text_file,
+                        text_column=args.text_column, progress=progress)
+    for skipped in found["skipped"]:
+        print(f"skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(found, ensure_ascii=False, indent=2))
+        return 0
+    print(f"label these {len(found['suggestions'])} of {found['pool']} first (most uncertain first):")
+    for rank, row in enumerate(found["suggestions"], start=1):
+        print(f"{rank:3d}. {row['path']}  -> {row['suggested']}?  {row['reason']}")
+    return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -1,0 +1,1 @@
+"""Unlabelled samples: what to label next (engine.active.acquire)."""
