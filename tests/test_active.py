@@ -94,6 +94,21 @@ def test_the_cli_lists_what_to_label_next_as_json(photo_run, tmp_path):
     assert refused.returncode == 2 and "run folder" in refused.stderr
 
 
+def test_with_few_labels_suggest_asks_for_typical_samples_of_groups_no_label_covers(tmp_path):
+    """A run taught 7 photos per class (below 15): the pool is clustered with them, and the suggestions are
+    the typical samples of the groups without a label: here, the fourth colour it has never seen."""
+    from conftest import write_colour_dataset
+    data = write_colour_dataset(tmp_path / "colours", per_class=10)
+    report = scan_dataset(data)
+    Trainer(report, TrainConfig(image_size=64, epochs=2, batch_size=8), tmp_path / "run").fit()
+    write_colour_dataset(tmp_path / "pool", per_class=12, seed=5,
+                         colours={"red": (220, 40, 40), "yellow": (230, 220, 30)})
+    found = suggest(tmp_path / "run", [str(tmp_path / "pool")], 2)
+    assert found["method"].startswith("typicality") and found["labels_in_run"] == len(report.split("train"))
+    assert all("/yellow/" in row["path"] for row in found["suggestions"])
+    assert "no label covers" in found["suggestions"][0]["reason"]
+
+
 def test_suggest_ranks_texts_too(tmp_path):
     report = scan_any(write_fortunes_csv(tmp_path / "fortunes.csv"), seed=0)
     Trainer(report, TrainConfig(backbone="all-minilm-l6-v2", epochs=10, lr=1e-2), tmp_path / "run").fit()

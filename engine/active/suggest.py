@@ -1,22 +1,32 @@
 """`suggest RUN POOL`: the pool's samples a trained run should have labelled next, each with the run's
-suggested label and why (engine.active.acquire), read as `predict` reads them."""
+suggested label and why (engine.active.acquire), read as `predict` reads them.
+
+With few labels uncertainty is a poor guide (Hacohen et al. 2022; bench/active_learning.py: margin-based
+choice lost to random on both photo sets at 2-12 labels per class, TypiClust won on fm-sessions and
+fortunes): below LOW_BUDGET_PER_CLASS training labels per class the run's training samples and the pool are
+clustered together and the most typical sample of each large group no label covers is suggested; from
+there on, the least certain samples spread over what the model is unsure about. The threshold rests on
+those three sets (ELPV's cross-over lay between 12 and 17 labels per class)."""
 from __future__ import annotations
 
 import numpy as np
 
-from engine.active.acquire import Suggestion, choose_batch
+from engine.active.acquire import Suggestion, choose_batch, margins, typical_batch
 from engine.core.control import RunControl
 from engine.core.progress import Progress, no_progress
+
+LOW_BUDGET_PER_CLASS = 15
 
 
 def suggest(run, pool: list[str], count: int, *, seed: int = 0, text_file=None, text_column=None,
             batch_size: int = 16, control: RunControl | None = None, progress: Progress | None = None) -> dict:
     """{"suggestions": [{path, suggested, score, runner_up, margin, unknown, reason}], "skipped": [...],
-    "pool": N} for the `count` samples of `pool` (images, folders, texts, a text file) to label next.
-    `run`: a run folder or checkpoint (its network's features judge which samples are alike)."""
+    "pool": N, "method": ..., "labels_in_run": N or None} for the `count` samples of `pool` (images,
+    folders, texts, a text file) to label next. `run`: a run folder or checkpoint (its network's features
+    judge which samples are alike)."""
     from engine.core import modality as modalities
-    from engine.outputs.predict import SampleError, load_classifier, unknown_threshold
-    from engine.training.calibration import classifier_inputs, view_mean
+    from engine.outputs.precision import training_rows
+    from engine.outputs.predict import SampleError, load_classifier, resolve_checkpoint, unknown_threshold
     if count < 1:
         raise ValueError(f"--count must be 1 or more, not {count}")
     classifier = load_classifier(run, "cpu")
@@ -25,39 +35,60 @@ def suggest(run, pool: list[str], count: int, *, seed: int = 0, text_file=None, 
     modality = modalities.of(classifier.meta)
     items, skipped = modality.prediction_items(pool, text_file=text_file, text_column=text_column)
     control, progress = control or RunControl(), progress or no_progress
-    origins, logits, scores, features = [], [], [], []
-    for start in range(0, len(items), batch_size):
-        control.checkpoint()
-        batch, kept = [], []
-        for origin, payload in items[start:start + batch_size]:
-            try:
-                batch.append(modality.prediction_input(payload))
-                kept.append(origin)
-            except SampleError as exc:
-                skipped.append({"path": origin, "reason": str(exc)})
-        if batch:
-            with classifier_inputs(classifier.model.model) as captured:
-                batch_logits, batch_scores = classifier.scored(batch)
-            origins += kept
-            logits.append(batch_logits)
-            scores.append(batch_scores)
-            features.append(view_mean(captured, len(batch)).numpy())
-        progress("scoring", min(start + batch_size, len(items)), len(items))
+    origins, inputs = [], []
+    for origin, payload in items:
+        try:
+            inputs.append(modality.prediction_input(payload))
+            origins.append(origin)
+        except SampleError as exc:
+            skipped.append({"path": origin, "reason": str(exc)})
     if not origins:
         raise ValueError(f"no {modality.noun} of the pool could be read" if skipped else f"no {modality.nouns} in the pool")
-    logits = np.concatenate(logits)
+    logits, ood, features = _pass(classifier, inputs, batch_size, control, progress, "scoring")
     probabilities = np.exp(logits - logits.max(1, keepdims=True))
     probabilities /= probabilities.sum(1, keepdims=True)
     threshold = unknown_threshold(classifier.meta, None)
-    ood = np.concatenate(scores) if all(s is not None for s in scores) else None
-    chosen = choose_batch(np.concatenate(features), probabilities, count, seed=seed)
-    rows = [_row(s, origins, classifier.classes, ood, threshold) for s in chosen]
-    return {"suggestions": rows, "skipped": skipped, "pool": len(origins)}
+    _, run_dir = resolve_checkpoint(run)
+    rows = training_rows(run_dir)
+    labels_in_run = len(rows) if rows is not None else None
+    if rows and len(rows) < LOW_BUDGET_PER_CLASS * len(classifier.classes):
+        taught = [sample for sample in (modality.row_input(row) for row in rows) if sample is not None]
+        known = _pass(classifier, taught, batch_size, control, progress, "reading the run's labels")[2]
+        labelled = np.r_[np.ones(len(known), dtype=bool), np.zeros(len(features), dtype=bool)]
+        picked = [i - len(known) for i in typical_batch(np.concatenate([known, features]), labelled, count, seed)]
+        margin, order = margins(probabilities), np.argsort(-probabilities, axis=1)
+        chosen = [Suggestion(i, int(order[i, 0]), int(order[i, min(1, order.shape[1] - 1)]), float(margin[i]), -1)
+                  for i in picked]
+        method = f"typicality (TypiClust): the run has {len(rows)} labels, fewer than {LOW_BUDGET_PER_CLASS} per class"
+    else:
+        chosen = choose_batch(features, probabilities, count, seed=seed)
+        method = "uncertainty + diversity (margin, k-means)"
+    typical = method.startswith("typicality")
+    return {"suggestions": [_row(s, origins, classifier.classes, ood, threshold, typical) for s in chosen],
+            "skipped": skipped, "pool": len(origins), "method": method, "labels_in_run": labels_in_run}
 
 
-def _row(s: Suggestion, origins: list[str], classes: list[str], ood, threshold) -> dict:
+def _pass(classifier, inputs: list, batch_size: int, control: RunControl, progress: Progress, stage: str):
+    """(calibrated logits, unknown scores or None, the features the head reads) of `inputs`."""
+    from engine.training.calibration import classifier_inputs, view_mean
+    logits, scores, features = [], [], []
+    for start in range(0, len(inputs), batch_size):
+        control.checkpoint()
+        batch = inputs[start:start + batch_size]
+        with classifier_inputs(classifier.model.model) as captured:
+            batch_logits, batch_scores = classifier.scored(batch)
+        logits.append(batch_logits)
+        scores.append(batch_scores)
+        features.append(view_mean(captured, len(batch)).numpy())
+        progress(stage, min(start + batch_size, len(inputs)), len(inputs))
+    ood = np.concatenate(scores) if scores and all(s is not None for s in scores) else None
+    return np.concatenate(logits), ood, np.concatenate(features)
+
+
+def _row(s: Suggestion, origins: list[str], classes: list[str], ood, threshold, typical: bool) -> dict:
     unknown = bool(ood is not None and threshold is not None and ood[s.index] > threshold)
-    reason = (f"unsure between {classes[s.suggested]} and {classes[s.runner_up]} (margin {s.margin:.2f})"
-              + ("; unlike anything it was taught" if unknown else ""))
+    reason = ("typical of a group of unlabelled samples that no label covers yet" if typical else
+              f"unsure between {classes[s.suggested]} and {classes[s.runner_up]} (margin {s.margin:.2f})")
+    reason += "; unlike anything it was taught" if unknown else ""
     return {"path": origins[s.index], "suggested": classes[s.suggested], "score": round(s.score, 4),
             "runner_up": classes[s.runner_up], "margin": round(s.margin, 4), "unknown": unknown, "reason": reason}

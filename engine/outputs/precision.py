@@ -399,21 +399,31 @@ def _read_predictions(run_dir: Path | None) -> dict:
     return found if isinstance(found, dict) else {}
 
 
+def training_rows(run_dir: Path | None) -> list[dict] | None:
+    """The run's training samples as predictions rows ({path, text}), from its dataset scanned again with
+    its own seed; None when the dataset is not there any more (moved, renamed, unreadable)."""
+    from engine.training.datasets import scan_any
+    from engine.training.runstate import load_run_config, recorded_data_path
+    data = recorded_data_path(run_dir) if run_dir else None
+    if not data:
+        return None
+    try:
+        config = load_run_config(run_dir)
+        report = scan_any(data, seed=config.seed, encoder=config.backbone)
+    except Exception:  # noqa: BLE001 - whatever stops the scan, the caller does without
+        return None
+    return [{"path": s.path, "text": getattr(s, "text", None)} for s in report.split("train")]
+
+
 def calibration_samples(run_dir: Path, modality, labelled: dict) -> tuple[list, str]:
     """Up to CALIBRATION_SAMPLES of the run's training samples (its dataset scanned again with its seed);
     the validation samples, said so, when the training data is not there any more."""
     from engine.outputs.export import spread
-    from engine.training.datasets import scan_any
-    from engine.training.runstate import load_run_config, recorded_data_path
+    from engine.training.runstate import recorded_data_path
+    rows = training_rows(run_dir) or []
+    samples = [sample for sample in (modality.row_input(row) for row in spread(rows, CALIBRATION_SAMPLES))
+               if sample is not None]
     data = recorded_data_path(run_dir)
-    try:
-        config = load_run_config(run_dir)
-        report = scan_any(data, seed=config.seed, encoder=config.backbone)
-        rows = [{"path": s.path, "text": getattr(s, "text", None)} for s in report.split("train")]
-        samples = [sample for sample in (modality.row_input(row) for row in spread(rows, CALIBRATION_SAMPLES))
-                   if sample is not None]
-    except Exception:  # noqa: BLE001 - moved, renamed or unreadable data: calibrate on what the run has
-        samples = []
     if samples:
         return samples, f"{modality.count(len(samples))} of the run's training data"
     samples = spread(labelled.get("val", ([], None))[0], CALIBRATION_SAMPLES)
