@@ -23,13 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, machine  # noqa: E402
 
 from engine.active.acquire import choose_batch, typical_batch  # noqa: E402
+from engine.active.suggest import LOW_BUDGET_PER_CLASS  # noqa: E402
 from engine.core import modality as modalities  # noqa: E402
 from engine.training.datasets import scan_any  # noqa: E402
 from engine.training.logistic import fit_head  # noqa: E402
 
 SETS = {"fm-sessions": Path("/data/fm-sessions"), "elpv4": Path("/data/elpv4"),
         "fortunes8": Path("/data/fortunes8.csv")}
-STRATEGIES = ("random", "margin", "app", "typiclust")
+STRATEGIES = ("random", "margin", "app", "typiclust", "suggest")   # suggest: what `suggest` does (the switch)
 
 
 def features_of(set_name: str):
@@ -59,15 +60,19 @@ def simulate(features, labels, splits, classes, strategy, seed, start, rounds, b
         if round_ == rounds:
             break
         rest = np.setdiff1d(pool, labelled)
-        if strategy == "random":
+        if strategy == "suggest":         # typicality below the budget, then margin + diversity
+            strategy_now = "typiclust" if len(labelled) < LOW_BUDGET_PER_CLASS * classes else "app"
+        else:
+            strategy_now = strategy
+        if strategy_now == "random":
             picked = rng.choice(rest, size=min(batch, len(rest)), replace=False)
-        elif strategy == "typiclust":
+        elif strategy_now == "typiclust":
             marked = np.zeros(len(pool), dtype=bool)
             marked[np.searchsorted(pool, labelled)] = True
             picked = pool[typical_batch(features[pool], marked, batch, seed=seed)]
         else:
             probabilities = logits[rest].softmax(1).numpy()
-            if strategy == "margin":
+            if strategy_now == "margin":
                 top = np.sort(probabilities, 1)
                 picked = rest[np.argsort(top[:, -1] - top[:, -2])[:batch]]
             else:
