@@ -63,10 +63,14 @@ def choose_batch(features: np.ndarray, probabilities: np.ndarray, count: int, se
         if int(index) not in taken:
             chosen.append((int(index), -1))
             taken.add(int(index))
-    order = np.argsort(-probabilities, axis=1)
-    suggestions = [Suggestion(index, int(order[index, 0]), int(order[index, min(1, order.shape[1] - 1)]),
-                              float(margin[index]), cluster) for index, cluster in chosen]
-    return sorted(suggestions, key=lambda s: s.margin)
+    return sorted((suggestion_at(probabilities, margin, index, cluster) for index, cluster in chosen),
+                  key=lambda s: s.margin)
+
+
+def suggestion_at(probabilities: np.ndarray, margin: np.ndarray, index: int, cluster: int = -1) -> Suggestion:
+    """Pool row `index` as a Suggestion: its two most probable classes and its margin."""
+    order = np.argsort(-probabilities[index])
+    return Suggestion(int(index), int(order[0]), int(order[min(1, len(order) - 1)]), float(margin[index]), cluster)
 
 
 def weighted_kmeans(x: np.ndarray, weights: np.ndarray, k: int, seed: int = 0,

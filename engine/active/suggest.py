@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.active.acquire import Suggestion, choose_batch, margins, typical_batch
+from engine.active.acquire import Suggestion, choose_batch, margins, suggestion_at, typical_batch
 from engine.core.control import RunControl
 from engine.core.progress import Progress, no_progress
 
@@ -26,7 +26,7 @@ def suggest(run, pool: list[str], count: int, *, seed: int = 0, text_file=None, 
     judge which samples are alike)."""
     from engine.core import modality as modalities
     from engine.outputs.precision import training_rows
-    from engine.outputs.predict import SampleError, load_classifier, resolve_checkpoint, unknown_threshold
+    from engine.outputs.predict import SampleError, load_classifier, resolve_checkpoint, softmax, unknown_threshold
     if count < 1:
         raise ValueError(f"--count must be 1 or more, not {count}")
     classifier = load_classifier(run, "cpu")
@@ -45,25 +45,23 @@ def suggest(run, pool: list[str], count: int, *, seed: int = 0, text_file=None, 
     if not origins:
         raise ValueError(f"no {modality.noun} of the pool could be read" if skipped else f"no {modality.nouns} in the pool")
     logits, ood, features = _pass(classifier, inputs, batch_size, control, progress, "scoring")
-    probabilities = np.exp(logits - logits.max(1, keepdims=True))
-    probabilities /= probabilities.sum(1, keepdims=True)
+    probabilities = softmax(logits)
     threshold = unknown_threshold(classifier.meta, None)
     _, run_dir = resolve_checkpoint(run)
     rows = training_rows(run_dir)
     labels_in_run = len(rows) if rows is not None else None
-    if rows and len(rows) < LOW_BUDGET_PER_CLASS * len(classifier.classes):
+    typical = bool(rows) and len(rows) < LOW_BUDGET_PER_CLASS * len(classifier.classes)
+    if typical:
         taught = [sample for sample in (modality.row_input(row) for row in rows) if sample is not None]
         known = _pass(classifier, taught, batch_size, control, progress, "reading the run's labels")[2]
         labelled = np.r_[np.ones(len(known), dtype=bool), np.zeros(len(features), dtype=bool)]
         picked = [i - len(known) for i in typical_batch(np.concatenate([known, features]), labelled, count, seed)]
-        margin, order = margins(probabilities), np.argsort(-probabilities, axis=1)
-        chosen = [Suggestion(i, int(order[i, 0]), int(order[i, min(1, order.shape[1] - 1)]), float(margin[i]), -1)
-                  for i in picked]
+        margin = margins(probabilities)
+        chosen = [suggestion_at(probabilities, margin, i) for i in picked]
         method = f"typicality (TypiClust): the run has {len(rows)} labels, fewer than {LOW_BUDGET_PER_CLASS} per class"
     else:
         chosen = choose_batch(features, probabilities, count, seed=seed)
         method = "uncertainty + diversity (margin, k-means)"
-    typical = method.startswith("typicality")
     return {"suggestions": [_row(s, origins, classifier.classes, ood, threshold, typical) for s in chosen],
             "skipped": skipped, "pool": len(origins), "method": method, "labels_in_run": labels_in_run}
 

@@ -33,7 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--dynamic-size", action="store_true",
                    help="make height and width dynamic too (not only the batch)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
-                   help="fp32 (default); int8: about a quarter of the size and faster on a CPU; fp16: half the size, "
+                   help="fp32 (default); int8: about a third of the size and faster on a CPU; fp16: half the size, "
                         "for GPUs. A smaller file is verified against the fp32 one on the run's validation and test "
                         "samples and refused (the fp32 file written instead, exit status 1) when it loses more "
                         "than --gate points of accuracy")

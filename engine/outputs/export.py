@@ -522,17 +522,23 @@ def _validation_paths(run_dir: Path | None) -> list[str]:
 def validation_rows(run_dir: Path | None, usable: Callable[[dict], bool]) -> list[dict]:
     """The `usable` rows of the run's predictions.json for its validation split, else its test split ([]
     without a run folder or a readable file)."""
-    if run_dir is None or not RunFolder(run_dir).predictions.is_file():
-        return []
-    try:
-        predictions = json.loads(RunFolder(run_dir).predictions.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return []
+    predictions = read_predictions(run_dir)
     for split in ("val", "test"):
         rows = [row for row in predictions.get(split, []) if usable(row)]
         if rows:
             return rows
     return []
+
+
+def read_predictions(run_dir: Path | None) -> dict:
+    """The run's predictions.json ({split: rows}); {} without a run folder or a readable file."""
+    if run_dir is None or not RunFolder(run_dir).predictions.is_file():
+        return {}
+    try:
+        predictions = json.loads(RunFolder(run_dir).predictions.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return predictions if isinstance(predictions, dict) else {}
 
 
 def spread(paths: list, limit: int) -> list:

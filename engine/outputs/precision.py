@@ -352,10 +352,11 @@ def export_smaller(run_or_checkpoint, onnx_path, precision: str, gate_points: fl
         card.update(precision=check.written, precision_check=check.to_dict())
         if check.trust and not check.refused:
             card["trust"] = {**card["trust"], **check.trust}
-        proto = onnx.load(str(smaller if not check.refused else fp32_file))
+        written = fp32_file if check.refused else smaller
+        proto = onnx.load(str(written))
         _set_metadata(proto, card)
         probe = next(samples for samples, _ in labelled.values() if samples)[:1]
-        expected = open_file(smaller if not check.refused else fp32_file).logits(probe)
+        expected = open_file(written).logits(probe)
         with atomic_path(target) as tmp:
             onnx.save(proto, str(tmp))
             if not np.allclose(open_file(tmp).logits(probe), expected, rtol=0, atol=1e-5):
@@ -374,9 +375,9 @@ def export_smaller(run_or_checkpoint, onnx_path, precision: str, gate_points: fl
 def labelled_samples(run_dir: Path | None, modality) -> dict[str, tuple[list, np.ndarray]]:
     """split -> (samples as the exported file takes them, true class indices) for the run's validation and
     test splits (predictions.json), at most MAX_EVALUATED each, spread over the split."""
-    from engine.outputs.export import spread
+    from engine.outputs.export import read_predictions, spread
     found = {}
-    predictions = _read_predictions(run_dir)
+    predictions = read_predictions(run_dir)
     for split in ("val", "test"):
         rows = spread([row for row in predictions.get(split, []) if "true" in row], MAX_EVALUATED)
         pairs = [(modality.row_input(row), int(row["true"])) for row in rows]
@@ -384,19 +385,6 @@ def labelled_samples(run_dir: Path | None, modality) -> dict[str, tuple[list, np
         if pairs:
             found[split] = ([sample for sample, _ in pairs], np.array([label for _, label in pairs]))
     return found
-
-
-def _read_predictions(run_dir: Path | None) -> dict:
-    import json
-
-    from engine.core.runfolder import RunFolder
-    if run_dir is None:
-        return {}
-    try:
-        found = json.loads(RunFolder(run_dir).predictions.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return found if isinstance(found, dict) else {}
 
 
 def training_rows(run_dir: Path | None) -> list[dict] | None:
