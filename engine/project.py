@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from engine.core.files import write_json
-from engine.data.report import DatasetReport, Problem
+from engine.data.report import DatasetReport, Problem, Sample
 
 PROJECT_FORMAT = "transferlab-project/1"
 PROJECT_SUFFIX = ".tlproj"
@@ -69,6 +69,8 @@ class Project:
     training_mode: str = "manual"
     search_minutes: float = 10.0     # the automatic mode's time budget
     text_columns: dict | None = None  # a table of texts: {"text_column", "label_column"} as the user chose them
+    unlabelled_sources: list[str] = field(default_factory=list)   # the unlabelled pool: folders, text files
+    additions: dict[str, dict] = field(default_factory=dict)      # pool path -> {"label", "text"}: labelled here
     path: str | None = None          # where it was loaded from / saved to; not stored in the file
 
     # -- label corrections ------------------------------------------------------------------------
@@ -120,6 +122,8 @@ class Project:
             return path if rel.startswith("..") else os.path.normpath(os.path.join(new, rel))
         self.dataset_sources = [moved(s) for s in self.dataset_sources]
         self.corrections = {"\n".join(moved(p) for p in key.split("\n")): c for key, c in self.corrections.items()}
+        self.unlabelled_sources = [moved(s) for s in self.unlabelled_sources]
+        self.additions = {moved(p): a for p, a in self.additions.items()}
 
 
 def load_project(path: str | os.PathLike) -> Project:
@@ -146,6 +150,8 @@ def load_project(path: str | os.PathLike) -> Project:
             training_mode=_training_mode(data.get("training_mode", "manual")),
             search_minutes=_minutes(data.get("search_minutes", 10.0)),
             text_columns=_text_columns(data.get("text_columns")),
+            unlabelled_sources=_str_list(data.get("unlabelled_sources", [])),
+            additions=_additions(data.get("additions", {})),
             path=str(path))
     except (TypeError, ValueError) as exc:
         raise ProjectError(f"{path.name} is damaged: {exc}") from None
@@ -190,6 +196,31 @@ def _corrections(value) -> dict[str, dict]:
         if item["action"] == "move" and item.get("split") not in ("train", "val", "test"):
             raise ValueError("a move correction needs a split: train, val or test")
     return dict(value)
+
+
+def _additions(value) -> dict[str, dict]:
+    if not isinstance(value, dict):
+        raise ValueError("additions must be an object")
+    for item in value.values():
+        if not isinstance(item, dict) or not isinstance(item.get("label"), str):
+            raise ValueError("each addition needs a label")
+        if item.get("text") is not None and not isinstance(item["text"], str):
+            raise ValueError("an addition's text must be a string")
+    return dict(value)
+
+
+def apply_additions(report: DatasetReport, additions: dict[str, dict]) -> DatasetReport:
+    """The report with the samples labelled from the unlabelled pool (the labelling view's, `additions`:
+    path -> {"label", "text"}) added to the training split, never to validation or test: they were chosen
+    by the model, so scoring on them would flatter it. A label the set does not have is left out (the
+    labelling view offers the set's classes only)."""
+    known = {s.path for s in report.samples}
+    added = [Sample(path, report.classes.index(item["label"]), "train", item.get("text"))
+             for path, item in additions.items() if item["label"] in report.classes and path not in known]
+    if not added:
+        return report
+    return replace(report, samples=[*report.samples, *added],
+                   content_hash=f"{report.content_hash}+added-{_corrections_digest(additions)}")
 
 
 def apply_corrections(report: DatasetReport, corrections: dict[str, dict]) -> DatasetReport:

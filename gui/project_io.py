@@ -50,6 +50,7 @@ def project_from_state(state: AppState) -> Project:
                       frozen_parameters=state.frozen_parameters, config=config, runs=list(state.runs),
                       training_mode=state.training_mode, search_minutes=state.search_minutes,
                       text_columns=dict(state.text_columns) if state.text_columns else None,
+                      unlabelled_sources=list(state.unlabelled_sources), additions=dict(state.additions),
                       path=state.project_path)
     if state.backbone is not None:                 # chosen once the engine has loaded
         project.backbone = state.backbone
@@ -65,6 +66,9 @@ def load_into_state(project: Project, state: AppState) -> list[str]:
     state.dataset_sources = list(project.dataset_sources)
     state.corrections.clear()
     state.corrections.update(project.corrections)
+    state.additions.clear()
+    state.additions.update(project.additions)
+    state.unlabelled_sources = list(project.unlabelled_sources)
     for key, _label in FIELDS:
         if key in project.config:
             state.settings[key] = project.config[key]
@@ -119,7 +123,8 @@ class ProjectController(QObject):
         self._make_actions()
         for signal in (state.runs.events.inserted, state.runs.events.changed, state.runs.events.removed,
                        state.corrections.events.added, state.corrections.events.changed,
-                       state.corrections.events.removed):
+                       state.corrections.events.removed, state.additions.events.added,
+                       state.additions.events.changed, state.additions.events.removed):
             signal.connect(self._on_work_recorded)
         state.events.engine.connect(self._load_opened_before_engine)
         state.events.scanning.connect(self._announce_when_settled)
@@ -220,6 +225,8 @@ class ProjectController(QObject):
         with self._not_autosaving():
             self.state.runs.clear()
             self.state.corrections.clear()
+            self.state.additions.clear()
+        self.state.unlabelled_sources = []
         self.state.project_path = None
 
     def save(self) -> str | None:

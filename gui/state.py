@@ -47,6 +47,8 @@ class AppState:
     scanning: bool = False
     assessing: bool = False                       # the backbones are being assessed: no training meanwhile
     corrections: EventedDict = field(default_factory=EventedDict)   # image path -> {"action", "label"}
+    unlabelled_sources: list[str] = field(default_factory=list)   # the unlabelled pool (folders, text files)
+    additions: EventedDict = field(default_factory=EventedDict)     # pool path -> {"label", "text"}: labelled here
     backbone: str | None = None
     weights: str = "pretrained"                   # TrainConfig.weights: 'pretrained', 'random' or a file
     model: ModelInfo | None = None                # built for the layer tree (structure only)
@@ -159,6 +161,12 @@ class AppState:
             self.corrections[path] = {"action": action, "label": None, "split": label}
         else:
             self.corrections[path] = {"action": action, "label": label if action == "relabel" else None}
+
+    def training_report(self) -> DatasetReport:
+        """The dataset as the next run reads it: the corrections applied (never to the files) and the samples
+        labelled from the unlabelled pool added to its training split."""
+        from engine.project import apply_additions, apply_corrections
+        return apply_additions(apply_corrections(self.report, dict(self.corrections)), dict(self.additions))
 
     def record_run(self, run_dir: str, status: str, config: dict, val_accuracy: float | None = None,
                    test_accuracy: float | None = None) -> None:

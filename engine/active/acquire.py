@@ -14,6 +14,9 @@ import numpy as np
 
 PREFILTER = 10             # candidates per sample asked for (Zhdanov's beta)
 KMEANS_ITERATIONS = 25
+LOW_BUDGET_PER_CLASS = 15
+"""Below this many labels per class the most typical samples of uncovered groups are asked for (TypiClust),
+from it on the least certain (engine.active.suggest says why, bench/active_learning.py measured it)."""
 
 
 @dataclass
@@ -65,6 +68,28 @@ def choose_batch(features: np.ndarray, probabilities: np.ndarray, count: int, se
             taken.add(int(index))
     return sorted((suggestion_at(probabilities, margin, index, cluster) for index, cluster in chosen),
                   key=lambda s: s.margin)
+
+
+def pick(pool_features: np.ndarray, probabilities: np.ndarray, labelled_features: np.ndarray, classes: int,
+         count: int, seed: int = 0) -> tuple[list[Suggestion], bool]:
+    """(what to label next, whether typicality chose it): below LOW_BUDGET_PER_CLASS labels per class the
+    labelled and pool samples are clustered together and the most typical sample of each large group no
+    label covers is asked for (TypiClust); from there on, margin + diversity (`choose_batch`)."""
+    if len(labelled_features) < LOW_BUDGET_PER_CLASS * classes:
+        marked = np.r_[np.ones(len(labelled_features), dtype=bool), np.zeros(len(pool_features), dtype=bool)]
+        together = np.concatenate([labelled_features, pool_features])
+        picked = [i - len(labelled_features) for i in typical_batch(together, marked, count, seed)]
+        margin = margins(probabilities)
+        return [suggestion_at(probabilities, margin, i) for i in picked], True
+    return choose_batch(pool_features, probabilities, count, seed=seed), False
+
+
+def reason_for(suggestion: Suggestion, classes: list[str], typical: bool) -> str:
+    """Why a sample is asked for, in words."""
+    if typical:
+        return "typical of a group of unlabelled samples that no label covers yet"
+    return (f"unsure between {classes[suggestion.suggested]} and {classes[suggestion.runner_up]} "
+            f"(margin {suggestion.margin:.2f})")
 
 
 def suggestion_at(probabilities: np.ndarray, margin: np.ndarray, index: int, cluster: int = -1) -> Suggestion:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.active.acquire import Suggestion, choose_batch, margins, suggestion_at, typical_batch
+from engine.active.acquire import LOW_BUDGET_PER_CLASS, Suggestion, choose_batch, pick, reason_for
 from engine.core.control import RunControl
 from engine.core.progress import Progress, no_progress
 
-LOW_BUDGET_PER_CLASS = 15
+__all__ = ["LOW_BUDGET_PER_CLASS", "suggest"]
 
 
 def suggest(run, pool: list[str], count: int, *, seed: int = 0, text_file=None, text_column=None,
@@ -54,10 +54,7 @@ def suggest(run, pool: list[str], count: int, *, seed: int = 0, text_file=None, 
     if typical:
         taught = [sample for sample in (modality.row_input(row) for row in rows) if sample is not None]
         known = _pass(classifier, taught, batch_size, control, progress, "reading the run's labels")[2]
-        labelled = np.r_[np.ones(len(known), dtype=bool), np.zeros(len(features), dtype=bool)]
-        picked = [i - len(known) for i in typical_batch(np.concatenate([known, features]), labelled, count, seed)]
-        margin = margins(probabilities)
-        chosen = [suggestion_at(probabilities, margin, i) for i in picked]
+        chosen, _ = pick(features, probabilities, known, len(classifier.classes), count, seed)
         method = f"typicality (TypiClust): the run has {len(rows)} labels, fewer than {LOW_BUDGET_PER_CLASS} per class"
     else:
         chosen = choose_batch(features, probabilities, count, seed=seed)
@@ -85,8 +82,7 @@ def _pass(classifier, inputs: list, batch_size: int, control: RunControl, progre
 
 def _row(s: Suggestion, origins: list[str], classes: list[str], ood, threshold, typical: bool) -> dict:
     unknown = bool(ood is not None and threshold is not None and ood[s.index] > threshold)
-    reason = ("typical of a group of unlabelled samples that no label covers yet" if typical else
-              f"unsure between {classes[s.suggested]} and {classes[s.runner_up]} (margin {s.margin:.2f})")
+    reason = reason_for(s, classes, typical)
     reason += "; unlike anything it was taught" if unknown else ""
     return {"path": origins[s.index], "suggested": classes[s.suggested], "score": round(s.score, 4),
             "runner_up": classes[s.runner_up], "margin": round(s.margin, 4), "unknown": unknown, "reason": reason}

@@ -17,7 +17,7 @@ from engine.cli.common import (EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, TRAIN_OPTI
                                print_problem_summary, print_trust_summary, read_config_file, scan_data)
 from engine.cli.progress import TerminalProgress
 from engine.core.errors import first_line, readable_error
-from engine.core.files import write_text
+from engine.core.files import write_json, write_text
 from engine.core.runfolder import RunFolder
 from engine.training.config import CHOICES, TrainConfig
 
@@ -112,11 +112,43 @@ def cmd_train(args) -> int:
     with TerminalProgress() as progress:
         report = scan_data(args.data, config, progress, args)
         print_problem_summary(report)
+        pseudo = None
+        if args.unlabelled:
+            report, config, pseudo = _pseudo_labels(report, config, args, progress)
         summary = _search(report, config, out, budget, progress) if args.auto else _fit(report, config, out, progress)
     write_text(RunFolder(out).dataset_report, report.format_text() + "\n")
+    if pseudo is not None:
+        write_json(out / PSEUDO_LABELS, pseudo)
+        summary["pseudo_labels"] = len(pseudo["samples"])
     print_trust_summary(out)
     print(json.dumps(summary))
     return EXIT_OK if summary["status"] != "cancelled" else EXIT_FAILURE
+
+
+PSEUDO_LABELS = "pseudo_labels.json"
+
+
+def _pseudo_labels(report, config: TrainConfig, args, progress):
+    """`train --unlabelled POOL`: the pool's confident samples join the training split when a threshold beats
+    the labels alone on validation (engine.active.pseudo); (report, config, what pseudo_labels.json keeps)."""
+    from dataclasses import replace
+
+    from engine.active.pseudo import pseudo_label_rows, with_pseudo_labels
+    if config.weights != "pretrained":
+        raise BadInput("--unlabelled chooses pseudo-labels with the pretrained model: leave out --from-scratch/--weights")
+    labelled, choice, pool = with_pseudo_labels(report, args.unlabelled, config.backbone, seed=config.seed,
+                                                text_column=args.text_column, progress=progress)
+    print(f"[pseudo-labels] pool: {pool.summary()}", file=sys.stderr)
+    if choice.threshold is None:
+        print(f"[pseudo-labels] off: {choice.reason}", file=sys.stderr)
+    else:
+        print(f"[pseudo-labels] {len(choice.labels)} samples at probability {choice.threshold:g} or more join the "
+              f"training split: {choice.reason}", file=sys.stderr)
+        if config.balance == "none":       # as the threshold was chosen: every class weighs the same
+            config = replace(config, balance="loss")
+            print("[pseudo-labels] --balance loss: the confident samples crowd into the easy classes", file=sys.stderr)
+    kept = {**choice.to_dict(), "pool": pool.to_dict(), "samples": pseudo_label_rows(report, choice, pool)}
+    return labelled, config, kept
 
 
 def _resume(args) -> int:
@@ -144,7 +176,7 @@ def _refuse_options_with_resume(args) -> None:
     defaults = build_parser().parse_args(["train", "--resume", "RUN"])
     given = [f"--{name.replace('_', '-')}" for name in (*(n for n, _ in TRAIN_OPTIONS), "model", "weights",
                                                          "from_scratch", "freeze", "out", "auto", "budget",
-                                                         "config")
+                                                         "config", "unlabelled")
              if getattr(args, name) != getattr(defaults, name)]
     if given:
         raise BadInput(f"--resume continues the run with its own settings: leave out {', '.join(given)}")
@@ -273,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None,
                    help="a run's config.json (e.g. an --auto winner's): train exactly that recipe; other "
                         "training flags are ignored")
+    p.add_argument("--unlabelled", nargs="+", metavar="POOL", default=None,
+                   help="unlabelled images (folders, files) or texts (.txt, one per line; .csv): the model's confident "
+                        "predictions of them join the training split when that beats the labels alone on validation "
+                        "(pseudo-labels; written to RUN/pseudo_labels.json)")
     _add_train_options(p)
     _add_text_column_options(p)
     p.set_defaults(func=cmd_train)

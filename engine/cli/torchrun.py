@@ -55,8 +55,9 @@ def _train(args) -> int:
     from engine.training.distributed import DistributedContext, process_group
     from engine.training.strategy import DistributedStrategy
     from engine.training.trainer import Trainer
-    if args.resume or args.auto:
-        raise BadInput(f"--{'resume' if args.resume else 'auto'} runs in one process: start it without torchrun")
+    if args.resume or args.auto or getattr(args, "unlabelled", None):
+        which = "resume" if args.resume else "auto" if args.auto else "unlabelled"
+        raise BadInput(f"--{which} runs in one process: start it without torchrun")
     if not args.data or not args.out:
         raise BadInput("train needs DATA and --out RUN")
     config = config_from_file(args.config) if args.config else config_from_args(args)

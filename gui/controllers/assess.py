@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 from PySide6.QtCore import Signal
 
 from engine.core.control import RunControl
-from engine.project import apply_corrections
 from gui.controllers.base import Controller
 from gui.jobs import assess
 from gui.workers import Task, TaskGroup, TaskSlot
@@ -39,7 +38,7 @@ class AssessController(Controller):
         if (state.report is None or state.engine is None or state.active_run is not None or state.assessing
                 or not state.modality.assesses_backbones):
             return None
-        report = apply_corrections(state.report, dict(state.corrections))
+        report = state.training_report()
         control = RunControl()
         job = partial(assess, report, state.search_backbones, state.settings.get("image_size"), control)
         self.view.set_running(True)

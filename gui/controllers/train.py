@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from PySide6.QtCore import Signal
 
 from engine.core.paths import user_data_dir
-from engine.project import apply_corrections, run_record_config
+from engine.project import run_record_config
 from gui.controllers.base import Controller
 from gui.jobs import SearchRun, TrainingEvents, TrainingRun
 from gui.search_board import score_text
@@ -71,7 +71,7 @@ class TrainController(Controller):
             self.panel.show_error(str(exc), heading="Cannot start training:")
             return None
         run_dir = user_data_dir() / "runs" / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-        report = apply_corrections(self.state.report, dict(self.state.corrections))   # never touches the files
+        report = self.state.training_report()          # corrections and pool labels; never touches the files
         budget_s = self.state.search_minutes * 60 if self.state.training_mode == "automatic" else None
         if budget_s is None:
             run = TrainingRun(report, config, run_dir, TrainingEvents())
@@ -88,7 +88,7 @@ class TrainController(Controller):
         from engine.training.runstate import ResumeRefused, check_resume, load_run_config, resume_summary
         if not self.state.can_train():
             return None
-        report = apply_corrections(self.state.report, dict(self.state.corrections))
+        report = self.state.training_report()
         try:
             config = load_run_config(run_dir)
             check_resume(run_dir, report)

@@ -1,0 +1,94 @@
+"""The unlabelled pool: photos or texts the user has beside the labelled set, read as samples without a label.
+
+A pool is what the user dropped (folders and files of images; a .txt file with one text per line or a .csv
+with a text column). It is read the way `predict` reads its inputs (engine.core.modality.prediction_items),
+so everything that can be predicted on can be labelled. Samples the labelled set already holds (or the
+project labelled earlier) are left out: one sample is never both. Problems are listed as a scan lists them:
+unreadable files skipped (error), odd samples kept but flagged (warning), samples already labelled (info).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from engine.data.report import Problem, Sample, plural
+
+
+@dataclass
+class Pool:
+    sources: list[str]
+    samples: list[Sample]                 # label 0 and split 'train' stand for "none yet"
+    problems: list[Problem] = field(default_factory=list)
+    noun: str = "image"
+
+    @property
+    def content_hash(self) -> str:
+        """Identity of the pool's samples, for the feature cache."""
+        digest = hashlib.sha256()
+        for sample in self.samples:
+            digest.update(sample.path.encode() + b"\0" + (sample.text or "").encode() + b"\n")
+        return "pool-" + digest.hexdigest()[:24]
+
+    def summary(self) -> str:
+        """One line for the report: how many, and what was wrong."""
+        errors = sum(p.severity == "error" for p in self.problems)
+        warnings = sum(p.severity == "warning" for p in self.problems)
+        known = sum(p.severity == "info" for p in self.problems)
+        parts = [f"{plural(len(self.samples), 'unlabelled ' + self.noun)}"]
+        if errors:
+            parts.append(f"{errors} skipped (cannot be read)")
+        if warnings:
+            parts.append(f"{warnings} flagged")
+        if known:
+            parts.append(f"{known} already labelled, left out")
+        return ", ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {"sources": list(self.sources), "samples": len(self.samples), "summary": self.summary(),
+                "problems": [{"path": p.path, "reason": p.reason, "severity": p.severity} for p in self.problems]}
+
+
+def read_pool(sources: list[str], modality, *, labelled: set[str] = frozenset(), text_column: str | None = None) -> Pool:
+    """The samples of `sources` for `modality` (engine.core.modality), without those in `labelled` (paths
+    of labelled samples, or a text's own words). ValueError, one line, when nothing usable is in it."""
+    if not sources:
+        raise ValueError("choose a folder of unlabelled images or a file of unlabelled texts")
+    items, skipped = modality.prediction_items(list(sources), text_column=text_column)
+    problems = [Problem(s["path"], s["reason"], "error") for s in skipped]
+    samples, seen = [], set()
+    for origin, payload in items:
+        text = modality.prediction_fields(payload).get("text")     # a text's words; None for a picture
+        key = text if text is not None else str(origin)
+        if key in seen:
+            problems.append(Problem(str(origin), "the same sample again in the pool", "info"))
+            continue
+        seen.add(key)
+        if key in labelled or str(origin) in labelled:
+            problems.append(Problem(str(origin), "already labelled", "info"))
+            continue
+        samples.append(Sample(str(origin), 0, "train", text))
+    if not samples:
+        raise ValueError(f"no unlabelled {modality.nouns} in {', '.join(sources)}"
+                         + (" that are not labelled already" if problems else ""))
+    return Pool(list(sources), samples, problems, modality.noun)
+
+
+def labelled_keys(report) -> set[str]:
+    """What marks a sample of `report` as labelled for `read_pool`: an image's path, a text's own words."""
+    return {s.path for s in report.samples} | {s.text for s in report.samples if s.text is not None}
+
+
+def flag_pool(pool: Pool, modality, features, *, control=None, progress=None) -> Pool:
+    """`pool` with its unreadable samples (NaN `features` rows) dropped as errors and its odd ones (blank,
+    dark, blurred, tiny; empty or not words: the modality's `odd_samples`, as the deep check flags them)
+    kept as warnings. Returns the pool and the kept rows' indices into the old one."""
+    import numpy as np
+    finite = np.isfinite(np.asarray(features)).all(1)
+    problems = list(pool.problems) + [Problem(s.path, "cannot be read", "error")
+                                      for s, ok in zip(pool.samples, finite) if not ok]
+    kept = [s for s, ok in zip(pool.samples, finite) if ok]
+    signatures = modality.audit_signatures(kept, control=control, progress=progress)
+    if signatures is not None:
+        for index, reason in sorted(modality.odd_samples(kept, signatures).items()):
+            problems.append(Problem(kept[index].path, reason, "warning"))
+    return Pool(pool.sources, kept, problems, pool.noun), np.flatnonzero(finite)
