@@ -6,7 +6,8 @@ on a worker started by the main window, which feeds the progress bar and hands t
 A text dataset shows its texts in a table instead of thumbnails, and for a table of texts (CSV, TSV,
 JSONL) which columns hold the text and the label, to choose again when the guess was wrong. Below the scan's
 problems, "Check deeper…" opens the deep check's lists (gui.deep_check_view) in a window of their own: rows of
-pictures need more room than this step has left.
+pictures need more room than this step has left. "Unlabelled pool…" and "Label…" open the labelling window
+(gui.labelling_view), where the samples beside the dataset are labelled one key at a time.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QTimer, QUrl, Qt, Signal
 from PySide6.QtGui import QDesktopServices, QPixmap
-from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDialog, QDialogButtonBox, QHBoxLayout,
+from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QHBoxLayout,
                                QHeaderView, QLabel, QPlainTextEdit, QProgressBar, QPushButton,
                                QSizePolicy, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
@@ -23,12 +24,14 @@ from engine.core import modality as modalities
 from engine.core.progress import stage_title
 from gui.deep_check_view import DeepCheckDialog
 from gui.drop_zone import DropZone
+from gui.labelling_view import LabellingDialog
 from gui.text_views import TextTable
 
 if TYPE_CHECKING:
     from PySide6.QtGui import QImage
 
     from engine.audit.deep import DeepReport
+    from engine.core.modality import Modality
     from gui.state import AppState
 
 DATASET_SUFFIXES = (".zip", ".csv", ".tsv", ".jsonl", ".ndjson")
@@ -62,6 +65,7 @@ class DataPanel(QWidget):
     demo_requested = Signal()
     cancel_scan_requested = Signal()
     deep_check_requested = Signal()
+    labelling_requested = Signal()
     next_requested = Signal()
 
     def __init__(self, state: AppState, parent: QWidget | None = None):
@@ -115,12 +119,15 @@ class DataPanel(QWidget):
         self.deep_check_note = QLabel()          # what the last deep check found, in a few words
         self.deep_check_note.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self._deep_check_running = False
+        self._make_labelling()
         self.next_button = QPushButton("Next: choose a model  →")
         self.next_button.clicked.connect(self.next_requested)
         self._layout()
         state.events.report.connect(self._show_report)
         state.events.scanning.connect(self._show_scanning)
         state.events.active_run.connect(self._enable_inputs)
+        for signal in (state.events.report, state.events.scanning, state.events.unlabelled_sources):
+            signal.connect(self._enable_labelling)
         for signal in (state.corrections.events.added, state.corrections.events.changed,
                        state.corrections.events.removed):
             signal.connect(self._show_corrections)
@@ -184,7 +191,9 @@ class DataPanel(QWidget):
         self.splitter.setStretchFactor(0, 3)
         self.splitter.setStretchFactor(1, 1)
         footer = QHBoxLayout()
-        footer.addStretch()
+        footer.addWidget(self.pool_button)
+        footer.addWidget(self.label_button)
+        footer.addWidget(self.pool_note, 1)
         footer.addWidget(self.next_button)
         layout = QVBoxLayout(self)
         layout.addWidget(self.drop_zone)
@@ -413,6 +422,52 @@ class DataPanel(QWidget):
         line = " ".join(text.split())
         self.deep_check_note.setText(line)
         self.deep_check_note.setToolTip(line)
+
+    # -- the unlabelled pool ----------------------------------------------------------------------
+    def _make_labelling(self) -> None:
+        self.labelling_dialog = LabellingDialog(self)
+        self.pool_button = QPushButton("Unlabelled pool…")
+        self.pool_button.setToolTip("Choose the samples you have no labels for yet (a folder of images; a .txt "
+                                    "file of texts, one a line, or a .csv): the model suggests, you label them")
+        self.pool_button.clicked.connect(self.choose_unlabelled_pool)
+        self.label_button = QPushButton("Label…")
+        self.label_button.setToolTip("Label the unlabelled pool one key at a time, the samples the model learns "
+                                     "most from first; your labels join the training split of the next run")
+        self.label_button.clicked.connect(self.open_labelling)
+        self.pool_note = QLabel()               # the pool's summary, in a few words
+        self.pool_note.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.ask_unlabelled_pool = self._ask_unlabelled_pool      # replaceable in tests: no dialog
+        self._enable_labelling()
+
+    def _ask_unlabelled_pool(self, modality: Modality) -> list[str]:
+        if modality.sample_view == modalities.TEXT_VIEW:
+            path, _ = QFileDialog.getOpenFileName(self, f"Unlabelled {modality.nouns}", "",
+                                                  "Texts, one a line, or a table (*.txt *.csv *.tsv)")
+        else:
+            path = QFileDialog.getExistingDirectory(self, f"A folder of unlabelled {modality.nouns}")
+        return [path] if path else []
+
+    def choose_unlabelled_pool(self) -> None:
+        sources = self.ask_unlabelled_pool(self.state.modality)
+        if sources:
+            self.state.unlabelled_sources = list(sources)
+
+    def open_labelling(self) -> None:
+        self.labelling_requested.emit()
+        self.labelling_dialog.show()
+        self.labelling_dialog.raise_()
+        self.labelling_dialog.activateWindow()
+
+    def _enable_labelling(self) -> None:
+        """A pool needs a dataset (its modality, its classes); labelling needs both, and no scan under way."""
+        scanned = self.state.report is not None and not self.state.scanning
+        self.pool_button.setEnabled(scanned)
+        self.label_button.setEnabled(scanned and bool(self.state.unlabelled_sources))
+
+    def show_pool_note(self, text: str) -> None:
+        line = " ".join(text.split())
+        self.pool_note.setText(line)
+        self.pool_note.setToolTip("\n".join(self.state.unlabelled_sources) if line else "")
 
     def _show_corrections(self) -> None:
         self.deep_check.set_corrections(dict(self.state.corrections))

@@ -22,6 +22,8 @@ from engine.core.runfolder import RunFolder
 from gui.thumbnails import rgb_qimage, thumbnail
 
 if TYPE_CHECKING:
+    from engine.active.pool import Pool
+    from engine.active.session import LabellingSession, Round
     from engine.audit.deep import DeepReport
     from engine.data.report import DatasetReport
     from engine.outputs.export import ExportResult
@@ -142,6 +144,63 @@ def deep_check(report: "DatasetReport", kept: frozenset[str], control: RunContro
     `kept`: what the user already said is right, not asked about again. Plain dataclasses come back."""
     from engine.audit.deep import inspect_deep
     return inspect_deep(report, backbone=None, seed=0, control=control, progress=progress, kept=kept)
+
+
+# -- labelling the unlabelled pool ---------------------------------------------------------------
+LABELLING_PICTURE_PX = 480         # the labelling window's one big picture (scaled again to fit there)
+
+
+@dataclass
+class LabellingBatch:
+    """One round of the labelling loop: what the new head measured and the samples it asks about next."""
+
+    round: "Round"
+    pictures: dict[str, QImage] = field(default_factory=dict)   # the batch's pictures, where samples are pictures
+
+
+@dataclass
+class LabellingStart(LabellingBatch):
+    session: "LabellingSession | None" = None   # kept by the controller, used only by the jobs below, one at a time
+    pool: "Pool | None" = None                  # the pool as kept (unreadable samples dropped, odd ones flagged)
+
+
+def read_unlabelled(sources: list[str], modality, labelled: set[str], progress) -> "Pool":
+    """Worker job: the pool the user chose, read (not through a model) for the Data step's one line."""
+    from engine.active.pool import read_pool
+    progress("Reading the unlabelled pool", 0, 0)
+    return read_pool(list(sources), modality, labelled=labelled)
+
+
+def start_labelling(report: "DatasetReport", sources: list[str], backbone: str | None, labels: dict[str, str],
+                    batch: int, lock: threading.Lock, control: RunControl, progress) -> LabellingStart:
+    """Worker job: read the pool, read it and the labelled set with the pretrained model (cached after the first
+    time), fit the first head on the set's training split plus `labels` and pick the first batch."""
+    from engine.active.pool import labelled_keys, read_pool
+    from engine.active.session import LabellingSession
+    modality = modalities.of(report)
+    progress("Reading the unlabelled pool", 0, 0)
+    pool = read_pool(list(sources), modality, labelled=labelled_keys(report))
+    session = LabellingSession(report, pool, backbone=backbone, batch=batch)
+    with lock:
+        pool = session.prepare(control, progress)
+    first = labelling_round(session, labels, set(), lock, control, progress)
+    return LabellingStart(first.round, first.pictures, session, pool)
+
+
+def labelling_round(session: "LabellingSession", labels: dict[str, str], skipped: set[str], lock: threading.Lock,
+                    control: RunControl, progress) -> LabellingBatch:
+    """Worker job: a new head on the labels given so far and the next batch, its pictures decoded here. `lock`
+    keeps the session's methods one at a time even when a replaced job has not stopped yet."""
+    with lock:
+        control.checkpoint()
+        progress("Learning from your labels", 0, 0)
+        result = session.round(labels, skipped, control)
+    pictures = {}
+    if session.modality.sample_view == modalities.THUMBNAIL_VIEW:
+        for row in result.batch:
+            control.checkpoint()
+            pictures[row["path"]] = thumbnail(row["path"], LABELLING_PICTURE_PX)
+    return LabellingBatch(result, pictures)
 
 
 # -- model -----------------------------------------------------------------------------------------
@@ -266,10 +325,11 @@ class SearchRun(TrainingRun):
     per candidate. Cancelling keeps the best model so far."""
 
     def __init__(self, report: "DatasetReport", config: "TrainConfig", run_dir: Path, events: TrainingEvents,
-                 budget_s: float, backbones: list[str] | None = None):
+                 budget_s: float, backbones: list[str] | None = None, unlabelled: list[str] | None = None):
         super().__init__(report, config, run_dir, events)
         self.budget_s = budget_s
         self.backbones = backbones
+        self.unlabelled = list(unlabelled or [])     # a pool: pseudo-labels are one of the search's candidates
         self.search: "RecipeSearch | None" = None
 
     def __call__(self, progress) -> "SearchResult":
@@ -280,7 +340,7 @@ class SearchRun(TrainingRun):
             raise ValueError(f"there is no automatic recipe search for {modality.nouns} yet: train with the "
                              "manual settings")
         self.search = search(self.report, self.run_dir, self.budget_s, self.config, [self.events],
-                                               self.control, **compared)
+                             self.control, unlabelled=self.unlabelled, **compared)
         return self.search.run()
 
 

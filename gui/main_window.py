@@ -20,8 +20,8 @@ from PySide6.QtWidgets import (QApplication, QDockWidget, QLabel, QMainWindow, Q
 from engine import __version__
 from engine.core import modality as modalities
 from engine.core.paths import APP_NAME, user_data_dir
-from gui.controllers import (AssessController, Controller, DeepCheckController, ModelController, ScanController,
-                             TrainController)
+from gui.controllers import (AssessController, Controller, DeepCheckController, LabellingController,
+                             ModelController, ScanController, TrainController)
 from gui.data_panel import DataPanel
 from gui.export_dialog import ExportDialog
 from gui.gc_guard import GuiThreadGarbageCollector
@@ -81,6 +81,7 @@ class MainWindow(QMainWindow):
         state, tasks = self.state, self.tasks
         self.scans = ScanController(state, tasks, self.settings, self.data_panel)
         self.deep_checks = DeepCheckController(state, tasks, self.data_panel)
+        self.labelling = LabellingController(state, tasks, self.data_panel)
         self.models = ModelController(state, tasks, self.settings, self)
         self.assessment = AssessController(state, tasks, self.model_panel.assessment)
         self.training = TrainController(state, tasks, self.train_panel, self.results_panel)
@@ -96,7 +97,8 @@ class MainWindow(QMainWindow):
         self.training_config, self.start_training = training.training_config, training.start_training
         self.resume_training, self.set_paused = training.resume_training, training.set_paused
         self.record_correction = training.record_correction
-        for controller in (self.scans, self.deep_checks, self.models, self.assessment, self.training):
+        self.labelling_ready, self.labelling_failed = self.labelling.labelling_ready, self.labelling.labelling_failed
+        for controller in (self.scans, self.deep_checks, self.labelling, self.models, self.assessment, self.training):
             self._show_messages_of(controller)
 
     def _show_messages_of(self, controller: Controller) -> None:

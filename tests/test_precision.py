@@ -87,6 +87,7 @@ def test_fp16_halves_the_file_and_predicts(photo_run, tmp_path):
     assert logits.dtype == np.float32 and logits.shape == (1, 10)
 
 
+@pytest.mark.slow        # the CLI's int8 path is in the refusal test, an int8 file's predictions in the first
 def test_the_cli_exports_int8_and_predict_reads_it(photo_run, tmp_path):
     done = run_cli("export", photo_run, "--onnx", tmp_path / "m.onnx", "--precision", "int8", "--gate", "5")
     assert done.returncode == 0, done.stderr

@@ -113,9 +113,10 @@ def cmd_train(args) -> int:
         report = scan_data(args.data, config, progress, args)
         print_problem_summary(report)
         pseudo = None
-        if args.unlabelled:
+        if args.unlabelled and not args.auto:       # a search weighs them as one of its candidates
             report, config, pseudo = _pseudo_labels(report, config, args, progress)
-        summary = _search(report, config, out, budget, progress) if args.auto else _fit(report, config, out, progress)
+        summary = (_search(report, config, out, budget, progress, args.unlabelled) if args.auto else
+                   _fit(report, config, out, progress))
     write_text(RunFolder(out).dataset_report, report.format_text() + "\n")
     if pseudo is not None:
         write_json(out / PSEUDO_LABELS, pseudo)
@@ -196,14 +197,17 @@ def _fit(report, config: TrainConfig, out: Path, progress: TerminalProgress, res
     return fit_summary(Trainer(report, config, out, [progress], resume=resume).fit(), out)
 
 
-def _search(report, config: TrainConfig, out: Path, budget: float, progress: TerminalProgress) -> dict:
+def _search(report, config: TrainConfig, out: Path, budget: float, progress: TerminalProgress,
+            unlabelled: list[str] | None = None) -> dict:
     from engine.core import modality as modalities
     modality = modalities.of(report)
     search = modality.recipe_search()
     if search is None:
         raise BadInput(f"--auto has no recipe search for {modality.nouns} yet: train without --auto")
-    result = search(report, out, budget, config, [progress]).run()
-    for line in [f"decision: {result.decision}", *(f"note: {warning}" for warning in result.warnings)]:
+    search_run = search(report, out, budget, config, [progress], unlabelled=unlabelled)
+    result = search_run.run()
+    notes = [n for n in search_run.notes if n.startswith("unlabelled pool")]
+    for line in [f"decision: {result.decision}", *(f"note: {warning}" for warning in [*result.warnings, *notes])]:
         print(f"[search] {line}", file=sys.stderr)
     metrics = result.metrics
     return {"status": result.status, "run_dir": str(out), "checkpoint": str(RunFolder(out).checkpoint),

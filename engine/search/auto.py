@@ -19,7 +19,10 @@ Everything before that is screening, which only decides what becomes a finalist:
    pruned when they fall behind; when they finish and the same epochs fit again, the same recipe with another
    seed;
 5. whatever time the last blocks leave goes back to head recipes;
-6. the mean probability of up to three finalists of the last blocks' backbone, chosen without looking at
+6. with an unlabelled pool: pseudo-labels (engine.active.pseudo), when a head with them beat the labels alone
+   on validation by more than chance: the recipe that screened best, trained again with the pool's confident
+   samples in its training split, as a finalist like any other;
+7. the mean probability of up to three finalists of the last blocks' backbone, chosen without looking at
    validation (the last blocks' seeds, then the heads that screened best): averaging is steadier than picking,
    and the seeds of the last blocks, one recipe, are then compared once, as part of it.
 Then the decision. The winner's run folder becomes RUN, and only then is the test split evaluated, once,
@@ -72,6 +75,7 @@ FORWARD_TO_PASS = 0.75          # least share of the single-image forward time a
 LEADERBOARD = "leaderboard.json"
 SEARCH_REPORT = "search.json"
 STUDY_FILE = "search.db"
+PSEUDO_LABELS = "pseudo_labels.json"
 TUNED = ("backbone", "head", "optimizer", "lr", "weight_decay", "label_smoothing", "epochs", "balance",
          "augmentation", "tta", "freeze", "freeze_blocks")
 """The TrainConfig fields a search chooses; every other field keeps the user's (or the default) value."""
@@ -175,8 +179,11 @@ class RecipeSearch:
 
     def __init__(self, report: DatasetReport, run_dir: str | Path, budget_s: float = DEFAULT_BUDGET_S,
                  base: TrainConfig | None = None, callbacks: list[Callback] | None = None,
-                 control: RunControl | None = None, backbones: list[str] | None = None):
+                 control: RunControl | None = None, backbones: list[str] | None = None,
+                 unlabelled: list[str] | None = None):
         self.report = report
+        self.unlabelled = list(unlabelled or [])       # an unlabelled pool: pseudo-labels become a candidate
+        self._pool_size: int | None = None
         self.noun = modalities.of(report).nouns        # what the messages call the samples
         self.run_dir = Path(run_dir)
         # head-only on cached features: with one view 'light' augmentation is not applied, so 'none' says
@@ -218,6 +225,7 @@ class RecipeSearch:
             self._phase("head search", self._head_search)
             self._phase("deeper", self._deeper)
             self._phase("more head recipes", self._more_heads)
+            self._phase("pseudo-labels", self._pseudo_labels)
             self._phase("ensemble", self._ensemble)
         except Cancelled:
             status = "cancelled"
@@ -246,11 +254,12 @@ class RecipeSearch:
         self._fit_candidate("default recipe", "head", config)
 
     def _fit_candidate(self, name: str, kind: str, config: TrainConfig, callbacks=(), control=None,
-                       screening: float | None = None) -> Candidate:
-        """Train `config` as a run in candidates/NAME (no test split), scored on the validation images."""
+                       screening: float | None = None, report: DatasetReport | None = None) -> Candidate:
+        """Train `config` as a run in candidates/NAME (no test split), scored on the validation images;
+        `report`: the dataset with more training samples (pseudo-labels), the same validation split."""
         began = time.monotonic()
         folder = self.run_dir / "candidates" / name.replace(" ", "-")
-        trainer = Trainer(self.report, config, folder, [*self.callbacks.callbacks, *callbacks],
+        trainer = Trainer(report or self.report, config, folder, [*self.callbacks.callbacks, *callbacks],
                           control or self.control, evaluate_test=False)
         result = trainer.fit()
         if result.status == "cancelled" and self.control.cancelled:
@@ -341,7 +350,7 @@ class RecipeSearch:
     def _more_heads(self) -> None:
         """What the deeper candidate left (pruned early, or not worth starting) goes back to head recipes,
         keeping time to train a new best one and to finish; not once screening has stalled."""
-        seconds = self.budget.left - 2 * self._reserve_s() - self._ensemble_seconds()
+        seconds = self.budget.left - 2 * self._reserve_s() - self._ensemble_seconds() - self._pseudo_seconds()
         if self._study is not None and not self._stalled and seconds > 5:
             self._search_heads(seconds)
 
@@ -720,7 +729,7 @@ class RecipeSearch:
         if not self.ensembles:
             return []
         runs = [c for c in self.candidates if c.stage == "final" and c.status == "done" and c.run_dir
-                and c.kind != "ensemble"]
+                and c.kind != "ensemble" and "pseudo_label_threshold" not in c.recipe]   # members train on labels
         deep = [c for c in runs if c.kind == "last-blocks"]
         backbone = deep[0].backbone if deep else self._searched[0] if hasattr(self, "_searched") else None
         heads = [c for c in runs if c.kind == "head" and c.backbone == backbone and c is not self.candidates[0]]
@@ -764,6 +773,60 @@ class RecipeSearch:
         steps = -(-len(self.report.split("train")) // config.batch_size)
         val_s = step_s / 3 * -(-len(self.report.split("val")) // config.batch_size)
         return pass_s, steps * step_s + val_s
+
+    # -- 6. pseudo-labels from an unlabelled pool ---------------------------------------------------------
+    def _pseudo_labels(self) -> None:
+        """The recipe that screened best, trained again with the pool's confident samples, when a head with
+        them beat the labels alone on validation (engine.active.pseudo); a skipped row says why not."""
+        base = self._best_head_run()
+        if not self.unlabelled or base is None:
+            return
+        from engine.active.pseudo import pseudo_label_rows, with_pseudo_labels
+        began = time.monotonic()
+        predicted = self._pseudo_seconds()
+        if predicted > self.budget.left:
+            self._add(Candidate("pseudo-labels", "head", base.backbone, {}, stage="screening", status="skipped",
+                                note=f"its passes over the {self._pool_size} pool {self.noun} and a fit (about "
+                                     f"{predicted:.0f} s) would overrun the {self.budget.left:.0f} s left"))
+            return
+        try:
+            report, choice, pool = with_pseudo_labels(self.report, self.unlabelled, base.backbone,
+                                                      seed=self.base.seed, control=self.control)
+        except ValueError as exc:                   # nothing usable in the pool: said, the search goes on
+            self._add(Candidate("pseudo-labels", "head", base.backbone, {}, stage="screening", status="skipped",
+                                note=str(exc)))
+            return
+        self.notes.append(f"unlabelled pool: {pool.summary()}")
+        if choice.threshold is None:
+            self._add(Candidate("pseudo-labels", "head", base.backbone, {}, stage="screening", status="skipped",
+                                seconds=time.monotonic() - began, note=choice.reason))
+            return
+        config = replace(self.base, **{**base.recipe, "balance": "loss"})
+        candidate = self._fit_candidate(f"pseudo-labels {choice.threshold:g}", "head", config, report=report)
+        candidate.recipe = {**candidate.recipe, "pseudo_label_threshold": choice.threshold}
+        candidate.note = "; ".join(filter(None, [
+            f"{base.name} with {len(choice.labels)} pool {self.noun} at probability {choice.threshold:g} or more "
+            f"in its training split (a head with them: {choice.reason})", candidate.note]))
+        if candidate.run_dir:
+            write_json(Path(candidate.run_dir) / PSEUDO_LABELS, {**choice.to_dict(), "pool": pool.to_dict(),
+                                                                   "samples": pseudo_label_rows(self.report, choice, pool)})
+        self._update(candidate)
+
+    def _pseudo_seconds(self) -> float:
+        """Predicted seconds of `_pseudo_labels`: the frozen pass over the set and the pool for the choice, the
+        same again for the fit (a new training split), and a fit as long as the first model's; 0 without a pool."""
+        if not self.unlabelled or not self.candidates:
+            return 0.0
+        if self._pool_size is None:
+            from engine.active.pool import labelled_keys, read_pool
+            try:
+                self._pool_size = len(read_pool(self.unlabelled, modalities.of(self.report),
+                                                labelled=labelled_keys(self.report)).samples)
+            except ValueError:
+                self._pool_size = 0
+        backbone = self.candidates[0].backbone
+        return (2 * self._predicted_pass_s(backbone) * (1 + self._pool_size / max(self._search_images(), 1))
+                + self.candidates[0].seconds)
 
     # -- what the user should know -----------------------------------------------------------------------
     def _warn_small_split(self) -> None:
@@ -846,6 +909,9 @@ def adopt_run(candidate: Path, run_dir: Path) -> None:
         if path.exists():
             with atomic_path(getattr(target, name)) as tmp:
                 shutil.copyfile(path, tmp)
+    if (candidate / PSEUDO_LABELS).exists():         # what a pseudo-labelled winner trained on
+        with atomic_path(run_dir / PSEUDO_LABELS) as tmp:
+            shutil.copyfile(candidate / PSEUDO_LABELS, tmp)
 
 
 def noise_margin(accuracy: float, images: int, floor: float = 0.02) -> float:

@@ -4,9 +4,10 @@ The window only lays out the panels and wires the controllers' messages to its s
 from gui.controllers.assess import AssessController
 from gui.controllers.base import Controller
 from gui.controllers.deep_check import DeepCheckController
+from gui.controllers.labelling import LabellingController
 from gui.controllers.model import ModelController
 from gui.controllers.scan import ScanController
 from gui.controllers.train import TrainController
 
-__all__ = ["AssessController", "Controller", "DeepCheckController", "ModelController", "ScanController",
-           "TrainController"]
+__all__ = ["AssessController", "Controller", "DeepCheckController", "LabellingController", "ModelController",
+           "ScanController", "TrainController"]

@@ -76,7 +76,8 @@ class TrainController(Controller):
         if budget_s is None:
             run = TrainingRun(report, config, run_dir, TrainingEvents())
         else:                                    # the form's settings are the search's starting point
-            run = SearchRun(report, config, run_dir, TrainingEvents(), budget_s, self.state.search_backbones)
+            run = SearchRun(report, config, run_dir, TrainingEvents(), budget_s, self.state.search_backbones,
+                            self.state.unlabelled_sources)
         self._launch(run, budget_s, None,
                      f"Training {config.backbone} for {config.epochs} epochs into {run_dir}" if budget_s is None else
                      f"Searching for the best model in {self.state.search_minutes:g} minutes into {run_dir}")

@@ -45,11 +45,12 @@ class TextRecipeSearch(RecipeSearch):
 
     def __init__(self, report: DatasetReport, run_dir: str | Path, budget_s: float = DEFAULT_BUDGET_S,
                  base: TrainConfig | None = None, callbacks: list[Callback] | None = None,
-                 control: RunControl | None = None):
+                 control: RunControl | None = None, unlabelled: list[str] | None = None):
         base = prepare_text_config(replace(base or TrainConfig(backbone=DEFAULT_TEXT_ENCODER)))
         if not is_text_backbone(base.backbone):
             base.backbone = DEFAULT_TEXT_ENCODER
-        super().__init__(report, run_dir, budget_s, base, callbacks, control, backbones=[base.backbone])
+        super().__init__(report, run_dir, budget_s, base, callbacks, control, backbones=[base.backbone],
+                         unlabelled=unlabelled)
         self._augment = False
         self._bundle = None
         self._step_s: tuple[float, float] | None = None     # (frozen pass per batch, training step), measured
