@@ -164,11 +164,13 @@ class LabellingStart(LabellingBatch):
     pool: "Pool | None" = None                  # the pool as kept (unreadable samples dropped, odd ones flagged)
 
 
-def read_unlabelled(sources: list[str], modality, labelled: set[str], progress) -> "Pool":
-    """Worker job: the pool the user chose, read (not through a model) for the Data step's one line."""
-    from engine.active.pool import read_pool
+def read_unlabelled(sources: list[str], modality, labelled: set[str], control: RunControl, progress) -> "Pool":
+    """Worker job: the pool the user chose, read without a model for the Data step's line: how many, which
+    cannot be read, which are odd (as the deep check flags them), which are labelled already."""
+    from engine.active.pool import flag_pool, read_pool
     progress("Reading the unlabelled pool", 0, 0)
-    return read_pool(list(sources), modality, labelled=labelled)
+    pool = read_pool(list(sources), modality, labelled=labelled)
+    return flag_pool(pool, modality, control=control, progress=progress)[0]
 
 
 def start_labelling(report: "DatasetReport", sources: list[str], backbone: str | None, labels: dict[str, str],

@@ -81,6 +81,24 @@ def test_the_pool_is_read_with_its_problems_and_without_what_is_labelled_already
         read_pool([str(tmp_path / "missing")], modalities.of(report))
 
 
+def test_inspect_reports_the_pool_beside_the_dataset_without_a_model(few_labels, tmp_path):
+    labelled, pool_dir, truth = few_labels
+    pool_copy = tmp_path / "pool"
+    shutil.copytree(pool_dir, pool_copy)
+    (pool_copy / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    Image.new("RGB", (64, 64), (255, 255, 255)).save(pool_copy / "white.png")
+    done = run_cli("inspect", labelled, "--unlabelled", pool_copy, "--json")
+    assert done.returncode == 0, done.stderr
+    pool = json.loads(done.stdout)["unlabelled"]
+    assert pool["samples"] == len(truth) + 1 and pool["sources"] == [str(pool_copy)]
+    reasons = {Path(p["path"]).name: (p["severity"], p["reason"]) for p in pool["problems"]}
+    assert reasons["broken.png"] == ("error", "cannot be read") and reasons["white.png"][0] == "warning"
+    text = run_cli("inspect", labelled, "--unlabelled", pool_copy).stdout
+    assert f"{len(truth) + 1} unlabelled images, 1 skipped (cannot be read), 1 flagged" in text
+    missing = run_cli("inspect", labelled, "--unlabelled", tmp_path / "nothing")
+    assert missing.returncode == 2 and "no unlabelled images" in missing.stderr
+
+
 def test_labelling_rounds_teach_the_head_and_never_ask_twice(few_labels):
     """The loop as the window runs it: label each batch with the true classes; the head learns from the
     labels given (validation accuracy rises from its start), and nothing labelled or skipped comes back."""

@@ -43,6 +43,12 @@ class Pool:
             parts.append(f"{known} already labelled, left out")
         return ", ".join(parts)
 
+    def format_text(self, max_paths_per_group: int = 20) -> str:
+        """The pool's part of a dataset report: what is in it and every problem, grouped as a scan's are."""
+        from engine.data.report import format_problems
+        return "\n".join([f"Unlabelled pool: {', '.join(self.sources)}", self.summary(),
+                          *format_problems(self.problems, max_paths_per_group)])
+
     def to_dict(self) -> dict:
         return {"sources": list(self.sources), "samples": len(self.samples), "summary": self.summary(),
                 "problems": [{"path": p.path, "reason": p.reason, "severity": p.severity} for p in self.problems]}
@@ -78,17 +84,23 @@ def labelled_keys(report) -> set[str]:
     return {s.path for s in report.samples} | {s.text for s in report.samples if s.text is not None}
 
 
-def flag_pool(pool: Pool, modality, features, *, control=None, progress=None) -> Pool:
-    """`pool` with its unreadable samples (NaN `features` rows) dropped as errors and its odd ones (blank,
-    dark, blurred, tiny; empty or not words: the modality's `odd_samples`, as the deep check flags them)
-    kept as warnings. Returns the pool and the kept rows' indices into the old one."""
+def flag_pool(pool: Pool, modality, features=None, *, control=None, progress=None):
+    """`pool` with its unreadable samples dropped as errors (NaN `features` rows, when a model read it; a
+    picture that cannot be decoded) and its odd ones (blank, dark, blurred, tiny; empty or not words: the
+    modality's `odd_samples`, as the deep check flags them) kept as warnings. Returns the pool and the kept
+    rows' indices into the old one."""
     import numpy as np
-    finite = np.isfinite(np.asarray(features)).all(1)
-    problems = list(pool.problems) + [Problem(s.path, "cannot be read", "error")
-                                      for s, ok in zip(pool.samples, finite) if not ok]
-    kept = [s for s, ok in zip(pool.samples, finite) if ok]
-    signatures = modality.audit_signatures(kept, control=control, progress=progress)
+    signatures = modality.audit_signatures(pool.samples, control=control, progress=progress)
+    readable = np.ones(len(pool.samples), dtype=bool)
+    if features is not None:
+        readable &= np.isfinite(np.asarray(features)).all(1)
     if signatures is not None:
-        for index, reason in sorted(modality.odd_samples(kept, signatures).items()):
-            problems.append(Problem(kept[index].path, reason, "warning"))
-    return Pool(pool.sources, kept, problems, pool.noun), np.flatnonzero(finite)
+        readable &= np.array([s is not None for s in signatures], dtype=bool)
+    problems = list(pool.problems) + [Problem(s.path, "cannot be read", "error")
+                                      for s, ok in zip(pool.samples, readable) if not ok]
+    kept = np.flatnonzero(readable)
+    samples = [pool.samples[i] for i in kept]
+    if signatures is not None:
+        odd = modality.odd_samples(samples, [signatures[i] for i in kept])
+        problems += [Problem(samples[index].path, reason, "warning") for index, reason in sorted(odd.items())]
+    return Pool(pool.sources, samples, problems, pool.noun), kept

@@ -28,14 +28,27 @@ def cmd_inspect(args) -> int:
     with TerminalProgress() as progress:
         report = scan_data(args.data, TrainConfig(seed=args.seed), progress, args)
         deep = _deep_check(report, args, progress, device) if args.deep else None
+        pool = _unlabelled_pool(report, args, progress) if args.unlabelled else None
     if args.json:
-        print(json.dumps(deep.to_dict(args.data) if deep else report.to_dict(), indent=2))
+        found = deep.to_dict(args.data) if deep else report.to_dict()
+        print(json.dumps({**found, "unlabelled": pool.to_dict()} if pool else found, indent=2))
     else:
         print(report.format_text())
-        if deep:
-            print()
-            print(deep.format_text(args.data))
+        for part in (deep.format_text(args.data) if deep else None, pool.format_text() if pool else None):
+            if part:
+                print()
+                print(part)
     return EXIT_OK
+
+
+def _unlabelled_pool(report, args, progress):
+    """The pool beside the dataset, as the window's Data step reads it: how many, what is wrong (unreadable,
+    odd; already labelled), without a model."""
+    from engine.active.pool import flag_pool, labelled_keys, read_pool
+    from engine.core import modality as modalities
+    modality = modalities.of(report)
+    pool = read_pool(args.unlabelled, modality, labelled=labelled_keys(report), text_column=args.text_column)
+    return flag_pool(pool, modality, progress=progress)[0]
 
 
 def _deep_check(report, args, progress, device):
@@ -289,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "efficientnet_lite0 for images, all-minilm-l6-v2 for texts)")
     add_device_option(p)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--unlabelled", nargs="+", metavar="POOL", default=None,
+                   help="also report the unlabelled samples beside the dataset (folders, images; .txt or .csv of "
+                        "texts): how many, which cannot be read, which are odd, which are labelled already")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
 

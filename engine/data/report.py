@@ -102,7 +102,7 @@ class DatasetReport:
             lines.append(
                 f"Image sizes: {_format_size(self.min_size)} to {_format_size(self.max_size)}"
             )
-        lines += ["", *_format_problems(self.problems, max_paths_per_group)]
+        lines += ["", *format_problems(self.problems, max_paths_per_group)]
         return "\n".join(lines)
 
 
@@ -164,7 +164,8 @@ def _format_counts_table(report: DatasetReport) -> list[str]:
     return lines
 
 
-def _format_problems(problems: list[Problem], max_paths: int) -> list[str]:
+def format_problems(problems: list[Problem], max_paths: int) -> list[str]:
+    """Problems grouped by severity and kind, a few paths each, as lines."""
     if not problems:
         return ["No problems found."]
     tally = {s: sum(1 for p in problems if p.severity == s) for s in SEVERITIES}

@@ -123,8 +123,9 @@ class LabellingController(Controller):
             self.panel.show_pool_note("")
             return None
         self.panel.show_pool_note("Reading the unlabelled pool…")
-        job = partial(read_unlabelled, sources, modalities.of(report), labelled_keys(report))
-        return self.pool_slot.start(job, on_result=self._on_pool_read, on_failed=self._on_pool_failed)
+        control = RunControl()
+        job = partial(read_unlabelled, sources, modalities.of(report), labelled_keys(report), control)
+        return self.pool_slot.start(job, control, on_result=self._on_pool_read, on_failed=self._on_pool_failed)
 
     def _on_pool_read(self, pool) -> None:
         self.panel.show_pool_note(pool.summary())
