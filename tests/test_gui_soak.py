@@ -44,6 +44,10 @@ class Soak:
                        write_colour_dataset(tmp_path / "two", per_class=4, size=24,
                                             colours={"red": (220, 40, 40), "blue": (40, 60, 220)})]
         self.texts = [write_text_csv(tmp_path / "texts.csv")] if texts else []
+        self.pools = [write_colour_dataset(tmp_path / "pool", per_class=2, size=24), tmp_path / "missing-pool"]
+        if texts:
+            (tmp_path / "pool.txt").write_text("a sunny morning\na rainy evening\na grey day\n", encoding="utf-8")
+            self.pools.append(tmp_path / "pool.txt")
         self.projects: list[str] = []
         self.done: list[str] = []
         window.projects.ask_save_path = lambda: str(tmp_path / f"soak-{len(self.projects)}.tlproj")
@@ -57,7 +61,7 @@ class Soak:
                 (2, self.export), (2, self.save_project), (1, self.open_project), (4, self.select_result),
                 (2, self.select_run), (2, self.choose_preset), (1, self.choose_backbone), (1, self.assess),
                 (1, self.cancel_assessment), (2, self.predict), (1, self.explain), (2, self.correct),
-                (1, self.new_project), (4, self.wait)]
+                (1, self.new_project), (2, self.choose_pool), (4, self.label), (4, self.wait)]
 
     def run(self, steps: int) -> None:
         weights, actions = zip(*self.actions())
@@ -77,6 +81,32 @@ class Soak:
     def drop_texts(self) -> None:
         if self.texts:
             drop(self.window.data_panel.drop_zone, self.texts)
+
+    def choose_pool(self) -> None:
+        panel = self.window.data_panel
+        if panel.pool_button.isEnabled():
+            pool = self.rng.choice(self.pools)
+            panel.ask_unlabelled_pool = lambda _modality: [str(pool)]
+            panel.pool_button.click()
+
+    def label(self) -> None:
+        """Open the labelling window, or press a key in it (a class, Enter, Backspace, Ctrl+Z), or close it."""
+        panel = self.window.data_panel
+        dialog = panel.labelling_dialog
+        if not dialog.isVisible():
+            if panel.label_button.isEnabled():
+                panel.label_button.click()
+            return
+        key, modifier = self.rng.choice([(Qt.Key.Key_1, Qt.KeyboardModifier.NoModifier),
+                                         (Qt.Key.Key_2, Qt.KeyboardModifier.NoModifier),
+                                         (Qt.Key.Key_Return, Qt.KeyboardModifier.NoModifier),
+                                         (Qt.Key.Key_Return, Qt.KeyboardModifier.NoModifier),
+                                         (Qt.Key.Key_Backspace, Qt.KeyboardModifier.NoModifier),
+                                         (Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier), (None, None)])
+        if key is None:
+            dialog.hide()
+        else:
+            self.qtbot.keyClick(dialog.view.classes, key, modifier)
 
     def cancel_scan(self) -> None:
         self.window.data_panel.cancel_scan_requested.emit()
@@ -206,7 +236,7 @@ def close_and_check(qtbot, window, threads_before: int) -> None:
     """Closing stops every task and joins its thread; nothing is left running."""
     slots = [window.scans.slot, window.models.slot, window.models.engine_slot, window.assessment.slot,
              window.training.slot, window.predict_panel.slot, window.results_panel.thumbnail_slot,
-             window.results_panel.explain_slot]
+             window.results_panel.explain_slot, window.labelling.slot, window.labelling.pool_slot]
     for dialog in window.findChildren(ExportDialog):
         if shiboken6.isValid(dialog):
             dialog.cancel_export()
@@ -236,7 +266,7 @@ def soak(qtbot, windows, tmp_path, monkeypatch, seed: int, steps: int, texts: bo
 @pytest.mark.parametrize("seed", [20240601])
 def test_a_random_soak_of_the_window_leaves_nothing_running(qtbot, windows, tmp_path, monkeypatch, seed):
     done, runs = soak(qtbot, windows, tmp_path, monkeypatch, seed, steps=200, texts=False)
-    assert len(done) == 200 and {"start_training", "drop_images", "export", "save_project"} <= set(done)
+    assert len(done) == 200 and {"start_training", "drop_images", "export", "save_project", "label"} <= set(done)
     assert runs, "some run was started and recorded"
 
 

@@ -74,8 +74,10 @@ def read_pool(sources: list[str], modality, *, labelled: set[str] = frozenset(),
             continue
         samples.append(Sample(str(origin), 0, "train", text))
     if not samples:
-        raise ValueError(f"no unlabelled {modality.nouns} in {', '.join(sources)}"
-                         + (" that are not labelled already" if problems else ""))
+        labelled_already = any(p.reason == "already labelled" for p in problems)
+        why = (" that are not labelled already" if labelled_already else
+               f": {problems[0].reason}" if problems else "")
+        raise ValueError(f"no unlabelled {modality.nouns} in {', '.join(sources)}{why}")
     return Pool(list(sources), samples, problems, modality.noun)
 
 
@@ -96,11 +98,16 @@ def flag_pool(pool: Pool, modality, features=None, *, control=None, progress=Non
         readable &= np.isfinite(np.asarray(features)).all(1)
     if signatures is not None:
         readable &= np.array([s is not None for s in signatures], dtype=bool)
+    kept = np.flatnonzero(readable)
+    pool = without_unreadable(pool, readable)
+    if signatures is not None:
+        odd = modality.odd_samples(pool.samples, [signatures[i] for i in kept])
+        pool.problems += [Problem(pool.samples[i].path, reason, "warning") for i, reason in sorted(odd.items())]
+    return pool, kept
+
+
+def without_unreadable(pool: Pool, readable) -> Pool:
+    """`pool` less the samples `readable` (a mask) marks False, each listed as a problem that skipped it."""
     problems = list(pool.problems) + [Problem(s.path, "cannot be read", "error")
                                       for s, ok in zip(pool.samples, readable) if not ok]
-    kept = np.flatnonzero(readable)
-    samples = [pool.samples[i] for i in kept]
-    if signatures is not None:
-        odd = modality.odd_samples(samples, [signatures[i] for i in kept])
-        problems += [Problem(samples[index].path, reason, "warning") for index, reason in sorted(odd.items())]
-    return Pool(pool.sources, samples, problems, pool.noun), kept
+    return Pool(pool.sources, [s for s, ok in zip(pool.samples, readable) if ok], problems, pool.noun)

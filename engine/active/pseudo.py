@@ -126,12 +126,13 @@ def with_pseudo_labels(report, sources: list[str], backbone: str, *, seed: int =
     modality = modalities.of(report)
     progress = progress or no_progress
     pool = read_pool(sources, modality, labelled=labelled_keys(report), text_column=text_column)
+    pool, _ = flag_pool(pool, modality, control=control, progress=progress)       # undecodable ones out first
+    if not pool.samples:
+        raise ValueError(f"none of the unlabelled {modality.nouns} could be read")
     labelled = [s for s in report.samples if s.split in ("train", "val")]
     features = modality.frozen_features(report, labelled, backbone, seed=seed, control=control, progress=progress).numpy()
     pool_features = modality.frozen_features(replace(report, content_hash=pool.content_hash), pool.samples, backbone,
                                              seed=seed, control=control, progress=progress).numpy()
-    pool, kept = flag_pool(pool, modality, pool_features, control=control, progress=progress)
-    pool_features = pool_features[kept]
     labels = np.array([s.label for s in labelled])
     train = np.array([s.split == "train" for s in labelled])
     choice = choose_pseudo_labels((features[train], labels[train]), (features[~train], labels[~train]), pool_features,

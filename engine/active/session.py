@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from engine.active.acquire import margins, pick, reason_for
-from engine.active.pool import Pool, flag_pool
+from engine.active.pool import Pool, flag_pool, without_unreadable
 from engine.core import modality as modalities
 from engine.core.control import RunControl
 from engine.core.progress import Progress, no_progress
@@ -62,11 +62,14 @@ class LabellingSession:
         usable = np.isfinite(features).all(1)
         self._labelled = (features[usable], np.array([s.label for s in samples])[usable],
                           np.array([s.split for s in samples])[usable])
+        self.pool, _ = flag_pool(self.pool, self.modality, control=control, progress=progress)   # undecodable out
+        if not self.pool.samples:
+            raise ValueError(f"none of the unlabelled {self.modality.nouns} could be read")
         pool_report = replace(self.report, content_hash=self.pool.content_hash)
         pool_features = self.modality.frozen_features(pool_report, self.pool.samples, self.backbone, seed=self.seed,
                                                       control=control, progress=progress).numpy()
-        self.pool, kept = flag_pool(self.pool, self.modality, pool_features, control=control, progress=progress)
-        self._pool_features = pool_features[kept]
+        readable = np.isfinite(pool_features).all(1)       # changed on disk since: dropped as unreadable too
+        self.pool, self._pool_features = without_unreadable(self.pool, readable), pool_features[readable]
         return self.pool
 
     def round(self, labels: dict[str, str], skipped: set[str] = frozenset(),

@@ -20,6 +20,13 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import threading
+
+TRACING = threading.RLock()
+"""Held while torch.export traces a model (the ONNX export) and while a text encoder loads: the tracer keeps
+its metadata in module globals (torch.fx.traceback.current_meta), and a transformers model loading on
+another thread meanwhile failed with "KeyError: 'custom'" (the window's soak: a text export beside the
+labelling window's pass)."""
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8
 MALLOC_SETTINGS = ((_M_MMAP_THRESHOLD, 32 * 2**20), (_M_TRIM_THRESHOLD, 2**30), (_M_TOP_PAD, 256 * 2**20),

@@ -226,9 +226,14 @@ def run_exporter(name: str, model: torch.nn.Module, example: torch.Tensor, path:
         dims = {0: torch.export.Dim("batch", min=1, max=4096),
                 **{axis: torch.export.Dim(label, min=low, max=high)
                    for axis, (label, low, high) in dynamic_axes.items()}}
-        torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False, verbose=False,
-                          opset_version=OPSET, input_names=[input_name], output_names=outputs,
-                          dynamic_shapes=(dims,))
+        from tqdm import tqdm
+
+        from engine.core.runtime import TRACING
+        tqdm.monitor_interval = 0       # torch.export's interpreter opens a tqdm bar, whose monitor thread would
+        with TRACING:                   # outlive the export (and a closed window); TRACING: see there
+            torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False, verbose=False,
+                              opset_version=OPSET, input_names=[input_name], output_names=outputs,
+                              dynamic_shapes=(dims,))
         return
     axes = {input_name: {0: "batch", **{axis: label for axis, (label, _, _) in dynamic_axes.items()}},
             **{output: {0: "batch"} for output in outputs}}

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from engine.core.runtime import TRACING
 from engine.modalities.text.tokens import TextTokenizer
 from engine.models.catalog import BackboneSpec, ModelBundle
 from engine.models.heads import make_head
@@ -143,7 +144,8 @@ def create_text_model(name: str, num_classes: int, *, head: str = "linear", max_
     hf_logging.set_verbosity_error()          # "some weights of the model were not used": the pooler
     hf_logging.disable_progress_bar()
     try:
-        encoder = AutoModel.from_pretrained(str(folder), local_files_only=True)
+        with TRACING:                # not while torch.export traces on another thread (engine.core.runtime)
+            encoder = AutoModel.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - transformers raises many types for a damaged folder
         raise TextEncoderError(f"cannot load the text encoder in {folder}: {str(exc).splitlines()[0][:200]}") \
             from None
