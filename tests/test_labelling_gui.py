@@ -104,6 +104,7 @@ def test_labelling_photos_by_keys_records_additions_and_retrains(qtbot, window, 
     assert len(view.curve.getData()[0]) == 2, "a point per round"
     shown_is(view, second.batch[0], 1, 3)
     assert "Labelled from the pool: <b>3</b>" in view.counts.text() and "237" in view.counts.text()
+    assert panel.pool_note.text() == "240 unlabelled images · 3 labelled by you, for the next run's training split"
 
     press(qtbot, view, Qt.Key.Key_Z, UNDO)                       # the last label of the batch before
     assert rows[2]["path"] not in state.additions and view.row is rows[2]

@@ -99,6 +99,9 @@ class LabellingController(Controller):
         self.view.undo_requested.connect(self.undo)
         self.view.cancel_requested.connect(self.slot.cancel)
         self.view.restart_requested.connect(self.start)
+        self._pool_line = ""                  # the pool's summary, as last read
+        for signal in (state.additions.events.added, state.additions.events.changed, state.additions.events.removed):
+            signal.connect(self._show_pool_line)
         state.events.report.connect(self._on_dataset)
         state.events.unlabelled_sources.connect(self._on_pool_chosen)
 
@@ -119,6 +122,7 @@ class LabellingController(Controller):
         """The pool's one line for the Data step (`pool_read` follows), read without a model."""
         sources, report = list(self.state.unlabelled_sources), self.state.report
         self.pool_slot.abandon()
+        self._pool_line = ""
         if not sources or report is None:
             self.panel.show_pool_note("")
             return None
@@ -128,8 +132,17 @@ class LabellingController(Controller):
         return self.pool_slot.start(job, control, on_result=self._on_pool_read, on_failed=self._on_pool_failed)
 
     def _on_pool_read(self, pool) -> None:
-        self.panel.show_pool_note(pool.summary())
+        self._pool_line = pool.summary()
+        self._show_pool_line()
         self.pool_read.emit(pool)
+
+    def _show_pool_line(self) -> None:
+        """The pool's line, and how many of its samples the user labelled (they join the next run's training)."""
+        if not self._pool_line:
+            return
+        given = len(self.state.additions)
+        self.panel.show_pool_note(self._pool_line + (f" · {given} labelled by you, for the next run's training split"
+                                                     if given else ""))
 
     def _on_pool_failed(self, message: str, _details: str) -> None:
         self.panel.show_pool_note(f"Unlabelled pool: {message}")
@@ -174,7 +187,8 @@ class LabellingController(Controller):
     def _on_started(self, result: LabellingStart) -> None:
         self.session, self.pool_paths = result.session, {s.path for s in result.pool.samples}
         self.view.show_pool(result.pool)
-        self.panel.show_pool_note(result.pool.summary())
+        self._pool_line = result.pool.summary()
+        self._show_pool_line()
         self.logged.emit(f"Labelling: {result.pool.summary()}")
         self.status_withdrawn.emit("Preparing to label")
         self._on_round(result)
