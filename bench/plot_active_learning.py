@@ -1,6 +1,7 @@
 """docs/active_learning.png: test accuracy against labels used, the app's choice (`suggest`) against random
-choice, from what bench/active_learning.py measured (bench/out/active-learning*.json; mean of the seeds, bars
-from the lowest to the highest seed). Drawn with pyqtgraph, which the app has anyway.
+choice, from what bench/active_learning.py measured with 10 seeds (`--seeds 10 --strategies random,suggest`,
+bench/out/active-learning-10-seeds.json; mean of the seeds, bars from the lowest to the highest seed). Drawn
+with pyqtgraph, which the app has anyway.
 
     QT_QPA_PLATFORM=offscreen python bench/plot_active_learning.py
 """
@@ -23,19 +24,13 @@ NAMES = {"random": "random", "suggest": "the app's choice"}
 
 
 def curves() -> dict[str, dict]:
-    """set -> {strategy: (labels, per-seed accuracies)}; `suggest` is TypiClust where the sets stayed below
-    the switch (fm-sessions, fortunes: every round), and measured end to end on ELPV."""
+    """set -> {strategy: (labels, per-seed accuracies)}."""
+    data = json.loads((OUT / "active-learning-10-seeds.json").read_text())
+    args = data["args"]
     found: dict[str, dict] = {}
-    for name, strategy in (("active-learning-typiclust.json", "typiclust"),
-                           ("active-learning-suggest-elpv4.json", "suggest")):
-        data = json.loads((OUT / name).read_text())
-        args = data["args"]
-        for set_name, result in data["sets"].items():
-            if strategy == "typiclust" and set_name == "elpv4":
-                continue                              # ELPV crosses the switch: its own end-to-end run
-            labels = result["start_labels"] + args["batch"] * np.arange(args["rounds"] + 1)
-            found.setdefault(set_name, {})["random"] = (labels, np.array(result["random"]["per_seed"]))
-            found[set_name]["suggest"] = (labels, np.array(result[strategy]["per_seed"]))
+    for set_name, result in data["sets"].items():
+        labels = result["start_labels"] + args["batch"] * np.arange(args["rounds"] + 1)
+        found[set_name] = {strategy: (labels, np.array(result[strategy]["per_seed"])) for strategy in ("random", "suggest")}
     return found
 
 
