@@ -23,6 +23,8 @@ from engine.core.significance import decide
 
 THRESHOLDS = (0.99, 0.95, 0.9, 0.8)
 OFF = "no pseudo-labels"
+PSEUDO_LABELS = "pseudo_labels.json"
+"""In a run folder: what `pseudo_label_record` says of the pseudo-labels the run trained on (or why none)."""
 
 
 @dataclass
@@ -144,6 +146,8 @@ def with_pseudo_labels(report, sources: list[str], backbone: str, *, seed: int =
                    content_hash=f"{report.content_hash}+pseudo-{pool.content_hash}-{choice.threshold:g}"), choice, pool
 
 
-def pseudo_label_rows(report, choice: PseudoChoice, pool) -> list[dict]:
-    """What `pseudo_labels.json` lists: each pseudo-labelled sample with the label it was given."""
-    return [{"path": pool.samples[i].path, "label": report.classes[label]} for i, label in choice.labels]
+def pseudo_label_record(report, choice: PseudoChoice, pool) -> dict:
+    """What PSEUDO_LABELS keeps: the choice (threshold, each candidate's count, validation accuracy and
+    p-value, why), the pool's summary and problems, and each pseudo-labelled sample with its label."""
+    return {**choice.to_dict(), "pool": pool.to_dict(),
+            "samples": [{"path": pool.samples[i].path, "label": report.classes[label]} for i, label in choice.labels]}

@@ -132,6 +132,7 @@ def cmd_train(args) -> int:
                    _fit(report, config, out, progress))
     write_text(RunFolder(out).dataset_report, report.format_text() + "\n")
     if pseudo is not None:
+        from engine.active.pseudo import PSEUDO_LABELS
         write_json(out / PSEUDO_LABELS, pseudo)
         summary["pseudo_labels"] = len(pseudo["samples"])
     print_trust_summary(out)
@@ -139,15 +140,12 @@ def cmd_train(args) -> int:
     return EXIT_OK if summary["status"] != "cancelled" else EXIT_FAILURE
 
 
-PSEUDO_LABELS = "pseudo_labels.json"
-
-
 def _pseudo_labels(report, config: TrainConfig, args, progress):
     """`train --unlabelled POOL`: the pool's confident samples join the training split when a threshold beats
     the labels alone on validation (engine.active.pseudo); (report, config, what pseudo_labels.json keeps)."""
     from dataclasses import replace
 
-    from engine.active.pseudo import pseudo_label_rows, with_pseudo_labels
+    from engine.active.pseudo import pseudo_label_record, with_pseudo_labels
     if config.weights != "pretrained":
         raise BadInput("--unlabelled chooses pseudo-labels with the pretrained model: leave out --from-scratch/--weights")
     labelled, choice, pool = with_pseudo_labels(report, args.unlabelled, config.backbone, seed=config.seed,
@@ -161,8 +159,7 @@ def _pseudo_labels(report, config: TrainConfig, args, progress):
         if config.balance == "none":       # as the threshold was chosen: every class weighs the same
             config = replace(config, balance="loss")
             print("[pseudo-labels] --balance loss: the confident samples crowd into the easy classes", file=sys.stderr)
-    kept = {**choice.to_dict(), "pool": pool.to_dict(), "samples": pseudo_label_rows(report, choice, pool)}
-    return labelled, config, kept
+    return labelled, config, pseudo_label_record(report, choice, pool)
 
 
 def _resume(args) -> int:
@@ -217,10 +214,8 @@ def _search(report, config: TrainConfig, out: Path, budget: float, progress: Ter
     search = modality.recipe_search()
     if search is None:
         raise BadInput(f"--auto has no recipe search for {modality.nouns} yet: train without --auto")
-    search_run = search(report, out, budget, config, [progress], unlabelled=unlabelled)
-    result = search_run.run()
-    notes = [n for n in search_run.notes if n.startswith("unlabelled pool")]
-    for line in [f"decision: {result.decision}", *(f"note: {warning}" for warning in [*result.warnings, *notes])]:
+    result = search(report, out, budget, config, [progress], unlabelled=unlabelled).run()
+    for line in [f"decision: {result.decision}", *(f"note: {note}" for note in [*result.warnings, *result.notes])]:
         print(f"[search] {line}", file=sys.stderr)
     metrics = result.metrics
     return {"status": result.status, "run_dir": str(out), "checkpoint": str(RunFolder(out).checkpoint),

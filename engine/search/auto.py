@@ -75,7 +75,6 @@ FORWARD_TO_PASS = 0.75          # least share of the single-image forward time a
 LEADERBOARD = "leaderboard.json"
 SEARCH_REPORT = "search.json"
 STUDY_FILE = "search.db"
-PSEUDO_LABELS = "pseudo_labels.json"
 TUNED = ("backbone", "head", "optimizer", "lr", "weight_decay", "label_smoothing", "epochs", "balance",
          "augmentation", "tta", "freeze", "freeze_blocks")
 """The TrainConfig fields a search chooses; every other field keeps the user's (or the default) value."""
@@ -121,6 +120,7 @@ class SearchResult:
     seconds: float = 0.0
     decision: str = ""               # why the winner won, in words
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)    # what else the user may want to know (search.json's)
 
 
 class Budget:
@@ -781,7 +781,7 @@ class RecipeSearch:
         base = self._best_head_run()
         if not self.unlabelled or base is None:
             return
-        from engine.active.pseudo import pseudo_label_rows, with_pseudo_labels
+        from engine.active.pseudo import PSEUDO_LABELS, pseudo_label_record, with_pseudo_labels
         began = time.monotonic()
         predicted = self._pseudo_seconds()
         if predicted > self.budget.left:
@@ -808,8 +808,7 @@ class RecipeSearch:
             f"{base.name} with {len(choice.labels)} pool {self.noun} at probability {choice.threshold:g} or more "
             f"in its training split (a head with them: {choice.reason})", candidate.note]))
         if candidate.run_dir:
-            write_json(Path(candidate.run_dir) / PSEUDO_LABELS, {**choice.to_dict(), "pool": pool.to_dict(),
-                                                                   "samples": pseudo_label_rows(self.report, choice, pool)})
+            write_json(Path(candidate.run_dir) / PSEUDO_LABELS, pseudo_label_record(self.report, choice, pool))
         self._update(candidate)
 
     def _pseudo_seconds(self) -> float:
@@ -898,7 +897,7 @@ class RecipeSearch:
             "warnings": self.warnings, "notes": self.notes, "assessments": assessments})
         config = json.loads(RunFolder(self.run_dir).config.read_text(encoding="utf-8"))
         return SearchResult(status, str(self.run_dir), config, winner.name, metrics, leaderboard, assessments,
-                            self.budget.elapsed, self.decision.reason, list(self.warnings))
+                            self.budget.elapsed, self.decision.reason, list(self.warnings), list(self.notes))
 
 
 def adopt_run(candidate: Path, run_dir: Path) -> None:
@@ -909,6 +908,7 @@ def adopt_run(candidate: Path, run_dir: Path) -> None:
         if path.exists():
             with atomic_path(getattr(target, name)) as tmp:
                 shutil.copyfile(path, tmp)
+    from engine.active.pseudo import PSEUDO_LABELS
     if (candidate / PSEUDO_LABELS).exists():         # what a pseudo-labelled winner trained on
         with atomic_path(run_dir / PSEUDO_LABELS) as tmp:
             shutil.copyfile(candidate / PSEUDO_LABELS, tmp)
