@@ -82,18 +82,20 @@ EOF
 }
 
 make_images() {
-  "$PY" - "$TMP/images" <<'EOF'
+  "$PY" - "$TMP/images" "$TMP/pool" <<'EOF'
 import sys, pathlib
 import numpy as np
 from PIL import Image
 rng = np.random.default_rng(0)
+pool = pathlib.Path(sys.argv[2])
+pool.mkdir(parents=True)
 for name, rgb in {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220)}.items():
     folder = pathlib.Path(sys.argv[1]) / name
     folder.mkdir(parents=True)
-    for i in range(6):
+    for i in range(10):
         pixels = np.clip(np.array(rgb) + rng.integers(-40, 40, (48, 48, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f"{name}_{i}.png")
-print("3 classes x 6 PNGs")
+        Image.fromarray(pixels).save((folder / f"{name}_{i}.png") if i < 6 else (pool / f"{name[0]}{i}.png"))
+print("3 classes x 6 PNGs, 12 unlabelled")
 EOF
 }
 
@@ -110,6 +112,15 @@ check_export() {
 check_predict() {
   frozen "$EXE" predict "$TMP/model.onnx" "$TMP/images/red" --top-k 1 > "$TMP/predictions.jsonl" &&
   test "$(wc -l < "$TMP/predictions.jsonl")" -eq 6 && head -n 2 "$TMP/predictions.jsonl"
+}
+
+# The unlabelled pool from inside the bundle: the report's part without a model, then pseudo-labels chosen
+# (or not) on validation with the pretrained model, and what was chosen written beside the run.
+check_unlabelled() {
+  frozen "$EXE" inspect "$TMP/images" --unlabelled "$TMP/pool" --json > "$TMP/inspect.json" &&
+  grep -q '"summary": "12 unlabelled images"' "$TMP/inspect.json" &&
+  frozen "$EXE" train "$TMP/images" --unlabelled "$TMP/pool" --out "$TMP/pseudo-run" --image-size 64 --epochs 1 \
+    --batch-size 6 && test -s "$TMP/pseudo-run/pseudo_labels.json" && head -c 300 "$TMP/pseudo-run/pseudo_labels.json"
 }
 
 # int8 from inside the bundle (onnxruntime.quantization must be in it): made, checked against fp32 (the
@@ -176,6 +187,7 @@ step "flavour" check_flavour
 step "models (weights from the bundle)" check_models
 step "generate images" make_images
 step "train (1 epoch, 64 px)" check_train
+step "unlabelled pool (inspect, train with pseudo-labels chosen on validation)" check_unlabelled
 commands=$(frozen "$EXE" --help)
 if grep -qw export <<< "$commands"; then
   step "export (ONNX, verified against PyTorch)" check_export
