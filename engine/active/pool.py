@@ -2,9 +2,10 @@
 
 A pool is what the user dropped (folders and files of images; a .txt file with one text per line or a .csv
 with a text column). It is read the way `predict` reads its inputs (engine.core.modality.prediction_items),
-so everything that can be predicted on can be labelled. Samples the labelled set already holds (or the
-project labelled earlier) are left out: one sample is never both. Problems are listed as a scan lists them:
-unreadable files skipped (error), odd samples kept but flagged (warning), samples already labelled (info).
+so everything that can be predicted on can be labelled. Samples the labelled set already holds are left out:
+one sample is never both (those labelled from the pool stay in it, as the project's additions, which the
+labelling loop reads as labels). Problems are listed as a scan lists them: unreadable files skipped (error),
+odd samples kept but flagged (warning), samples already labelled or twice in the pool left out (info).
 """
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ import hashlib
 from dataclasses import dataclass, field
 
 from engine.data.report import Problem, Sample, plural
+
+
+ALREADY_LABELLED = "already labelled"
+TWICE = "the same sample again in the pool"
 
 
 @dataclass
@@ -33,7 +38,8 @@ class Pool:
         """One line for the report: how many, and what was wrong."""
         errors = sum(p.severity == "error" for p in self.problems)
         warnings = sum(p.severity == "warning" for p in self.problems)
-        known = sum(p.severity == "info" for p in self.problems)
+        known = sum(p.reason == ALREADY_LABELLED for p in self.problems)
+        twice = sum(p.reason == TWICE for p in self.problems)
         parts = [f"{plural(len(self.samples), 'unlabelled ' + self.noun)}"]
         if errors:
             parts.append(f"{errors} skipped (cannot be read)")
@@ -41,6 +47,8 @@ class Pool:
             parts.append(f"{warnings} flagged")
         if known:
             parts.append(f"{known} already labelled, left out")
+        if twice:
+            parts.append(f"{twice} twice in the pool, left out")
         return ", ".join(parts)
 
     def format_text(self, max_paths_per_group: int = 20) -> str:
@@ -66,15 +74,15 @@ def read_pool(sources: list[str], modality, *, labelled: set[str] = frozenset(),
         text = modality.prediction_fields(payload).get("text")     # a text's words; None for a picture
         key = text if text is not None else str(origin)
         if key in seen:
-            problems.append(Problem(str(origin), "the same sample again in the pool", "info"))
+            problems.append(Problem(str(origin), TWICE, "info"))
             continue
         seen.add(key)
         if key in labelled or str(origin) in labelled:
-            problems.append(Problem(str(origin), "already labelled", "info"))
+            problems.append(Problem(str(origin), ALREADY_LABELLED, "info"))
             continue
         samples.append(Sample(str(origin), 0, "train", text))
     if not samples:
-        labelled_already = any(p.reason == "already labelled" for p in problems)
+        labelled_already = any(p.reason == ALREADY_LABELLED for p in problems)
         why = (" that are not labelled already" if labelled_already else
                f": {problems[0].reason}" if problems else "")
         raise ValueError(f"no unlabelled {modality.nouns} in {', '.join(sources)}{why}")
