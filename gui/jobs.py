@@ -170,7 +170,7 @@ def read_unlabelled(sources: list[str], modality, labelled: set[str], control: R
     from engine.active.pool import flag_pool, read_pool
     progress("Reading the unlabelled pool", 0, 0)
     pool = read_pool(list(sources), modality, labelled=labelled)
-    return flag_pool(pool, modality, control=control, progress=progress)[0]
+    return flag_pool(pool, modality, control=control, progress=progress)
 
 
 def start_labelling(report: "DatasetReport", sources: list[str], backbone: str | None, labels: dict[str, str],

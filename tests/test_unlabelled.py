@@ -59,12 +59,18 @@ def few_labels(tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
     return root / "labelled", root / "pool", truth
 
 
-def test_the_pool_is_read_with_its_problems_and_without_what_is_labelled_already(few_labels, tmp_path):
-    labelled, pool_dir, truth = few_labels
+def pool_with_problems(pool_dir: Path, tmp_path: Path, odd_name: str, colour: tuple[int, int, int]) -> Path:
+    """A copy of the pool with a file that is no image and a one-colour image (`odd_name`) planted in it."""
     pool_copy = tmp_path / "pool"
     shutil.copytree(pool_dir, pool_copy)
     (pool_copy / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
-    Image.new("RGB", (64, 64), (0, 0, 0)).save(pool_copy / "black.png")
+    Image.new("RGB", (64, 64), colour).save(pool_copy / odd_name)
+    return pool_copy
+
+
+def test_the_pool_is_read_with_its_problems_and_without_what_is_labelled_already(few_labels, tmp_path):
+    labelled, pool_dir, truth = few_labels
+    pool_copy = pool_with_problems(pool_dir, tmp_path, "black.png", (0, 0, 0))
     report = scan_dataset(labelled)
     known = next(s.path for s in report.samples)
     pool = read_pool([str(pool_copy), known, str(tmp_path / "missing")], modalities.of(report),
@@ -83,10 +89,7 @@ def test_the_pool_is_read_with_its_problems_and_without_what_is_labelled_already
 
 def test_inspect_reports_the_pool_beside_the_dataset_without_a_model(few_labels, tmp_path):
     labelled, pool_dir, truth = few_labels
-    pool_copy = tmp_path / "pool"
-    shutil.copytree(pool_dir, pool_copy)
-    (pool_copy / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
-    Image.new("RGB", (64, 64), (255, 255, 255)).save(pool_copy / "white.png")
+    pool_copy = pool_with_problems(pool_dir, tmp_path, "white.png", (255, 255, 255))
     done = run_cli("inspect", labelled, "--unlabelled", pool_copy, "--json")
     assert done.returncode == 0, done.stderr
     pool = json.loads(done.stdout)["unlabelled"]

@@ -94,16 +94,13 @@ def labelled_keys(report) -> set[str]:
     return {s.path for s in report.samples} | {s.text for s in report.samples if s.text is not None}
 
 
-def flag_pool(pool: Pool, modality, features=None, *, control=None, progress=None):
-    """`pool` with its unreadable samples dropped as errors (NaN `features` rows, when a model read it; a
-    picture that cannot be decoded) and its odd ones (blank, dark, blurred, tiny; empty or not words: the
-    modality's `odd_samples`, as the deep check flags them) kept as warnings. Returns the pool and the kept
-    rows' indices into the old one."""
+def flag_pool(pool: Pool, modality, *, control=None, progress=None) -> Pool:
+    """`pool` with the samples that cannot be decoded dropped as errors and its odd ones (blank, dark,
+    blurred, tiny; empty or not words: the modality's `odd_samples`, as the deep check flags them) kept as
+    warnings, read without a model."""
     import numpy as np
     signatures = modality.audit_signatures(pool.samples, control=control, progress=progress)
     readable = np.ones(len(pool.samples), dtype=bool)
-    if features is not None:
-        readable &= np.isfinite(np.asarray(features)).all(1)
     if signatures is not None:
         readable &= np.array([s is not None for s in signatures], dtype=bool)
     kept = np.flatnonzero(readable)
@@ -111,7 +108,7 @@ def flag_pool(pool: Pool, modality, features=None, *, control=None, progress=Non
     if signatures is not None:
         odd = modality.odd_samples(pool.samples, [signatures[i] for i in kept])
         pool.problems += [Problem(pool.samples[i].path, reason, "warning") for i, reason in sorted(odd.items())]
-    return pool, kept
+    return pool
 
 
 def without_unreadable(pool: Pool, readable) -> Pool:
@@ -119,3 +116,42 @@ def without_unreadable(pool: Pool, readable) -> Pool:
     problems = list(pool.problems) + [Problem(s.path, "cannot be read", "error")
                                       for s, ok in zip(pool.samples, readable) if not ok]
     return Pool(pool.sources, [s for s, ok in zip(pool.samples, readable) if ok], problems, pool.noun)
+
+
+@dataclass
+class PoolPass:
+    """The pretrained backbone's features of the labelled set's training and validation samples and of the
+    pool, as `frozen_pass` reads them: unreadable samples left out of both."""
+
+    pool: Pool                   # as kept: undecodable or unreadable samples dropped (errors), odd ones flagged
+    pool_features: object        # np.ndarray [len(pool.samples), D]
+    features: object             # np.ndarray [N, D]: the readable train + val samples
+    labels: object               # np.ndarray [N]
+    splits: object               # np.ndarray [N]: 'train' | 'val'
+
+
+def frozen_pass(report, pool: Pool, backbone: str, *, seed: int = 0, control=None, progress=None) -> PoolPass:
+    """One pass of the pretrained `backbone` over `report`'s training and validation samples and over `pool`
+    (through the feature cache a head-only fit and the deep check share), the pool decoded first so that a
+    pool of nothing readable is one clear line (ValueError), not a failure inside the pass."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from engine.core import modality as modalities
+    from engine.core.control import RunControl
+    from engine.core.progress import no_progress
+    modality = modalities.of(report)
+    control, progress = control or RunControl(), progress or no_progress
+    pool = flag_pool(pool, modality, control=control, progress=progress)
+    if not pool.samples:
+        raise ValueError(f"none of the unlabelled {modality.nouns} could be read")
+    samples = [s for s in report.samples if s.split in ("train", "val")]
+    features = modality.frozen_features(report, samples, backbone, seed=seed, control=control,
+                                        progress=progress).numpy()
+    usable = np.isfinite(features).all(1)
+    pool_features = modality.frozen_features(replace(report, content_hash=pool.content_hash), pool.samples, backbone,
+                                             seed=seed, control=control, progress=progress).numpy()
+    readable = np.isfinite(pool_features).all(1)          # changed on disk since: dropped as unreadable too
+    return PoolPass(without_unreadable(pool, readable), pool_features[readable], features[usable],
+                    np.array([s.label for s in samples])[usable], np.array([s.split for s in samples])[usable])

@@ -121,24 +121,14 @@ def with_pseudo_labels(report, sources: list[str], backbone: str, *, seed: int =
     threshold wins, the report comes back as it was."""
     from dataclasses import replace
 
-    from engine.active.pool import flag_pool, labelled_keys, read_pool
+    from engine.active.pool import frozen_pass, labelled_keys, read_pool
     from engine.core import modality as modalities
-    from engine.core.progress import no_progress
     from engine.data.report import Sample
-    modality = modalities.of(report)
-    progress = progress or no_progress
-    pool = read_pool(sources, modality, labelled=labelled_keys(report), text_column=text_column)
-    pool, _ = flag_pool(pool, modality, control=control, progress=progress)       # undecodable ones out first
-    if not pool.samples:
-        raise ValueError(f"none of the unlabelled {modality.nouns} could be read")
-    labelled = [s for s in report.samples if s.split in ("train", "val")]
-    features = modality.frozen_features(report, labelled, backbone, seed=seed, control=control, progress=progress).numpy()
-    pool_features = modality.frozen_features(replace(report, content_hash=pool.content_hash), pool.samples, backbone,
-                                             seed=seed, control=control, progress=progress).numpy()
-    labels = np.array([s.label for s in labelled])
-    train = np.array([s.split == "train" for s in labelled])
-    choice = choose_pseudo_labels((features[train], labels[train]), (features[~train], labels[~train]), pool_features,
-                                  len(report.classes), seed=seed, control=control)
+    pool = read_pool(sources, modalities.of(report), labelled=labelled_keys(report), text_column=text_column)
+    read = frozen_pass(report, pool, backbone, seed=seed, control=control, progress=progress)
+    pool, train = read.pool, read.splits == "train"
+    choice = choose_pseudo_labels((read.features[train], read.labels[train]), (read.features[~train], read.labels[~train]),
+                                  read.pool_features, len(report.classes), seed=seed, control=control)
     if choice.threshold is None:
         return report, choice, pool
     added = [Sample(pool.samples[i].path, label, "train", pool.samples[i].text) for i, label in choice.labels]

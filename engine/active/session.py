@@ -10,16 +10,16 @@ nothing here is shared with a window's thread.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from engine.active.acquire import margins, pick, reason_for
-from engine.active.pool import Pool, flag_pool, without_unreadable
+from engine.active.pool import Pool, PoolPass, frozen_pass
 from engine.core import modality as modalities
 from engine.core.control import RunControl
-from engine.core.progress import Progress, no_progress
+from engine.core.progress import Progress
 from engine.data.report import DatasetReport
 
 BATCH = 20
@@ -50,41 +50,28 @@ class LabellingSession:
         self.backbone = backbone or self.modality.default_backbone
         self.classes = list(report.classes)
         self.history: list[Round] = []
-        self._labelled = self._pool_features = None
+        self._read: PoolPass | None = None     # the frozen pass, once prepared
 
     def prepare(self, control: RunControl | None = None, progress: Progress | None = None) -> Pool:
         """Read the labelled set and the pool with the backbone (cached after the first time) and flag the
         pool's problems; returns the pool as kept (unreadable samples dropped)."""
-        control, progress = control or RunControl(), progress or no_progress
-        samples = [s for s in self.report.samples if s.split in ("train", "val")]
-        features = self.modality.frozen_features(self.report, samples, self.backbone, seed=self.seed,
-                                                 control=control, progress=progress).numpy()
-        usable = np.isfinite(features).all(1)
-        self._labelled = (features[usable], np.array([s.label for s in samples])[usable],
-                          np.array([s.split for s in samples])[usable])
-        self.pool, _ = flag_pool(self.pool, self.modality, control=control, progress=progress)   # undecodable out
-        if not self.pool.samples:
-            raise ValueError(f"none of the unlabelled {self.modality.nouns} could be read")
-        pool_report = replace(self.report, content_hash=self.pool.content_hash)
-        pool_features = self.modality.frozen_features(pool_report, self.pool.samples, self.backbone, seed=self.seed,
-                                                      control=control, progress=progress).numpy()
-        readable = np.isfinite(pool_features).all(1)       # changed on disk since: dropped as unreadable too
-        self.pool, self._pool_features = without_unreadable(self.pool, readable), pool_features[readable]
+        read = frozen_pass(self.report, self.pool, self.backbone, seed=self.seed, control=control, progress=progress)
+        self._read, self.pool = read, read.pool
         return self.pool
 
     def round(self, labels: dict[str, str], skipped: set[str] = frozenset(),
               control: RunControl | None = None) -> Round:
         """A head on the training split plus `labels` (pool path -> class name), its validation accuracy,
         and the next batch from what is neither labelled nor `skipped`."""
-        if self._labelled is None:
+        if self._read is None:
             raise RuntimeError("prepare() first")
         from engine.models.trust import fit_temperature
         from engine.training.logistic import fit_head
-        features, targets, splits = self._labelled
+        features, targets, splits = self._read.features, self._read.labels, self._read.splits
         index = {s.path: i for i, s in enumerate(self.pool.samples)}
         given = [(index[path], self.classes.index(name)) for path, name in labels.items()
                  if path in index and name in self.classes]
-        train_x = np.concatenate([features[splits == "train"]] + [self._pool_features[[i for i, _ in given]]])
+        train_x = np.concatenate([features[splits == "train"]] + [self._read.pool_features[[i for i, _ in given]]])
         train_y = np.concatenate([targets[splits == "train"], np.array([c for _, c in given], dtype=int)])
         if len(np.unique(train_y)) < 2:
             raise ValueError("label samples of at least two classes first")
@@ -109,8 +96,8 @@ class LabellingSession:
     def _next_batch(self, head, temperature: float, train_x: np.ndarray, rest: np.ndarray) -> tuple[list[dict], str]:
         if not len(rest):
             return [], "the pool is labelled"
-        probabilities = (self._logits(head, self._pool_features[rest]) / temperature).softmax(1).numpy()
-        chosen, typical = pick(self._pool_features[rest], probabilities, train_x, len(self.classes),
+        probabilities = (self._logits(head, self._read.pool_features[rest]) / temperature).softmax(1).numpy()
+        chosen, typical = pick(self._read.pool_features[rest], probabilities, train_x, len(self.classes),
                                self.batch, self.seed + len(self.history))
         method = ("typical samples of groups no label covers (TypiClust)" if typical
                   else "the least certain, spread out (margin + diversity)")

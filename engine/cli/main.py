@@ -48,7 +48,7 @@ def _unlabelled_pool(report, args, progress):
     from engine.core import modality as modalities
     modality = modalities.of(report)
     pool = read_pool(args.unlabelled, modality, labelled=labelled_keys(report), text_column=args.text_column)
-    return flag_pool(pool, modality, progress=progress)[0]
+    return flag_pool(pool, modality, progress=progress)
 
 
 def _deep_check(report, args, progress, device):
